@@ -1,1 +1,20 @@
-//! placeholder
+//! DaemonEye core: every decision of the bus and the collector runtime, as pure state
+//! machines.
+//!
+//! Nothing here performs IO, reads a clock, sleeps, spawns or draws ambient randomness. Each
+//! machine takes its inputs and the current [`Instant`] as arguments and returns outputs and
+//! its next deadline (`handle_*`, `poll_output`, `poll_timeout`); a seeded [`rng::SeededRng`]
+//! is passed in where a decision is random. Maps whose iteration order can steer a decision
+//! are ordered (`BTreeMap`) or use a fixed hasher.
+#![forbid(unsafe_code)]
+
+pub mod acl;
+pub mod broker;
+pub mod client;
+
+pub mod index;
+pub mod rng;
+pub mod time;
+pub mod topic;
+
+pub use time::Instant;

@@ -1,0 +1,954 @@
+//! The broker state machine.
+//!
+//! It owns every connection's protocol state, the subscription index, queue groups, the
+//! bounded per-subscription queues, QoS1 bookkeeping, durable subscriptions, the memory
+//! budget, the ACL decision and statistics. It performs no IO:
+//!
+//! - the driver reports a new connection with [`Broker::handle_connect`] (peer credentials
+//!   from the OS), bytes read with [`Broker::handle_bytes`], bytes written to the socket with
+//!   [`Broker::handle_written`], the peer going away with [`Broker::handle_disconnect`], and
+//!   the passage of time with [`Broker::handle_timeout`];
+//! - after every `handle_*` it drains [`Broker::poll_output`] until `None` (bytes to write,
+//!   connections to close, reading to pause or resume) and sleeps until
+//!   [`Broker::poll_timeout`].
+//!
+//! Flow control: a connection gets at most `write_window` bytes handed to the driver and not
+//! yet reported written; everything else waits in the subscriptions' bounded queues, where
+//! the overflow strategy applies. A publish that would overflow a Block queue is held
+//! whole, before any copy is queued, and the publisher's connection stops being read until
+//! that queue has room; its later frames wait in its decoder, so nothing is lost and order
+//! is kept.
+
+mod queue;
+mod route;
+pub mod stats;
+mod wire;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use rustc_hash::FxHashMap;
+
+use daemoneye_proto::frame::{
+    ClientFrame, Hello, Overflow, ProtocolError, QoS, QueueStrategy, Role,
+};
+use daemoneye_proto::pb::bus::{self as pb, frame::Body};
+use daemoneye_proto::{FrameDecoder, FrameError, PROTOCOL_VERSION};
+
+use crate::Instant;
+use crate::acl::{Acl, Principal};
+use crate::index::SubscriptionIndex;
+use crate::rng::SeededRng;
+use crate::topic::{TopicFilter, TopicName};
+
+use queue::{Entry, SubQueue};
+use stats::{Counters, LatencyHistogram, TopicCounters};
+
+/// Broker limits and defaults.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// The agent's uid: with root, the only principals allowed by default.
+    pub owner_uid: u32,
+    /// Largest frame body accepted or sent.
+    pub max_frame: u32,
+    /// Connections beyond this get an Error and are closed.
+    pub max_connections: usize,
+    /// Subscriptions one connection may hold.
+    pub max_subscriptions_per_connection: usize,
+    /// A connection must complete its Hello within this.
+    pub handshake_timeout: Duration,
+    /// Keepalive interval advertised in Welcome; 3 silent intervals close a connection.
+    pub heartbeat_interval: Duration,
+    /// Queue capacity of a subscription that does not ask for one.
+    pub default_capacity: u32,
+    /// Largest capacity a subscription may ask for.
+    pub max_capacity: u32,
+    /// Bytes of queued messages across all subscriptions.
+    pub memory_budget: u64,
+    /// A durable subscription whose owner stays away longer is removed.
+    pub durable_expiry: Duration,
+    /// Interval of `$sys.broker.stats` publications.
+    pub stats_interval: Duration,
+    /// Bytes handed to the driver per connection and not yet written.
+    pub write_window: usize,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            owner_uid: 0,
+            max_frame: daemoneye_proto::DEFAULT_MAX_FRAME,
+            max_connections: 64,
+            max_subscriptions_per_connection: 256,
+            handshake_timeout: Duration::from_secs(5),
+            heartbeat_interval: Duration::from_secs(10),
+            default_capacity: 1000,
+            max_capacity: 1_000_000,
+            memory_budget: 100 * 1024 * 1024,
+            durable_expiry: Duration::from_secs(600),
+            stats_interval: Duration::from_secs(30),
+            write_window: 256 * 1024,
+        }
+    }
+}
+
+/// What the OS says about the peer of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCreds {
+    /// Effective uid.
+    pub uid: u32,
+    /// Effective gid.
+    pub gid: u32,
+    /// Process id, where the platform reports it.
+    pub pid: Option<u32>,
+}
+
+/// A connection, as numbered by the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId(pub u64);
+
+/// Why the broker closes a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client said Goodbye.
+    Goodbye,
+    /// A framing, decoding or protocol error.
+    Protocol(String),
+    /// Refused at connect or handshake (limits, version, ACL).
+    Refused(String),
+    /// Handshake or keepalive timeout.
+    Timeout,
+    /// The broker is shutting down.
+    Shutdown,
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Write these bytes to the connection, then report them with `handle_written`.
+    Transmit {
+        /// The connection.
+        conn: ConnId,
+        /// Whole frames, coalesced.
+        data: Bytes,
+    },
+    /// Stop reading the connection (a Block queue it feeds is full).
+    PauseRead {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// Read the connection again.
+    ResumeRead {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// Flush what was transmitted, then close. The broker has forgotten the connection.
+    Close {
+        /// The connection.
+        conn: ConnId,
+        /// Why.
+        reason: CloseReason,
+    },
+}
+
+/// Broker health, worst reason first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Health {
+    /// All queues and budgets well within limits.
+    Healthy,
+    /// Pressure: a queue at 80% or more, the memory budget at 80%, connections at the limit.
+    Degraded,
+    /// The memory budget at 95% or more.
+    Unhealthy,
+}
+
+impl Health {
+    /// Stable lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Healthy => "healthy",
+            Health::Degraded => "degraded",
+            Health::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+/// A published message, shared by every queued copy.
+#[derive(Debug)]
+pub(crate) struct Message {
+    pub id: u64,
+    pub topic: TopicName,
+    pub payload: Bytes,
+    pub publisher_id: Arc<str>,
+    pub sequence: u64,
+    pub correlation: Option<pb::Correlation>,
+    pub reply_to: Option<String>,
+    pub priority: u8,
+    pub qos: QoS,
+    pub published_at: Instant,
+    /// Bytes charged to the memory budget while any queue holds it.
+    pub size: u64,
+}
+
+/// Outstanding PubAck of one QoS1 publish.
+#[derive(Debug)]
+struct PubAckState {
+    conn: ConnId,
+    sequence: u64,
+    remaining: u32,
+    delivered: u32,
+    dropped: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Handshaking { deadline: Instant },
+    Open,
+}
+
+/// A publish that found a full Block queue, waiting whole for room.
+#[derive(Debug)]
+struct Stalled {
+    publish: daemoneye_proto::frame::Publish,
+    topic: TopicName,
+}
+
+#[derive(Debug)]
+struct Connection {
+    peer: PeerCreds,
+    phase: Phase,
+    decoder: FrameDecoder,
+    session_id: u64,
+    principal: Principal,
+    client_name: String,
+    publisher_id: Arc<str>,
+    collector_id: Option<String>,
+    /// Client subscription id to subscription key.
+    subs: BTreeMap<u64, u64>,
+    /// QoS1 delivery id to subscription key.
+    unacked: FxHashMap<u64, u64>,
+    next_delivery: u64,
+    /// Encoded frames not yet handed to the driver.
+    out: BytesMut,
+    /// Bytes handed to the driver and not yet reported written.
+    in_flight: usize,
+    stalled: Option<Stalled>,
+    read_paused: bool,
+    last_recv: Instant,
+    last_ping: Instant,
+    slow_down_sent: Option<Instant>,
+    counters: Counters,
+    /// Round-robin position among this connection's subscriptions when delivering.
+    cursor: u64,
+}
+
+#[derive(Debug)]
+struct Subscription {
+    key: u64,
+    owner: Option<ConnId>,
+    client_sub_id: u64,
+    filter: TopicFilter,
+    group: Option<Arc<str>>,
+    qos: QoS,
+    capacity: u32,
+    overflow: Overflow,
+    durable: Option<(u32, String)>,
+    queue: SubQueue,
+    /// Delivered QoS1 copies waiting for Ack, by delivery id.
+    unacked: BTreeMap<u64, Entry>,
+    /// Publishers stalled on this queue.
+    blocked: Vec<ConnId>,
+    dropped_total: u64,
+    dropped_unreported: u64,
+    detached_at: Option<Instant>,
+    counters: Counters,
+}
+
+impl Subscription {
+    fn occupancy(&self) -> usize {
+        self.queue.len() + self.unacked.len()
+    }
+    fn is_full(&self) -> bool {
+        self.occupancy() >= self.capacity as usize
+    }
+    fn under_pressure(&self) -> bool {
+        self.occupancy() * 5 >= self.capacity as usize * 4
+    }
+}
+
+#[derive(Debug, Default)]
+struct GroupState {
+    strategy: QueueStrategy,
+    /// Key of the member that got the last message (round robin continues after it).
+    last: u64,
+    members: BTreeSet<u64>,
+}
+
+/// A snapshot of one subscription, for tests, simulations and the stats report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionInfo {
+    /// Broker-wide key.
+    pub key: u64,
+    /// Owning connection, `None` while a durable subscription waits for its owner.
+    pub owner: Option<ConnId>,
+    /// The client's id for it.
+    pub client_sub_id: u64,
+    /// Filter text.
+    pub filter: String,
+    /// Queue group.
+    pub group: Option<String>,
+    /// Queued, not yet handed out.
+    pub queued: usize,
+    /// Handed out, waiting for Ack.
+    pub unacked: usize,
+    /// Capacity.
+    pub capacity: u32,
+    /// Overflow strategy.
+    pub overflow: Overflow,
+    /// Copies dropped so far.
+    pub dropped: u64,
+}
+
+/// The broker.
+#[derive(Debug)]
+pub struct Broker {
+    config: BrokerConfig,
+    acl: Acl,
+    rng: SeededRng,
+    conns: BTreeMap<ConnId, Connection>,
+    sessions: FxHashMap<u64, ConnId>,
+    collectors: BTreeMap<String, ConnId>,
+    subs: BTreeMap<u64, Subscription>,
+    index: SubscriptionIndex,
+    groups: BTreeMap<Arc<str>, GroupState>,
+    durables: BTreeMap<(u32, String), u64>,
+    pubacks: FxHashMap<u64, PubAckState>,
+    /// Connections stalled on the memory budget.
+    budget_blocked: BTreeSet<ConnId>,
+    queued_bytes: u64,
+    outputs: VecDeque<Output>,
+    /// Connections that may have deliveries to hand out.
+    ready: BTreeSet<ConnId>,
+    /// Connections with encoded bytes in `out`.
+    dirty: BTreeSet<ConnId>,
+    next_conn: u64,
+    next_session: u64,
+    next_sub: u64,
+    next_msg: u64,
+    started: Option<Instant>,
+    next_stats: Option<Instant>,
+    totals: Counters,
+    topic_counters: TopicCounters,
+    latency: LatencyHistogram,
+    last_rate: (Instant, u64, u64),
+    rates: (f64, f64),
+    shutting_down: bool,
+    scratch: Vec<u64>,
+}
+
+impl Broker {
+    /// A broker with `config`, deciding access with `acl`, drawing queue-group randomness
+    /// from `seed`.
+    pub fn new(config: BrokerConfig, acl: Acl, seed: u64) -> Self {
+        Self {
+            config,
+            acl,
+            rng: SeededRng::new(seed),
+            conns: BTreeMap::new(),
+            sessions: FxHashMap::default(),
+            collectors: BTreeMap::new(),
+            subs: BTreeMap::new(),
+            index: SubscriptionIndex::new(),
+            groups: BTreeMap::new(),
+            durables: BTreeMap::new(),
+            pubacks: FxHashMap::default(),
+            budget_blocked: BTreeSet::new(),
+            queued_bytes: 0,
+            outputs: VecDeque::new(),
+            ready: BTreeSet::new(),
+            dirty: BTreeSet::new(),
+            next_conn: 0,
+            next_session: 0,
+            next_sub: 0,
+            next_msg: 0,
+            started: None,
+            next_stats: None,
+            totals: Counters::default(),
+            topic_counters: TopicCounters::default(),
+            latency: LatencyHistogram::default(),
+            last_rate: (Instant::ZERO, 0, 0),
+            rates: (0.0, 0.0),
+            shutting_down: false,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    fn start_clock(&mut self, now: Instant) {
+        if self.started.is_none() {
+            self.started = Some(now);
+            self.next_stats = Some(now + self.config.stats_interval);
+            self.last_rate = (now, 0, 0);
+        }
+    }
+
+    /// A new connection from a peer with these OS credentials. Refused connections (limit,
+    /// ACL, shutdown) get an Error frame and a Close output at once.
+    pub fn handle_connect(&mut self, now: Instant, peer: PeerCreds) -> ConnId {
+        self.start_clock(now);
+        self.next_conn += 1;
+        let id = ConnId(self.next_conn);
+        let conn = Connection {
+            peer,
+            phase: Phase::Handshaking {
+                deadline: now + self.config.handshake_timeout,
+            },
+            decoder: FrameDecoder::new(self.config.max_frame),
+            session_id: 0,
+            principal: Principal {
+                uid: peer.uid,
+                role: Role::Client,
+            },
+            client_name: String::new(),
+            publisher_id: Arc::from(""),
+            collector_id: None,
+            subs: BTreeMap::new(),
+            unacked: FxHashMap::default(),
+            next_delivery: 0,
+            out: BytesMut::new(),
+            in_flight: 0,
+            stalled: None,
+            read_paused: false,
+            last_recv: now,
+            last_ping: now,
+            slow_down_sent: None,
+            counters: Counters::default(),
+            cursor: 0,
+        };
+        let refusal = if self.shutting_down {
+            Some((
+                pb::ErrorCode::ShuttingDown,
+                "broker is shutting down".to_string(),
+            ))
+        } else if self.conns.len() >= self.config.max_connections {
+            Some((
+                pb::ErrorCode::TooManyConnections,
+                format!(
+                    "connection limit of {} reached",
+                    self.config.max_connections
+                ),
+            ))
+        } else if !self.acl.allows_connect(peer.uid) {
+            self.totals.denied += 1;
+            Some((
+                pb::ErrorCode::PermissionDenied,
+                format!("uid {} may not connect to this broker", peer.uid),
+            ))
+        } else {
+            None
+        };
+        self.conns.insert(id, conn);
+        if let Some((code, message)) = refusal {
+            self.refuse(now, id, code, message);
+        }
+        self.flush();
+        id
+    }
+
+    /// Bytes read from a connection.
+    pub fn handle_bytes(&mut self, now: Instant, conn: ConnId, data: &[u8]) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.last_recv = now;
+        // A framing error is reported by next_frame after the frames before it.
+        let _ = c.decoder.push(data);
+        self.process_frames(now, conn);
+        self.pump(now);
+        self.flush();
+    }
+
+    /// The driver wrote `n` bytes of earlier Transmits to the connection.
+    pub fn handle_written(&mut self, now: Instant, conn: ConnId, n: usize) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.in_flight = c.in_flight.saturating_sub(n);
+        self.ready.insert(conn);
+        self.pump(now);
+        self.flush();
+    }
+
+    /// The peer closed its side or the connection failed. The broker forgets the
+    /// connection; its subscriptions end (durable ones wait for their owner) and its
+    /// unacknowledged deliveries are redelivered.
+    pub fn handle_disconnect(&mut self, now: Instant, conn: ConnId) {
+        // Frames that arrived whole before EOF are still processed; a truncated tail is
+        // discarded (never delivered in part).
+        self.process_frames(now, conn);
+        self.remove_conn(now, conn);
+        self.pump(now);
+        self.flush();
+    }
+
+    /// Time has reached a deadline from [`poll_timeout`](Self::poll_timeout) (calling it
+    /// early or late is harmless).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.start_clock(now);
+        let hb = self.config.heartbeat_interval;
+        let mut expired = Vec::new();
+        let mut pings = Vec::new();
+        for (&id, c) in &self.conns {
+            match c.phase {
+                Phase::Handshaking { deadline } if deadline <= now => expired.push((id, true)),
+                Phase::Handshaking { .. } => {}
+                Phase::Open => {
+                    if c.last_recv + hb * 3 <= now {
+                        expired.push((id, false));
+                    } else if c.last_recv + hb <= now && c.last_ping + hb <= now {
+                        pings.push(id);
+                    }
+                }
+            }
+        }
+        for (id, handshake) in expired {
+            let (code, msg) = if handshake {
+                (
+                    pb::ErrorCode::HandshakeTimeout,
+                    "no Hello within the handshake timeout".to_string(),
+                )
+            } else {
+                (
+                    pb::ErrorCode::IdleTimeout,
+                    "no traffic for 3 heartbeat intervals".to_string(),
+                )
+            };
+            self.send_error(id, code, msg, 0, pb::AnswerKind::Connection);
+            self.close(now, id, CloseReason::Timeout);
+        }
+        for id in pings {
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.last_ping = now;
+                let nonce = now.as_nanos();
+                self.send_frame(id, Body::Ping(pb::Ping { nonce }));
+            }
+        }
+        // Durable subscriptions whose owner stayed away too long.
+        let expiry = self.config.durable_expiry;
+        let gone: Vec<u64> = self
+            .subs
+            .values()
+            .filter(|s| s.detached_at.is_some_and(|t| t + expiry <= now))
+            .map(|s| s.key)
+            .collect();
+        for key in gone {
+            self.remove_subscription(now, key, false);
+        }
+        if let Some(at) = self.next_stats
+            && at <= now
+        {
+            self.next_stats = Some(now + self.config.stats_interval);
+            self.publish_stats(now, None);
+        }
+        self.pump(now);
+        self.flush();
+    }
+
+    /// Stops accepting connections, says Goodbye to every client and closes them.
+    pub fn shutdown(&mut self, now: Instant) {
+        self.shutting_down = true;
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for id in ids {
+            self.send_frame(
+                id,
+                Body::Goodbye(pb::Goodbye {
+                    reason: "broker shutting down".into(),
+                }),
+            );
+            self.close(now, id, CloseReason::Shutdown);
+        }
+        self.flush();
+    }
+
+    /// The next thing the driver must do, if any. Drain until `None` after every `handle_*`.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// The next deadline: a handshake or keepalive timeout, a durable expiry or the stats
+    /// interval.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let hb = self.config.heartbeat_interval;
+        let mut next = self.next_stats;
+        for c in self.conns.values() {
+            let t = match c.phase {
+                Phase::Handshaking { deadline } => deadline,
+                Phase::Open => {
+                    let idle = c.last_recv + hb * 3;
+                    let ping = (c.last_recv + hb).max(c.last_ping + hb);
+                    idle.min(ping)
+                }
+            };
+            next = crate::time::earliest(next, Some(t));
+        }
+        for s in self.subs.values() {
+            if let Some(t) = s.detached_at {
+                next = crate::time::earliest(next, Some(t + self.config.durable_expiry));
+            }
+        }
+        next
+    }
+
+    // ----- frames in -----
+
+    fn process_frames(&mut self, now: Instant, conn: ConnId) {
+        loop {
+            let Some(c) = self.conns.get_mut(&conn) else {
+                return;
+            };
+            if c.stalled.is_some() {
+                return;
+            }
+            match c.decoder.next_frame() {
+                Ok(Some(frame)) => self.handle_frame(now, conn, frame),
+                Ok(None) => return,
+                Err(err) => {
+                    let code = match err {
+                        FrameError::TooLarge { .. } => pb::ErrorCode::FrameTooLarge,
+                        _ => pb::ErrorCode::Protocol,
+                    };
+                    self.protocol_error(now, conn, code, err.to_string());
+                    return;
+                }
+            }
+        }
+    }
+
+    fn protocol_error(&mut self, now: Instant, conn: ConnId, code: pb::ErrorCode, message: String) {
+        self.send_error(conn, code, message.clone(), 0, pb::AnswerKind::Connection);
+        self.close(now, conn, CloseReason::Protocol(message));
+    }
+
+    fn refuse(&mut self, now: Instant, conn: ConnId, code: pb::ErrorCode, message: String) {
+        self.send_error(conn, code, message.clone(), 0, pb::AnswerKind::Connection);
+        self.close(now, conn, CloseReason::Refused(message));
+    }
+
+    fn handle_frame(&mut self, now: Instant, conn: ConnId, frame: pb::Frame) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let handshaking = matches!(c.phase, Phase::Handshaking { .. });
+        // A Subscribe with a bad name or option is refused on its own; the connection stays.
+        let sub_id = match &frame.body {
+            Some(Body::Subscribe(s)) if !handshaking && s.sub_id != 0 => Some(s.sub_id),
+            _ => None,
+        };
+        let frame = match ClientFrame::try_from(frame) {
+            Ok(f) => f,
+            Err(err @ (ProtocolError::InvalidName { .. } | ProtocolError::DurableNeedsQos1))
+                if sub_id.is_some() =>
+            {
+                let id = sub_id.unwrap_or_default();
+                let msg = format!("subscription {id} refused: {err}");
+                self.send_error(
+                    conn,
+                    pb::ErrorCode::InvalidSubscription,
+                    msg,
+                    id,
+                    pb::AnswerKind::Subscription,
+                );
+                return;
+            }
+            Err(err) => {
+                self.protocol_error(now, conn, pb::ErrorCode::Protocol, err.to_string());
+                return;
+            }
+        };
+        match (handshaking, frame) {
+            (true, ClientFrame::Hello(hello)) => self.handle_hello(now, conn, hello),
+            (true, other) => {
+                let msg = format!(
+                    "the first frame must be Hello, got {}",
+                    client_frame_name(&other)
+                );
+                self.protocol_error(now, conn, pb::ErrorCode::Protocol, msg);
+            }
+            (false, ClientFrame::Hello(_)) => {
+                self.protocol_error(
+                    now,
+                    conn,
+                    pb::ErrorCode::Protocol,
+                    "Hello sent twice".into(),
+                );
+            }
+            (false, ClientFrame::Subscribe(s)) => self.handle_subscribe(now, conn, s),
+            (false, ClientFrame::Unsubscribe { sub_id }) => {
+                self.handle_unsubscribe(now, conn, sub_id)
+            }
+            (false, ClientFrame::Publish(p)) => self.handle_publish(now, conn, p),
+            (false, ClientFrame::Ack { delivery_id }) => self.handle_ack(now, conn, delivery_id),
+            (false, ClientFrame::Ping { nonce }) => {
+                self.send_frame(conn, Body::Pong(pb::Pong { nonce }))
+            }
+            (false, ClientFrame::Pong { .. }) => {}
+            (false, ClientFrame::Goodbye { .. }) => self.close(now, conn, CloseReason::Goodbye),
+        }
+    }
+
+    fn handle_hello(&mut self, now: Instant, conn: ConnId, hello: Hello) {
+        if hello.protocol_version != PROTOCOL_VERSION {
+            let msg = format!(
+                "protocol version mismatch: client speaks version {}, this broker speaks version {}",
+                hello.protocol_version, PROTOCOL_VERSION
+            );
+            self.refuse(now, conn, pb::ErrorCode::VersionMismatch, msg);
+            return;
+        }
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if hello.role == Role::Agent && c.peer.uid != self.config.owner_uid {
+            let msg = format!("uid {} may not connect in the agent role", c.peer.uid);
+            self.totals.denied += 1;
+            self.refuse(now, conn, pb::ErrorCode::PermissionDenied, msg);
+            return;
+        }
+        self.next_session += 1;
+        let session_id = self.next_session;
+        c.phase = Phase::Open;
+        c.session_id = session_id;
+        c.principal.role = hello.role;
+        c.client_name = hello.client_name;
+        c.publisher_id = Arc::from(hello.publisher_id.as_str());
+        if let Some(col) = hello.collector {
+            // The newest connection of a collector id wins: a restarted collector may
+            // reconnect before its old connection is noticed dead.
+            self.collectors.insert(col.id.clone(), conn);
+            c.collector_id = Some(col.id);
+        }
+        self.sessions.insert(session_id, conn);
+        let welcome = pb::Welcome {
+            protocol_version: PROTOCOL_VERSION,
+            session_id,
+            max_frame: self.config.max_frame,
+            heartbeat_interval_ms: u64::try_from(self.config.heartbeat_interval.as_millis())
+                .unwrap_or(u64::MAX),
+            publisher_id: hello.publisher_id,
+        };
+        self.send_frame(conn, Body::Welcome(welcome));
+    }
+
+    // ----- frames out -----
+
+    fn send_frame(&mut self, conn: ConnId, body: Body) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let frame = pb::Frame { body: Some(body) };
+        // Broker-built control frames are small; a failure here would be a bug, and the
+        // frame is then skipped rather than panicking.
+        if daemoneye_proto::encode(&frame, u32::MAX, &mut c.out).is_ok() {
+            self.dirty.insert(conn);
+        }
+    }
+
+    fn send_error(
+        &mut self,
+        conn: ConnId,
+        code: pb::ErrorCode,
+        message: String,
+        answers: u64,
+        kind: pb::AnswerKind,
+    ) {
+        self.send_frame(
+            conn,
+            Body::Error(pb::Error {
+                code: code as i32,
+                message,
+                answers,
+                answers_kind: kind as i32,
+            }),
+        );
+    }
+
+    /// Hands every connection's encoded frames to the driver.
+    fn flush(&mut self) {
+        while let Some(id) = self.dirty.pop_first() {
+            let Some(c) = self.conns.get_mut(&id) else {
+                continue;
+            };
+            if c.out.is_empty() {
+                continue;
+            }
+            let data = c.out.split().freeze();
+            c.in_flight += data.len();
+            self.outputs.push_back(Output::Transmit { conn: id, data });
+        }
+    }
+
+    /// Flushes the connection's pending frames, forgets it and tells the driver to close it.
+    fn close(&mut self, now: Instant, conn: ConnId, reason: CloseReason) {
+        if !self.conns.contains_key(&conn) {
+            return;
+        }
+        self.dirty.insert(conn);
+        self.flush();
+        self.remove_conn(now, conn);
+        self.outputs.push_back(Output::Close { conn, reason });
+    }
+
+    fn remove_conn(&mut self, now: Instant, conn: ConnId) {
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
+        self.ready.remove(&conn);
+        self.dirty.remove(&conn);
+        self.budget_blocked.remove(&conn);
+        if c.session_id != 0 {
+            self.sessions.remove(&c.session_id);
+        }
+        if let Some(id) = &c.collector_id
+            && self.collectors.get(id) == Some(&conn)
+        {
+            self.collectors.remove(id);
+        }
+        // Unacked deliveries go back to their queues first, so that redelivery sees them.
+        for key in c.subs.values() {
+            self.requeue_unacked(*key);
+        }
+        for key in c.subs.values().copied().collect::<Vec<_>>() {
+            let durable = self.subs.get(&key).is_some_and(|s| s.durable.is_some());
+            if durable {
+                if let Some(s) = self.subs.get_mut(&key) {
+                    s.owner = None;
+                    s.detached_at = Some(now);
+                    s.blocked.retain(|b| *b != conn);
+                }
+            } else {
+                self.remove_subscription(now, key, true);
+            }
+        }
+    }
+
+    // ----- introspection -----
+
+    /// Live connections.
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Live subscriptions (durable ones without an owner included).
+    pub fn subscription_count(&self) -> usize {
+        self.subs.len()
+    }
+
+    /// Bytes of queued messages charged to the memory budget.
+    pub fn queued_bytes(&self) -> u64 {
+        self.queued_bytes
+    }
+
+    /// Broker-wide counters.
+    pub fn totals(&self) -> Counters {
+        self.totals
+    }
+
+    /// The publish-to-ack latency histogram.
+    pub fn latency(&self) -> &LatencyHistogram {
+        &self.latency
+    }
+
+    /// Session id of a connection, once its handshake is done.
+    pub fn session_of(&self, conn: ConnId) -> Option<u64> {
+        self.conns
+            .get(&conn)
+            .map(|c| c.session_id)
+            .filter(|&s| s != 0)
+    }
+
+    /// Heap bytes a connection holds in the broker (decoder and unsent output), for the
+    /// per-connection memory bound.
+    pub fn connection_memory(&self, conn: ConnId) -> Option<usize> {
+        self.conns
+            .get(&conn)
+            .map(|c| c.decoder.capacity() + c.out.capacity())
+    }
+
+    /// QoS1 publishes waiting for their PubAck.
+    pub fn pending_pubacks(&self) -> usize {
+        self.pubacks.len()
+    }
+
+    /// Every subscription, in key order.
+    pub fn subscriptions(&self) -> Vec<SubscriptionInfo> {
+        self.subs
+            .values()
+            .map(|s| SubscriptionInfo {
+                key: s.key,
+                owner: s.owner,
+                client_sub_id: s.client_sub_id,
+                filter: s.filter.as_str().to_string(),
+                group: s.group.as_deref().map(str::to_string),
+                queued: s.queue.len(),
+                unacked: s.unacked.len(),
+                capacity: s.capacity,
+                overflow: s.overflow,
+                dropped: s.dropped_total,
+            })
+            .collect()
+    }
+
+    /// Current health and the reasons for anything worse than Healthy.
+    pub fn health(&self) -> (Health, Vec<String>) {
+        let mut health = Health::Healthy;
+        let mut reasons = Vec::new();
+        let budget = self.config.memory_budget.max(1);
+        if self.queued_bytes * 100 >= budget * 95 {
+            health = Health::Unhealthy;
+            reasons.push(format!(
+                "queued bytes {} at 95% of the budget {}",
+                self.queued_bytes, budget
+            ));
+        } else if self.queued_bytes * 100 >= budget * 80 {
+            health = Health::Degraded;
+            reasons.push(format!(
+                "queued bytes {} at 80% of the budget {}",
+                self.queued_bytes, budget
+            ));
+        }
+        if self.conns.len() >= self.config.max_connections {
+            health = health.max(Health::Degraded);
+            reasons.push(format!(
+                "connection limit {} reached",
+                self.config.max_connections
+            ));
+        }
+        let pressured = self.subs.values().filter(|s| s.under_pressure()).count();
+        if pressured > 0 {
+            health = health.max(Health::Degraded);
+            reasons.push(format!(
+                "{pressured} subscription queue(s) at 80% of capacity or more"
+            ));
+        }
+        (health, reasons)
+    }
+}
+
+fn client_frame_name(f: &ClientFrame) -> &'static str {
+    match f {
+        ClientFrame::Hello(_) => "Hello",
+        ClientFrame::Subscribe(_) => "Subscribe",
+        ClientFrame::Unsubscribe { .. } => "Unsubscribe",
+        ClientFrame::Publish(_) => "Publish",
+        ClientFrame::Ack { .. } => "Ack",
+        ClientFrame::Ping { .. } => "Ping",
+        ClientFrame::Pong { .. } => "Pong",
+        ClientFrame::Goodbye { .. } => "Goodbye",
+    }
+}

@@ -1,0 +1,1035 @@
+//! Subscriptions, publish routing, queue groups, overflow, QoS1 acks and delivery.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message as _;
+
+use daemoneye_proto::frame::{Overflow, Publish, QoS, QueueStrategy, Subscribe, Target};
+use daemoneye_proto::pb::bus::{self as pb, frame::Body};
+use daemoneye_proto::pb::{control as pbc, stats as pbs};
+
+use super::queue::Entry;
+use super::{
+    Broker, ConnId, GroupState, Message, Output, Phase, PubAckState, Stalled, Subscription, wire,
+};
+use crate::Instant;
+use crate::topic::{TopicFilter, TopicName, topics};
+
+/// Messages taken from one subscription before moving to the connection's next one.
+const DELIVERY_BATCH: usize = 32;
+/// Fixed cost charged to the memory budget per message besides its topic and payload.
+const MESSAGE_OVERHEAD: u64 = 128;
+/// Least time between two SlowDown notices to one publisher.
+const SLOW_DOWN_EVERY: Duration = Duration::from_secs(1);
+/// Publisher id stamped on the broker's own messages.
+const BROKER_PUBLISHER: &str = "$broker";
+
+/// A publish could not be routed yet: a Block queue (or the memory budget) has no room.
+struct Blocked {
+    publish: Publish,
+    topic: TopicName,
+    on: BlockedOn,
+}
+
+enum BlockedOn {
+    Subscription(u64, String),
+    Budget,
+}
+
+impl Broker {
+    pub(super) fn handle_subscribe(&mut self, now: Instant, conn: ConnId, s: Subscribe) {
+        let sub_id = s.sub_id;
+        let fail = |b: &mut Broker, code: pb::ErrorCode, msg: String| {
+            b.send_error(conn, code, msg, sub_id, pb::AnswerKind::Subscription);
+        };
+        let filter = match TopicFilter::parse(&s.filter) {
+            Ok(f) => f,
+            Err(e) => {
+                return fail(
+                    self,
+                    pb::ErrorCode::InvalidFilter,
+                    format!("invalid filter {:?}: {e}", s.filter),
+                );
+            }
+        };
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let principal = c.principal;
+        let uid = c.peer.uid;
+        if !self.acl.allows_subscribe(principal, &filter) {
+            self.totals.denied += 1;
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.counters.denied += 1;
+            }
+            let msg = format!("uid {uid} may not subscribe to {:?}", filter.as_str());
+            return fail(self, pb::ErrorCode::PermissionDenied, msg);
+        }
+        if c.subs.contains_key(&sub_id) {
+            return fail(
+                self,
+                pb::ErrorCode::DuplicateSubscription,
+                format!("sub_id {sub_id} is already in use"),
+            );
+        }
+        if c.subs.len() >= self.config.max_subscriptions_per_connection {
+            let msg = format!(
+                "subscription limit of {} per connection reached",
+                self.config.max_subscriptions_per_connection
+            );
+            return fail(self, pb::ErrorCode::TooManySubscriptions, msg);
+        }
+        let capacity = s.capacity.unwrap_or(self.config.default_capacity);
+        if capacity > self.config.max_capacity {
+            let msg = format!(
+                "capacity {capacity} is above the maximum of {}",
+                self.config.max_capacity
+            );
+            return fail(self, pb::ErrorCode::InvalidSubscription, msg);
+        }
+        // Nothing is lost by default: a subscriber that wants loss must ask for it.
+        let overflow = s.overflow.unwrap_or(Overflow::Block);
+
+        if let Some(name) = &s.durable_name
+            && let Some(&key) = self.durables.get(&(uid, name.clone()))
+        {
+            let Some(existing) = self.subs.get_mut(&key) else {
+                return;
+            };
+            if existing.owner.is_some() {
+                let msg = format!("durable subscription {name:?} is in use by another connection");
+                return fail(self, pb::ErrorCode::DuplicateSubscription, msg);
+            }
+            if existing.filter != filter {
+                let msg = format!(
+                    "durable subscription {name:?} exists with filter {:?}",
+                    existing.filter.as_str()
+                );
+                return fail(self, pb::ErrorCode::InvalidSubscription, msg);
+            }
+            existing.owner = Some(conn);
+            existing.client_sub_id = sub_id;
+            existing.detached_at = None;
+            let backlog = existing.queue.len() as u64;
+            let ack = pb::SubAck {
+                sub_id,
+                capacity: existing.capacity,
+                overflow: existing.overflow.to_pb() as i32,
+                resumed_backlog: backlog,
+            };
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.subs.insert(sub_id, key);
+            }
+            self.send_frame(conn, Body::SubAck(ack));
+            self.ready.insert(conn);
+            return;
+        }
+
+        self.next_sub += 1;
+        let key = self.next_sub;
+        let group = s.group.as_ref().map(|g| Arc::<str>::from(g.name.as_str()));
+        if let (Some(name), Some(spec)) = (&group, &s.group) {
+            let g = self
+                .groups
+                .entry(name.clone())
+                .or_insert_with(|| GroupState {
+                    strategy: spec.strategy,
+                    last: 0,
+                    members: Default::default(),
+                });
+            g.members.insert(key);
+        }
+        self.index.insert(&filter, key);
+        let durable = s.durable_name.map(|n| (uid, n));
+        if let Some(d) = &durable {
+            self.durables.insert(d.clone(), key);
+        }
+        self.subs.insert(
+            key,
+            Subscription {
+                key,
+                owner: Some(conn),
+                client_sub_id: sub_id,
+                filter,
+                group,
+                qos: s.qos,
+                capacity,
+                overflow,
+                durable,
+                queue: Default::default(),
+                unacked: Default::default(),
+                blocked: Vec::new(),
+                dropped_total: 0,
+                dropped_unreported: 0,
+                detached_at: None,
+                counters: Default::default(),
+            },
+        );
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.subs.insert(sub_id, key);
+        }
+        let ack = pb::SubAck {
+            sub_id,
+            capacity,
+            overflow: overflow.to_pb() as i32,
+            resumed_backlog: 0,
+        };
+        self.send_frame(conn, Body::SubAck(ack));
+        let _ = now;
+    }
+
+    pub(super) fn handle_unsubscribe(&mut self, now: Instant, conn: ConnId, sub_id: u64) {
+        let key = self
+            .conns
+            .get(&conn)
+            .and_then(|c| c.subs.get(&sub_id).copied());
+        match key {
+            Some(key) => self.remove_subscription(now, key, true),
+            None => self.send_error(
+                conn,
+                pb::ErrorCode::UnknownSubscription,
+                format!("no subscription with sub_id {sub_id}"),
+                sub_id,
+                pb::AnswerKind::Subscription,
+            ),
+        }
+    }
+
+    pub(super) fn handle_publish(&mut self, now: Instant, conn: ConnId, p: Publish) {
+        let seq = p.sequence;
+        let fail = |b: &mut Broker, code: pb::ErrorCode, msg: String| {
+            b.send_error(conn, code, msg, seq, pb::AnswerKind::Publish);
+        };
+        let topic = match TopicName::parse(&p.topic) {
+            Ok(t) => t,
+            Err(e) => {
+                return fail(
+                    self,
+                    pb::ErrorCode::InvalidTopic,
+                    format!("invalid topic {:?}: {e}", p.topic),
+                );
+            }
+        };
+        if let Some(reply_to) = &p.reply_to
+            && let Err(e) = TopicName::parse(reply_to)
+        {
+            return fail(
+                self,
+                pb::ErrorCode::InvalidTopic,
+                format!("invalid reply_to {reply_to:?}: {e}"),
+            );
+        }
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let principal = c.principal;
+        if topic.is_reserved() {
+            // `$` topics belong to the broker; a publish there with reply_to is a request.
+            let is_request = p.reply_to.is_some()
+                && (topic.as_str() == topics::BROKER_STATS
+                    || topic.as_str() == topics::BROKER_HEALTH);
+            if is_request && self.acl.allows_publish(principal, &topic) {
+                self.answer_request(now, conn, &topic, &p);
+                return;
+            }
+            self.totals.denied += 1;
+            return fail(
+                self,
+                pb::ErrorCode::PermissionDenied,
+                format!("topic {:?} is reserved for the broker", topic.as_str()),
+            );
+        }
+        if !self.acl.allows_publish(principal, &topic) {
+            self.totals.denied += 1;
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.counters.denied += 1;
+            }
+            let msg = format!(
+                "uid {} may not publish to {:?}",
+                principal.uid,
+                topic.as_str()
+            );
+            return fail(self, pb::ErrorCode::PermissionDenied, msg);
+        }
+        if let Err(blocked) = self.route(now, Some(conn), p, topic) {
+            self.stall(conn, blocked);
+        }
+    }
+
+    fn stall(&mut self, conn: ConnId, blocked: Box<Blocked>) {
+        let reason = match &blocked.on {
+            BlockedOn::Subscription(key, why) => {
+                if let Some(s) = self.subs.get_mut(key)
+                    && !s.blocked.contains(&conn)
+                {
+                    s.blocked.push(conn);
+                }
+                why.clone()
+            }
+            BlockedOn::Budget => {
+                self.budget_blocked.insert(conn);
+                format!(
+                    "broker memory budget of {} bytes is full",
+                    self.config.memory_budget
+                )
+            }
+        };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.stalled = Some(Stalled {
+            publish: blocked.publish,
+            topic: blocked.topic,
+        });
+        if !c.read_paused {
+            c.read_paused = true;
+            self.outputs.push_back(Output::PauseRead { conn });
+            let level = pb::BackpressureLevel::Blocked as i32;
+            self.send_frame(conn, Body::Backpressure(pb::Backpressure { level, reason }));
+        }
+    }
+
+    /// Retries a stalled publisher; on success it goes on with the frames it sent after.
+    fn retry_stalled(&mut self, now: Instant, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let Some(stalled) = c.stalled.take() else {
+            return;
+        };
+        self.budget_blocked.remove(&conn);
+        if let Err(blocked) = self.route(now, Some(conn), stalled.publish, stalled.topic) {
+            self.stall(conn, blocked);
+            return;
+        }
+        self.process_frames(now, conn);
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.stalled.is_none() && c.read_paused {
+            c.read_paused = false;
+            self.outputs.push_back(Output::ResumeRead { conn });
+            let level = pb::BackpressureLevel::None as i32;
+            self.send_frame(
+                conn,
+                Body::Backpressure(pb::Backpressure {
+                    level,
+                    reason: String::new(),
+                }),
+            );
+        }
+    }
+
+    fn resolve_target(
+        &mut self,
+        origin: Option<ConnId>,
+        p: &Publish,
+    ) -> Result<Option<ConnId>, ()> {
+        let found = match &p.target {
+            None => return Ok(None),
+            Some(Target::Session(s)) => self.sessions.get(s).copied(),
+            Some(Target::Collector(id)) => self.collectors.get(id).copied(),
+        };
+        match found {
+            Some(c) => Ok(Some(c)),
+            None => {
+                if let Some(origin) = origin {
+                    let what = match &p.target {
+                        Some(Target::Session(s)) => format!("session {s}"),
+                        Some(Target::Collector(id)) => format!("collector {id:?}"),
+                        None => String::new(),
+                    };
+                    self.send_error(
+                        origin,
+                        pb::ErrorCode::UnknownTarget,
+                        format!("direct publish to unknown or departed {what}"),
+                        p.sequence,
+                        pb::AnswerKind::Publish,
+                    );
+                }
+                Err(())
+            }
+        }
+    }
+
+    /// Picks the member of `group` that gets a message among the matched keys.
+    fn pick_member(&mut self, group: &Arc<str>, matched: &[u64]) -> Option<u64> {
+        let g = self.groups.get(group)?;
+        let subs = &self.subs;
+        let candidates: Vec<u64> = matched
+            .iter()
+            .copied()
+            .filter(|k| subs.get(k).is_some_and(|s| s.group.as_ref() == Some(group)))
+            .collect();
+        if candidates.is_empty() {
+            return None;
+        }
+        let has_room = |k: &u64| subs.get(k).is_some_and(|s| !s.is_full());
+        let chosen = match g.strategy {
+            QueueStrategy::RoundRobin => {
+                // Next after the last one served, in key order, skipping full members; if
+                // every member is full, the plain next one (whose overflow strategy decides).
+                let after = candidates.iter().copied().filter(|k| *k > g.last);
+                let before = candidates.iter().copied().filter(|k| *k <= g.last);
+                let order: Vec<u64> = after.chain(before).collect();
+                order
+                    .iter()
+                    .copied()
+                    .find(|k| has_room(k))
+                    .unwrap_or(order[0])
+            }
+            QueueStrategy::LeastLoaded => candidates
+                .iter()
+                .copied()
+                .min_by_key(|k| (subs.get(k).map_or(usize::MAX, Subscription::occupancy), *k))
+                .unwrap_or(candidates[0]),
+            QueueStrategy::Random => {
+                let roomy: Vec<u64> = candidates.iter().copied().filter(has_room).collect();
+                let pool = if roomy.is_empty() {
+                    &candidates
+                } else {
+                    &roomy
+                };
+                pool[self.rng.below(pool.len() as u64) as usize]
+            }
+        };
+        Some(chosen)
+    }
+
+    /// Routes one publish. `Err` hands the publish back when a Block queue or the memory
+    /// budget has no room; nothing has been queued then.
+    fn route(
+        &mut self,
+        now: Instant,
+        origin: Option<ConnId>,
+        p: Publish,
+        topic: TopicName,
+    ) -> Result<(), Box<Blocked>> {
+        let Ok(target) = self.resolve_target(origin, &p) else {
+            return Ok(());
+        };
+        let mut matched = std::mem::take(&mut self.scratch);
+        matched.clear();
+        self.index.matches(&topic, &mut matched);
+        if let Some(t) = target {
+            let subs = &self.subs;
+            matched.retain(|k| subs.get(k).is_some_and(|s| s.owner == Some(t)));
+        }
+        let mut targets: Vec<u64> = Vec::with_capacity(matched.len().min(8));
+        let mut groups_seen: Vec<Arc<str>> = Vec::new();
+        for k in &matched {
+            match self.subs.get(k).and_then(|s| s.group.clone()) {
+                None => targets.push(*k),
+                Some(g) if !groups_seen.contains(&g) => groups_seen.push(g),
+                Some(_) => {}
+            }
+        }
+        let mut picks = Vec::with_capacity(groups_seen.len());
+        for g in &groups_seen {
+            if let Some(k) = self.pick_member(g, &matched) {
+                targets.push(k);
+                picks.push((g.clone(), k));
+            }
+        }
+        self.scratch = matched;
+
+        let size = p.payload.len() as u64 + topic.as_str().len() as u64 + MESSAGE_OVERHEAD;
+        let over_budget = self.queued_bytes + size > self.config.memory_budget;
+        if origin.is_some() {
+            for k in &targets {
+                let Some(s) = self.subs.get(k) else { continue };
+                if s.overflow != Overflow::Block {
+                    continue;
+                }
+                if over_budget {
+                    return Err(Box::new(Blocked {
+                        publish: p,
+                        topic,
+                        on: BlockedOn::Budget,
+                    }));
+                }
+                if s.is_full() {
+                    let why = format!(
+                        "subscription {} ({:?}) is full",
+                        s.client_sub_id,
+                        s.filter.as_str()
+                    );
+                    return Err(Box::new(Blocked {
+                        publish: p,
+                        topic,
+                        on: BlockedOn::Subscription(*k, why),
+                    }));
+                }
+            }
+        }
+        for (g, k) in picks {
+            if let Some(state) = self.groups.get_mut(&g) {
+                state.last = k;
+            }
+        }
+
+        self.next_msg += 1;
+        let publisher_id = match origin.and_then(|o| self.conns.get(&o)) {
+            Some(c) => c.publisher_id.clone(),
+            None => Arc::from(BROKER_PUBLISHER),
+        };
+        let msg = Arc::new(Message {
+            id: self.next_msg,
+            topic,
+            payload: p.payload,
+            publisher_id,
+            sequence: p.sequence,
+            correlation: p.correlation,
+            reply_to: p.reply_to,
+            priority: p.priority,
+            qos: p.qos,
+            published_at: now,
+            size,
+        });
+        self.totals.published += 1;
+        self.topic_counters.get_mut(msg.topic.as_str()).published += 1;
+        if let Some(c) = origin.and_then(|o| self.conns.get_mut(&o)) {
+            c.counters.published += 1;
+        }
+        let wants_puback = p.qos == QoS::AtLeastOnce && origin.is_some();
+        if targets.is_empty() {
+            self.totals.no_interest += 1;
+            self.topic_counters.get_mut(msg.topic.as_str()).no_interest += 1;
+            if wants_puback && let Some(o) = origin {
+                let ack = pb::PubAck {
+                    sequence: p.sequence,
+                    delivered: 0,
+                    dropped: 0,
+                    no_interest: true,
+                };
+                self.send_frame(o, Body::PubAck(ack));
+            }
+            return Ok(());
+        }
+
+        let mut remaining = 0u32;
+        let mut dropped_now = 0u32;
+        let mut evicted: Vec<Entry> = Vec::new();
+        let mut slow_down = false;
+        let mut error_subs: Vec<String> = Vec::new();
+        for k in &targets {
+            let Some(s) = self.subs.get_mut(k) else {
+                continue;
+            };
+            let tracked = wants_puback && s.qos == QoS::AtLeastOnce;
+            let entry = Entry {
+                msg: msg.clone(),
+                redelivered: false,
+                tracked,
+            };
+            let no_room = s.is_full() || over_budget;
+            let accept = if !no_room {
+                true
+            } else {
+                match s.overflow {
+                    Overflow::DropOldest => match s.queue.pop_oldest_lowest() {
+                        Some(old) => {
+                            s.dropped_total += 1;
+                            s.dropped_unreported += 1;
+                            s.counters.dropped += 1;
+                            evicted.push(old);
+                            true
+                        }
+                        None => false,
+                    },
+                    Overflow::Error => {
+                        error_subs.push(format!(
+                            "subscription {} ({:?})",
+                            s.client_sub_id,
+                            s.filter.as_str()
+                        ));
+                        false
+                    }
+                    // Block reaches here only for the broker's own messages, which never wait.
+                    Overflow::DropNewest | Overflow::Block => false,
+                }
+            };
+            if accept {
+                if tracked {
+                    remaining += 1;
+                }
+                s.queue.push_back(entry);
+                if s.under_pressure() {
+                    slow_down = true;
+                }
+            } else {
+                s.dropped_total += 1;
+                s.dropped_unreported += 1;
+                s.counters.dropped += 1;
+                if tracked {
+                    dropped_now += 1;
+                }
+            }
+            if let Some(owner) = s.owner {
+                self.ready.insert(owner);
+            }
+        }
+        let drops = u64::from(dropped_now) + evicted.len() as u64;
+        let topic_counters = self.topic_counters.get_mut(msg.topic.as_str());
+        topic_counters.dropped += drops;
+        self.totals.dropped += drops;
+        if Arc::strong_count(&msg) > 1 {
+            self.queued_bytes += msg.size;
+        }
+        for old in evicted {
+            self.discard(old);
+        }
+        if let Some(o) = origin {
+            for what in error_subs {
+                self.send_error(
+                    o,
+                    pb::ErrorCode::QueueFull,
+                    format!("{what} is full; message dropped"),
+                    p.sequence,
+                    pb::AnswerKind::Publish,
+                );
+            }
+            if slow_down || self.queued_bytes * 5 >= self.config.memory_budget * 4 {
+                self.maybe_slow_down(now, o);
+            }
+        }
+        if wants_puback && let Some(o) = origin {
+            if remaining == 0 {
+                let ack = pb::PubAck {
+                    sequence: p.sequence,
+                    delivered: 0,
+                    dropped: dropped_now,
+                    no_interest: false,
+                };
+                self.send_frame(o, Body::PubAck(ack));
+            } else {
+                self.pubacks.insert(
+                    msg.id,
+                    PubAckState {
+                        conn: o,
+                        sequence: p.sequence,
+                        remaining,
+                        delivered: 0,
+                        dropped: dropped_now,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn maybe_slow_down(&mut self, now: Instant, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.slow_down_sent.is_some_and(|t| t + SLOW_DOWN_EVERY > now) {
+            return;
+        }
+        c.slow_down_sent = Some(now);
+        let level = pb::BackpressureLevel::SlowDown as i32;
+        let reason = "a subscription queue is at 80% of its capacity".to_string();
+        self.send_frame(conn, Body::Backpressure(pb::Backpressure { level, reason }));
+    }
+
+    /// Releases a queued copy that will not be delivered: resolves its PubAck share as
+    /// dropped and its memory.
+    fn discard(&mut self, entry: Entry) {
+        if entry.tracked {
+            self.resolve_share(entry.msg.id, false);
+        }
+        self.release(entry);
+    }
+
+    /// Drops the broker's hold on one copy; the message's bytes leave the budget with its
+    /// last copy.
+    fn release(&mut self, entry: Entry) {
+        if Arc::strong_count(&entry.msg) == 1 {
+            self.queued_bytes = self.queued_bytes.saturating_sub(entry.msg.size);
+        }
+    }
+
+    fn resolve_share(&mut self, msg_id: u64, delivered: bool) {
+        let Some(st) = self.pubacks.get_mut(&msg_id) else {
+            return;
+        };
+        if delivered {
+            st.delivered += 1;
+        } else {
+            st.dropped += 1;
+        }
+        st.remaining = st.remaining.saturating_sub(1);
+        if st.remaining > 0 {
+            return;
+        }
+        let Some(st) = self.pubacks.remove(&msg_id) else {
+            return;
+        };
+        if self.conns.contains_key(&st.conn) {
+            let ack = pb::PubAck {
+                sequence: st.sequence,
+                delivered: st.delivered,
+                dropped: st.dropped,
+                no_interest: false,
+            };
+            self.send_frame(st.conn, Body::PubAck(ack));
+        }
+    }
+
+    pub(super) fn handle_ack(&mut self, now: Instant, conn: ConnId, delivery_id: u64) {
+        let key = self
+            .conns
+            .get_mut(&conn)
+            .and_then(|c| c.unacked.remove(&delivery_id));
+        let Some(key) = key else {
+            self.send_error(
+                conn,
+                pb::ErrorCode::Protocol,
+                format!("no unacknowledged delivery with id {delivery_id}"),
+                delivery_id,
+                pb::AnswerKind::Ack,
+            );
+            return;
+        };
+        let Some(s) = self.subs.get_mut(&key) else {
+            return;
+        };
+        let Some(entry) = s.unacked.remove(&delivery_id) else {
+            return;
+        };
+        s.counters.acked += 1;
+        self.totals.acked += 1;
+        self.topic_counters.get_mut(entry.msg.topic.as_str()).acked += 1;
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.counters.acked += 1;
+        }
+        self.latency
+            .record(now.saturating_since(entry.msg.published_at));
+        if entry.tracked {
+            self.resolve_share(entry.msg.id, true);
+        }
+        self.release(entry);
+        self.ready.insert(conn);
+        self.wake(now, key);
+    }
+
+    /// Moves a subscription's unacknowledged deliveries back to the front of its queue, in
+    /// their original order, marked redelivered.
+    pub(super) fn requeue_unacked(&mut self, key: u64) {
+        let Some(s) = self.subs.get_mut(&key) else {
+            return;
+        };
+        let unacked = std::mem::take(&mut s.unacked);
+        for (_, mut e) in unacked.into_iter().rev() {
+            e.redelivered = true;
+            s.queue.push_front(e);
+        }
+    }
+
+    /// Removes a subscription. Its queued and unacknowledged copies go to another member of
+    /// its queue group when `redeliver` and one matches with room; otherwise they are
+    /// dropped, counted, and their PubAck shares resolved.
+    pub(super) fn remove_subscription(&mut self, now: Instant, key: u64, redeliver: bool) {
+        self.requeue_unacked(key);
+        let Some(mut s) = self.subs.remove(&key) else {
+            return;
+        };
+        self.index.remove(&s.filter, key);
+        if let Some(d) = &s.durable {
+            self.durables.remove(d);
+        }
+        if let Some(owner) = s.owner
+            && let Some(c) = self.conns.get_mut(&owner)
+        {
+            c.subs.remove(&s.client_sub_id);
+            c.unacked.retain(|_, k| *k != key);
+        }
+        if let Some(g) = &s.group
+            && let Some(state) = self.groups.get_mut(g)
+        {
+            state.members.remove(&key);
+            if state.members.is_empty() {
+                self.groups.remove(g);
+            }
+        }
+        let entries = s.queue.drain_all();
+        let mut dropped = 0u64;
+        for mut e in entries {
+            if redeliver && let Some(g) = s.group.clone() {
+                let mut matched = Vec::new();
+                self.index.matches(&e.msg.topic, &mut matched);
+                if let Some(member) = self.pick_member(&g, &matched)
+                    && let Some(m) = self.subs.get_mut(&member)
+                    && !m.is_full()
+                {
+                    e.redelivered = true;
+                    m.queue.push_back(e);
+                    if let Some(owner) = m.owner {
+                        self.ready.insert(owner);
+                    }
+                    if let Some(state) = self.groups.get_mut(&g) {
+                        state.last = member;
+                    }
+                    continue;
+                }
+            }
+            dropped += 1;
+            self.discard(e);
+        }
+        self.totals.dropped += dropped;
+        s.dropped_total += dropped;
+        for conn in std::mem::take(&mut s.blocked) {
+            self.retry_stalled(now, conn);
+        }
+    }
+
+    /// A subscription's queue has room again: retry the publishers stalled on it, and those
+    /// stalled on the memory budget if it has room.
+    fn wake(&mut self, now: Instant, key: u64) {
+        let blocked = match self.subs.get_mut(&key) {
+            Some(s) if !s.is_full() && !s.blocked.is_empty() => std::mem::take(&mut s.blocked),
+            _ => Vec::new(),
+        };
+        for conn in blocked {
+            self.retry_stalled(now, conn);
+        }
+        if !self.budget_blocked.is_empty() && self.queued_bytes < self.config.memory_budget {
+            let waiting: Vec<ConnId> = self.budget_blocked.iter().copied().collect();
+            for conn in waiting {
+                self.retry_stalled(now, conn);
+            }
+        }
+    }
+
+    /// Hands queued messages to every ready connection, within its write window.
+    pub(super) fn pump(&mut self, now: Instant) {
+        while let Some(conn) = self.ready.pop_first() {
+            let woken = self.pump_conn(conn);
+            for key in woken {
+                self.wake(now, key);
+            }
+        }
+    }
+
+    /// Encodes deliveries for one connection; returns the subscriptions whose queues shrank
+    /// (QoS0 copies leave the queue when handed out).
+    fn pump_conn(&mut self, conn: ConnId) -> Vec<u64> {
+        let window = self.config.write_window;
+        let mut woken = Vec::new();
+        let mut resolved = Vec::new();
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return woken;
+        };
+        if matches!(c.phase, Phase::Handshaking { .. }) {
+            return woken;
+        }
+        let keys: Vec<u64> = {
+            let cursor = c.cursor;
+            let after = c.subs.values().copied().filter(|k| *k > cursor);
+            let before = c.subs.values().copied().filter(|k| *k <= cursor);
+            after.chain(before).collect()
+        };
+        let mut wrote = false;
+        loop {
+            let mut progress = false;
+            for &key in &keys {
+                if c.in_flight + c.out.len() >= window {
+                    break;
+                }
+                let Some(s) = self.subs.get_mut(&key) else {
+                    continue;
+                };
+                if s.dropped_unreported > 0 {
+                    let d = pb::Dropped {
+                        sub_id: s.client_sub_id,
+                        count: s.dropped_unreported,
+                        total: s.dropped_total,
+                    };
+                    let frame = pb::Frame {
+                        body: Some(Body::Dropped(d)),
+                    };
+                    if daemoneye_proto::encode(&frame, u32::MAX, &mut c.out).is_ok() {
+                        s.dropped_unreported = 0;
+                        wrote = true;
+                    }
+                }
+                let mut shrank = false;
+                for _ in 0..DELIVERY_BATCH {
+                    if c.in_flight + c.out.len() >= window {
+                        break;
+                    }
+                    let Some(entry) = s.queue.pop() else { break };
+                    let qos1 = s.qos == QoS::AtLeastOnce && entry.msg.qos == QoS::AtLeastOnce;
+                    let delivery_id = if qos1 {
+                        c.next_delivery += 1;
+                        c.next_delivery
+                    } else {
+                        0
+                    };
+                    wire::encode_deliver(s.client_sub_id, delivery_id, qos1, &entry, &mut c.out);
+                    s.counters.delivered += 1;
+                    c.counters.delivered += 1;
+                    self.totals.delivered += 1;
+                    progress = true;
+                    wrote = true;
+                    c.cursor = key;
+                    if qos1 {
+                        c.unacked.insert(delivery_id, key);
+                        s.unacked.insert(delivery_id, entry);
+                    } else {
+                        if entry.tracked {
+                            resolved.push(entry.msg.id);
+                        }
+                        if Arc::strong_count(&entry.msg) == 1 {
+                            self.queued_bytes = self.queued_bytes.saturating_sub(entry.msg.size);
+                        }
+                        shrank = true;
+                    }
+                }
+                if shrank {
+                    woken.push(key);
+                }
+            }
+            if !progress || c.in_flight + c.out.len() >= window {
+                break;
+            }
+        }
+        if wrote {
+            self.dirty.insert(conn);
+        }
+        for id in resolved {
+            self.resolve_share(id, true);
+        }
+        woken
+    }
+
+    fn answer_request(&mut self, now: Instant, conn: ConnId, topic: &TopicName, p: &Publish) {
+        let Some(reply_to) = p.reply_to.clone() else {
+            return;
+        };
+        let Ok(reply_topic) = TopicName::parse(&reply_to) else {
+            return;
+        };
+        let Some(session) = self.session_of(conn) else {
+            return;
+        };
+        let payload = if topic.as_str() == topics::BROKER_STATS {
+            Bytes::from(self.stats_report(now).encode_to_vec())
+        } else {
+            Bytes::from(self.health_report().encode_to_vec())
+        };
+        let reply = Publish {
+            topic: reply_to,
+            payload,
+            qos: QoS::AtMostOnce,
+            sequence: 0,
+            correlation: p.correlation.clone(),
+            reply_to: None,
+            priority: 0,
+            target: Some(Target::Session(session)),
+        };
+        let _ = self.route(now, None, reply, reply_topic);
+    }
+
+    /// Publishes stats and health on their `$sys` topics.
+    pub(super) fn publish_stats(&mut self, now: Instant, _reply: Option<ConnId>) {
+        let elapsed = now.saturating_since(self.last_rate.0).as_secs_f64();
+        if elapsed > 0.0 {
+            self.rates = (
+                (self.totals.published - self.last_rate.1) as f64 / elapsed,
+                (self.totals.delivered - self.last_rate.2) as f64 / elapsed,
+            );
+        }
+        self.last_rate = (now, self.totals.published, self.totals.delivered);
+        let stats = Bytes::from(self.stats_report(now).encode_to_vec());
+        let health = Bytes::from(self.health_report().encode_to_vec());
+        for (topic, payload) in [
+            (topics::BROKER_STATS, stats),
+            (topics::BROKER_HEALTH, health),
+        ] {
+            let Ok(t) = TopicName::parse(topic) else {
+                continue;
+            };
+            let p = Publish {
+                topic: topic.to_string(),
+                payload,
+                qos: QoS::AtMostOnce,
+                sequence: 0,
+                correlation: None,
+                reply_to: None,
+                priority: 0,
+                target: None,
+            };
+            let _ = self.route(now, None, p, t);
+        }
+    }
+
+    fn health_report(&self) -> pbc::HealthReport {
+        let (health, reasons) = self.health();
+        let state = match health {
+            super::Health::Healthy => pbc::HealthState::Healthy,
+            super::Health::Degraded => pbc::HealthState::Degraded,
+            super::Health::Unhealthy => pbc::HealthState::Unhealthy,
+        } as i32;
+        pbc::HealthReport {
+            overall: state,
+            broker: state,
+            coordinator: 0,
+            collectors: Vec::new(),
+            reasons,
+        }
+    }
+
+    /// The full statistics report.
+    pub fn stats_report(&self, now: Instant) -> pbs::BrokerStats {
+        let (health, reasons) = self.health();
+        let queued: u64 = self.subs.values().map(|s| s.occupancy() as u64).sum();
+        pbs::BrokerStats {
+            uptime_ms: self
+                .started
+                .map_or(0, |s| now.saturating_since(s).as_millis() as u64),
+            totals: Some(self.totals.to_pb(queued)),
+            connections: self.conns.len() as u64,
+            subscriptions: self.subs.len() as u64,
+            queued_bytes: self.queued_bytes,
+            memory_budget_bytes: self.config.memory_budget,
+            publish_rate: self.rates.0,
+            deliver_rate: self.rates.1,
+            ack_latency: Some(self.latency.summary()),
+            topics: self.topic_counters.to_pb(),
+            subscriptions_detail: self
+                .subs
+                .values()
+                .map(|s| pbs::SubscriptionStats {
+                    session_id: s.owner.and_then(|o| self.session_of(o)).unwrap_or(0),
+                    sub_id: s.client_sub_id,
+                    filter: s.filter.as_str().to_string(),
+                    queue_group: s.group.as_deref().unwrap_or("").to_string(),
+                    durable_name: s.durable.as_ref().map_or(String::new(), |d| d.1.clone()),
+                    capacity: s.capacity,
+                    overflow: s.overflow.as_str().to_string(),
+                    counters: Some(s.counters.to_pb(s.queue.len() as u64)),
+                    unacked: s.unacked.len() as u64,
+                })
+                .collect(),
+            connections_detail: self
+                .conns
+                .values()
+                .filter(|c| c.session_id != 0)
+                .map(|c| pbs::ConnectionStats {
+                    session_id: c.session_id,
+                    client_name: c.client_name.clone(),
+                    uid: c.peer.uid,
+                    pid: c.peer.pid.unwrap_or(0),
+                    role: c.principal.role.as_str().to_string(),
+                    counters: Some(c.counters.to_pb(0)),
+                    subscriptions: c.subs.len() as u64,
+                    reading_paused: c.read_paused,
+                })
+                .collect(),
+            health: health.as_str().to_string(),
+            health_reasons: reasons,
+        }
+    }
+}

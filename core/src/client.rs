@@ -1,0 +1,458 @@
+//! The client-side protocol machine used by the client library and by simulations.
+//!
+//! It owns the handshake, the client's subscriptions (re-sent after every reconnect), the
+//! QoS1 publisher state (each QoS1 publish is kept until its PubAck and re-sent, with its
+//! original sequence, after a reconnect) and subscriber-side deduplication by
+//! (subscription, publisher id, sequence), so that the application sees each QoS1 message
+//! once. Duplicates are acknowledged to the broker and dropped. No IO: bytes in with
+//! [`ClientSession::handle_bytes`], bytes out with [`ClientSession::poll_transmit`], events
+//! out with [`ClientSession::poll_event`].
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+
+use daemoneye_proto::frame::{
+    ClientFrame, CollectorIdentity, Deliver, ErrorFrame, Hello, Publish, QoS, Role, ServerFrame,
+    Subscribe,
+};
+use daemoneye_proto::pb::bus as pb;
+use daemoneye_proto::{FrameDecoder, PROTOCOL_VERSION};
+
+use crate::Instant;
+
+/// Who the client says it is.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Name for the broker's logs and stats.
+    pub client_name: String,
+    /// Stable publisher id (defaults to the client name); must survive restarts for
+    /// deduplication of re-sent QoS1 messages to work.
+    pub publisher_id: Option<String>,
+    /// Role.
+    pub role: Role,
+    /// Collector identity, for collectors.
+    pub collector: Option<CollectorIdentity>,
+    /// Largest frame accepted.
+    pub max_frame: u32,
+    /// Sequences remembered per (subscription, publisher) for deduplication.
+    pub dedup_window: usize,
+}
+
+impl ClientConfig {
+    /// A plain client named `name`.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            client_name: name.into(),
+            publisher_id: None,
+            role: Role::Client,
+            collector: None,
+            max_frame: daemoneye_proto::DEFAULT_MAX_FRAME,
+            dedup_window: 4096,
+        }
+    }
+}
+
+/// Something the application should know.
+// Events are drained as they come, so boxing the large Message variant would only add an
+// allocation per message.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// Handshake done.
+    Connected {
+        /// The broker's session id.
+        session_id: u64,
+    },
+    /// The broker accepted a subscription.
+    Subscribed {
+        /// The subscription.
+        sub_id: u64,
+        /// Messages waiting for a resumed durable subscription.
+        backlog: u64,
+    },
+    /// A message (QoS1 ones already deduplicated; ack them with [`ClientSession::ack`]).
+    Message(Deliver),
+    /// A QoS1 publish is resolved.
+    PubAck {
+        /// Its sequence.
+        sequence: u64,
+        /// Subscriptions that acked it.
+        delivered: u32,
+        /// Subscriptions that dropped it.
+        dropped: u32,
+        /// Nobody subscribed.
+        no_interest: bool,
+    },
+    /// The broker refused something.
+    Error(ErrorFrame),
+    /// The broker asks to slow down, or stopped / resumed reading us.
+    Backpressure {
+        /// How urgent.
+        level: pb::BackpressureLevel,
+        /// Why.
+        reason: String,
+    },
+    /// A subscription lost messages to its overflow strategy.
+    Dropped {
+        /// The subscription.
+        sub_id: u64,
+        /// Lost since the last notice.
+        count: u64,
+        /// Lost in all.
+        total: u64,
+    },
+    /// The connection is over (protocol error, Goodbye, or the driver's disconnect).
+    Closed {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Why a client call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// A QoS0 publish needs a live connection (QoS1 ones wait for the reconnect).
+    #[error("not connected to the broker")]
+    NotConnected,
+    /// The frame would exceed the broker's maximum.
+    #[error("message too large: {0}")]
+    TooLarge(String),
+    /// No such subscription.
+    #[error("no subscription with id {0}")]
+    UnknownSubscription(u64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Disconnected,
+    Handshaking,
+    Open { session_id: u64 },
+}
+
+/// Remembers recent sequences of one publisher on one subscription.
+#[derive(Debug, Default)]
+struct DedupWindow {
+    seen: BTreeSet<u64>,
+}
+
+impl DedupWindow {
+    /// Records `seq`; returns whether it was new.
+    fn insert(&mut self, seq: u64, cap: usize) -> bool {
+        if self.seen.len() >= cap && self.seen.first().is_some_and(|&lo| seq < lo) {
+            return false;
+        }
+        if !self.seen.insert(seq) {
+            return false;
+        }
+        while self.seen.len() > cap {
+            self.seen.pop_first();
+        }
+        true
+    }
+}
+
+/// The client protocol machine.
+#[derive(Debug)]
+pub struct ClientSession {
+    config: ClientConfig,
+    state: State,
+    decoder: FrameDecoder,
+    max_frame: u32,
+    out: BytesMut,
+    subs: BTreeMap<u64, Subscribe>,
+    next_sub_id: u64,
+    next_sequence: u64,
+    pending: BTreeMap<u64, Publish>,
+    dedup: BTreeMap<(u64, String), DedupWindow>,
+    events: VecDeque<ClientEvent>,
+    heartbeat: Duration,
+    last_recv: Instant,
+    last_ping: Instant,
+    duplicates: u64,
+}
+
+impl ClientSession {
+    /// A disconnected session.
+    pub fn new(config: ClientConfig) -> Self {
+        let max_frame = config.max_frame;
+        Self {
+            config,
+            state: State::Disconnected,
+            decoder: FrameDecoder::new(max_frame),
+            max_frame,
+            out: BytesMut::new(),
+            subs: BTreeMap::new(),
+            next_sub_id: 0,
+            next_sequence: 0,
+            pending: BTreeMap::new(),
+            dedup: BTreeMap::new(),
+            events: VecDeque::new(),
+            heartbeat: Duration::from_secs(10),
+            last_recv: Instant::ZERO,
+            last_ping: Instant::ZERO,
+            duplicates: 0,
+        }
+    }
+
+    /// Resumes the publisher sequence after `last` (e.g. the highest sequence in a WAL), so
+    /// that a restarted publisher never reuses a sequence.
+    pub fn resume_sequence_after(&mut self, last: u64) {
+        self.next_sequence = self.next_sequence.max(last);
+    }
+
+    /// Whether the handshake is done.
+    pub fn is_connected(&self) -> bool {
+        matches!(self.state, State::Open { .. })
+    }
+
+    /// The broker's session id, once connected.
+    pub fn session_id(&self) -> Option<u64> {
+        match self.state {
+            State::Open { session_id } => Some(session_id),
+            _ => None,
+        }
+    }
+
+    /// QoS1 publishes waiting for their PubAck.
+    pub fn pending_publishes(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Duplicate QoS1 deliveries dropped so far.
+    pub fn duplicates_dropped(&self) -> u64 {
+        self.duplicates
+    }
+
+    fn queue(&mut self, frame: ClientFrame) -> Result<(), ClientError> {
+        let frame: pb::Frame = frame.into();
+        daemoneye_proto::encode(&frame, self.max_frame, &mut self.out)
+            .map(|_| ())
+            .map_err(|e| ClientError::TooLarge(e.to_string()))
+    }
+
+    /// A transport is up: start the handshake. Subscriptions and pending QoS1 publishes are
+    /// sent again once the broker welcomes us.
+    pub fn connect(&mut self, now: Instant) {
+        self.decoder = FrameDecoder::new(self.config.max_frame);
+        self.max_frame = self.config.max_frame;
+        self.out.clear();
+        self.state = State::Handshaking;
+        self.last_recv = now;
+        self.last_ping = now;
+        let hello = Hello {
+            protocol_version: PROTOCOL_VERSION,
+            client_name: self.config.client_name.clone(),
+            role: self.config.role,
+            publisher_id: self
+                .config
+                .publisher_id
+                .clone()
+                .unwrap_or_else(|| self.config.client_name.clone()),
+            collector: self.config.collector.clone(),
+        };
+        let _ = self.queue(ClientFrame::Hello(hello));
+    }
+
+    /// The transport is gone. Subscriptions and unacknowledged QoS1 publishes are kept.
+    pub fn handle_disconnect(&mut self, reason: impl Into<String>) {
+        if self.state != State::Disconnected {
+            self.state = State::Disconnected;
+            self.out.clear();
+            self.events.push_back(ClientEvent::Closed {
+                reason: reason.into(),
+            });
+        }
+    }
+
+    /// Opens a subscription; `spec.sub_id` is assigned here. Returns the id.
+    pub fn subscribe(&mut self, mut spec: Subscribe) -> u64 {
+        self.next_sub_id += 1;
+        spec.sub_id = self.next_sub_id;
+        self.subs.insert(spec.sub_id, spec.clone());
+        if self.is_connected() {
+            let _ = self.queue(ClientFrame::Subscribe(spec));
+        }
+        self.next_sub_id
+    }
+
+    /// Closes a subscription.
+    pub fn unsubscribe(&mut self, sub_id: u64) -> Result<(), ClientError> {
+        if self.subs.remove(&sub_id).is_none() {
+            return Err(ClientError::UnknownSubscription(sub_id));
+        }
+        self.dedup.retain(|(s, _), _| *s != sub_id);
+        if self.is_connected() {
+            self.queue(ClientFrame::Unsubscribe { sub_id })?;
+        }
+        Ok(())
+    }
+
+    /// Publishes; the sequence is assigned here and returned. A QoS1 publish is kept until
+    /// its PubAck (and re-sent after a reconnect); a QoS0 publish needs a connection.
+    pub fn publish(&mut self, mut p: Publish) -> Result<u64, ClientError> {
+        if p.qos == QoS::AtMostOnce && !self.is_connected() {
+            return Err(ClientError::NotConnected);
+        }
+        self.next_sequence += 1;
+        p.sequence = self.next_sequence;
+        if p.qos == QoS::AtLeastOnce {
+            self.pending.insert(p.sequence, p.clone());
+        }
+        if self.is_connected()
+            && let Err(e) = self.queue(ClientFrame::Publish(p))
+        {
+            self.pending.remove(&self.next_sequence);
+            return Err(e);
+        }
+        Ok(self.next_sequence)
+    }
+
+    /// Acknowledges a QoS1 delivery.
+    pub fn ack(&mut self, delivery_id: u64) {
+        if self.is_connected() && delivery_id != 0 {
+            let _ = self.queue(ClientFrame::Ack { delivery_id });
+        }
+    }
+
+    /// Says Goodbye.
+    pub fn close(&mut self, reason: impl Into<String>) {
+        if self.is_connected() {
+            let _ = self.queue(ClientFrame::Goodbye {
+                reason: reason.into(),
+            });
+        }
+    }
+
+    /// Bytes from the broker.
+    pub fn handle_bytes(&mut self, now: Instant, data: &[u8]) {
+        if self.state == State::Disconnected {
+            return;
+        }
+        self.last_recv = now;
+        let _ = self.decoder.push(data);
+        loop {
+            match self.decoder.next_frame() {
+                Ok(Some(frame)) => match ServerFrame::try_from(frame) {
+                    Ok(f) => self.handle_frame(f),
+                    Err(e) => {
+                        return self.handle_disconnect(format!("invalid frame from broker: {e}"));
+                    }
+                },
+                Ok(None) => return,
+                Err(e) => return self.handle_disconnect(format!("framing error from broker: {e}")),
+            }
+            if self.state == State::Disconnected {
+                return;
+            }
+        }
+    }
+
+    fn handle_frame(&mut self, f: ServerFrame) {
+        match f {
+            ServerFrame::Welcome(w) => {
+                self.state = State::Open {
+                    session_id: w.session_id,
+                };
+                self.max_frame = w.max_frame.min(self.config.max_frame).max(1);
+                if w.heartbeat_interval_ms > 0 {
+                    self.heartbeat = Duration::from_millis(w.heartbeat_interval_ms);
+                }
+                let subs: Vec<Subscribe> = self.subs.values().cloned().collect();
+                for s in subs {
+                    let _ = self.queue(ClientFrame::Subscribe(s));
+                }
+                let pending: Vec<Publish> = self.pending.values().cloned().collect();
+                for p in pending {
+                    let _ = self.queue(ClientFrame::Publish(p));
+                }
+                self.events.push_back(ClientEvent::Connected {
+                    session_id: w.session_id,
+                });
+            }
+            ServerFrame::SubAck(a) => self.events.push_back(ClientEvent::Subscribed {
+                sub_id: a.sub_id,
+                backlog: a.resumed_backlog,
+            }),
+            ServerFrame::Deliver(d) => {
+                if d.qos == QoS::AtLeastOnce {
+                    let cap = self.config.dedup_window;
+                    let window = self
+                        .dedup
+                        .entry((d.sub_id, d.publisher_id.clone()))
+                        .or_default();
+                    if !window.insert(d.sequence, cap) {
+                        self.duplicates += 1;
+                        self.ack(d.delivery_id);
+                        return;
+                    }
+                }
+                self.events.push_back(ClientEvent::Message(d));
+            }
+            ServerFrame::PubAck(a) => {
+                self.pending.remove(&a.sequence);
+                self.events.push_back(ClientEvent::PubAck {
+                    sequence: a.sequence,
+                    delivered: a.delivered,
+                    dropped: a.dropped,
+                    no_interest: a.no_interest,
+                });
+            }
+            ServerFrame::Error(e) => {
+                // A refused publish will never get a PubAck: stop re-sending it.
+                if e.answers_kind == pb::AnswerKind::Publish {
+                    self.pending.remove(&e.answers);
+                }
+                if e.answers_kind == pb::AnswerKind::Subscription {
+                    self.subs.remove(&e.answers);
+                }
+                self.events.push_back(ClientEvent::Error(e));
+            }
+            ServerFrame::Ping { nonce } => {
+                let _ = self.queue(ClientFrame::Pong { nonce });
+            }
+            ServerFrame::Pong { .. } => {}
+            ServerFrame::Backpressure { level, reason } => self
+                .events
+                .push_back(ClientEvent::Backpressure { level, reason }),
+            ServerFrame::Goodbye { reason } => {
+                self.handle_disconnect(format!("broker said goodbye: {reason}"))
+            }
+            ServerFrame::Dropped(d) => self.events.push_back(ClientEvent::Dropped {
+                sub_id: d.sub_id,
+                count: d.count,
+                total: d.total,
+            }),
+        }
+    }
+
+    /// Keepalive: ping when the broker has been quiet for a heartbeat interval.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.is_connected()
+            && self.last_recv + self.heartbeat <= now
+            && self.last_ping + self.heartbeat <= now
+        {
+            self.last_ping = now;
+            let _ = self.queue(ClientFrame::Ping {
+                nonce: now.as_nanos(),
+            });
+        }
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) wants to run.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.is_connected()
+            .then(|| (self.last_recv + self.heartbeat).max(self.last_ping + self.heartbeat))
+    }
+
+    /// Bytes to write to the broker, coalesced.
+    pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        (!self.out.is_empty()).then(|| self.out.split().freeze())
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.events.pop_front()
+    }
+}
