@@ -510,13 +510,17 @@ fn error_overflow_tells_the_publisher_which_subscription_is_full() {
 #[test]
 fn block_overflow_stalls_the_publisher_and_loses_nothing() {
     let (mut w, s, p, _) = full_queue_world(Overflow::Block);
-    for i in 0..20 {
+    // More than the 256 publishes a stalled connection may have waiting: reading pauses.
+    for i in 0..300 {
         w.client(p)
             .publish(publish_spec("t", &i.to_string(), QoS::AtLeastOnce))
             .expect("publish");
     }
     w.run();
-    assert!(w.paused.contains(&p), "publisher's reads are paused");
+    assert!(
+        w.paused.contains(&p),
+        "publisher's reads are paused once its backlog is full"
+    );
     let bp: Vec<_> = w
         .events_of(p)
         .into_iter()
@@ -525,14 +529,19 @@ fn block_overflow_stalls_the_publisher_and_loses_nothing() {
             _ => None,
         })
         .collect();
-    assert!(bp.contains(&BackpressureLevel::Blocked));
+    assert_eq!(
+        bp,
+        vec![BackpressureLevel::SlowDown, BackpressureLevel::Blocked],
+        "slowed at 80%, then told once it is blocked"
+    );
     let mut got = Vec::new();
-    for _ in 0..10 {
+    for _ in 0..200 {
         let msgs = w.take_messages(s);
         if msgs.is_empty() {
             break;
         }
-        assert!(w.broker.subscriptions()[0].queued + w.broker.subscriptions()[0].unacked <= 4);
+        let info = &w.broker.subscriptions()[0];
+        assert!(info.queued + info.unacked <= 4, "{info:?}");
         got.extend(
             msgs.iter()
                 .map(|d| String::from_utf8_lossy(&d.payload).into_owned()),
@@ -541,12 +550,60 @@ fn block_overflow_stalls_the_publisher_and_loses_nothing() {
     }
     assert_eq!(
         got,
-        (0..20).map(|i| i.to_string()).collect::<Vec<_>>(),
+        (0..300).map(|i| i.to_string()).collect::<Vec<_>>(),
         "all, in order"
     );
     assert!(!w.paused.contains(&p), "reading resumed");
-    assert_eq!(w.pubacks(p).len(), 20);
+    assert_eq!(w.pubacks(p).len(), 300);
     assert_eq!(w.broker.totals().dropped, 0);
+    let levels: Vec<_> = w
+        .events_of(p)
+        .into_iter()
+        .filter_map(|e| match e {
+            ClientEvent::Backpressure { level, .. } => Some(level),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        levels.last(),
+        Some(&BackpressureLevel::None),
+        "told when the block lifts"
+    );
+}
+
+#[test]
+fn publisher_blocked_on_its_own_subscription_can_still_ack_its_way_out() {
+    let mut w = World::new();
+    let c = w.connect("self");
+    w.subscribe(
+        c,
+        with(
+            sub_spec("t"),
+            QoS::AtLeastOnce,
+            Some(2),
+            Some(Overflow::Block),
+        ),
+    );
+    for i in 0..5 {
+        w.client(c)
+            .publish(publish_spec("t", &i.to_string(), QoS::AtLeastOnce))
+            .expect("publish");
+    }
+    w.run();
+    let mut got = Vec::new();
+    for _ in 0..10 {
+        let msgs = w.take_messages(c);
+        if msgs.is_empty() {
+            break;
+        }
+        got.extend(
+            msgs.iter()
+                .map(|d| String::from_utf8_lossy(&d.payload).into_owned()),
+        );
+        w.ack_all(c, &msgs);
+    }
+    assert_eq!(got, ["0", "1", "2", "3", "4"]);
+    assert_eq!(w.client(c).pending_publishes(), 0);
 }
 
 #[test]
@@ -608,7 +665,10 @@ fn memory_budget_blocks_block_subscriptions_publishers() {
     }
     w.run();
     assert!(w.broker.queued_bytes() <= 2_000);
-    assert!(w.paused.contains(&p));
+    let blocked = w.events_of(p).into_iter().any(|e| {
+        matches!(e, ClientEvent::Backpressure { level: BackpressureLevel::Blocked, ref reason } if reason.contains("budget"))
+    });
+    assert!(blocked, "the publisher is told the budget blocks it");
     let mut total = 0;
     for _ in 0..20 {
         let msgs = w.take_messages(s);

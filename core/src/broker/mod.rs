@@ -15,9 +15,10 @@
 //! Flow control: a connection gets at most `write_window` bytes handed to the driver and not
 //! yet reported written; everything else waits in the subscriptions' bounded queues, where
 //! the overflow strategy applies. A publish that would overflow a Block queue is held
-//! whole, before any copy is queued, and the publisher's connection stops being read until
-//! that queue has room; its later frames wait in its decoder, so nothing is lost and order
-//! is kept.
+//! whole, before any copy is queued; the publisher's later publishes wait behind it in order
+//! while its other frames (acks, pings, subscription changes) are still handled, and once a
+//! bounded backlog of publishes waits, the connection stops being read until the queue has
+//! room. Nothing is lost and per-publisher order is kept.
 
 mod queue;
 mod route;
@@ -208,12 +209,10 @@ enum Phase {
     Open,
 }
 
-/// A publish that found a full Block queue, waiting whole for room.
-#[derive(Debug)]
-struct Stalled {
-    publish: daemoneye_proto::frame::Publish,
-    topic: TopicName,
-}
+/// Publishes a stalled connection may have waiting before the broker stops reading it.
+const MAX_DEFERRED_PUBLISHES: usize = 256;
+/// Payload bytes a stalled connection may have waiting before the broker stops reading it.
+const MAX_DEFERRED_BYTES: usize = 1 << 20;
 
 #[derive(Debug)]
 struct Connection {
@@ -234,7 +233,12 @@ struct Connection {
     out: BytesMut,
     /// Bytes handed to the driver and not yet reported written.
     in_flight: usize,
-    stalled: Option<Stalled>,
+    /// Publishes waiting, in order, behind one that found a full Block queue (the front).
+    /// Other frames (acks, pings, subscription changes) are still handled meanwhile, so a
+    /// client blocked on its own subscription can still ack its way out.
+    deferred: VecDeque<daemoneye_proto::frame::Publish>,
+    deferred_bytes: usize,
+    blocked_notified: bool,
     read_paused: bool,
     last_recv: Instant,
     last_ping: Instant,
@@ -423,7 +427,9 @@ impl Broker {
             next_delivery: 0,
             out: BytesMut::new(),
             in_flight: 0,
-            stalled: None,
+            deferred: VecDeque::new(),
+            deferred_bytes: 0,
+            blocked_notified: false,
             read_paused: false,
             last_recv: now,
             last_ping: now,
@@ -612,7 +618,12 @@ impl Broker {
             let Some(c) = self.conns.get_mut(&conn) else {
                 return;
             };
-            if c.stalled.is_some() {
+            if c.deferred.len() >= MAX_DEFERRED_PUBLISHES || c.deferred_bytes >= MAX_DEFERRED_BYTES
+            {
+                if !c.read_paused {
+                    c.read_paused = true;
+                    self.outputs.push_back(Output::PauseRead { conn });
+                }
                 return;
             }
             match c.decoder.next_frame() {

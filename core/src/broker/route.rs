@@ -11,9 +11,7 @@ use daemoneye_proto::pb::bus::{self as pb, frame::Body};
 use daemoneye_proto::pb::{control as pbc, stats as pbs};
 
 use super::queue::Entry;
-use super::{
-    Broker, ConnId, GroupState, Message, Output, Phase, PubAckState, Stalled, Subscription, wire,
-};
+use super::{Broker, ConnId, GroupState, Message, Output, Phase, PubAckState, Subscription, wire};
 use crate::Instant;
 use crate::topic::{TopicFilter, TopicName, topics};
 
@@ -29,7 +27,6 @@ const BROKER_PUBLISHER: &str = "$broker";
 /// A publish could not be routed yet: a Block queue (or the memory budget) has no room.
 struct Blocked {
     publish: Publish,
-    topic: TopicName,
     on: BlockedOn,
 }
 
@@ -198,9 +195,25 @@ impl Broker {
     }
 
     pub(super) fn handle_publish(&mut self, now: Instant, conn: ConnId, p: Publish) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if !c.deferred.is_empty() {
+            c.deferred_bytes += p.payload.len();
+            c.deferred.push_back(p);
+            return;
+        }
+        if let Err(blocked) = self.try_publish(now, conn, p) {
+            self.stall(conn, blocked);
+        }
+    }
+
+    /// Validates and routes one publish; `Err` hands it back when it must wait for room.
+    fn try_publish(&mut self, now: Instant, conn: ConnId, p: Publish) -> Result<(), Box<Blocked>> {
         let seq = p.sequence;
         let fail = |b: &mut Broker, code: pb::ErrorCode, msg: String| {
             b.send_error(conn, code, msg, seq, pb::AnswerKind::Publish);
+            Ok(())
         };
         let topic = match TopicName::parse(&p.topic) {
             Ok(t) => t,
@@ -222,7 +235,7 @@ impl Broker {
             );
         }
         let Some(c) = self.conns.get(&conn) else {
-            return;
+            return Ok(());
         };
         let principal = c.principal;
         if topic.is_reserved() {
@@ -232,14 +245,11 @@ impl Broker {
                     || topic.as_str() == topics::BROKER_HEALTH);
             if is_request && self.acl.allows_publish(principal, &topic) {
                 self.answer_request(now, conn, &topic, &p);
-                return;
+                return Ok(());
             }
             self.totals.denied += 1;
-            return fail(
-                self,
-                pb::ErrorCode::PermissionDenied,
-                format!("topic {:?} is reserved for the broker", topic.as_str()),
-            );
+            let msg = format!("topic {:?} is reserved for the broker", topic.as_str());
+            return fail(self, pb::ErrorCode::PermissionDenied, msg);
         }
         if !self.acl.allows_publish(principal, &topic) {
             self.totals.denied += 1;
@@ -253,11 +263,10 @@ impl Broker {
             );
             return fail(self, pb::ErrorCode::PermissionDenied, msg);
         }
-        if let Err(blocked) = self.route(now, Some(conn), p, topic) {
-            self.stall(conn, blocked);
-        }
+        self.route(now, Some(conn), p, topic)
     }
 
+    /// Puts a blocked publish at the front of the connection's waiting publishes.
     fn stall(&mut self, conn: ConnId, blocked: Box<Blocked>) {
         let reason = match &blocked.on {
             BlockedOn::Subscription(key, why) => {
@@ -279,38 +288,41 @@ impl Broker {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        c.stalled = Some(Stalled {
-            publish: blocked.publish,
-            topic: blocked.topic,
-        });
-        if !c.read_paused {
-            c.read_paused = true;
-            self.outputs.push_back(Output::PauseRead { conn });
+        c.deferred_bytes += blocked.publish.payload.len();
+        c.deferred.push_front(blocked.publish);
+        if !c.blocked_notified {
+            c.blocked_notified = true;
             let level = pb::BackpressureLevel::Blocked as i32;
             self.send_frame(conn, Body::Backpressure(pb::Backpressure { level, reason }));
         }
     }
 
-    /// Retries a stalled publisher; on success it goes on with the frames it sent after.
+    /// Retries a stalled publisher's waiting publishes in order; once all are routed it
+    /// goes on with the frames it sent after them.
     fn retry_stalled(&mut self, now: Instant, conn: ConnId) {
-        let Some(c) = self.conns.get_mut(&conn) else {
-            return;
-        };
-        let Some(stalled) = c.stalled.take() else {
-            return;
-        };
         self.budget_blocked.remove(&conn);
-        if let Err(blocked) = self.route(now, Some(conn), stalled.publish, stalled.topic) {
-            self.stall(conn, blocked);
-            return;
+        loop {
+            let Some(c) = self.conns.get_mut(&conn) else {
+                return;
+            };
+            let Some(p) = c.deferred.pop_front() else {
+                break;
+            };
+            c.deferred_bytes = c.deferred_bytes.saturating_sub(p.payload.len());
+            if let Err(blocked) = self.try_publish(now, conn, p) {
+                self.stall(conn, blocked);
+                return;
+            }
         }
-        self.process_frames(now, conn);
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        if c.stalled.is_none() && c.read_paused {
-            c.read_paused = false;
+        let was_paused = std::mem::replace(&mut c.read_paused, false);
+        let notified = std::mem::replace(&mut c.blocked_notified, false);
+        if was_paused {
             self.outputs.push_back(Output::ResumeRead { conn });
+        }
+        if notified {
             let level = pb::BackpressureLevel::None as i32;
             self.send_frame(
                 conn,
@@ -320,6 +332,7 @@ impl Broker {
                 }),
             );
         }
+        self.process_frames(now, conn);
     }
 
     fn resolve_target(
@@ -446,7 +459,6 @@ impl Broker {
                 if over_budget {
                     return Err(Box::new(Blocked {
                         publish: p,
-                        topic,
                         on: BlockedOn::Budget,
                     }));
                 }
@@ -458,7 +470,6 @@ impl Broker {
                     );
                     return Err(Box::new(Blocked {
                         publish: p,
-                        topic,
                         on: BlockedOn::Subscription(*k, why),
                     }));
                 }

@@ -92,3 +92,92 @@ pub(crate) fn encode_deliver(
     put_varint(11, u64::from(entry.redelivered), out);
     4 + frame_len
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use daemoneye_proto::frame::QoS;
+    use daemoneye_proto::pb::bus as pb;
+    use prost::Message as _;
+
+    use super::*;
+    use crate::Instant;
+    use crate::broker::Message;
+    use crate::topic::TopicName;
+
+    fn entry(
+        correlation: Option<pb::Correlation>,
+        reply_to: Option<&str>,
+        priority: u8,
+        redelivered: bool,
+    ) -> Entry {
+        Entry {
+            msg: Arc::new(Message {
+                id: 1,
+                topic: TopicName::parse("events.process.new").expect("topic"),
+                payload: Bytes::from_static(b"payload bytes"),
+                publisher_id: Arc::from("procmond"),
+                sequence: 77,
+                correlation,
+                reply_to: reply_to.map(str::to_string),
+                priority,
+                qos: QoS::AtLeastOnce,
+                published_at: Instant::ZERO,
+                size: 0,
+            }),
+            redelivered,
+            tracked: false,
+        }
+    }
+
+    #[test]
+    fn hand_encoded_deliver_is_byte_identical_to_prost() {
+        let corr = pb::Correlation {
+            correlation_id: "c".into(),
+            root_id: "r".into(),
+            sequence: 3,
+            ..Default::default()
+        };
+        for (e, sub, did, qos1) in [
+            (entry(None, None, 0, false), 1, 0, false),
+            (
+                entry(Some(corr.clone()), Some("reply.x"), 7, true),
+                9,
+                12345,
+                true,
+            ),
+            (
+                entry(Some(pb::Correlation::default()), None, 255, false),
+                u64::MAX,
+                u64::MAX,
+                true,
+            ),
+        ] {
+            let mut hand = Vec::new();
+            let n = encode_deliver(sub, did, qos1, &e, &mut hand);
+            let m = &*e.msg;
+            let frame = pb::Frame {
+                body: Some(pb::frame::Body::Deliver(pb::Deliver {
+                    sub_id: sub,
+                    delivery_id: did,
+                    topic: m.topic.as_str().into(),
+                    payload: m.payload.clone(),
+                    qos: i32::from(qos1),
+                    publisher_id: m.publisher_id.to_string(),
+                    sequence: m.sequence,
+                    correlation: m.correlation.clone(),
+                    reply_to: m.reply_to.clone().unwrap_or_default(),
+                    priority: u32::from(m.priority),
+                    redelivered: e.redelivered,
+                })),
+            };
+            let mut reference = Vec::new();
+            daemoneye_proto::encode(&frame, u32::MAX, &mut reference).expect("encode");
+            assert_eq!(hand, reference);
+            assert_eq!(n, hand.len());
+            assert_eq!(pb::Frame::decode(&hand[4..]).expect("decodes"), frame);
+        }
+    }
+}
