@@ -167,31 +167,34 @@ impl SubscriptionIndex {
     /// (a key stored under one filter appears once).
     pub fn matches(&self, name: &TopicName, out: &mut Vec<u64>) {
         let start = out.len();
-        let mut levels: [&str; crate::topic::MAX_LEVELS] = [""; crate::topic::MAX_LEVELS];
-        let mut n = 0;
-        for l in name.levels() {
-            levels[n] = l;
-            n += 1;
-        }
-        self.walk(0, &levels[..n], 0, name.is_reserved(), out);
+        self.walk(0, name.levels(), true, name.is_reserved(), out);
         out[start..].sort_unstable();
     }
 
-    fn walk(&self, node: usize, levels: &[&str], depth: usize, reserved: bool, out: &mut Vec<u64>) {
+    /// `levels` is the rest of the name; cloning it at a `+` branch is a copy of two
+    /// pointers, so no per-match buffer of levels is needed.
+    fn walk<'a>(
+        &self,
+        node: usize,
+        mut levels: std::str::Split<'a, char>,
+        first: bool,
+        reserved: bool,
+        out: &mut Vec<u64>,
+    ) {
         let nd = &self.nodes[node];
-        let guard = depth == 0 && reserved;
+        let guard = first && reserved;
         if !guard {
             out.extend_from_slice(&nd.multi);
         }
-        let Some((first, rest)) = levels.split_first() else {
+        let Some(level) = levels.next() else {
             out.extend_from_slice(&nd.exact);
             return;
         };
-        if let Some(&child) = nd.literal.get(*first) {
-            self.walk(child, rest, depth + 1, reserved, out);
-        }
         if !guard && let Some(child) = nd.single {
-            self.walk(child, rest, depth + 1, reserved, out);
+            self.walk(child, levels.clone(), false, reserved, out);
+        }
+        if let Some(&child) = nd.literal.get(level) {
+            self.walk(child, levels, false, reserved, out);
         }
     }
 }

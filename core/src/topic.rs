@@ -99,7 +99,7 @@ impl TopicName {
     }
 
     /// The levels, in order.
-    pub fn levels(&self) -> impl Iterator<Item = &str> {
+    pub fn levels(&self) -> std::str::Split<'_, char> {
         self.0.split(SEPARATOR)
     }
 

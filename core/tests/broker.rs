@@ -836,10 +836,10 @@ fn request_reply_round_trip_carries_correlation() {
     w.sub(client, "reply.client");
     let mut req = publish_spec("svc.echo", "ping", QoS::AtMostOnce);
     req.reply_to = Some("reply.client".into());
-    req.correlation = Some(daemoneye_proto::pb::bus::Correlation {
+    req.correlation = Some(Box::new(daemoneye_proto::pb::bus::Correlation {
         correlation_id: "c-1".into(),
         ..Default::default()
-    });
+    }));
     w.client(client).publish(req).expect("publish");
     w.run();
     let got = w.take_messages(server);

@@ -97,6 +97,15 @@ pub fn encode(frame: &Frame, max_frame: u32, out: &mut impl BufMut) -> Result<us
     Ok(HEADER_LEN + len)
 }
 
+/// Decodes one frame body (the bytes after the header) exactly as prost does, taking a
+/// hand-written fast path for plain Publish frames.
+pub fn decode_body(body: &[u8]) -> Result<Frame, prost::DecodeError> {
+    match crate::fast::publish_frame(body) {
+        Some(frame) => Ok(frame),
+        None => Frame::decode(body),
+    }
+}
+
 /// Checks a frame header against the maximum.
 fn check_len(len: u32, max_frame: u32) -> Result<(), FrameError> {
     if len == 0 {
@@ -246,7 +255,7 @@ impl FrameDecoder {
         }
         // Decoding from a slice copies `bytes` fields into their own allocations, so a queued
         // payload never pins the whole read buffer it arrived in.
-        let decoded = Frame::decode(&avail[HEADER_LEN..end]);
+        let decoded = decode_body(&avail[HEADER_LEN..end]);
         self.start += end;
         match decoded {
             Ok(frame) if frame.body.is_none() => Err(self.fail(FrameError::MissingBody)),

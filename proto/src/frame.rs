@@ -421,7 +421,7 @@ pub struct Publish {
     /// Publisher sequence (echoed in PubAck).
     pub sequence: u64,
     /// Correlation metadata, passed through unchanged.
-    pub correlation: Option<pb::Correlation>,
+    pub correlation: Option<Box<pb::Correlation>>,
     /// Reply topic for request/reply.
     pub reply_to: Option<String>,
     /// 0..=255, higher first.
@@ -594,7 +594,7 @@ pub struct Deliver {
     /// The publisher's sequence.
     pub sequence: u64,
     /// Correlation metadata.
-    pub correlation: Option<pb::Correlation>,
+    pub correlation: Option<Box<pb::Correlation>>,
     /// Reply topic.
     pub reply_to: Option<String>,
     /// Priority.

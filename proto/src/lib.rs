@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod codec;
+mod fast;
 pub mod frame;
 
 /// Generated protobuf types, one module per package.
@@ -46,7 +47,9 @@ pub mod pb {
     }
 }
 
-pub use codec::{DEFAULT_MAX_FRAME, EncodeError, FrameDecoder, FrameError, HEADER_LEN, encode};
+pub use codec::{
+    DEFAULT_MAX_FRAME, EncodeError, FrameDecoder, FrameError, HEADER_LEN, decode_body, encode,
+};
 
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u32 = pb::bus::ProtocolVersion::V1 as u32;

@@ -336,3 +336,42 @@ proptest! {
         }
     }
 }
+
+mod fast_path {
+    use super::common;
+    use daemoneye_proto::decode_body;
+    use daemoneye_proto::pb::bus as pb;
+    use proptest::prelude::*;
+    use prost::Message;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn fast_publish_decode_agrees_with_prost_on_valid_frames(f in common::any_frame()) {
+            let body = f.encode_to_vec();
+            prop_assert_eq!(decode_body(&body).ok(), Some(f));
+        }
+
+        #[test]
+        fn fast_publish_decode_agrees_with_prost_on_arbitrary_bytes(
+            tail in proptest::collection::vec(any::<u8>(), 0..64)
+        ) {
+            // Start like a Publish frame so the fast path is exercised, then anything.
+            let mut body = vec![0x32, tail.len() as u8];
+            body.extend(&tail);
+            prop_assert_eq!(decode_body(&body).ok(), pb::Frame::decode(&body[..]).ok());
+            prop_assert_eq!(decode_body(&tail).ok(), pb::Frame::decode(&tail[..]).ok());
+        }
+
+        #[test]
+        fn fast_publish_decode_agrees_with_prost_on_mutated_publish_frames(
+            f in common::any_frame(), at in any::<prop::sample::Index>(), byte in any::<u8>()
+        ) {
+            let mut body = f.encode_to_vec();
+            let i = at.index(body.len());
+            body[i] = byte;
+            prop_assert_eq!(decode_body(&body).ok(), pb::Frame::decode(&body[..]).ok());
+        }
+    }
+}

@@ -184,7 +184,7 @@ pub(crate) struct Message {
     pub payload: Bytes,
     pub publisher_id: Arc<str>,
     pub sequence: u64,
-    pub correlation: Option<pb::Correlation>,
+    pub correlation: Option<Box<pb::Correlation>>,
     pub reply_to: Option<String>,
     pub priority: u8,
     pub qos: QoS,
@@ -239,6 +239,9 @@ struct Connection {
     deferred: VecDeque<daemoneye_proto::frame::Publish>,
     deferred_bytes: usize,
     blocked_notified: bool,
+    /// The topic of this connection's last publish: publishers repeat topics, and a hit
+    /// skips parsing and allocating it again.
+    last_topic: Option<TopicName>,
     read_paused: bool,
     last_recv: Instant,
     last_ping: Instant,
@@ -350,6 +353,7 @@ pub struct Broker {
     rates: (f64, f64),
     shutting_down: bool,
     scratch: Vec<u64>,
+    targets: Vec<u64>,
 }
 
 impl Broker {
@@ -386,6 +390,7 @@ impl Broker {
             rates: (0.0, 0.0),
             shutting_down: false,
             scratch: Vec::new(),
+            targets: Vec::new(),
         }
     }
 
@@ -430,6 +435,7 @@ impl Broker {
             deferred: VecDeque::new(),
             deferred_bytes: 0,
             blocked_notified: false,
+            last_topic: None,
             read_paused: false,
             last_recv: now,
             last_ping: now,

@@ -215,15 +215,26 @@ impl Broker {
             b.send_error(conn, code, msg, seq, pb::AnswerKind::Publish);
             Ok(())
         };
-        let topic = match TopicName::parse(&p.topic) {
-            Ok(t) => t,
-            Err(e) => {
-                return fail(
-                    self,
-                    pb::ErrorCode::InvalidTopic,
-                    format!("invalid topic {:?}: {e}", p.topic),
-                );
-            }
+        let cached = self
+            .conns
+            .get(&conn)
+            .and_then(|c| c.last_topic.as_ref())
+            .filter(|t| t.as_str() == p.topic)
+            .cloned();
+        let topic = match cached {
+            Some(t) => t,
+            None => match TopicName::parse(&p.topic) {
+                Ok(t) => {
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.last_topic = Some(t.clone());
+                    }
+                    t
+                }
+                Err(e) => {
+                    let msg = format!("invalid topic {:?}: {e}", p.topic);
+                    return fail(self, pb::ErrorCode::InvalidTopic, msg);
+                }
+            },
         };
         if let Some(reply_to) = &p.reply_to
             && let Err(e) = TopicName::parse(reply_to)
@@ -420,6 +431,21 @@ impl Broker {
         p: Publish,
         topic: TopicName,
     ) -> Result<(), Box<Blocked>> {
+        let mut targets = std::mem::take(&mut self.targets);
+        targets.clear();
+        let routed = self.route_with(now, origin, p, topic, &mut targets);
+        self.targets = targets;
+        routed
+    }
+
+    fn route_with(
+        &mut self,
+        now: Instant,
+        origin: Option<ConnId>,
+        p: Publish,
+        topic: TopicName,
+        targets: &mut Vec<u64>,
+    ) -> Result<(), Box<Blocked>> {
         let Ok(target) = self.resolve_target(origin, &p) else {
             return Ok(());
         };
@@ -430,7 +456,6 @@ impl Broker {
             let subs = &self.subs;
             matched.retain(|k| subs.get(k).is_some_and(|s| s.owner == Some(t)));
         }
-        let mut targets: Vec<u64> = Vec::with_capacity(matched.len().min(8));
         let mut groups_seen: Vec<Arc<str>> = Vec::new();
         for k in &matched {
             match self.subs.get(k).and_then(|s| s.group.clone()) {
@@ -451,7 +476,7 @@ impl Broker {
         let size = p.payload.len() as u64 + topic.as_str().len() as u64 + MESSAGE_OVERHEAD;
         let over_budget = self.queued_bytes + size > self.config.memory_budget;
         if origin.is_some() {
-            for k in &targets {
+            for k in targets.iter() {
                 let Some(s) = self.subs.get(k) else { continue };
                 if s.overflow != Overflow::Block {
                     continue;
@@ -525,7 +550,7 @@ impl Broker {
         let mut evicted: Vec<Entry> = Vec::new();
         let mut slow_down = false;
         let mut error_subs: Vec<String> = Vec::new();
-        for k in &targets {
+        for k in targets.iter() {
             let Some(s) = self.subs.get_mut(k) else {
                 continue;
             };
@@ -583,9 +608,10 @@ impl Broker {
             }
         }
         let drops = u64::from(dropped_now) + evicted.len() as u64;
-        let topic_counters = self.topic_counters.get_mut(msg.topic.as_str());
-        topic_counters.dropped += drops;
-        self.totals.dropped += drops;
+        if drops > 0 {
+            self.topic_counters.get_mut(msg.topic.as_str()).dropped += drops;
+            self.totals.dropped += drops;
+        }
         if Arc::strong_count(&msg) > 1 {
             self.queued_bytes += msg.size;
         }

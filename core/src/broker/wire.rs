@@ -120,7 +120,7 @@ mod tests {
                 payload: Bytes::from_static(b"payload bytes"),
                 publisher_id: Arc::from("procmond"),
                 sequence: 77,
-                correlation,
+                correlation: correlation.map(Box::new),
                 reply_to: reply_to.map(str::to_string),
                 priority,
                 qos: QoS::AtLeastOnce,

@@ -162,8 +162,8 @@ pub struct Publish {
     /// Per-publisher sequence, strictly increasing for QoS1; echoed in PubAck and Error.
     #[prost(uint64, tag = "4")]
     pub sequence: u64,
-    #[prost(message, optional, tag = "5")]
-    pub correlation: ::core::option::Option<Correlation>,
+    #[prost(message, optional, boxed, tag = "5")]
+    pub correlation: ::core::option::Option<::prost::alloc::boxed::Box<Correlation>>,
     /// Request/reply: the topic the responder should publish its reply to.
     #[prost(string, tag = "6")]
     pub reply_to: ::prost::alloc::string::String,
@@ -202,8 +202,8 @@ pub struct Deliver {
     pub publisher_id: ::prost::alloc::string::String,
     #[prost(uint64, tag = "7")]
     pub sequence: u64,
-    #[prost(message, optional, tag = "8")]
-    pub correlation: ::core::option::Option<Correlation>,
+    #[prost(message, optional, boxed, tag = "8")]
+    pub correlation: ::core::option::Option<::prost::alloc::boxed::Box<Correlation>>,
     #[prost(string, tag = "9")]
     pub reply_to: ::prost::alloc::string::String,
     #[prost(uint32, tag = "10")]

@@ -99,7 +99,7 @@ pub fn any_frame() -> impl Strategy<Value = pb::Frame> {
                     payload: Bytes::from(payload),
                     qos,
                     sequence: seq,
-                    correlation: corr,
+                    correlation: corr.map(Box::new),
                     priority: u32::from(prio),
                     ..Default::default()
                 }

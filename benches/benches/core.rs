@@ -1,0 +1,138 @@
+//! Core benchmarks: topic matching against 10,000 subscriptions, and routing 256-byte
+//! publishes through the broker machine from bytes in to bytes out.
+//!
+//! `cargo bench -p daemoneye-benches --bench core`
+
+use std::hint::black_box;
+
+use bytes::Bytes;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use daemoneye_core::Instant;
+use daemoneye_core::acl::Acl;
+use daemoneye_core::broker::{Broker, BrokerConfig, ConnId, Output, PeerCreds};
+use daemoneye_core::client::{ClientConfig, ClientSession};
+use daemoneye_core::index::SubscriptionIndex;
+use daemoneye_core::topic::{TopicFilter, TopicName};
+use daemoneye_proto::frame::{Overflow, Publish, QoS, Subscribe};
+
+fn mixed_index(n: usize) -> SubscriptionIndex {
+    let mut index = SubscriptionIndex::new();
+    for i in 0..n {
+        let f = match i % 5 {
+            0 => format!("events.process.{i}"),
+            1 => format!("events.+.{i}"),
+            2 => format!("events.c{i}.#"),
+            3 => format!("control.collector.task.{i}"),
+            _ => format!("tenant{i}.+.x"),
+        };
+        index.insert(&TopicFilter::parse(&f).expect("valid"), i as u64);
+    }
+    // A few that match the probe topic.
+    for f in ["events.process.new", "events.#", "events.+.new", "#"] {
+        index.insert(&TopicFilter::parse(f).expect("valid"), n as u64);
+    }
+    index
+}
+
+fn topic_match(c: &mut Criterion) {
+    let index = mixed_index(10_000);
+    let name = TopicName::parse("events.process.new").expect("valid");
+    let mut out = Vec::with_capacity(16);
+    c.bench_function("match_one_topic_10k_subscriptions", |b| {
+        b.iter(|| {
+            out.clear();
+            index.matches(black_box(&name), &mut out);
+            black_box(out.len())
+        })
+    });
+}
+
+const BATCH: usize = 256;
+const PEER: PeerCreds = PeerCreds {
+    uid: 1000,
+    gid: 1000,
+    pid: None,
+};
+
+fn handshake(broker: &mut Broker, now: Instant, name: &str) -> (ConnId, ClientSession) {
+    let conn = broker.handle_connect(now, PEER);
+    let mut client = ClientSession::new(ClientConfig::new(name));
+    client.connect(now);
+    exchange(broker, now, conn, &mut client);
+    (conn, client)
+}
+
+fn exchange(broker: &mut Broker, now: Instant, conn: ConnId, client: &mut ClientSession) {
+    for _ in 0..10 {
+        if let Some(b) = client.poll_transmit() {
+            broker.handle_bytes(now, conn, &b);
+        }
+        while let Some(out) = broker.poll_output() {
+            if let Output::Transmit { conn: c, data } = out {
+                if c == conn {
+                    client.handle_bytes(now, &data);
+                }
+                broker.handle_written(now, c, data.len());
+            }
+        }
+        while client.poll_event().is_some() {}
+    }
+}
+
+fn route(c: &mut Criterion) {
+    let now = Instant::from_nanos(1);
+    let config = BrokerConfig {
+        owner_uid: 1000,
+        default_capacity: 100_000,
+        ..Default::default()
+    };
+    let mut broker = Broker::new(config, Acl::owner_only(1000), 1);
+    let (sub_conn, mut sub) = handshake(&mut broker, now, "sub");
+    sub.subscribe(Subscribe {
+        sub_id: 0,
+        filter: "events.#".into(),
+        group: None,
+        qos: QoS::AtMostOnce,
+        capacity: None,
+        overflow: Some(Overflow::Block),
+        durable_name: None,
+    });
+    exchange(&mut broker, now, sub_conn, &mut sub);
+    let (pub_conn, mut publisher) = handshake(&mut broker, now, "pub");
+    let payload = Bytes::from(vec![0xAB; 256]);
+    for _ in 0..BATCH {
+        publisher
+            .publish(Publish {
+                topic: "events.process.new".into(),
+                payload: payload.clone(),
+                qos: QoS::AtMostOnce,
+                sequence: 0,
+                correlation: None,
+                reply_to: None,
+                priority: 0,
+                target: None,
+            })
+            .expect("publish");
+    }
+    let chunk = publisher.poll_transmit().expect("bytes");
+    let mut group = c.benchmark_group("route_256B");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.bench_function("publish_to_one_subscriber_bytes_in_bytes_out", |b| {
+        b.iter(|| {
+            broker.handle_bytes(now, pub_conn, black_box(&chunk));
+            let mut delivered = 0;
+            while let Some(out) = broker.poll_output() {
+                if let Output::Transmit { conn, data } = out {
+                    delivered += data.len();
+                    broker.handle_written(now, conn, data.len());
+                }
+            }
+            black_box(delivered)
+        })
+    });
+    group.finish();
+    assert_eq!(broker.totals().dropped, 0);
+}
+
+criterion_group!(benches, topic_match, route);
+criterion_main!(benches);
