@@ -204,7 +204,7 @@ impl Broker {
             return;
         }
         if let Err(blocked) = self.try_publish(now, conn, p) {
-            self.stall(conn, blocked);
+            self.stall(conn, *blocked);
         }
     }
 
@@ -278,7 +278,7 @@ impl Broker {
     }
 
     /// Puts a blocked publish at the front of the connection's waiting publishes.
-    fn stall(&mut self, conn: ConnId, blocked: Box<Blocked>) {
+    fn stall(&mut self, conn: ConnId, blocked: Blocked) {
         let reason = match &blocked.on {
             BlockedOn::Subscription(key, why) => {
                 if let Some(s) = self.subs.get_mut(key)
@@ -321,7 +321,7 @@ impl Broker {
             };
             c.deferred_bytes = c.deferred_bytes.saturating_sub(p.payload.len());
             if let Err(blocked) = self.try_publish(now, conn, p) {
-                self.stall(conn, blocked);
+                self.stall(conn, *blocked);
                 return;
             }
         }
