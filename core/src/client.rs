@@ -220,6 +220,11 @@ impl ClientSession {
         self.pending.len()
     }
 
+    /// Encoded bytes waiting for [`poll_transmit`](Self::poll_transmit).
+    pub fn buffered_bytes(&self) -> usize {
+        self.out.len()
+    }
+
     /// Duplicate QoS1 deliveries dropped so far.
     pub fn duplicates_dropped(&self) -> u64 {
         self.duplicates

@@ -1,1 +1,19 @@
-//! placeholder
+//! DaemonEye runtime: drives the core's state machines with real sockets and time.
+//!
+//! - [`paths`]: where the broker socket lives, its directory and file permissions, and
+//!   claiming a stale socket without ever taking over a live broker;
+//! - [`transport`]: the listener and stream behind a small trait (Unix domain sockets here;
+//!   a simulated transport plugs in for deterministic tests);
+//! - [`server`]: the broker server: one reader and one writer task per connection, all on
+//!   one thread with the core, feeding it bytes and writing what it returns;
+//! - [`client`]: the async client library used by the CLI and collectors;
+//! - [`config`]: the agent's TOML configuration, validated key by key.
+//!
+//! No decision lives here: routing, limits, timeouts and access control are the core's.
+
+pub mod client;
+pub mod clock;
+pub mod config;
+pub mod paths;
+pub mod server;
+pub mod transport;

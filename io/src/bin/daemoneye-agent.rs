@@ -1,13 +1,110 @@
-//! daemoneye-agent: the long-running daemon (embedded broker and process manager).
-//!
-//! The runtime is not built yet: this binary states so and exits with status 2, so that no
-//! script mistakes it for a running agent.
+//! daemoneye-agent: the long-running daemon with the embedded broker.
 
-fn main() {
-    eprintln!(
-        "daemoneye-agent {}: the broker server and process manager are not built yet \
-         (see README.md, \"Status\"); nothing is listening.",
-        env!("CARGO_PKG_VERSION")
-    );
-    std::process::exit(2);
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use daemoneye_core::broker::Broker;
+use daemoneye_io::clock::MonotonicClock;
+use daemoneye_io::config::AgentConfig;
+use daemoneye_io::paths;
+use daemoneye_io::transport::UnixTransport;
+
+/// DaemonEye agent: runs the local message broker that collectors and subscribers connect
+/// to.
+///
+/// Configuration: --config FILE (TOML; every key is checked and a bad one is named), then
+/// DAEMONEYE_AGENT_<KEY> environment variables (for example DAEMONEYE_AGENT_MAX_CONNECTIONS),
+/// then the flags below. The socket path is --socket, else [broker] socket, else
+/// DAEMONEYE_BROKER_SOCKET, else $XDG_RUNTIME_DIR/daemoneye/broker.sock, else
+/// /tmp/daemoneye-<uid>/broker.sock. SIGINT or SIGTERM shuts down within 500 ms.
+#[derive(Debug, Parser)]
+#[command(name = "daemoneye-agent", version)]
+struct Args {
+    /// TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Socket path to listen on (its directory is created with mode 0700 if missing).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Log filter (error, warn, info, debug, trace), overriding the config.
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("daemoneye-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let mut config = match &args.config {
+        Some(path) => AgentConfig::load(path)?,
+        None => AgentConfig::default(),
+    };
+    config.apply_env(std::env::vars())?;
+    let level = args
+        .log_level
+        .clone()
+        .unwrap_or_else(|| config.logging.level.clone());
+    let filter = tracing_subscriber::EnvFilter::try_new(&level)
+        .map_err(|e| format!("invalid log level {level:?}: {e}"))?;
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let uid = paths::current_uid();
+    let (broker_config, acl) = config.broker_config(uid)?;
+    let socket = args.socket.clone().or_else(|| config.broker.socket.clone());
+    let socket = paths::resolve_socket_path(socket.as_deref());
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async move {
+        let listener = paths::bind_socket(&socket).await?;
+        eprintln!("listening on {}", socket.display());
+        tracing::info!(socket = %socket.display(), uid, "broker started");
+        tracing::info!("process manager not built yet: starting with no collectors");
+        // The seed only steers the Random queue strategy; any value is fine in production.
+        let seed = std::process::id() as u64 ^ 0x9E37_79B9_7F4A_7C15;
+        let broker = Broker::new(broker_config, acl, seed);
+        let shutdown = async {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(%e, "cannot install SIGTERM handler");
+                        return std::future::pending().await;
+                    }
+                };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            }
+        };
+        daemoneye_io::server::serve(
+            UnixTransport(listener),
+            broker,
+            MonotonicClock::default(),
+            shutdown,
+        )
+        .await;
+        if let Err(e) = std::fs::remove_file(&socket) {
+            tracing::warn!(%e, socket = %socket.display(), "could not remove the socket");
+        }
+        tracing::info!("stopped");
+        Ok::<(), Box<dyn std::error::Error>>(())
+    })?;
+    Ok(())
 }

@@ -1,0 +1,603 @@
+//! The async client library: connect (with reconnect and backoff), publish at QoS0 or QoS1
+//! (awaiting the PubAck), subscribe (a stream of messages, optionally in a queue group),
+//! request/reply with a timeout. The protocol itself (handshake, resubscribe and QoS1
+//! resend after a reconnect, deduplication, acks) is the core's
+//! [`ClientSession`]; this module moves its bytes.
+//!
+//! Each connection has a reader task and a writer task, so a client blocked writing (the
+//! broker paused it) still reads and acks its deliveries.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use daemoneye_core::Instant;
+use daemoneye_core::client::{ClientConfig, ClientEvent, ClientSession};
+use daemoneye_proto::frame::{Deliver, ErrorFrame, Publish, QoS, Subscribe};
+use daemoneye_proto::pb::bus::{AnswerKind, ErrorCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use crate::clock::{Clock, MonotonicClock};
+
+/// Why a client call failed. Each message is one line an operator can act on.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing listens on the socket path.
+    #[error("no broker at {path}: {reason}")]
+    NoBroker {
+        /// The socket path.
+        path: PathBuf,
+        /// The OS error.
+        reason: String,
+    },
+    /// The broker refused an operation or the connection for lack of permission.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// A topic or filter breaks a rule.
+    #[error("{0}")]
+    InvalidTopic(String),
+    /// Any other refusal from the broker.
+    #[error("broker error ({code:?}): {message}")]
+    Broker {
+        /// Stable code.
+        code: ErrorCode,
+        /// The broker's message.
+        message: String,
+    },
+    /// The operation did not complete in time.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// The connection closed and will not come back.
+    #[error("connection closed: {0}")]
+    Closed(String),
+}
+
+impl From<ErrorFrame> for ClientError {
+    fn from(e: ErrorFrame) -> Self {
+        match e.code {
+            ErrorCode::PermissionDenied => ClientError::PermissionDenied(e.message),
+            ErrorCode::InvalidTopic | ErrorCode::InvalidFilter => {
+                ClientError::InvalidTopic(e.message)
+            }
+            code => ClientError::Broker {
+                code,
+                message: e.message,
+            },
+        }
+    }
+}
+
+/// How a client presents itself and behaves.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Protocol-level identity (name, publisher id, role, collector).
+    pub session: ClientConfig,
+    /// Reconnect with backoff after the connection drops (after a first success).
+    pub reconnect: bool,
+    /// How long `connect` waits for the broker's Welcome.
+    pub connect_timeout: Duration,
+}
+
+impl ClientOptions {
+    /// A plain client named `name` that reconnects.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            session: ClientConfig::new(name),
+            reconnect: true,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A PubAck as the publisher sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PubAck {
+    /// Subscriptions that acknowledged the message.
+    pub delivered: u32,
+    /// Subscriptions that dropped it.
+    pub dropped: u32,
+    /// No subscription matched.
+    pub no_interest: bool,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, ClientError>>;
+
+struct Inner {
+    session: ClientSession,
+    clock: MonotonicClock,
+    subs: BTreeMap<u64, mpsc::UnboundedSender<Deliver>>,
+    sub_waiters: BTreeMap<u64, Reply<()>>,
+    puback_waiters: BTreeMap<u64, Reply<PubAck>>,
+    connect_waiters: Vec<Reply<()>>,
+    /// Refusals of publishes nobody waited for (QoS0), for the caller to collect.
+    refused: Vec<ClientError>,
+    closed: Option<String>,
+    shutting_down: bool,
+}
+
+impl Inner {
+    fn now(&self) -> Instant {
+        self.clock.now()
+    }
+
+    fn dispatch(&mut self) {
+        while let Some(ev) = self.session.poll_event() {
+            match ev {
+                ClientEvent::Connected { session_id } => {
+                    tracing::debug!(session_id, "connected");
+                    for w in self.connect_waiters.drain(..) {
+                        let _ = w.send(Ok(()));
+                    }
+                }
+                ClientEvent::Subscribed { sub_id, .. } => {
+                    if let Some(w) = self.sub_waiters.remove(&sub_id) {
+                        let _ = w.send(Ok(()));
+                    }
+                }
+                ClientEvent::Message(d) => {
+                    let delivery_id = d.delivery_id;
+                    let delivered = self
+                        .subs
+                        .get(&d.sub_id)
+                        .is_some_and(|tx| tx.send(d).is_ok());
+                    if !delivered && delivery_id != 0 {
+                        // Nobody will read it: ack so the broker does not hold it forever.
+                        self.session.ack(delivery_id);
+                    }
+                }
+                ClientEvent::PubAck {
+                    sequence,
+                    delivered,
+                    dropped,
+                    no_interest,
+                } => {
+                    if let Some(w) = self.puback_waiters.remove(&sequence) {
+                        let _ = w.send(Ok(PubAck {
+                            delivered,
+                            dropped,
+                            no_interest,
+                        }));
+                    }
+                }
+                ClientEvent::Error(e) => match e.answers_kind {
+                    AnswerKind::Publish => match self.puback_waiters.remove(&e.answers) {
+                        Some(w) => {
+                            let _ = w.send(Err(e.into()));
+                        }
+                        None => {
+                            tracing::warn!(code = ?e.code, message = %e.message, "publish refused");
+                            self.refused.push(e.into());
+                        }
+                    },
+                    AnswerKind::Subscription => {
+                        self.subs.remove(&e.answers);
+                        if let Some(w) = self.sub_waiters.remove(&e.answers) {
+                            let _ = w.send(Err(e.into()));
+                        }
+                    }
+                    _ => {
+                        tracing::warn!(code = ?e.code, message = %e.message, "broker error");
+                        let err: ClientError = e.into();
+                        for w in self.connect_waiters.drain(..) {
+                            let _ = w.send(Err(err.clone()));
+                        }
+                        self.closed.get_or_insert_with(|| err.to_string());
+                    }
+                },
+                ClientEvent::Backpressure { level, reason } => {
+                    tracing::debug!(?level, %reason, "backpressure from broker");
+                }
+                ClientEvent::Dropped {
+                    sub_id,
+                    count,
+                    total,
+                } => {
+                    tracing::warn!(
+                        sub_id,
+                        count,
+                        total,
+                        "subscription lost messages to its overflow strategy"
+                    );
+                }
+                ClientEvent::Closed { reason } => {
+                    tracing::debug!(%reason, "connection closed");
+                }
+            }
+        }
+    }
+
+    /// The connection will not come back: fail everything that waits.
+    fn fail_all(&mut self, reason: &str) {
+        let err = ClientError::Closed(reason.to_string());
+        for w in self.connect_waiters.drain(..) {
+            let _ = w.send(Err(err.clone()));
+        }
+        for (_, w) in std::mem::take(&mut self.sub_waiters) {
+            let _ = w.send(Err(err.clone()));
+        }
+        for (_, w) in std::mem::take(&mut self.puback_waiters) {
+            let _ = w.send(Err(err.clone()));
+        }
+        self.subs.clear();
+        self.closed.get_or_insert_with(|| reason.to_string());
+    }
+}
+
+/// A connection to the broker. Cheap to clone; all clones share the connection.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Mutex<Inner>>,
+    wake: Arc<Notify>,
+    /// Signalled after every write, for publishers waiting on a full send buffer.
+    drained: Arc<Notify>,
+    stop: Arc<Notify>,
+    reply_counter: Arc<AtomicU64>,
+}
+
+/// Bytes a client may have encoded and unsent before `publish` waits for the socket.
+const SEND_BUFFER_LIMIT: usize = 1 << 20;
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").finish_non_exhaustive()
+    }
+}
+
+/// Messages of one subscription. QoS1 messages are acknowledged as `recv` hands them over.
+#[derive(Debug)]
+pub struct Subscription {
+    /// The client's id for it.
+    pub id: u64,
+    rx: mpsc::UnboundedReceiver<Deliver>,
+    client: Client,
+}
+
+impl Subscription {
+    /// The next message, or `None` once the connection is gone for good.
+    pub async fn recv(&mut self) -> Option<Deliver> {
+        let d = self.rx.recv().await?;
+        if d.delivery_id != 0 {
+            self.client.ack(d.delivery_id);
+        }
+        Some(d)
+    }
+}
+
+impl Client {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A poisoned lock means a panic elsewhere already; keep serving what we can.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Connects to the broker at `path` and completes the handshake.
+    pub async fn connect(path: &Path, options: ClientOptions) -> Result<Client, ClientError> {
+        let stream =
+            tokio::net::UnixStream::connect(path)
+                .await
+                .map_err(|e| ClientError::NoBroker {
+                    path: path.into(),
+                    reason: e.to_string(),
+                })?;
+        let inner = Inner {
+            session: ClientSession::new(options.session.clone()),
+            clock: MonotonicClock::default(),
+            subs: BTreeMap::new(),
+            sub_waiters: BTreeMap::new(),
+            puback_waiters: BTreeMap::new(),
+            connect_waiters: Vec::new(),
+            refused: Vec::new(),
+            closed: None,
+            shutting_down: false,
+        };
+        let client = Client {
+            inner: Arc::new(Mutex::new(inner)),
+            wake: Arc::new(Notify::new()),
+            drained: Arc::new(Notify::new()),
+            stop: Arc::new(Notify::new()),
+            reply_counter: Arc::new(AtomicU64::new(0)),
+        };
+        let (tx, rx) = oneshot::channel();
+        client.lock().connect_waiters.push(tx);
+        tokio::spawn(supervise(
+            client.clone(),
+            path.to_path_buf(),
+            options.reconnect,
+            Some(stream),
+        ));
+        match tokio::time::timeout(options.connect_timeout, rx).await {
+            Ok(Ok(Ok(()))) => Ok(client),
+            Ok(Ok(Err(e))) => Err(e),
+            Ok(Err(_)) => Err(ClientError::Closed(
+                "connection ended during the handshake".into(),
+            )),
+            Err(_) => Err(ClientError::Timeout(options.connect_timeout)),
+        }
+    }
+
+    fn check_open(&self, inner: &Inner) -> Result<(), ClientError> {
+        match &inner.closed {
+            Some(reason) if !inner.session.is_connected() => {
+                Err(ClientError::Closed(reason.clone()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Publishes without waiting; returns the sequence. QoS1 messages are kept and re-sent
+    /// across reconnects until their PubAck.
+    pub fn publish_nowait(&self, p: Publish) -> Result<u64, ClientError> {
+        let mut inner = self.lock();
+        self.check_open(&inner)?;
+        let seq = inner
+            .session
+            .publish(p)
+            .map_err(|e| ClientError::Closed(e.to_string()))?;
+        drop(inner);
+        self.wake.notify_one();
+        Ok(seq)
+    }
+
+    /// Publishes; a QoS1 publish waits for its PubAck. Waits first while more than 1 MiB
+    /// is encoded and unsent, so a fast publisher is held back by the socket (and by the
+    /// broker's backpressure) instead of buffering without bound.
+    pub async fn publish(&self, p: Publish) -> Result<Option<PubAck>, ClientError> {
+        loop {
+            let drained = self.drained.notified();
+            if self.lock().session.buffered_bytes() < SEND_BUFFER_LIMIT {
+                break;
+            }
+            self.wake.notify_one();
+            drained.await;
+        }
+        let qos = p.qos;
+        let rx = {
+            let mut inner = self.lock();
+            self.check_open(&inner)?;
+            let seq = inner
+                .session
+                .publish(p)
+                .map_err(|e| ClientError::Closed(e.to_string()))?;
+            if qos == QoS::AtLeastOnce {
+                let (tx, rx) = oneshot::channel();
+                inner.puback_waiters.insert(seq, tx);
+                Some(rx)
+            } else {
+                None
+            }
+        };
+        self.wake.notify_one();
+        match rx {
+            None => Ok(None),
+            Some(rx) => match rx.await {
+                Ok(r) => r.map(Some),
+                Err(_) => Err(ClientError::Closed("client stopped".into())),
+            },
+        }
+    }
+
+    /// Opens a subscription and waits until the broker has accepted it.
+    pub async fn subscribe(&self, spec: Subscribe) -> Result<Subscription, ClientError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (ack_tx, ack_rx) = oneshot::channel();
+        let id = {
+            let mut inner = self.lock();
+            self.check_open(&inner)?;
+            let id = inner.session.subscribe(spec);
+            inner.subs.insert(id, tx);
+            inner.sub_waiters.insert(id, ack_tx);
+            id
+        };
+        self.wake.notify_one();
+        match ack_rx.await {
+            Ok(Ok(())) => Ok(Subscription {
+                id,
+                rx,
+                client: self.clone(),
+            }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ClientError::Closed("client stopped".into())),
+        }
+    }
+
+    /// Closes a subscription.
+    pub fn unsubscribe(&self, id: u64) {
+        let mut inner = self.lock();
+        inner.subs.remove(&id);
+        let _ = inner.session.unsubscribe(id);
+        drop(inner);
+        self.wake.notify_one();
+    }
+
+    /// Acknowledges a QoS1 delivery.
+    pub fn ack(&self, delivery_id: u64) {
+        self.lock().session.ack(delivery_id);
+        self.wake.notify_one();
+    }
+
+    /// Sends `p` with a fresh reply topic and waits for the first reply.
+    pub async fn request(&self, mut p: Publish, timeout: Duration) -> Result<Deliver, ClientError> {
+        let session = self.lock().session.session_id().unwrap_or(0);
+        let n = self.reply_counter.fetch_add(1, Ordering::Relaxed);
+        let reply_to = format!("_reply.s{session}.r{n}");
+        let mut sub = self.subscribe(plain_subscribe(&reply_to)).await?;
+        p.reply_to = Some(reply_to);
+        self.publish(p).await?;
+        let got = tokio::time::timeout(timeout, sub.recv()).await;
+        self.unsubscribe(sub.id);
+        match got {
+            Ok(Some(d)) => Ok(d),
+            Ok(None) => Err(ClientError::Closed(
+                "connection closed while waiting for the reply".into(),
+            )),
+            Err(_) => Err(ClientError::Timeout(timeout)),
+        }
+    }
+
+    /// Takes the refusals of QoS0 publishes received so far (a QoS1 publish gets its own
+    /// error from [`publish`](Self::publish)).
+    pub fn take_refusals(&self) -> Vec<ClientError> {
+        std::mem::take(&mut self.lock().refused)
+    }
+
+    /// QoS1 publishes still waiting for their PubAck.
+    pub fn pending_publishes(&self) -> usize {
+        self.lock().session.pending_publishes()
+    }
+
+    /// Says Goodbye, flushes and stops.
+    pub async fn close(self) {
+        {
+            let mut inner = self.lock();
+            inner.shutting_down = true;
+            inner.session.close("client closing");
+        }
+        self.wake.notify_one();
+        self.stop.notify_one();
+        // Give the writer a moment to flush the Goodbye.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A QoS0 plain subscription spec for `filter`.
+pub fn plain_subscribe(filter: &str) -> Subscribe {
+    Subscribe {
+        sub_id: 0,
+        filter: filter.into(),
+        group: None,
+        qos: QoS::AtMostOnce,
+        capacity: None,
+        overflow: None,
+        durable_name: None,
+    }
+}
+
+/// A QoS0 publish of `payload` to `topic`.
+pub fn simple_publish(topic: &str, payload: Bytes, qos: QoS) -> Publish {
+    Publish {
+        topic: topic.into(),
+        payload,
+        qos,
+        sequence: 0,
+        correlation: None,
+        reply_to: None,
+        priority: 0,
+        target: None,
+    }
+}
+
+async fn supervise(
+    client: Client,
+    path: PathBuf,
+    reconnect: bool,
+    mut first: Option<tokio::net::UnixStream>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let stream = match first.take() {
+            Some(s) => Ok(s),
+            None => tokio::net::UnixStream::connect(&path).await,
+        };
+        match stream {
+            Ok(stream) => {
+                backoff = Duration::from_millis(100);
+                let reason = run_connection(&client, stream).await;
+                let mut inner = client.lock();
+                inner.session.handle_disconnect(reason.clone());
+                inner.dispatch();
+                if !reconnect || inner.shutting_down || inner.closed.is_some() {
+                    inner.fail_all(&reason);
+                    return;
+                }
+                tracing::info!(%reason, "connection lost; reconnecting");
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, ?backoff, "reconnect failed");
+                if client.lock().shutting_down {
+                    return;
+                }
+            }
+        }
+        tokio::select! {
+            _ = client.stop.notified() => { client.lock().fail_all("client closed"); return; }
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Runs one connection until it ends; returns why.
+async fn run_connection(client: &Client, stream: tokio::net::UnixStream) -> String {
+    let (mut rd, mut wr) = stream.into_split();
+    {
+        let mut inner = client.lock();
+        let now = inner.now();
+        inner.session.connect(now);
+    }
+    let reader = {
+        let client = client.clone();
+        async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match rd.read(&mut buf).await {
+                    Ok(0) => return "broker closed the connection".to_string(),
+                    Err(e) => return format!("read failed: {e}"),
+                    Ok(n) => {
+                        let mut inner = client.lock();
+                        let now = inner.now();
+                        inner.session.handle_bytes(now, &buf[..n]);
+                        inner.dispatch();
+                        let closed = !inner.session.is_connected() && inner.closed.is_some();
+                        drop(inner);
+                        client.wake.notify_one();
+                        if closed {
+                            return "closed by the broker".to_string();
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let writer = {
+        let client = client.clone();
+        async move {
+            loop {
+                let (out, deadline, stopping) = {
+                    let mut inner = client.lock();
+                    let now = inner.now();
+                    inner.session.handle_timeout(now);
+                    let deadline = inner.session.poll_timeout().map(|t| inner.clock.to_std(t));
+                    (inner.session.poll_transmit(), deadline, inner.shutting_down)
+                };
+                if let Some(bytes) = out {
+                    if let Err(e) = wr.write_all(&bytes).await {
+                        return format!("write failed: {e}");
+                    }
+                    client.drained.notify_waiters();
+                    continue;
+                }
+                if stopping {
+                    let _ = wr.shutdown().await;
+                    return "client closed".to_string();
+                }
+                let sleep = async {
+                    match deadline {
+                        Some(at) => tokio::time::sleep_until(at.into()).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = client.wake.notified() => {}
+                    _ = sleep => {}
+                }
+            }
+        }
+    };
+    tokio::select! {
+        r = reader => r,
+        w = writer => w,
+    }
+}

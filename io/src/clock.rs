@@ -1,0 +1,36 @@
+//! Maps the real monotonic clock onto the core's [`Instant`].
+
+use std::time::Duration;
+
+use daemoneye_core::Instant;
+
+/// A source of core time.
+pub trait Clock {
+    /// The current core instant.
+    fn now(&self) -> Instant;
+    /// The real instant at which the core instant `at` falls (for sleeping until a deadline).
+    fn to_std(&self, at: Instant) -> std::time::Instant;
+}
+
+/// The process's monotonic clock, with the core origin at its creation.
+#[derive(Debug, Clone, Copy)]
+pub struct MonotonicClock {
+    origin: std::time::Instant,
+}
+
+impl Default for MonotonicClock {
+    fn default() -> Self {
+        Self {
+            origin: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Clock for MonotonicClock {
+    fn now(&self) -> Instant {
+        Instant::from_nanos(u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX))
+    }
+    fn to_std(&self, at: Instant) -> std::time::Instant {
+        self.origin + Duration::from_nanos(at.as_nanos())
+    }
+}

@@ -1,0 +1,354 @@
+//! The agent's configuration: TOML, every key known and checked, with
+//! `DAEMONEYE_AGENT_<KEY>` environment overrides for the broker keys.
+//!
+//! ```toml
+//! [broker]
+//! socket = "/run/user/1000/daemoneye/broker.sock"
+//! max_connections = 64
+//! max_frame = 1048576
+//! max_subscriptions_per_connection = 256
+//! handshake_timeout_ms = 5000
+//! heartbeat_interval_ms = 10000
+//! default_capacity = 1000
+//! max_capacity = 1000000
+//! memory_budget_bytes = 104857600
+//! durable_expiry_secs = 600
+//! stats_interval_secs = 30
+//!
+//! [logging]
+//! level = "info"
+//!
+//! [[acl.rules]]
+//! uid = 1001
+//! publish = ["events.#"]
+//! subscribe = ["events.#"]
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use daemoneye_core::acl::{Acl, AclConfig};
+use daemoneye_core::broker::BrokerConfig;
+use serde::Deserialize;
+
+/// Prefix of the agent's environment overrides.
+pub const ENV_PREFIX: &str = "DAEMONEYE_AGENT_";
+
+/// Why the configuration is unusable; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The TOML does not parse or has an unknown key or a wrong type.
+    #[error("config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// toml's message (names the key and the line).
+        message: String,
+    },
+    /// A value is out of its range.
+    #[error("config key {key} = {value}: {why}")]
+    Invalid {
+        /// Dotted key.
+        key: String,
+        /// The value given.
+        value: String,
+        /// The allowed range.
+        why: String,
+    },
+    /// The ACL section is invalid.
+    #[error("config [acl]: {0}")]
+    Acl(#[from] daemoneye_core::acl::AclError),
+}
+
+/// `[broker]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerSection {
+    /// Socket path (else `DAEMONEYE_BROKER_SOCKET`, else the default).
+    pub socket: Option<PathBuf>,
+    /// Connections beyond this are refused.
+    pub max_connections: u64,
+    /// Largest frame body.
+    pub max_frame: u64,
+    /// Subscriptions per connection.
+    pub max_subscriptions_per_connection: u64,
+    /// Time a client has to say Hello.
+    pub handshake_timeout_ms: u64,
+    /// Keepalive interval.
+    pub heartbeat_interval_ms: u64,
+    /// Queue capacity of a subscription that does not ask.
+    pub default_capacity: u64,
+    /// Largest capacity a subscription may ask for.
+    pub max_capacity: u64,
+    /// Bytes queued across all subscriptions.
+    pub memory_budget_bytes: u64,
+    /// Durable subscriptions whose owner stays away longer are removed.
+    pub durable_expiry_secs: u64,
+    /// Interval of `$sys.broker.stats`.
+    pub stats_interval_secs: u64,
+}
+
+impl Default for BrokerSection {
+    fn default() -> Self {
+        let d = BrokerConfig::default();
+        Self {
+            socket: None,
+            max_connections: d.max_connections as u64,
+            max_frame: u64::from(d.max_frame),
+            max_subscriptions_per_connection: d.max_subscriptions_per_connection as u64,
+            handshake_timeout_ms: d.handshake_timeout.as_millis() as u64,
+            heartbeat_interval_ms: d.heartbeat_interval.as_millis() as u64,
+            default_capacity: u64::from(d.default_capacity),
+            max_capacity: u64::from(d.max_capacity),
+            memory_budget_bytes: d.memory_budget,
+            durable_expiry_secs: d.durable_expiry.as_secs(),
+            stats_interval_secs: d.stats_interval.as_secs(),
+        }
+    }
+}
+
+/// `[logging]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingSection {
+    /// A tracing filter: `error`, `warn`, `info`, `debug`, `trace`, or directives.
+    pub level: String,
+}
+
+impl Default for LoggingSection {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+        }
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// Broker limits.
+    pub broker: BrokerSection,
+    /// Logging.
+    pub logging: LoggingSection,
+    /// Topic ACL.
+    pub acl: AclConfig,
+}
+
+fn check(key: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if value < min || value > max {
+        return Err(ConfigError::Invalid {
+            key: key.into(),
+            value: value.to_string(),
+            why: format!("must be between {min} and {max}"),
+        });
+    }
+    Ok(())
+}
+
+impl AgentConfig {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses TOML text (named `path` in errors).
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Applies `DAEMONEYE_AGENT_<KEY>` overrides from `env` (e.g. `DAEMONEYE_AGENT_MAX_CONNECTIONS`).
+    pub fn apply_env(
+        &mut self,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(), ConfigError> {
+        for (name, value) in env {
+            let Some(key) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let key = key.to_ascii_lowercase();
+            let b = &mut self.broker;
+            let slot: &mut u64 = match key.as_str() {
+                "socket" => {
+                    b.socket = Some(PathBuf::from(value));
+                    continue;
+                }
+                "log_level" => {
+                    self.logging.level = value;
+                    continue;
+                }
+                "max_connections" => &mut b.max_connections,
+                "max_frame" => &mut b.max_frame,
+                "max_subscriptions_per_connection" => &mut b.max_subscriptions_per_connection,
+                "handshake_timeout_ms" => &mut b.handshake_timeout_ms,
+                "heartbeat_interval_ms" => &mut b.heartbeat_interval_ms,
+                "default_capacity" => &mut b.default_capacity,
+                "max_capacity" => &mut b.max_capacity,
+                "memory_budget_bytes" => &mut b.memory_budget_bytes,
+                "durable_expiry_secs" => &mut b.durable_expiry_secs,
+                "stats_interval_secs" => &mut b.stats_interval_secs,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        key: name.clone(),
+                        value,
+                        why: "unknown variable (see daemoneye-agent --help)".into(),
+                    });
+                }
+            };
+            *slot = value.trim().parse().map_err(|_| ConfigError::Invalid {
+                key: name.clone(),
+                value: value.clone(),
+                why: "must be a non-negative integer".into(),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Checks every value and builds the broker's configuration and ACL for `owner_uid`.
+    pub fn broker_config(&self, owner_uid: u32) -> Result<(BrokerConfig, Acl), ConfigError> {
+        let b = &self.broker;
+        check("broker.max_connections", b.max_connections, 1, 65_536)?;
+        check("broker.max_frame", b.max_frame, 1024, 64 * 1024 * 1024)?;
+        check(
+            "broker.max_subscriptions_per_connection",
+            b.max_subscriptions_per_connection,
+            1,
+            1_000_000,
+        )?;
+        check(
+            "broker.handshake_timeout_ms",
+            b.handshake_timeout_ms,
+            10,
+            600_000,
+        )?;
+        check(
+            "broker.heartbeat_interval_ms",
+            b.heartbeat_interval_ms,
+            100,
+            3_600_000,
+        )?;
+        check(
+            "broker.default_capacity",
+            b.default_capacity,
+            1,
+            b.max_capacity.max(1),
+        )?;
+        check("broker.max_capacity", b.max_capacity, 1, 100_000_000)?;
+        check(
+            "broker.memory_budget_bytes",
+            b.memory_budget_bytes,
+            64 * 1024,
+            1 << 40,
+        )?;
+        check(
+            "broker.durable_expiry_secs",
+            b.durable_expiry_secs,
+            1,
+            30 * 24 * 3600,
+        )?;
+        check(
+            "broker.stats_interval_secs",
+            b.stats_interval_secs,
+            1,
+            24 * 3600,
+        )?;
+        let acl = Acl::compile(owner_uid, &self.acl)?;
+        let config = BrokerConfig {
+            owner_uid,
+            max_frame: b.max_frame as u32,
+            max_connections: b.max_connections as usize,
+            max_subscriptions_per_connection: b.max_subscriptions_per_connection as usize,
+            handshake_timeout: Duration::from_millis(b.handshake_timeout_ms),
+            heartbeat_interval: Duration::from_millis(b.heartbeat_interval_ms),
+            default_capacity: b.default_capacity as u32,
+            max_capacity: b.max_capacity as u32,
+            memory_budget: b.memory_budget_bytes,
+            durable_expiry: Duration::from_secs(b.durable_expiry_secs),
+            stats_interval: Duration::from_secs(b.stats_interval_secs),
+            ..BrokerConfig::default()
+        };
+        Ok((config, acl))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
+        AgentConfig::parse(Path::new("agent.toml"), text)
+    }
+
+    #[test]
+    fn empty_config_gives_the_defaults() {
+        let c = parse("").expect("empty is valid");
+        let (b, _) = c.broker_config(1000).expect("defaults are valid");
+        assert_eq!(b.max_connections, 64);
+        assert_eq!(b.default_capacity, 1000);
+        assert_eq!(b.memory_budget, 100 * 1024 * 1024);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = parse("[broker]\nmax_conections = 3\n").expect_err("typo");
+        assert!(err.to_string().contains("max_conections"), "{err}");
+    }
+
+    #[test]
+    fn negative_or_absurd_values_are_named() {
+        let err = parse("[broker]\nhandshake_timeout_ms = -5\n").expect_err("negative");
+        assert!(err.to_string().contains("handshake_timeout_ms"), "{err}");
+        let c = parse("[broker]\nmax_connections = 0\n").expect("parses");
+        let err = c.broker_config(0).expect_err("zero connections");
+        assert!(
+            err.to_string().contains("broker.max_connections = 0"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn env_overrides_apply_and_bad_ones_are_named() {
+        let mut c = AgentConfig::default();
+        c.apply_env([(
+            "DAEMONEYE_AGENT_MAX_CONNECTIONS".to_string(),
+            "3".to_string(),
+        )])
+        .expect("valid");
+        assert_eq!(c.broker.max_connections, 3);
+        let err = c
+            .apply_env([(
+                "DAEMONEYE_AGENT_MAX_CONNECTIONS".to_string(),
+                "lots".to_string(),
+            )])
+            .expect_err("not a number");
+        assert!(
+            err.to_string().contains("DAEMONEYE_AGENT_MAX_CONNECTIONS"),
+            "{err}"
+        );
+        // Other components' variables are not ours.
+        c.apply_env([("DAEMONEYE_PROCMOND_INTERVAL".to_string(), "5".to_string())])
+            .expect("ignored");
+    }
+
+    #[test]
+    fn bad_acl_filter_is_named() {
+        let c = parse("[[acl.rules]]\nuid = 5\npublish = [\"a.#.b\"]\n").expect("parses");
+        let err = c.broker_config(0).expect_err("bad filter");
+        assert!(err.to_string().contains("a.#.b"), "{err}");
+    }
+}

@@ -1,0 +1,136 @@
+//! The broker socket's location and permissions (DESIGN.md section 6).
+//!
+//! Default path: `$XDG_RUNTIME_DIR/daemoneye/broker.sock`, else
+//! `/tmp/daemoneye-<uid>/broker.sock`; `DAEMONEYE_BROKER_SOCKET` or an explicit path
+//! overrides it. The directory is the agent user's own with mode 0700 and the socket 0600.
+//! A socket file with no broker answering is stale and replaced; one with a live broker is
+//! an error, never a takeover.
+
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// The environment variable every component reads for the socket path.
+pub const SOCKET_ENV: &str = "DAEMONEYE_BROKER_SOCKET";
+
+/// Why the socket could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    /// A broker already answers on the path.
+    #[error("a live broker is already listening on {0}; stop it first or choose another --socket")]
+    LiveBroker(PathBuf),
+    /// The socket's directory belongs to someone else.
+    #[error(
+        "socket directory {path} is owned by uid {owner}, not by this user (uid {uid}); refusing to use it"
+    )]
+    ForeignDirectory {
+        /// The directory.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// Our uid.
+        uid: u32,
+    },
+    /// The path exists and is not a socket.
+    #[error("{0} exists and is not a socket; refusing to replace it")]
+    NotASocket(PathBuf),
+    /// The path has no parent directory.
+    #[error("socket path {0} has no parent directory")]
+    NoParent(PathBuf),
+    /// An OS error, with what was being done.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SocketError + 'a {
+    move |source| SocketError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// This process's effective uid.
+pub fn current_uid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+/// The default socket path for this user.
+pub fn default_socket_path() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+        Some(dir) => PathBuf::from(dir).join("daemoneye").join("broker.sock"),
+        None => PathBuf::from(format!("/tmp/daemoneye-{}", current_uid())).join("broker.sock"),
+    }
+}
+
+/// An explicit path, else `DAEMONEYE_BROKER_SOCKET`, else the default.
+pub fn resolve_socket_path(explicit: Option<&Path>) -> PathBuf {
+    if let Some(p) = explicit {
+        return p.to_path_buf();
+    }
+    match std::env::var_os(SOCKET_ENV).filter(|v| !v.is_empty()) {
+        Some(p) => PathBuf::from(p),
+        None => default_socket_path(),
+    }
+}
+
+/// Creates the socket's directory with mode 0700 if missing; an existing one must be ours,
+/// and is tightened to 0700 if looser.
+pub fn prepare_socket_dir(socket: &Path) -> Result<(), SocketError> {
+    let dir = socket
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .ok_or_else(|| SocketError::NoParent(socket.into()))?;
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io_err("cannot create socket directory", dir))?;
+    }
+    let meta = std::fs::metadata(dir).map_err(io_err("cannot inspect socket directory", dir))?;
+    let uid = current_uid();
+    if meta.uid() != uid {
+        return Err(SocketError::ForeignDirectory {
+            path: dir.into(),
+            owner: meta.uid(),
+            uid,
+        });
+    }
+    if meta.mode() & 0o077 != 0 {
+        tracing::warn!(dir = %dir.display(), mode = format!("{:o}", meta.mode() & 0o777), "tightening socket directory to 0700");
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io_err("cannot set mode 0700 on", dir))?;
+    }
+    Ok(())
+}
+
+/// Binds the broker socket: replaces a stale one, refuses a live one, and sets mode 0600.
+pub async fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, SocketError> {
+    prepare_socket_dir(path)?;
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            return Err(SocketError::NotASocket(path.into()));
+        }
+        match tokio::net::UnixStream::connect(path).await {
+            Ok(_) => return Err(SocketError::LiveBroker(path.into())),
+            Err(_) => {
+                tracing::info!(path = %path.display(), "replacing stale socket");
+                std::fs::remove_file(path).map_err(io_err("cannot remove stale socket", path))?;
+            }
+        }
+    }
+    let listener =
+        tokio::net::UnixListener::bind(path).map_err(io_err("cannot listen on", path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(io_err("cannot set mode 0600 on", path))?;
+    Ok(listener)
+}

@@ -1,0 +1,282 @@
+//! The broker server: feeds the core broker with bytes, writes what it returns.
+//!
+//! Everything runs on one thread (a current-thread runtime and a `LocalSet`): on two cores a
+//! wake-up across CPUs costs more than routing a message, so the core is shared by the
+//! connection tasks through a `RefCell`, never across threads. Each connection has a reader
+//! task (64 KiB reads, fed to the core; paused while the core says so) and a writer task
+//! (writes every Transmit queued since its last write in one call, then reports the bytes
+//! to the core, which refills the connection's window). A timer task sleeps until the core's
+//! next deadline. The server decides nothing itself.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use daemoneye_core::broker::{Broker, ConnId, Output};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Notify;
+
+use crate::clock::Clock;
+use crate::transport::Listener;
+
+/// Bytes read from a socket per call.
+const READ_CHUNK: usize = 64 * 1024;
+/// How long shutdown waits for writers to flush their Goodbyes.
+const SHUTDOWN_FLUSH: Duration = Duration::from_millis(300);
+
+#[derive(Debug)]
+struct ConnIo {
+    outbound: VecDeque<Bytes>,
+    writer: Rc<Notify>,
+    reader: Rc<Notify>,
+    paused: bool,
+    closing: bool,
+}
+
+struct Shared<C> {
+    broker: Broker,
+    clock: C,
+    conns: BTreeMap<ConnId, ConnIo>,
+    timer: Rc<Notify>,
+}
+
+impl<C: Clock> Shared<C> {
+    /// Carries out everything the core asked for.
+    fn dispatch(&mut self) {
+        while let Some(out) = self.broker.poll_output() {
+            match out {
+                Output::Transmit { conn, data } => {
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.outbound.push_back(data);
+                        c.writer.notify_one();
+                    }
+                }
+                Output::PauseRead { conn } => {
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.paused = true;
+                    }
+                }
+                Output::ResumeRead { conn } => {
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.paused = false;
+                        c.reader.notify_one();
+                    }
+                }
+                Output::Close { conn, reason } => {
+                    tracing::debug!(conn = conn.0, ?reason, "closing connection");
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.closing = true;
+                        c.writer.notify_one();
+                        c.reader.notify_one();
+                    }
+                }
+            }
+        }
+    }
+
+    /// The peer went away: tell the core unless it already forgot the connection.
+    fn lost(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            if !c.closing {
+                c.closing = true;
+                let now = self.clock.now();
+                self.broker.handle_disconnect(now, conn);
+                self.dispatch();
+            }
+            if let Some(c) = self.conns.get(&conn) {
+                c.writer.notify_one();
+                c.reader.notify_one();
+            }
+        }
+        self.timer.notify_one();
+    }
+}
+
+/// Runs the broker on `listener` until `shutdown` resolves, then says Goodbye to every
+/// client, flushes within a bounded time and returns. Must run inside a `LocalSet`.
+pub async fn serve<L, C>(
+    mut listener: L,
+    broker: Broker,
+    clock: C,
+    shutdown: impl Future<Output = ()>,
+) where
+    L: Listener + 'static,
+    C: Clock + 'static,
+{
+    let timer = Rc::new(Notify::new());
+    let shared = Rc::new(RefCell::new(Shared {
+        broker,
+        clock,
+        conns: BTreeMap::new(),
+        timer: timer.clone(),
+    }));
+    let timer_task = tokio::task::spawn_local(timer_loop(shared.clone(), timer));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((rd, wr, peer)) => {
+                    let (conn, reader, writer) = {
+                        let mut s = shared.borrow_mut();
+                        let now = s.clock.now();
+                        let conn = s.broker.handle_connect(now, peer);
+                        let reader = Rc::new(Notify::new());
+                        let writer = Rc::new(Notify::new());
+                        s.conns.insert(conn, ConnIo {
+                            outbound: VecDeque::new(),
+                            writer: writer.clone(),
+                            reader: reader.clone(),
+                            paused: false,
+                            closing: false,
+                        });
+                        s.dispatch();
+                        s.timer.notify_one();
+                        tracing::debug!(conn = conn.0, uid = peer.uid, pid = ?peer.pid, "accepted");
+                        (conn, reader, writer)
+                    };
+                    tokio::task::spawn_local(read_loop(shared.clone(), conn, rd, reader));
+                    tokio::task::spawn_local(write_loop(shared.clone(), conn, wr, writer));
+                }
+                Err(err) => {
+                    // Out of descriptors and the like: back off briefly rather than spin.
+                    tracing::warn!(%err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    {
+        let mut s = shared.borrow_mut();
+        let now = s.clock.now();
+        s.broker.shutdown(now);
+        s.dispatch();
+    }
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_FLUSH;
+    while !shared.borrow().conns.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    timer_task.abort();
+}
+
+async fn timer_loop<C: Clock>(shared: Rc<RefCell<Shared<C>>>, timer: Rc<Notify>) {
+    loop {
+        let deadline = {
+            let s = shared.borrow();
+            s.broker.poll_timeout().map(|t| s.clock.to_std(t))
+        };
+        let sleep = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = timer.notified() => continue,
+            _ = sleep => {}
+        }
+        let mut s = shared.borrow_mut();
+        let now = s.clock.now();
+        s.broker.handle_timeout(now);
+        s.dispatch();
+    }
+}
+
+async fn read_loop<C: Clock, R: tokio::io::AsyncRead + Unpin>(
+    shared: Rc<RefCell<Shared<C>>>,
+    conn: ConnId,
+    mut rd: R,
+    wake: Rc<Notify>,
+) {
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        let (paused, closing) = match shared.borrow().conns.get(&conn) {
+            Some(c) => (c.paused, c.closing),
+            None => return,
+        };
+        if closing {
+            return;
+        }
+        if paused {
+            wake.notified().await;
+            continue;
+        }
+        let n = tokio::select! {
+            biased;
+            _ = wake.notified() => continue,
+            r = rd.read(&mut buf) => r,
+        };
+        let mut s = shared.borrow_mut();
+        match n {
+            Ok(0) | Err(_) => {
+                s.lost(conn);
+                return;
+            }
+            Ok(n) => {
+                let now = s.clock.now();
+                s.broker.handle_bytes(now, conn, &buf[..n]);
+                s.dispatch();
+            }
+        }
+    }
+}
+
+async fn write_loop<C: Clock, W: tokio::io::AsyncWrite + Unpin>(
+    shared: Rc<RefCell<Shared<C>>>,
+    conn: ConnId,
+    mut wr: W,
+    wake: Rc<Notify>,
+) {
+    let mut coalesced: Vec<u8> = Vec::new();
+    loop {
+        let (batch, closing) = {
+            let mut s = shared.borrow_mut();
+            match s.conns.get_mut(&conn) {
+                Some(c) => (std::mem::take(&mut c.outbound), c.closing),
+                None => return,
+            }
+        };
+        if batch.is_empty() {
+            if closing {
+                let _ = wr.shutdown().await;
+                let mut s = shared.borrow_mut();
+                if let Some(c) = s.conns.remove(&conn) {
+                    c.reader.notify_one();
+                }
+                return;
+            }
+            wake.notified().await;
+            continue;
+        }
+        let total: usize = batch.iter().map(Bytes::len).sum();
+        let result = if batch.len() == 1 {
+            wr.write_all(&batch[0]).await
+        } else {
+            // Several Transmits piled up while the last write was in flight: one syscall.
+            coalesced.clear();
+            for b in &batch {
+                coalesced.extend_from_slice(b);
+            }
+            wr.write_all(&coalesced).await
+        };
+        let mut s = shared.borrow_mut();
+        match result {
+            Ok(()) => {
+                let now = s.clock.now();
+                s.broker.handle_written(now, conn, total);
+                s.dispatch();
+            }
+            Err(_) => {
+                s.lost(conn);
+                if let Some(c) = s.conns.get_mut(&conn) {
+                    c.outbound.clear();
+                }
+            }
+        }
+    }
+}
