@@ -1122,3 +1122,43 @@ fn shutdown_says_goodbye_to_everyone() {
     );
     assert_eq!(w.broker.connection_count(), 0);
 }
+
+#[test]
+fn qos0_drops_are_counted_in_totals_and_per_topic() {
+    use prost::Message;
+    let mut w = World::with_config(BrokerConfig {
+        owner_uid: OWNER,
+        write_window: 64,
+        ..Default::default()
+    });
+    let s = w.connect("s");
+    w.subscribe(
+        s,
+        with(
+            sub_spec("t"),
+            QoS::AtMostOnce,
+            Some(2),
+            Some(Overflow::DropNewest),
+        ),
+    );
+    let p = w.connect("p");
+    w.stalled_readers.insert(s);
+    for i in 0..20 {
+        w.publish(p, "t", &i.to_string(), QoS::AtMostOnce);
+    }
+    let sub_dropped = w.broker.subscriptions()[0].dropped;
+    assert!(sub_dropped > 0);
+    assert_eq!(
+        w.broker.totals().dropped,
+        sub_dropped,
+        "totals count QoS0 drops too"
+    );
+    let stats = w.broker.stats_report(w.now);
+    let topic = stats
+        .topics
+        .iter()
+        .find(|t| t.topic == "t")
+        .expect("topic t");
+    assert_eq!(topic.counters.expect("counters").dropped, sub_dropped);
+    let _ = stats.encode_to_vec();
+}

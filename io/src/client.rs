@@ -247,6 +247,23 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// The outcome of one sent publish: `None` at once for QoS0, the PubAck for QoS1.
+#[derive(Debug)]
+pub struct PendingAck(Option<oneshot::Receiver<Result<PubAck, ClientError>>>);
+
+impl PendingAck {
+    /// Waits for the PubAck (QoS1) or returns at once (QoS0).
+    pub async fn wait(self) -> Result<Option<PubAck>, ClientError> {
+        match self.0 {
+            None => Ok(None),
+            Some(rx) => match rx.await {
+                Ok(r) => r.map(Some),
+                Err(_) => Err(ClientError::Closed("client stopped".into())),
+            },
+        }
+    }
+}
+
 /// Messages of one subscription. QoS1 messages are acknowledged as `recv` hands them over.
 #[derive(Debug)]
 pub struct Subscription {
@@ -345,6 +362,12 @@ impl Client {
     /// is encoded and unsent, so a fast publisher is held back by the socket (and by the
     /// broker's backpressure) instead of buffering without bound.
     pub async fn publish(&self, p: Publish) -> Result<Option<PubAck>, ClientError> {
+        self.send(p).await?.wait().await
+    }
+
+    /// Sends a publish (waiting only for room in the send buffer) and returns a handle for
+    /// its PubAck, so that many QoS1 publishes can be in flight at once.
+    pub async fn send(&self, p: Publish) -> Result<PendingAck, ClientError> {
         loop {
             let drained = self.drained.notified();
             if self.lock().session.buffered_bytes() < SEND_BUFFER_LIMIT {
@@ -370,13 +393,7 @@ impl Client {
             }
         };
         self.wake.notify_one();
-        match rx {
-            None => Ok(None),
-            Some(rx) => match rx.await {
-                Ok(r) => r.map(Some),
-                Err(_) => Err(ClientError::Closed("client stopped".into())),
-            },
-        }
+        Ok(PendingAck(rx))
     }
 
     /// Opens a subscription and waits until the broker has accepted it.

@@ -1,1 +1,262 @@
-//! End-to-end tests live in `tests/tests/`.
+//! Harness for end-to-end tests of the real binaries: start an agent on a socket in a
+//! temporary directory, run CLI commands against it, follow a child's output line by line.
+//!
+//! Cargo hands a package's binaries (`CARGO_BIN_EXE_*`) only to that package's own
+//! integration tests, so the tests themselves live in `io/tests/` and pass the paths in.
+//! Every wait here is for an observable event (a line printed, a process exiting) with a
+//! deadline, never a fixed sleep.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Paths of the binaries under test.
+#[derive(Debug, Clone)]
+pub struct Bins {
+    /// daemoneye-agent.
+    pub agent: PathBuf,
+    /// daemoneye-cli.
+    pub cli: PathBuf,
+}
+
+/// Lines a child prints on one stream, read on a thread.
+#[derive(Debug)]
+pub struct Lines {
+    rx: mpsc::Receiver<String>,
+    /// Everything received so far.
+    pub seen: Vec<String>,
+}
+
+impl Lines {
+    /// Follows `stream` line by line.
+    pub fn follow(stream: impl Read + Send + 'static) -> Self {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Lines {
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits until a line containing `needle` arrives; returns it.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> Result<String, String> {
+        if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
+            return Ok(l.clone());
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return Ok(line);
+                    }
+                }
+                Err(_) => {
+                    return Err(format!(
+                        "no line containing {needle:?} within {timeout:?}; saw {:?}",
+                        self.seen
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Waits until `n` lines have arrived in all (or the stream ends, or the deadline).
+    pub fn wait_count(&mut self, n: usize, timeout: Duration) -> &[String] {
+        let deadline = Instant::now() + timeout;
+        while self.seen.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => break,
+            }
+        }
+        &self.seen
+    }
+
+    /// Collects whatever remains until the stream closes (the child exited).
+    pub fn drain(&mut self, timeout: Duration) -> &[String] {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => break,
+            }
+        }
+        &self.seen
+    }
+}
+
+/// A running agent in its own temporary directory.
+#[derive(Debug)]
+pub struct Agent {
+    /// The process.
+    pub child: Child,
+    /// Its socket.
+    pub socket: PathBuf,
+    /// Its stderr.
+    pub stderr: Lines,
+    /// The binaries.
+    pub bins: Bins,
+    /// Keeps the directory alive.
+    pub dir: tempfile::TempDir,
+}
+
+impl Agent {
+    /// Starts an agent with an optional TOML config and waits until it listens.
+    pub fn start(bins: &Bins, config: Option<&str>) -> Agent {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("run").join("broker.sock");
+        Self::start_at(bins, config, dir, socket)
+    }
+
+    /// Starts an agent on a given socket path.
+    pub fn start_at(
+        bins: &Bins,
+        config: Option<&str>,
+        dir: tempfile::TempDir,
+        socket: PathBuf,
+    ) -> Agent {
+        let mut cmd = Command::new(&bins.agent);
+        cmd.arg("--socket")
+            .arg(&socket)
+            .arg("--log-level")
+            .arg("warn");
+        if let Some(text) = config {
+            let path = dir.path().join("agent.toml");
+            std::fs::write(&path, text).expect("write config");
+            cmd.arg("--config").arg(path);
+        }
+        cmd.env_remove("DAEMONEYE_BROKER_SOCKET")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn agent");
+        let mut stderr = Lines::follow(child.stderr.take().expect("stderr"));
+        stderr
+            .wait_for("listening on", Duration::from_secs(10))
+            .expect("agent listens");
+        Agent {
+            child,
+            socket,
+            stderr,
+            bins: bins.clone(),
+            dir,
+        }
+    }
+
+    /// A CLI command against this agent (`--socket` appended).
+    pub fn cli(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.bins.cli);
+        cmd.args(args).arg("--socket").arg(&self.socket);
+        cmd.env_remove("DAEMONEYE_BROKER_SOCKET");
+        cmd
+    }
+
+    /// Runs a CLI command to completion: (status, stdout, stderr).
+    pub fn run_cli(&self, args: &[&str]) -> (ExitStatus, String, String) {
+        let out = self
+            .cli(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run cli");
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Starts `daemoneye-cli sub ...` and waits until it is subscribed.
+    pub fn subscriber(&self, args: &[&str]) -> Subscriber {
+        let mut full = vec!["sub"];
+        full.extend_from_slice(args);
+        let mut child = self
+            .cli(&full)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sub");
+        let stdout = Lines::follow(child.stdout.take().expect("stdout"));
+        let mut stderr = Lines::follow(child.stderr.take().expect("stderr"));
+        stderr
+            .wait_for("subscribed", Duration::from_secs(10))
+            .expect("subscriber ready");
+        Subscriber {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns how long it took.
+    pub fn terminate(&mut self) -> (ExitStatus, Duration) {
+        signal(&self.child, nix::sys::signal::Signal::SIGTERM);
+        let start = Instant::now();
+        let status =
+            wait_exit(&mut self.child, Duration::from_secs(10)).expect("agent exits after SIGTERM");
+        (status, start.elapsed())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `daemoneye-cli sub`.
+#[derive(Debug)]
+pub struct Subscriber {
+    /// The process.
+    pub child: Child,
+    /// Its output, one message per line.
+    pub stdout: Lines,
+    /// Its stderr.
+    pub stderr: Lines,
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends `sig` to `child`.
+pub fn signal(child: &Child, sig: nix::sys::signal::Signal) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, sig).expect("signal child");
+}
+
+/// Waits for `child` to exit, up to `timeout`.
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Whether a path exists.
+pub fn exists(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok()
+}

@@ -546,6 +546,9 @@ impl Broker {
         }
 
         let mut remaining = 0u32;
+        // Copies of this message refused by a full queue (all QoS), and those of them that
+        // held a PubAck share.
+        let mut refused = 0u64;
         let mut dropped_now = 0u32;
         let mut evicted: Vec<Entry> = Vec::new();
         let mut slow_down = false;
@@ -599,6 +602,7 @@ impl Broker {
                 s.dropped_total += 1;
                 s.dropped_unreported += 1;
                 s.counters.dropped += 1;
+                refused += 1;
                 if tracked {
                     dropped_now += 1;
                 }
@@ -607,7 +611,7 @@ impl Broker {
                 self.ready.insert(owner);
             }
         }
-        let drops = u64::from(dropped_now) + evicted.len() as u64;
+        let drops = refused + evicted.len() as u64;
         if drops > 0 {
             self.topic_counters.get_mut(msg.topic.as_str()).dropped += drops;
             self.totals.dropped += drops;

@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use daemoneye_core::topic::{TopicFilter, TopicName};
 use daemoneye_io::client::{Client, ClientError, ClientOptions, plain_subscribe, simple_publish};
 use daemoneye_io::paths;
-use daemoneye_proto::frame::{Deliver, GroupSpec, QoS, QueueStrategy, Subscribe};
+use daemoneye_proto::frame::{Deliver, GroupSpec, Overflow, QoS, QueueStrategy, Subscribe};
 use daemoneye_proto::pb::{control as pbc, stats as pbs};
 use prost::Message as _;
 use serde_json::json;
@@ -35,6 +35,14 @@ enum Strategy {
     RoundRobin,
     LeastLoaded,
     Random,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum OverflowArg {
+    Block,
+    DropOldest,
+    DropNewest,
+    Error,
 }
 
 #[derive(Debug, Subcommand)]
@@ -69,6 +77,16 @@ enum Command {
         /// Subscribe at QoS 1 (messages are acknowledged as printed).
         #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
         qos: u8,
+        /// Queue capacity at the broker (messages); default: the broker's.
+        #[arg(long)]
+        capacity: Option<u32>,
+        /// What the broker does when the queue is full.
+        #[arg(long, value_enum)]
+        overflow: Option<OverflowArg>,
+        /// Keep this subscription's queue at the broker while this client is away, for
+        /// the next `sub --durable NAME` of the same user (needs --qos 1).
+        #[arg(long, value_name = "NAME")]
+        durable: Option<String>,
         /// Exit after this many messages.
         #[arg(long)]
         count: Option<u64>,
@@ -193,17 +211,33 @@ async fn run(cli: Cli) -> Result<()> {
                     vec![buf]
                 }
             };
+            // QoS1: up to WINDOW publishes in flight, their PubAcks checked in order.
+            const WINDOW: usize = 1024;
+            let mut in_flight = std::collections::VecDeque::new();
+            let mut dropped = 0u64;
             for _ in 0..count {
                 for p in &payloads {
-                    let ack = client
-                        .publish(simple_publish(&topic, Bytes::from(p.clone()), qos(q)))
+                    let pending = client
+                        .send(simple_publish(&topic, Bytes::from(p.clone()), qos(q)))
                         .await?;
-                    if let Some(a) = ack
-                        && a.dropped > 0
+                    in_flight.push_back(pending);
+                    if in_flight.len() >= WINDOW
+                        && let Some(first) = in_flight.pop_front()
+                        && let Some(a) = first.wait().await?
                     {
-                        eprintln!("warning: {} subscription(s) dropped the message", a.dropped);
+                        dropped += u64::from(a.dropped);
                     }
                 }
+            }
+            for pending in in_flight {
+                if let Some(a) = pending.wait().await? {
+                    dropped += u64::from(a.dropped);
+                }
+            }
+            if dropped > 0 {
+                eprintln!(
+                    "warning: {dropped} subscription cop(ies) of the messages were dropped by overflow"
+                );
             }
             // A QoS0 publish has no answer: a round trip makes sure an error (bad topic,
             // permission) reaches us before we exit.
@@ -224,6 +258,9 @@ async fn run(cli: Cli) -> Result<()> {
             group,
             strategy,
             qos: q,
+            capacity,
+            overflow,
+            durable,
             count,
             timeout,
             json,
@@ -242,8 +279,17 @@ async fn run(cli: Cli) -> Result<()> {
             };
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Deliver>();
             for f in &filters {
+                let overflow = overflow.map(|o| match o {
+                    OverflowArg::Block => Overflow::Block,
+                    OverflowArg::DropOldest => Overflow::DropOldest,
+                    OverflowArg::DropNewest => Overflow::DropNewest,
+                    OverflowArg::Error => Overflow::Error,
+                });
                 let mut spec = Subscribe {
                     qos: qos(q),
+                    capacity,
+                    overflow,
+                    durable_name: durable.clone(),
                     ..plain_subscribe(f)
                 };
                 spec.group = group.clone().map(|name| GroupSpec { name, strategy });

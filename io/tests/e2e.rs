@@ -1,0 +1,407 @@
+//! End-to-end tests of the real binaries over real sockets in temporary directories.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::process::Stdio;
+use std::time::Duration;
+
+use daemoneye_tests::{Agent, Bins, exists, signal, wait_exit};
+use nix::sys::signal::Signal;
+
+const T: Duration = Duration::from_secs(10);
+
+fn bins() -> Bins {
+    Bins {
+        agent: env!("CARGO_BIN_EXE_daemoneye-agent").into(),
+        cli: env!("CARGO_BIN_EXE_daemoneye-cli").into(),
+    }
+}
+
+fn publish(agent: &Agent, args: &[&str]) {
+    let mut full = vec!["pub"];
+    full.extend_from_slice(args);
+    let (status, _, err) = agent.run_cli(&full);
+    assert!(status.success(), "pub {args:?} failed: {err}");
+}
+
+/// The broker still routes for well-behaved clients.
+fn assert_alive(agent: &Agent) {
+    let mut sub = agent.subscriber(&["alive.check", "--count", "1"]);
+    publish(agent, &["alive.check", "yes"]);
+    assert_eq!(sub.stdout.wait_count(1, T), ["alive.check yes"]);
+}
+
+#[test]
+fn pubsub_with_wildcards_across_processes() {
+    let agent = Agent::start(&bins(), None);
+    let mut all = agent.subscriber(&["events.#", "--count", "2", "--json"]);
+    let mut proc_only = agent.subscriber(&["events.process.+", "--count", "1"]);
+    publish(&agent, &["events.process.new", "pid=42"]);
+    publish(&agent, &["events.network.connect", "tcp"]);
+    let lines = all.stdout.wait_count(2, T).to_vec();
+    assert!(
+        lines[0].contains(r#""topic":"events.process.new""#)
+            && lines[0].contains(r#""payload":"pid=42""#),
+        "{lines:?}"
+    );
+    assert!(
+        lines[1].contains(r#""topic":"events.network.connect""#),
+        "{lines:?}"
+    );
+    assert_eq!(
+        proc_only.stdout.wait_count(1, T),
+        ["events.process.new pid=42"]
+    );
+    assert!(
+        wait_exit(&mut all.child, T)
+            .expect("exits after --count")
+            .success()
+    );
+}
+
+#[test]
+fn non_utf8_payload_is_base64_in_json() {
+    let agent = Agent::start(&bins(), None);
+    let mut sub = agent.subscriber(&["bin.data", "--count", "1", "--json"]);
+    let mut p = agent
+        .cli(&["pub", "bin.data"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("pub");
+    p.stdin
+        .take()
+        .expect("stdin")
+        .write_all(&[0xFF, 0x00, 0xFE])
+        .expect("write");
+    assert!(p.wait().expect("wait").success());
+    let line = &sub.stdout.wait_count(1, T)[0];
+    assert!(line.contains(r#""payload_b64":"/wD+""#), "{line}");
+}
+
+#[test]
+fn queue_group_splits_round_robin_across_processes() {
+    let agent = Agent::start(&bins(), None);
+    let mut a = agent.subscriber(&["jobs.scan", "--group", "workers", "--count", "5"]);
+    let mut b = agent.subscriber(&["jobs.scan", "--group", "workers", "--count", "5"]);
+    let mut plain = agent.subscriber(&["jobs.scan", "--count", "10"]);
+    publish(&agent, &["jobs.scan", "x", "--count", "10"]);
+    assert_eq!(a.stdout.wait_count(5, T).len(), 5);
+    assert_eq!(b.stdout.wait_count(5, T).len(), 5);
+    assert_eq!(
+        plain.stdout.wait_count(10, T).len(),
+        10,
+        "plain subscribers get every message"
+    );
+    assert!(wait_exit(&mut a.child, T).expect("a exits").success());
+    assert!(wait_exit(&mut b.child, T).expect("b exits").success());
+}
+
+#[test]
+fn request_reply_across_processes() {
+    let agent = Agent::start(&bins(), None);
+    let socket = agent.socket.clone();
+    // The responder is this test process, using the client library.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let responder = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            use daemoneye_io::client::{Client, ClientOptions, plain_subscribe, simple_publish};
+            let client = Client::connect(&socket, ClientOptions::new("echo"))
+                .await
+                .expect("connect");
+            let mut sub = client
+                .subscribe(plain_subscribe("svc.echo"))
+                .await
+                .expect("subscribe");
+            ready_tx.send(()).expect("ready");
+            let req = sub.recv().await.expect("request");
+            let mut reply = simple_publish(
+                req.reply_to.as_deref().expect("reply_to"),
+                bytes::Bytes::from(format!("echo: {}", String::from_utf8_lossy(&req.payload))),
+                daemoneye_proto::frame::QoS::AtMostOnce,
+            );
+            reply.correlation = req.correlation.clone();
+            client.publish(reply).await.expect("reply");
+            client.close().await;
+        });
+    });
+    ready_rx.recv_timeout(T).expect("responder ready");
+    let (status, out, err) = agent.run_cli(&["req", "svc.echo", "hello", "--timeout", "5"]);
+    assert!(status.success(), "{err}");
+    assert_eq!(out.trim(), "echo: hello");
+    responder.join().expect("responder");
+    let (status, _, err) = agent.run_cli(&["req", "svc.nobody", "x", "--timeout", "0.3"]);
+    assert!(!status.success());
+    assert!(err.contains("timed out"), "{err}");
+}
+
+#[test]
+fn qos1_unacked_messages_go_to_another_member_when_a_subscriber_is_killed() {
+    let agent = Agent::start(&bins(), None);
+    let mut first = agent.subscriber(&["orders", "--group", "g", "--qos", "1", "--json"]);
+    let mut second = agent.subscriber(&["orders", "--group", "g", "--qos", "1", "--json"]);
+    // The first member stops processing: it neither reads nor acks.
+    signal(&first.child, Signal::SIGSTOP);
+    let mut publisher = agent
+        .cli(&["pub", "orders", "o", "--qos", "1", "--count", "4"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("pub");
+    // Round robin gives each member two; the stopped member's PubAcks wait.
+    assert_eq!(second.stdout.wait_count(2, T).len(), 2);
+    assert!(
+        wait_exit(&mut publisher, Duration::from_millis(500)).is_none(),
+        "PubAck before delivery"
+    );
+    // Kill it mid-stream: its unacked message is redelivered to the other member.
+    signal(&first.child, Signal::SIGKILL);
+    let _ = first.child.wait();
+    let lines = second.stdout.wait_count(4, T).to_vec();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.contains(r#""redelivered":true"#)),
+        "{lines:?}"
+    );
+    let status = wait_exit(&mut publisher, T).expect("publisher finishes after the acks");
+    assert!(status.success());
+}
+
+#[test]
+fn restarted_durable_subscriber_gets_the_unacked_messages() {
+    let agent = Agent::start(&bins(), None);
+    let args = [
+        "orders",
+        "--qos",
+        "1",
+        "--durable",
+        "order-forwarder",
+        "--json",
+    ];
+    let mut first = agent.subscriber(&args);
+    signal(&first.child, Signal::SIGSTOP);
+    let mut publisher = agent
+        .cli(&["pub", "orders", "o", "--qos", "1", "--count", "3"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("pub");
+    assert!(
+        wait_exit(&mut publisher, Duration::from_millis(500)).is_none(),
+        "PubAck before delivery"
+    );
+    signal(&first.child, Signal::SIGKILL);
+    let _ = first.child.wait();
+    // The restarted consumer resumes the durable subscription and misses nothing.
+    let mut again = agent.subscriber(&[&args[..], &["--count", "3"]].concat());
+    let lines = again.stdout.wait_count(3, T).to_vec();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.contains(r#""redelivered":true"#)),
+        "{lines:?}"
+    );
+    assert!(
+        wait_exit(&mut publisher, T)
+            .expect("publisher finishes")
+            .success()
+    );
+}
+
+#[test]
+fn drop_newest_overflow_is_visible_from_outside_with_a_stalled_subscriber() {
+    let agent = Agent::start(&bins(), None);
+    let mut sub = agent.subscriber(&["flood", "--capacity", "10", "--overflow", "drop-newest"]);
+    signal(&sub.child, Signal::SIGSTOP);
+    let payload = "x".repeat(4096);
+    publish(&agent, &["flood", &payload, "--count", "3000"]);
+    let (status, stats, _) = agent.run_cli(&["stats", "--json"]);
+    assert!(status.success());
+    let v: serde_json::Value = serde_json::from_str(&stats).expect("stats json");
+    let dropped = v["totals"]["dropped"].as_u64().expect("dropped counter");
+    assert!(
+        dropped > 0,
+        "a stalled subscriber with capacity 10 must drop: {stats}"
+    );
+    let sub_dropped = v["subscriptions_detail"][0]["counters"]["dropped"]
+        .as_u64()
+        .expect("per-subscription");
+    assert_eq!(sub_dropped, dropped, "totals agree with the subscription");
+    signal(&sub.child, Signal::SIGCONT);
+    let got = sub.stdout.wait_count(3000 - dropped as usize, T).len() as u64;
+    assert_eq!(
+        got + dropped,
+        3000,
+        "every message is delivered or counted as dropped"
+    );
+}
+
+#[test]
+fn socket_is_0600_in_a_0700_directory() {
+    let agent = Agent::start(&bins(), None);
+    let mode =
+        |p: &std::path::Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+    assert_eq!(mode(&agent.socket), 0o600);
+    assert_eq!(mode(agent.socket.parent().expect("dir")), 0o700);
+}
+
+#[test]
+fn stale_socket_file_is_replaced_and_a_live_one_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = dir.path().join("run");
+    std::fs::create_dir(&run).expect("mkdir");
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let socket = run.join("broker.sock");
+    drop(std::os::unix::net::UnixListener::bind(&socket).expect("stale listener"));
+    assert!(exists(&socket), "a stale socket file is left behind");
+    let agent = Agent::start_at(&bins(), None, dir, socket.clone());
+    assert_alive(&agent);
+    let second = std::process::Command::new(&agent.bins.agent)
+        .arg("--socket")
+        .arg(&socket)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("second agent");
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("a live broker is already listening"), "{err}");
+    assert_alive(&agent);
+}
+
+#[test]
+fn another_uid_is_refused() {
+    if !nix::unistd::geteuid().is_root() {
+        println!("skipped: needs root to run a client under another uid");
+        return;
+    }
+    let agent = Agent::start(&bins(), None);
+    use std::os::unix::process::CommandExt;
+    let out = agent
+        .cli(&["pub", "t", "x"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run as nobody");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.to_lowercase().contains("permission denied"), "{err}");
+    assert_alive(&agent);
+}
+
+/// Sends `bytes` on a fresh connection (closing our side after them if `half_close`), and
+/// reads everything the broker says until it closes.
+fn hostile(agent: &Agent, bytes: &[u8], half_close: bool) -> Vec<u8> {
+    let mut s = UnixStream::connect(&agent.socket).expect("connect");
+    s.set_read_timeout(Some(T)).expect("timeout");
+    s.write_all(bytes).expect("write");
+    if half_close {
+        s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    }
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    answer
+}
+
+#[test]
+fn hostile_clients_are_closed_and_others_keep_receiving() {
+    let agent = Agent::start(&bins(), Some("[broker]\nhandshake_timeout_ms = 300\n"));
+    let mut steady = agent.subscriber(&["steady", "--count", "5"]);
+    // Garbage, a zero-length frame, a header claiming 4 GiB: an Error frame, then close.
+    let cases: [&[u8]; 3] = [
+        b"\x16\x03\x01garbage that is not a frame",
+        &[0, 0, 0, 0],
+        &[0xFF, 0xFF, 0xFF, 0xFF],
+    ];
+    for (i, bytes) in cases.iter().enumerate() {
+        let answer = hostile(&agent, bytes, false);
+        assert!(
+            answer.len() > 4,
+            "case {i}: an Error frame before the close"
+        );
+        publish(&agent, &["steady", &format!("after case {i}")]);
+    }
+    // A truncated frame, then the client closes its side: the broker drops it quietly.
+    hostile(&agent, &[0, 0, 0, 50, 1, 2], true);
+    publish(&agent, &["steady", "after truncated"]);
+    // A client that connects and sends nothing is closed at the handshake timeout.
+    let answer = hostile(&agent, &[], false);
+    assert!(
+        !answer.is_empty(),
+        "the silent client gets an Error frame and EOF"
+    );
+    publish(&agent, &["steady", "after silent"]);
+    assert_eq!(steady.stdout.wait_count(5, T).len(), 5);
+}
+
+#[test]
+fn connection_beyond_the_limit_gets_an_error_and_others_stay() {
+    let agent = Agent::start(&bins(), Some("[broker]\nmax_connections = 4\n"));
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(agent.subscriber(&["held"]));
+    }
+    let (status, _, err) = agent.run_cli(&["pub", "held", "x"]);
+    assert!(!status.success());
+    assert!(err.contains("connection limit of 4"), "{err}");
+    let mut last = held.pop().expect("fourth");
+    signal(&last.child, Signal::SIGKILL);
+    let _ = last.child.wait();
+    drop(last);
+    // Once the broker has seen the killed client go, a slot is free again.
+    let mut ok = false;
+    for _ in 0..100 {
+        if agent.run_cli(&["pub", "held", "y"]).0.success() {
+            ok = true;
+            break;
+        }
+    }
+    assert!(ok, "a slot frees once a client leaves");
+    assert_eq!(held[0].stdout.wait_count(1, T), ["held y"]);
+}
+
+#[test]
+fn sigterm_with_busy_clients_exits_within_500ms_and_removes_the_socket() {
+    let mut agent = Agent::start(&bins(), None);
+    let mut sub = agent.subscriber(&["busy.#"]);
+    let mut flood = agent
+        .cli(&["pub", "busy.x", "payload", "--count", "100000000"])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("flood");
+    // Wait until traffic flows.
+    sub.stdout.wait_count(1000, T);
+    let (status, took) = agent.terminate();
+    assert!(status.success(), "{status:?}");
+    assert!(took < Duration::from_millis(500), "shutdown took {took:?}");
+    assert!(!exists(&agent.socket), "socket removed");
+    let _ = flood.kill();
+    let _ = flood.wait();
+}
+
+#[test]
+fn cli_failures_are_one_clear_line_and_nonzero() {
+    let agent = Agent::start(&bins(), None);
+    for (args, needle) in [
+        (vec!["pub", "a..b", "x"], "level 1 is empty"),
+        (vec!["sub", "a.#.b"], "'#' must be the last level"),
+        (vec!["pub", "$sys.x", "x"], "permission denied"),
+        (vec!["sub", "t", "--group", "  "], "whitespace"),
+    ] {
+        let (status, _, err) = agent.run_cli(&args);
+        assert!(!status.success(), "{args:?}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+    }
+    let out = std::process::Command::new(&agent.bins.cli)
+        .args(["pub", "t", "x", "--socket", "/nonexistent/broker.sock"])
+        .output()
+        .expect("cli");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no broker at /nonexistent/broker.sock"));
+    let (status, _, _) = agent.run_cli(&["sub", "quiet", "--timeout", "0.2"]);
+    assert!(
+        status.success(),
+        "--timeout ending the wait is a normal exit"
+    );
+}
