@@ -24,6 +24,8 @@ use crate::transport::Listener;
 
 /// Bytes read from a socket per call.
 const READ_CHUNK: usize = 64 * 1024;
+/// Capacity the writer's coalescing buffer keeps between writes.
+const COALESCE_KEEP: usize = 16 * 1024;
 /// How long shutdown waits for writers to flush their Goodbyes.
 const SHUTDOWN_FLUSH: Duration = Duration::from_millis(300);
 
@@ -262,7 +264,11 @@ async fn write_loop<C: Clock, W: tokio::io::AsyncWrite + Unpin>(
             for b in &batch {
                 coalesced.extend_from_slice(b);
             }
-            wr.write_all(&coalesced).await
+            let r = wr.write_all(&coalesced).await;
+            // Idle connections keep no large buffer (memory per connection stays bounded).
+            coalesced.clear();
+            coalesced.shrink_to(COALESCE_KEEP);
+            r
         };
         let mut s = shared.borrow_mut();
         match result {

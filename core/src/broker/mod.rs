@@ -90,7 +90,7 @@ impl Default for BrokerConfig {
             memory_budget: 100 * 1024 * 1024,
             durable_expiry: Duration::from_secs(600),
             stats_interval: Duration::from_secs(30),
-            write_window: 256 * 1024,
+            write_window: 64 * 1024,
         }
     }
 }

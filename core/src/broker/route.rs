@@ -15,6 +15,8 @@ use super::{Broker, ConnId, GroupState, Message, Output, Phase, PubAckState, Sub
 use crate::Instant;
 use crate::topic::{TopicFilter, TopicName, topics};
 
+/// Bytes reserved at once for a connection's outgoing frames.
+const OUT_RESERVE: usize = 64 * 1024;
 /// Messages taken from one subscription before moving to the connection's next one.
 const DELIVERY_BATCH: usize = 32;
 /// Fixed cost charged to the memory budget per message besides its topic and payload.
@@ -872,6 +874,7 @@ impl Broker {
             after.chain(before).collect()
         };
         let mut wrote = false;
+        let mut reserved = false;
         loop {
             let mut progress = false;
             for &key in &keys {
@@ -901,6 +904,17 @@ impl Broker {
                         break;
                     }
                     let Some(entry) = s.queue.pop() else { break };
+                    if !reserved {
+                        // One allocation for this round of frames instead of doubling as
+                        // they are encoded (the last buffer went to the driver whole).
+                        reserved = true;
+                        let room = window
+                            .saturating_sub(c.in_flight + c.out.len())
+                            .min(OUT_RESERVE);
+                        if c.out.capacity() - c.out.len() < room {
+                            c.out.reserve(room);
+                        }
+                    }
                     let qos1 = s.qos == QoS::AtLeastOnce && entry.msg.qos == QoS::AtLeastOnce;
                     let delivery_id = if qos1 {
                         c.next_delivery += 1;

@@ -10,6 +10,11 @@ use daemoneye_io::config::AgentConfig;
 use daemoneye_io::paths;
 use daemoneye_io::transport::UnixTransport;
 
+// The broker allocates a few small objects per message; mimalloc's thread-local free lists
+// cost a fraction of glibc malloc's on this path (measured with the peers bench).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// DaemonEye agent: runs the local message broker that collectors and subscribers connect
 /// to.
 ///
