@@ -421,7 +421,8 @@ fn fan<P: Proto>(
         p.subscribe(&mut c, filter, group);
         sub_conns.push(c);
     }
-    let per_sub_want = if group.is_some() { msgs } else { msgs };
+    // A group member cannot know its share: it reads until `msgs` or the idle timeout.
+    let per_sub_want = msgs;
     let start = Arc::new(Barrier::new(pubs + subs + 1));
     let mut sub_threads = Vec::new();
     for c in sub_conns {
