@@ -400,7 +400,7 @@ impl QueueStrategy {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
 pub enum OverflowStrategy {
-    /// Default chosen by the broker: Block for QoS1, DropOldest for QoS0.
+    /// Default chosen by the broker: Block (nothing is lost unless a subscriber asks for loss).
     Default = 0,
     Block = 1,
     DropOldest = 2,
