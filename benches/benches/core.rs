@@ -111,6 +111,7 @@ fn route(c: &mut Criterion) {
                 reply_to: None,
                 priority: 0,
                 target: None,
+                resent: false,
             })
             .expect("publish");
     }

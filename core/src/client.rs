@@ -2,9 +2,9 @@
 //!
 //! It owns the handshake, the client's subscriptions (re-sent after every reconnect), the
 //! QoS1 publisher state (each QoS1 publish is kept until its PubAck and re-sent, with its
-//! original sequence, after a reconnect) and subscriber-side deduplication by
-//! (subscription, publisher id, sequence), so that the application sees each QoS1 message
-//! once. Duplicates are acknowledged to the broker and dropped. No IO: bytes in with
+//! original sequence and marked `resent`, after a reconnect) and subscriber-side
+//! deduplication by (subscription, publisher id, sequence), so that the application sees
+//! each message at most once per subscription. Duplicates are acknowledged to the broker and dropped. No IO: bytes in with
 //! [`ClientSession::handle_bytes`], bytes out with [`ClientSession::poll_transmit`], events
 //! out with [`ClientSession::poll_event`].
 
@@ -368,7 +368,16 @@ impl ClientSession {
                 for s in subs {
                     let _ = self.queue(ClientFrame::Subscribe(s));
                 }
-                let pending: Vec<Publish> = self.pending.values().cloned().collect();
+                // Unacknowledged QoS1 publishes go again, marked so that subscribers treat
+                // them as redeliveries (deduplicated, exempt from ordering).
+                let pending: Vec<Publish> = self
+                    .pending
+                    .values_mut()
+                    .map(|p| {
+                        p.resent = true;
+                        p.clone()
+                    })
+                    .collect();
                 for p in pending {
                     let _ = self.queue(ClientFrame::Publish(p));
                 }
@@ -381,7 +390,9 @@ impl ClientSession {
                 backlog: a.resumed_backlog,
             }),
             ServerFrame::Deliver(d) => {
-                if d.qos == QoS::AtLeastOnce {
+                // Every publish has a unique (publisher, sequence), whatever its QoS: a QoS0
+                // subscription must not see a re-sent QoS1 publish twice either.
+                if d.sequence != 0 {
                     let cap = self.config.dedup_window;
                     let window = self
                         .dedup
@@ -389,7 +400,9 @@ impl ClientSession {
                         .or_default();
                     if !window.insert(d.sequence, cap) {
                         self.duplicates += 1;
-                        self.ack(d.delivery_id);
+                        if d.qos == QoS::AtLeastOnce {
+                            self.ack(d.delivery_id);
+                        }
                         return;
                     }
                 }

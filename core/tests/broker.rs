@@ -1162,3 +1162,39 @@ fn qos0_drops_are_counted_in_totals_and_per_topic() {
     assert_eq!(topic.counters.expect("counters").dropped, sub_dropped);
     let _ = stats.encode_to_vec();
 }
+
+#[test]
+fn unacked_qos1_copy_is_not_redelivered_to_a_qos0_member_that_cannot_ack() {
+    let mut w = World::new();
+    let a = w.connect("a");
+    let b = w.connect("b");
+    w.subscribe(
+        a,
+        with(
+            group_spec("t", "g", QueueStrategy::RoundRobin),
+            QoS::AtLeastOnce,
+            None,
+            None,
+        ),
+    );
+    w.subscribe(
+        b,
+        with(
+            group_spec("t", "g", QueueStrategy::RoundRobin),
+            QoS::AtMostOnce,
+            None,
+            None,
+        ),
+    );
+    let p = w.connect("p");
+    let seq = w.publish(p, "t", "m", QoS::AtLeastOnce);
+    assert_eq!(w.take_messages(a).len(), 1, "round robin starts with a");
+    // b (QoS0) must not take over the copy: nothing would ever ack it.
+    w.disconnect(a);
+    assert!(w.take_messages(b).is_empty());
+    assert_eq!(
+        w.pubacks(p),
+        vec![(seq, 0, 1, false)],
+        "reported dropped, never falsely delivered"
+    );
+}

@@ -83,10 +83,19 @@ pub struct ClientOptions {
 }
 
 impl ClientOptions {
-    /// A plain client named `name` that reconnects.
+    /// A plain client named `name` that reconnects. Its publisher id is unique to this
+    /// process (`name.pid.start-time`), so that subscribers' deduplication never mistakes two
+    /// processes' messages for each other; a publisher that resends from a WAL across
+    /// restarts sets a stable id in `session.publisher_id` instead.
     pub fn new(name: impl Into<String>) -> Self {
+        let name = name.into();
+        let mut session = ClientConfig::new(name.clone());
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        session.publisher_id = Some(format!("{name}.{}.{started:x}", std::process::id()));
         Self {
-            session: ClientConfig::new(name),
+            session,
             reconnect: true,
             connect_timeout: Duration::from_secs(5),
         }
@@ -492,7 +501,7 @@ pub fn plain_subscribe(filter: &str) -> Subscribe {
     }
 }
 
-/// A QoS0 publish of `payload` to `topic`.
+/// A publish of `payload` to `topic` at `qos`.
 pub fn simple_publish(topic: &str, payload: Bytes, qos: QoS) -> Publish {
     Publish {
         topic: topic.into(),
@@ -503,6 +512,7 @@ pub fn simple_publish(topic: &str, payload: Bytes, qos: QoS) -> Publish {
         reply_to: None,
         priority: 0,
         target: None,
+        resent: false,
     }
 }
 

@@ -59,7 +59,7 @@ pub(crate) fn publish_frame(body: &[u8]) -> Option<Frame> {
         let key = fields[0];
         fields = &fields[1..];
         let field = key >> 3;
-        if field == 0 || field > 9 || seen & (1 << field) != 0 {
+        if field == 0 || field > 10 || seen & (1 << field) != 0 {
             return None;
         }
         seen |= 1 << field;
@@ -84,6 +84,7 @@ pub(crate) fn publish_frame(body: &[u8]) -> Option<Frame> {
                     &mut fields,
                 )?)?))
             }
+            0x50 => p.resent = varint(&mut fields)? != 0,
             _ => return None,
         }
     }

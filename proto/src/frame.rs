@@ -428,6 +428,8 @@ pub struct Publish {
     pub priority: u8,
     /// Direct delivery target.
     pub target: Option<Target>,
+    /// Sent again after a reconnect.
+    pub resent: bool,
 }
 
 impl TryFrom<pb::Publish> for Publish {
@@ -455,6 +457,7 @@ impl TryFrom<pb::Publish> for Publish {
             reply_to: (!p.reply_to.is_empty()).then_some(p.reply_to),
             priority,
             target,
+            resent: p.resent,
         })
     }
 }
@@ -473,6 +476,7 @@ impl From<Publish> for pb::Publish {
                 Target::Session(id) => pb::publish::Target::TargetSession(id),
                 Target::Collector(id) => pb::publish::Target::TargetCollector(id),
             }),
+            resent: p.resent,
         }
     }
 }

@@ -207,6 +207,7 @@ fn client_frames_round_trip_through_the_wire_types() {
             reply_to: Some("reply.1".into()),
             priority: 9,
             target: Some(Target::Collector("procmond".into())),
+            resent: false,
         }),
         ClientFrame::Ack { delivery_id: 5 },
         ClientFrame::Unsubscribe { sub_id: 3 },

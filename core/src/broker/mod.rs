@@ -74,6 +74,11 @@ pub struct BrokerConfig {
     pub stats_interval: Duration,
     /// Bytes handed to the driver per connection and not yet written.
     pub write_window: usize,
+    /// A deliberately broken broker for the simulation's canary test: QoS1 copies count
+    /// as delivered the moment they are queued, so PubAcks go out before delivery. Never
+    /// set outside that test.
+    #[doc(hidden)]
+    pub canary_early_puback: bool,
 }
 
 impl Default for BrokerConfig {
@@ -91,6 +96,7 @@ impl Default for BrokerConfig {
             durable_expiry: Duration::from_secs(600),
             stats_interval: Duration::from_secs(30),
             write_window: 64 * 1024,
+            canary_early_puback: false,
         }
     }
 }
@@ -188,6 +194,8 @@ pub(crate) struct Message {
     pub reply_to: Option<String>,
     pub priority: u8,
     pub qos: QoS,
+    /// The publisher sent it again after a reconnect: delivered as a redelivery.
+    pub resent: bool,
     pub published_at: Instant,
     /// Bytes charged to the memory budget while any queue holds it.
     pub size: u64,

@@ -523,6 +523,7 @@ impl Broker {
             reply_to: p.reply_to,
             priority: p.priority,
             qos: p.qos,
+            resent: p.resent,
             published_at: now,
             size,
         });
@@ -551,6 +552,7 @@ impl Broker {
         // Copies of this message refused by a full queue (all QoS), and those of them that
         // held a PubAck share.
         let mut refused = 0u64;
+        let mut canary_delivered = 0u32;
         let mut dropped_now = 0u32;
         let mut evicted: Vec<Entry> = Vec::new();
         let mut slow_down = false;
@@ -559,7 +561,9 @@ impl Broker {
             let Some(s) = self.subs.get_mut(k) else {
                 continue;
             };
-            let tracked = wants_puback && s.qos == QoS::AtLeastOnce;
+            let canary =
+                self.config.canary_early_puback && wants_puback && s.qos == QoS::AtLeastOnce;
+            let tracked = wants_puback && s.qos == QoS::AtLeastOnce && !canary;
             let entry = Entry {
                 msg: msg.clone(),
                 redelivered: false,
@@ -595,6 +599,9 @@ impl Broker {
             if accept {
                 if tracked {
                     remaining += 1;
+                }
+                if canary {
+                    canary_delivered += 1;
                 }
                 s.queue.push_back(entry);
                 if s.under_pressure() {
@@ -642,7 +649,7 @@ impl Broker {
             if remaining == 0 {
                 let ack = pb::PubAck {
                     sequence: p.sequence,
-                    delivered: 0,
+                    delivered: canary_delivered,
                     dropped: dropped_now,
                     no_interest: false,
                 };
@@ -802,6 +809,13 @@ impl Broker {
             if redeliver && let Some(g) = s.group.clone() {
                 let mut matched = Vec::new();
                 self.index.matches(&e.msg.topic, &mut matched);
+                if e.tracked {
+                    // A copy that holds a PubAck share may only go where it will be acked:
+                    // a QoS0 member would count it delivered once written, even if the
+                    // connection then dies, and the PubAck would promise what never arrived.
+                    let subs = &self.subs;
+                    matched.retain(|k| subs.get(k).is_some_and(|m| m.qos == QoS::AtLeastOnce));
+                }
                 if let Some(member) = self.pick_member(&g, &matched)
                     && let Some(m) = self.subs.get_mut(&member)
                     && !m.is_full()
@@ -983,6 +997,7 @@ impl Broker {
             reply_to: None,
             priority: 0,
             target: Some(Target::Session(session)),
+            resent: false,
         };
         let _ = self.route(now, None, reply, reply_topic);
     }
@@ -1015,6 +1030,7 @@ impl Broker {
                 reply_to: None,
                 priority: 0,
                 target: None,
+                resent: false,
             };
             let _ = self.route(now, None, p, t);
         }

@@ -70,7 +70,7 @@ pub(crate) fn encode_deliver(
         + corr_len.unwrap_or(0)
         + bytes_len(9, m.reply_to.as_deref().unwrap_or("").as_bytes())
         + varint_len(10, u64::from(m.priority))
-        + varint_len(11, u64::from(entry.redelivered));
+        + varint_len(11, u64::from(entry.redelivered || m.resent));
     let frame_len = len_delimited_len(FRAME_DELIVER_TAG, body);
     // Callers only deliver messages that arrived in frames within max_frame, and a Deliver
     // adds a few dozen bytes, so the length always fits a u32.
@@ -89,7 +89,7 @@ pub(crate) fn encode_deliver(
     }
     put_bytes(9, m.reply_to.as_deref().unwrap_or("").as_bytes(), out);
     put_varint(10, u64::from(m.priority), out);
-    put_varint(11, u64::from(entry.redelivered), out);
+    put_varint(11, u64::from(entry.redelivered || m.resent), out);
     4 + frame_len
 }
 
@@ -124,6 +124,7 @@ mod tests {
                 reply_to: reply_to.map(str::to_string),
                 priority,
                 qos: QoS::AtLeastOnce,
+                resent: false,
                 published_at: Instant::ZERO,
                 size: 0,
             }),

@@ -326,6 +326,7 @@ pub fn publish_spec(topic: &str, payload: &str, qos: QoS) -> Publish {
         reply_to: None,
         priority: 0,
         target: None,
+        resent: false,
     }
 }
 

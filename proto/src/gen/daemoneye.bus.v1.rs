@@ -170,6 +170,10 @@ pub struct Publish {
     /// Higher first within a subscription queue; FIFO within one priority.
     #[prost(uint32, tag = "7")]
     pub priority: u32,
+    /// Set when the publisher sends this message again after a reconnect (it had no PubAck):
+    /// subscribers see it as redelivered, exempt from ordering and deduplicated by sequence.
+    #[prost(bool, tag = "10")]
+    pub resent: bool,
     /// Direct delivery: only the named session's (or collector's) matching subscriptions.
     #[prost(oneof = "publish::Target", tags = "8, 9")]
     pub target: ::core::option::Option<publish::Target>,

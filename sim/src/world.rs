@@ -1,0 +1,906 @@
+//! The simulated world: one broker, several clients, fake links, virtual time.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+use std::time::Duration;
+
+use bytes::Bytes;
+use daemoneye_core::Instant;
+use daemoneye_core::acl::Acl;
+use daemoneye_core::broker::{Broker, BrokerConfig, ConnId, Output, PeerCreds};
+use daemoneye_core::client::{ClientConfig, ClientEvent, ClientSession};
+use daemoneye_core::rng::SeededRng;
+use daemoneye_core::topic::{TopicFilter, TopicName};
+use daemoneye_proto::frame::{GroupSpec, Overflow, Publish, QoS, QueueStrategy, Subscribe};
+
+const UID: u32 = 1000;
+const MAX_FRAME: u32 = 64 * 1024;
+const TOPICS: &[&str] = &[
+    "events.process.new",
+    "events.process.exit",
+    "events.network.tcp",
+    "control.collector.task.scan",
+    "control.health.status",
+];
+const FILTERS: &[&str] = &[
+    "events.#",
+    "events.process.+",
+    "#",
+    "control.collector.task.+",
+    "events.network.tcp",
+    "control.#",
+];
+const GROUPS: &[&str] = &["workers", "scanners"];
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// The seed: replays the run exactly.
+    pub seed: u64,
+    /// Steps of the safety phase (with faults).
+    pub steps: u64,
+    /// Print every event.
+    pub verbose: bool,
+    /// Run the deliberately broken broker (PubAck before delivery), which must be caught.
+    pub canary: bool,
+}
+
+/// Fault rates, chosen per seed (swarm testing): each run stresses a different mix.
+#[derive(Debug, Clone)]
+pub struct Faults {
+    /// Probability that a transfer delivers only part of what is buffered.
+    pub partial: f64,
+    /// Per-step probability that a link's reader stalls for a while.
+    pub stall: f64,
+    /// Per-step probability that a link resets.
+    pub reset: f64,
+    /// Probability that a chunk sent to the broker has one byte flipped. Only that
+    /// direction: the broker's decoder faces hostile clients, while a flipped byte inside a
+    /// valid frame towards a client is indistinguishable from a real message (a local socket
+    /// has no checksum, and never flips bytes). The corrupting client is then dropped.
+    pub corrupt: f64,
+    /// Per-step probability that the broker crashes.
+    pub broker_crash: f64,
+    /// Per-step probability that a client crashes.
+    pub client_crash: f64,
+    /// Bytes a link buffers towards a client.
+    pub link_capacity: usize,
+}
+
+impl Faults {
+    fn swarm(rng: &mut SeededRng) -> Self {
+        let pick = |rng: &mut SeededRng, options: &[f64]| {
+            options[rng.below(options.len() as u64) as usize]
+        };
+        Faults {
+            partial: pick(rng, &[0.0, 0.3, 0.9]),
+            stall: pick(rng, &[0.0, 0.005, 0.02]),
+            reset: pick(rng, &[0.0, 0.001, 0.005]),
+            corrupt: pick(rng, &[0.0, 0.0, 0.001]),
+            broker_crash: pick(rng, &[0.0, 0.0, 0.0005]),
+            client_crash: pick(rng, &[0.0, 0.0005, 0.002]),
+            link_capacity: [512, 4096, 65536][rng.below(3) as usize],
+        }
+    }
+}
+
+impl fmt::Display for Faults {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "partial={} stall={} reset={} corrupt={} broker_crash={} client_crash={} link_capacity={}",
+            self.partial,
+            self.stall,
+            self.reset,
+            self.corrupt,
+            self.broker_crash,
+            self.client_crash,
+            self.link_capacity
+        )
+    }
+}
+
+/// An invariant that failed.
+#[derive(Debug, Clone)]
+pub struct Violation {
+    /// The seed that replays it.
+    pub seed: u64,
+    /// Which invariant.
+    pub invariant: &'static str,
+    /// What exactly.
+    pub detail: String,
+    /// At which step.
+    pub step: u64,
+    /// The events just before.
+    pub last_events: Vec<String>,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "invariant violated: {} at step {}: {}",
+            self.invariant, self.step, self.detail
+        )?;
+        writeln!(f, "last events:")?;
+        for e in &self.last_events {
+            writeln!(f, "  {e}")?;
+        }
+        write!(
+            f,
+            "replay: cargo run -p daemoneye-sim --release -- --seed {} --verbose",
+            self.seed
+        )
+    }
+}
+
+/// A run that kept every invariant.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The seed.
+    pub seed: u64,
+    /// Steps taken (both phases).
+    pub steps: u64,
+    /// Hash of the whole event trace: equal for equal seeds.
+    pub trace: u64,
+    /// The fault mix.
+    pub faults: Faults,
+    /// Messages published, delivered to clients, PubAcks seen.
+    pub published: u64,
+    /// Deliveries the applications saw.
+    pub delivered: u64,
+    /// PubAcks received.
+    pub pubacks: u64,
+}
+
+#[derive(Debug, Default)]
+struct Link {
+    to_broker: VecDeque<u8>,
+    to_client: VecDeque<u8>,
+    /// Broker Transmits not yet in the link (the driver's write queue).
+    unsent: VecDeque<Bytes>,
+    stalled_until: Instant,
+    read_paused: bool,
+    /// The broker closed the connection: deliver what is buffered, then EOF.
+    closing: bool,
+}
+
+#[derive(Debug, Clone)]
+struct SubModel {
+    filter: TopicFilter,
+    group: Option<String>,
+}
+
+#[derive(Debug)]
+struct Client {
+    session: ClientSession,
+    specs: Vec<Subscribe>,
+    subs: BTreeMap<u64, SubModel>,
+    conn: Option<ConnId>,
+    link: Link,
+    incarnation: u32,
+    link_epoch: u32,
+    down_until: Instant,
+    unacked: Vec<u64>,
+    publish_rate: f64,
+    ack_rate: f64,
+    publisher_id: String,
+}
+
+/// (publisher id, sequence).
+type MessageId = (String, u64);
+/// (client, incarnation, sub id).
+type SubscriptionId = (usize, u32, u64);
+/// (client, incarnation, sub id, link epoch, broker epoch, publisher id, priority).
+type OrderKey = (usize, u32, u64, u32, u32, String, u8);
+
+struct World {
+    seed: u64,
+    rng: SeededRng,
+    faults: Faults,
+    now: Instant,
+    broker: Broker,
+    broker_config: BrokerConfig,
+    broker_epoch: u32,
+    clients: Vec<Client>,
+    step: u64,
+    trace: u64,
+    recent: VecDeque<String>,
+    verbose: bool,
+    /// (publisher id, sequence) -> subscriptions (client, incarnation, sub id) that saw it.
+    received: BTreeMap<MessageId, BTreeSet<SubscriptionId>>,
+    /// Last first-delivery sequence per (client, incarnation, sub, link epoch, broker
+    /// epoch, publisher, priority): a higher priority may overtake, so order is per priority.
+    order: BTreeMap<OrderKey, u64>,
+    /// Publishers whose byte stream was corrupted: their frames may have been altered.
+    tainted: BTreeSet<String>,
+    /// QoS of each publish, by (publisher id, sequence).
+    publish_qos: BTreeMap<(String, u64), QoS>,
+    /// First deliveries per (group, publisher, sequence, broker epoch).
+    group_firsts: BTreeMap<(String, String, u64, u32), usize>,
+    published: u64,
+    delivered: u64,
+    pubacks: u64,
+}
+
+fn fnv(h: u64, bytes: &[u8]) -> u64 {
+    let mut h = h;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+impl World {
+    fn new(cfg: &SimConfig) -> World {
+        let mut rng = SeededRng::new(cfg.seed);
+        let faults = Faults::swarm(&mut rng);
+        let broker_config = BrokerConfig {
+            owner_uid: UID,
+            max_frame: MAX_FRAME,
+            default_capacity: [4, 16, 100][rng.below(3) as usize],
+            write_window: [256, 4096, 65536][rng.below(3) as usize],
+            heartbeat_interval: Duration::from_secs(2),
+            handshake_timeout: Duration::from_secs(2),
+            durable_expiry: Duration::from_secs(60),
+            stats_interval: Duration::from_secs(5),
+            canary_early_puback: cfg.canary,
+            ..BrokerConfig::default()
+        };
+        let broker = Broker::new(broker_config.clone(), Acl::owner_only(UID), rng.next_u64());
+        let n = 3 + rng.below(4) as usize;
+        let mut clients = Vec::with_capacity(n);
+        for i in 0..n {
+            let mut specs = Vec::new();
+            for _ in 0..rng.below(3) {
+                let group = (rng.below(3) == 0).then(|| GroupSpec {
+                    name: GROUPS[rng.below(GROUPS.len() as u64) as usize].to_string(),
+                    strategy: [
+                        QueueStrategy::RoundRobin,
+                        QueueStrategy::LeastLoaded,
+                        QueueStrategy::Random,
+                    ][rng.below(3) as usize],
+                });
+                let qos = if rng.below(2) == 0 {
+                    QoS::AtLeastOnce
+                } else {
+                    QoS::AtMostOnce
+                };
+                let durable = (qos == QoS::AtLeastOnce && group.is_none() && rng.below(3) == 0)
+                    .then(|| format!("durable-{i}"));
+                specs.push(Subscribe {
+                    sub_id: 0,
+                    filter: FILTERS[rng.below(FILTERS.len() as u64) as usize].into(),
+                    group,
+                    qos,
+                    capacity: None,
+                    overflow: Some(
+                        [
+                            Overflow::Block,
+                            Overflow::Block,
+                            Overflow::DropOldest,
+                            Overflow::DropNewest,
+                        ][rng.below(4) as usize],
+                    ),
+                    durable_name: durable,
+                });
+            }
+            let publish_rate = [0.0, 0.05, 0.2][rng.below(3) as usize];
+            let ack_rate = [0.05, 0.3, 0.9][rng.below(3) as usize];
+            let publisher_id = format!("c{i}.0");
+            let mut session = ClientSession::new(client_config(&publisher_id));
+            let mut subs = BTreeMap::new();
+            for spec in &specs {
+                let id = session.subscribe(spec.clone());
+                subs.insert(id, sub_model(spec));
+            }
+            clients.push(Client {
+                session,
+                specs,
+                subs,
+                conn: None,
+                link: Link::default(),
+                incarnation: 0,
+                link_epoch: 0,
+                down_until: Instant::ZERO,
+                unacked: Vec::new(),
+                publish_rate,
+                ack_rate,
+                publisher_id,
+            });
+        }
+        World {
+            seed: cfg.seed,
+            rng,
+            faults,
+            now: Instant::from_nanos(1_000_000_000),
+            broker,
+            broker_config,
+            broker_epoch: 0,
+            clients,
+            step: 0,
+            trace: 0xcbf2_9ce4_8422_2325,
+            recent: VecDeque::new(),
+            verbose: cfg.verbose,
+            received: BTreeMap::new(),
+            order: BTreeMap::new(),
+            group_firsts: BTreeMap::new(),
+            publish_qos: BTreeMap::new(),
+            tainted: BTreeSet::new(),
+            published: 0,
+            delivered: 0,
+            pubacks: 0,
+        }
+    }
+
+    fn log(&mut self, event: String) {
+        self.trace = fnv(self.trace, event.as_bytes());
+        if self.verbose {
+            println!("[{} {:?}] {event}", self.step, self.now);
+        }
+        if self.recent.len() == 40 {
+            self.recent.pop_front();
+        }
+        self.recent
+            .push_back(format!("step {}: {event}", self.step));
+    }
+
+    fn violation(&self, invariant: &'static str, detail: String) -> Violation {
+        Violation {
+            seed: self.seed,
+            invariant,
+            detail,
+            step: self.step,
+            last_events: self.recent.iter().cloned().collect(),
+        }
+    }
+
+    fn chance(&mut self, p: f64) -> bool {
+        p > 0.0 && self.rng.unit() < p
+    }
+
+    fn client_of(&self, conn: ConnId) -> Option<usize> {
+        self.clients.iter().position(|c| c.conn == Some(conn))
+    }
+
+    // ----- connections -----
+
+    fn connect(&mut self, i: usize) {
+        let conn = self.broker.handle_connect(
+            self.now,
+            PeerCreds {
+                uid: UID,
+                gid: UID,
+                pid: Some(100 + i as u32),
+            },
+        );
+        let now = self.now;
+        let c = &mut self.clients[i];
+        c.conn = Some(conn);
+        c.link = Link::default();
+        c.link_epoch += 1;
+        c.unacked.clear();
+        c.session.connect(now);
+        self.log(format!("connect c{i} as {conn:?}"));
+    }
+
+    /// Both ends see the connection die.
+    fn reset(&mut self, i: usize, why: &str) {
+        let Some(conn) = self.clients[i].conn.take() else {
+            return;
+        };
+        self.broker.handle_disconnect(self.now, conn);
+        let delay = Duration::from_millis(self.rng.below(3000));
+        let c = &mut self.clients[i];
+        c.session.handle_disconnect(why.to_string());
+        c.link = Link::default();
+        c.unacked.clear();
+        c.down_until = self.now + delay;
+        self.log(format!("reset c{i} ({why})"));
+    }
+
+    fn crash_client(&mut self, i: usize) {
+        self.reset(i, "client crash");
+        let c = &mut self.clients[i];
+        c.incarnation += 1;
+        // No WAL yet: a restarted client is a new publisher.
+        c.publisher_id = format!("c{i}.{}", c.incarnation);
+        c.session = ClientSession::new(client_config(&c.publisher_id));
+        c.subs.clear();
+        for spec in c.specs.clone() {
+            let id = c.session.subscribe(spec.clone());
+            c.subs.insert(id, sub_model(&spec));
+        }
+        self.log(format!("crash c{i}"));
+    }
+
+    fn crash_broker(&mut self) {
+        for i in 0..self.clients.len() {
+            if self.clients[i].conn.is_some() {
+                let c = &mut self.clients[i];
+                c.conn = None;
+                c.session.handle_disconnect("broker crash");
+                c.link = Link::default();
+                c.unacked.clear();
+                c.down_until = self.now + Duration::from_millis(self.rng.below(2000));
+            }
+        }
+        self.broker_epoch += 1;
+        self.broker = Broker::new(
+            self.broker_config.clone(),
+            Acl::owner_only(UID),
+            self.rng.next_u64(),
+        );
+        self.log("crash broker".into());
+    }
+
+    // ----- moving bytes -----
+
+    fn drain_broker(&mut self) -> Result<(), Violation> {
+        while let Some(out) = self.broker.poll_output() {
+            match out {
+                Output::Transmit { conn, data } => {
+                    if let Some(i) = self.client_of(conn) {
+                        self.clients[i].link.unsent.push_back(data);
+                    }
+                }
+                Output::PauseRead { conn } => {
+                    if let Some(i) = self.client_of(conn) {
+                        self.clients[i].link.read_paused = true;
+                    }
+                }
+                Output::ResumeRead { conn } => {
+                    if let Some(i) = self.client_of(conn) {
+                        self.clients[i].link.read_paused = false;
+                    }
+                }
+                Output::Close { conn, reason } => {
+                    if let Some(i) = self.client_of(conn) {
+                        self.clients[i].link.closing = true;
+                        self.log(format!("broker closes c{i}: {reason:?}"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The driver's writer: moves queued Transmits into the link while it has room.
+    fn write_to_links(&mut self) {
+        for i in 0..self.clients.len() {
+            let Some(conn) = self.clients[i].conn else {
+                continue;
+            };
+            let cap = self.faults.link_capacity;
+            let mut written = 0;
+            let link = &mut self.clients[i].link;
+            while let Some(front) = link.unsent.front() {
+                if !link.closing
+                    && link.to_client.len() + front.len() > cap
+                    && !link.to_client.is_empty()
+                {
+                    break;
+                }
+                let data = link.unsent.pop_front().unwrap_or_default();
+                written += data.len();
+                link.to_client.extend(data.iter());
+            }
+            if written > 0 {
+                self.broker.handle_written(self.now, conn, written);
+            }
+        }
+    }
+
+    fn take_chunk(&mut self, len: usize) -> usize {
+        if len == 0 {
+            return 0;
+        }
+        if self.chance(self.faults.partial) {
+            1 + self.rng.below(len as u64) as usize
+        } else {
+            len.min(16 * 1024)
+        }
+    }
+
+    fn maybe_corrupt(&mut self, chunk: &mut [u8]) -> bool {
+        if !chunk.is_empty() && self.chance(self.faults.corrupt) {
+            let at = self.rng.below(chunk.len() as u64) as usize;
+            chunk[at] ^= 1 << self.rng.below(8);
+            return true;
+        }
+        false
+    }
+
+    fn deliver_to_client(&mut self, i: usize) -> Result<(), Violation> {
+        if self.clients[i].conn.is_none() || self.clients[i].link.stalled_until > self.now {
+            return Ok(());
+        }
+        let len = self.clients[i].link.to_client.len();
+        let n = self.take_chunk(len);
+        if n == 0 {
+            if self.clients[i].link.closing && self.clients[i].link.unsent.is_empty() {
+                let c = &mut self.clients[i];
+                c.conn = None;
+                c.session.handle_disconnect("closed by broker");
+                c.link = Link::default();
+                c.unacked.clear();
+                c.down_until = self.now + Duration::from_millis(500);
+                self.log(format!("c{i} sees EOF"));
+            }
+            return Ok(());
+        }
+        let chunk: Vec<u8> = self.clients[i].link.to_client.drain(..n).collect();
+        self.log(format!("broker->c{i} {n}B"));
+        let now = self.now;
+        let dups = self.clients[i].session.duplicates_dropped();
+        self.clients[i].session.handle_bytes(now, &chunk);
+        let dropped = self.clients[i].session.duplicates_dropped() - dups;
+        if dropped > 0 {
+            self.log(format!("c{i} dropped {dropped} duplicate(s)"));
+        }
+        self.client_events(i)
+    }
+
+    fn deliver_to_broker(&mut self, i: usize) -> Result<(), Violation> {
+        let Some(conn) = self.clients[i].conn else {
+            return Ok(());
+        };
+        if self.clients[i].link.read_paused {
+            return Ok(());
+        }
+        let len = self.clients[i].link.to_broker.len();
+        let n = self.take_chunk(len);
+        if n == 0 {
+            return Ok(());
+        }
+        let mut chunk: Vec<u8> = self.clients[i].link.to_broker.drain(..n).collect();
+        let corrupted = self.maybe_corrupt(&mut chunk);
+        self.log(format!(
+            "c{i}->broker {n}B{}",
+            if corrupted { " corrupted" } else { "" }
+        ));
+        self.broker.handle_bytes(self.now, conn, &chunk);
+        self.drain_broker()?;
+        if corrupted {
+            // Whatever the broker made of the flipped byte (a refused stream, or a valid but
+            // different frame), this client's frames can no longer be trusted: it goes away,
+            // and what it published is exempt from the ordering checks.
+            self.tainted.insert(self.clients[i].publisher_id.clone());
+            self.crash_client(i);
+        }
+        Ok(())
+    }
+
+    fn client_transmit(&mut self, i: usize) {
+        if self.clients[i].conn.is_none() {
+            return;
+        }
+        if let Some(bytes) = self.clients[i].session.poll_transmit() {
+            self.clients[i].link.to_broker.extend(bytes.iter());
+        }
+    }
+
+    // ----- client behaviour and invariants on what clients see -----
+
+    fn client_events(&mut self, i: usize) -> Result<(), Violation> {
+        while let Some(ev) = self.clients[i].session.poll_event() {
+            match ev {
+                ClientEvent::Message(d) => {
+                    self.delivered += 1;
+                    let inc = self.clients[i].incarnation;
+                    let Some(sub) = self.clients[i].subs.get(&d.sub_id).cloned() else {
+                        return Err(self.violation(
+                            "delivery-to-live-subscription",
+                            format!("c{i} got sub {} it does not hold", d.sub_id),
+                        ));
+                    };
+                    let name = TopicName::parse(&d.topic)
+                        .map_err(|e| self.violation("valid-topic", format!("{}: {e}", d.topic)))?;
+                    if !naive_match(sub.filter.as_str(), name.as_str()) {
+                        return Err(self.violation(
+                            "filter-match",
+                            format!("{} delivered to c{i} for filter {}", d.topic, sub.filter),
+                        ));
+                    }
+                    if d.qos == QoS::AtLeastOnce {
+                        self.clients[i].unacked.push(d.delivery_id);
+                    }
+                    self.received
+                        .entry((d.publisher_id.clone(), d.sequence))
+                        .or_default()
+                        .insert((i, inc, d.sub_id));
+                    if !d.redelivered && !self.tainted.contains(&d.publisher_id) {
+                        let key = (
+                            i,
+                            inc,
+                            d.sub_id,
+                            self.clients[i].link_epoch,
+                            self.broker_epoch,
+                            d.publisher_id.clone(),
+                            d.priority,
+                        );
+                        if let Some(prev) = self.order.insert(key, d.sequence)
+                            && prev >= d.sequence
+                        {
+                            return Err(self.violation(
+                                "per-publisher-order",
+                                format!(
+                                    "c{i} sub {} got {}#{} after #{prev}",
+                                    d.sub_id, d.publisher_id, d.sequence
+                                ),
+                            ));
+                        }
+                        // A QoS1 publish may be re-sent after its publisher reconnects, and a
+                        // group may then hand the copy to another member: at least once. Only
+                        // QoS0 is held to exactly one member.
+                        let qos0 = self.publish_qos.get(&(d.publisher_id.clone(), d.sequence))
+                            == Some(&QoS::AtMostOnce);
+                        if let Some(g) = sub.group.as_ref().filter(|_| qos0) {
+                            let n = self
+                                .group_firsts
+                                .entry((
+                                    g.clone(),
+                                    d.publisher_id.clone(),
+                                    d.sequence,
+                                    self.broker_epoch,
+                                ))
+                                .or_default();
+                            *n += 1;
+                            if *n > 1 {
+                                return Err(self.violation(
+                                    "group-exactly-once",
+                                    format!(
+                                        "group {g} delivered {}#{} to a second member",
+                                        d.publisher_id, d.sequence
+                                    ),
+                                ));
+                            }
+                        }
+                    }
+                    self.log(format!(
+                        "c{i} got {}#{} on sub {} prio {}",
+                        d.publisher_id, d.sequence, d.sub_id, d.priority
+                    ));
+                }
+                ClientEvent::PubAck {
+                    sequence,
+                    delivered,
+                    dropped,
+                    no_interest,
+                } => {
+                    self.pubacks += 1;
+                    let seen = self
+                        .received
+                        .get(&(self.clients[i].publisher_id.clone(), sequence))
+                        .map_or(0, BTreeSet::len);
+                    if (delivered as usize) > seen {
+                        return Err(self.violation(
+                            "puback-after-delivery",
+                            format!(
+                                "c{i} got PubAck #{sequence} delivered={delivered} but only {seen} subscription(s) have received it"
+                            ),
+                        ));
+                    }
+                    self.log(format!(
+                        "c{i} puback #{sequence} d={delivered} x={dropped} none={no_interest}"
+                    ));
+                }
+                other => self.log(format!("c{i} event {other:?}")),
+            }
+        }
+        Ok(())
+    }
+
+    fn client_act(&mut self, i: usize) {
+        if !self.clients[i].session.is_connected() {
+            return;
+        }
+        if self.chance(self.clients[i].publish_rate) {
+            let topic = TOPICS[self.rng.below(TOPICS.len() as u64) as usize];
+            let qos = if self.rng.below(2) == 0 {
+                QoS::AtLeastOnce
+            } else {
+                QoS::AtMostOnce
+            };
+            let priority = if self.rng.below(10) == 0 { 5 } else { 0 };
+            let p = Publish {
+                topic: topic.into(),
+                payload: Bytes::from(vec![0xAB; self.rng.below(64) as usize]),
+                qos,
+                sequence: 0,
+                correlation: None,
+                reply_to: None,
+                priority,
+                target: None,
+                resent: false,
+            };
+            if let Ok(seq) = self.clients[i].session.publish(p) {
+                self.published += 1;
+                self.publish_qos
+                    .insert((self.clients[i].publisher_id.clone(), seq), qos);
+                self.log(format!(
+                    "c{i} publish #{seq} {topic} {qos:?} prio {priority}"
+                ));
+            }
+        }
+        if !self.clients[i].unacked.is_empty() && self.chance(self.clients[i].ack_rate) {
+            let all = std::mem::take(&mut self.clients[i].unacked);
+            for did in all {
+                self.clients[i].session.ack(did);
+            }
+            self.log(format!("c{i} acks"));
+        }
+    }
+
+    fn check_bounds(&self) -> Result<(), Violation> {
+        for s in self.broker.subscriptions() {
+            if s.queued + s.unacked > s.capacity as usize {
+                return Err(self.violation("queue-capacity", format!("{s:?}")));
+            }
+        }
+        // Decoder: at most a frame plus the deferred-publish backlog plus one read; output:
+        // the write window plus one reserve.
+        let bound =
+            2 * MAX_FRAME as usize + (1 << 20) + 64 * 1024 + self.broker_config.write_window;
+        for c in &self.clients {
+            if let Some(conn) = c.conn
+                && let Some(mem) = self.broker.connection_memory(conn)
+                && mem > bound
+            {
+                return Err(self.violation(
+                    "connection-memory",
+                    format!("{conn:?} holds {mem} bytes > {bound}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    // ----- the step -----
+
+    fn step_once(&mut self, faults_on: bool) -> Result<(), Violation> {
+        self.step += 1;
+        let n = self.clients.len();
+        let i = self.rng.below(n as u64) as usize;
+        match self.rng.below(10) {
+            0..=2 => self.deliver_to_client(i)?,
+            3..=5 => self.deliver_to_broker(i)?,
+            6..=7 => self.client_act(i),
+            _ => {
+                let dt = Duration::from_millis(self.rng.below(50));
+                self.now = self.now + dt;
+                self.broker.handle_timeout(self.now);
+                self.drain_broker()?;
+                for c in &mut self.clients {
+                    c.session.handle_timeout(self.now);
+                }
+            }
+        }
+        if faults_on {
+            if self.chance(self.faults.stall) {
+                let until = self.now + Duration::from_millis(self.rng.below(2000));
+                self.clients[i].link.stalled_until = until;
+                self.log(format!("stall c{i}"));
+            }
+            if self.chance(self.faults.reset) {
+                self.reset(i, "link reset");
+            }
+            if self.chance(self.faults.client_crash) {
+                self.crash_client(i);
+            }
+            if self.chance(self.faults.broker_crash) {
+                self.crash_broker();
+            }
+        }
+        for j in 0..n {
+            if self.clients[j].conn.is_none() && self.clients[j].down_until <= self.now {
+                self.connect(j);
+            }
+            self.client_transmit(j);
+            self.client_events(j)?;
+        }
+        self.drain_broker()?;
+        self.write_to_links();
+        self.drain_broker()?;
+        self.check_bounds()
+    }
+
+    /// Faults off, everyone acks: everything pending must drain within a bounded time.
+    fn liveness(&mut self) -> Result<(), Violation> {
+        for c in &mut self.clients {
+            c.link.stalled_until = Instant::ZERO;
+            c.ack_rate = 1.0;
+            c.publish_rate = 0.0;
+        }
+        self.faults.partial = 0.0;
+        let deadline = self.now + Duration::from_secs(120);
+        while self.now < deadline {
+            for _ in 0..200 {
+                self.step_once(false)?;
+            }
+            let pending: usize = self
+                .clients
+                .iter()
+                .map(|c| c.session.pending_publishes())
+                .sum();
+            if pending == 0 && self.broker.pending_pubacks() == 0 {
+                return Ok(());
+            }
+        }
+        let pending: Vec<String> = self
+            .clients
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                format!(
+                    "c{i}: {} pending, connected={}",
+                    c.session.pending_publishes(),
+                    c.session.is_connected()
+                )
+            })
+            .collect();
+        Err(self.violation(
+            "liveness",
+            format!(
+                "after faults stopped, still pending: {pending:?}; broker pending PubAcks {}",
+                self.broker.pending_pubacks()
+            ),
+        ))
+    }
+}
+
+fn client_config(publisher_id: &str) -> ClientConfig {
+    let mut c = ClientConfig::new(publisher_id);
+    c.max_frame = MAX_FRAME;
+    c
+}
+
+fn sub_model(spec: &Subscribe) -> SubModel {
+    SubModel {
+        filter: TopicFilter::parse(&spec.filter)
+            .unwrap_or_else(|_| unreachable!("specs come from a fixed valid list")),
+        group: spec.group.as_ref().map(|g| g.name.clone()),
+    }
+}
+
+/// MQTT matching written independently of the core, on raw strings.
+pub fn naive_match(filter: &str, name: &str) -> bool {
+    let f: Vec<&str> = filter.split('.').collect();
+    let n: Vec<&str> = name.split('.').collect();
+    if name.starts_with('$') && (f[0] == "+" || f[0] == "#") {
+        return false;
+    }
+    fn go(f: &[&str], n: &[&str]) -> bool {
+        match (f.first(), n.first()) {
+            (Some(&"#"), _) => true,
+            (None, None) => true,
+            (Some(&"+"), Some(_)) => go(&f[1..], &n[1..]),
+            (Some(a), Some(b)) if a == b => go(&f[1..], &n[1..]),
+            _ => false,
+        }
+    }
+    go(&f, &n)
+}
+
+/// Runs one seed: a safety phase with faults, then a liveness phase without.
+pub fn run(cfg: &SimConfig) -> Result<Outcome, Violation> {
+    let mut w = World::new(cfg);
+    let faults = w.faults.clone();
+    if cfg.verbose {
+        println!("seed={} faults: {faults}", cfg.seed);
+    }
+    for _ in 0..cfg.steps {
+        w.step_once(true)?;
+    }
+    w.liveness()?;
+    Ok(Outcome {
+        seed: cfg.seed,
+        steps: w.step,
+        trace: w.trace,
+        faults,
+        published: w.published,
+        delivered: w.delivered,
+        pubacks: w.pubacks,
+    })
+}
