@@ -10,6 +10,10 @@ use daemoneye_proto::pb::bus::{self as pb, frame::Body};
 use daemoneye_proto::{DEFAULT_MAX_FRAME, FrameDecoder, encode};
 use std::hint::black_box;
 
+// The agent runs on mimalloc; measure with the allocator it uses.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const BATCH: usize = 256;
 
 fn publish_frame() -> pb::Frame {

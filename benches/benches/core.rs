@@ -15,6 +15,10 @@ use daemoneye_core::index::SubscriptionIndex;
 use daemoneye_core::topic::{TopicFilter, TopicName};
 use daemoneye_proto::frame::{Overflow, Publish, QoS, Subscribe};
 
+// The agent runs on mimalloc; measure with the allocator it uses.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn mixed_index(n: usize) -> SubscriptionIndex {
     let mut index = SubscriptionIndex::new();
     for i in 0..n {
