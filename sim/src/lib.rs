@@ -13,6 +13,7 @@
 //! state: the broker (every link resets, a fresh broker starts) or a client (it comes back
 //! as a new process with the same role and subscriptions, but no memory).
 
+pub mod fuzz;
 pub mod world;
 
 pub use world::{Faults, Outcome, SimConfig, Violation, run};

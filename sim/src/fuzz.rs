@@ -1,0 +1,270 @@
+//! Fuzz entry points, shared by the cargo-fuzz targets in `fuzz/` and by the stable test
+//! that replays the committed corpus (`sim/tests/fuzz_corpus.rs`). Each one panics only when
+//! a property fails; hostile input itself must never make the code under test panic.
+
+use arbitrary::{Arbitrary, Unstructured};
+use bytes::Bytes;
+use daemoneye_core::Instant;
+use daemoneye_core::acl::Acl;
+use daemoneye_core::broker::{Broker, BrokerConfig, ConnId, Output, PeerCreds};
+use daemoneye_core::topic::{TopicFilter, TopicName};
+use daemoneye_proto::frame::{ClientFrame, ServerFrame};
+use daemoneye_proto::pb::bus as pb;
+use daemoneye_proto::{FrameDecoder, decode_body};
+use prost::Message;
+
+/// The frame decoder over arbitrary bytes in arbitrary chunks: never panics, holds no more
+/// than it received plus its slack, and decodes the same frames whatever the chunking.
+pub fn frame_decoder(data: &[u8]) {
+    let Some((&first, rest)) = data.split_first() else {
+        return;
+    };
+    let chunk = usize::from(first % 64) + 1;
+    let max_frame = 4096;
+    let whole = decode_all(rest, rest.len().max(1), max_frame);
+    let chunked = decode_all(rest, chunk, max_frame);
+    assert_eq!(whole, chunked, "chunking changed the result");
+}
+
+fn decode_all(data: &[u8], chunk: usize, max_frame: u32) -> (Vec<pb::Frame>, Option<String>) {
+    let mut d = FrameDecoder::new(max_frame);
+    let mut frames = Vec::new();
+    let mut received = 0;
+    for part in data.chunks(chunk) {
+        received += part.len();
+        let _ = d.push(part);
+        assert!(
+            d.capacity() <= received + 16 * 1024 + 64,
+            "decoder holds {} after {received}",
+            d.capacity()
+        );
+        loop {
+            match d.next_frame() {
+                Ok(Some(f)) => frames.push(f),
+                Ok(None) => break,
+                Err(e) => return (frames, Some(e.to_string())),
+            }
+        }
+    }
+    (frames, d.finish().err().map(|e| e.to_string()))
+}
+
+/// Protobuf bodies into validated domain types: the fast path agrees with prost, domain
+/// conversion never panics, and a valid client frame survives the round trip.
+pub fn frame_domain(data: &[u8]) {
+    let fast = decode_body(data).ok();
+    let reference = pb::Frame::decode(data).ok();
+    assert_eq!(fast, reference, "fast decode disagrees with prost");
+    let Some(frame) = reference else { return };
+    let _ = ServerFrame::try_from(frame.clone());
+    if let Ok(client) = ClientFrame::try_from(frame) {
+        let wire: pb::Frame = client.clone().into();
+        let bytes = wire.encode_to_vec();
+        let back = decode_body(&bytes).expect("re-encoded frame decodes");
+        assert_eq!(
+            ClientFrame::try_from(back).ok(),
+            Some(client),
+            "round trip changed the frame"
+        );
+    }
+}
+
+/// Topic grammar against the rules, and matching against a naive oracle.
+pub fn topic(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let (filter_text, name_text) = text.split_once('\n').unwrap_or((&text, &text));
+    let name = TopicName::parse(name_text);
+    if let Ok(n) = &name {
+        assert!(!n.as_str().contains(['+', '#', '\0']));
+        assert!(n.levels().all(|l| !l.is_empty()));
+    }
+    let filter = TopicFilter::parse(filter_text);
+    if let (Ok(f), Ok(n)) = (&filter, &name) {
+        assert_eq!(
+            f.matches(n),
+            crate::world::naive_match(f.as_str(), n.as_str()),
+            "{f} vs {n}"
+        );
+    }
+}
+
+#[derive(Debug, Arbitrary)]
+enum Op {
+    Connect {
+        root: bool,
+    },
+    Hello {
+        conn: u8,
+        version: u8,
+    },
+    Subscribe {
+        conn: u8,
+        sub_id: u8,
+        filter: String,
+        group: Option<String>,
+        qos1: bool,
+        capacity: u8,
+        overflow: u8,
+    },
+    Publish {
+        conn: u8,
+        topic: String,
+        payload: Vec<u8>,
+        qos1: bool,
+        priority: u8,
+    },
+    Ack {
+        conn: u8,
+        delivery_id: u8,
+    },
+    Raw {
+        conn: u8,
+        bytes: Vec<u8>,
+    },
+    Written {
+        conn: u8,
+        n: u16,
+    },
+    Disconnect {
+        conn: u8,
+    },
+    Advance {
+        ms: u16,
+    },
+}
+
+fn frame_bytes(body: pb::frame::Body) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = daemoneye_proto::encode(&pb::Frame { body: Some(body) }, u32::MAX, &mut out);
+    out
+}
+
+/// A structure-aware broker scenario: arbitrary connects, handshakes, subscriptions,
+/// publishes, acks, raw bytes and disconnects. The broker must never panic, never exceed a
+/// queue's capacity, and keep each connection's memory bounded.
+pub fn broker_scenario(data: &[u8]) {
+    let mut u = Unstructured::new(data);
+    let config = BrokerConfig {
+        owner_uid: 1000,
+        max_frame: 4096,
+        write_window: 512,
+        ..BrokerConfig::default()
+    };
+    let mut broker = Broker::new(config, Acl::owner_only(1000), 7);
+    let mut now = Instant::from_nanos(1);
+    let mut conns: Vec<ConnId> = Vec::new();
+    let pick = |conns: &[ConnId], i: u8| conns.get(usize::from(i) % conns.len().max(1)).copied();
+    for _ in 0..64 {
+        let Ok(op) = Op::arbitrary(&mut u) else { break };
+        match op {
+            Op::Connect { root } => {
+                let uid = if root { 0 } else { 1000 };
+                conns.push(broker.handle_connect(
+                    now,
+                    PeerCreds {
+                        uid,
+                        gid: uid,
+                        pid: None,
+                    },
+                ));
+            }
+            Op::Hello { conn, version } => {
+                if let Some(c) = pick(&conns, conn) {
+                    let body = pb::frame::Body::Hello(pb::Hello {
+                        protocol_version: u32::from(version % 3),
+                        client_name: "fuzz".into(),
+                        ..Default::default()
+                    });
+                    broker.handle_bytes(now, c, &frame_bytes(body));
+                }
+            }
+            Op::Subscribe {
+                conn,
+                sub_id,
+                filter,
+                group,
+                qos1,
+                capacity,
+                overflow,
+            } => {
+                if let Some(c) = pick(&conns, conn) {
+                    let body = pb::frame::Body::Subscribe(pb::Subscribe {
+                        sub_id: u64::from(sub_id),
+                        filter,
+                        queue_group: group.unwrap_or_default(),
+                        qos: i32::from(qos1),
+                        capacity: u32::from(capacity % 8),
+                        overflow: i32::from(overflow % 6),
+                        ..Default::default()
+                    });
+                    broker.handle_bytes(now, c, &frame_bytes(body));
+                }
+            }
+            Op::Publish {
+                conn,
+                topic,
+                payload,
+                qos1,
+                priority,
+            } => {
+                if let Some(c) = pick(&conns, conn) {
+                    let body = pb::frame::Body::Publish(pb::Publish {
+                        topic,
+                        payload: Bytes::from(payload),
+                        qos: i32::from(qos1),
+                        sequence: 1,
+                        priority: u32::from(priority),
+                        ..Default::default()
+                    });
+                    broker.handle_bytes(now, c, &frame_bytes(body));
+                }
+            }
+            Op::Ack { conn, delivery_id } => {
+                if let Some(c) = pick(&conns, conn) {
+                    let body = pb::frame::Body::Ack(pb::Ack {
+                        delivery_id: u64::from(delivery_id),
+                    });
+                    broker.handle_bytes(now, c, &frame_bytes(body));
+                }
+            }
+            Op::Raw { conn, bytes } => {
+                if let Some(c) = pick(&conns, conn) {
+                    broker.handle_bytes(now, c, &bytes);
+                }
+            }
+            Op::Written { conn, n } => {
+                if let Some(c) = pick(&conns, conn) {
+                    broker.handle_written(now, c, usize::from(n));
+                }
+            }
+            Op::Disconnect { conn } => {
+                if let Some(c) = pick(&conns, conn) {
+                    broker.handle_disconnect(now, c);
+                }
+            }
+            Op::Advance { ms } => {
+                now = now + std::time::Duration::from_millis(u64::from(ms));
+                broker.handle_timeout(now);
+            }
+        }
+        while let Some(out) = broker.poll_output() {
+            if let Output::Close { conn, .. } = out {
+                conns.retain(|c| *c != conn);
+            }
+        }
+        for s in broker.subscriptions() {
+            assert!(
+                s.queued + s.unacked <= s.capacity as usize,
+                "queue over capacity: {s:?}"
+            );
+        }
+        for c in &conns {
+            if let Some(mem) = broker.connection_memory(*c) {
+                assert!(
+                    mem <= 4 * 4096 + (1 << 20) + 64 * 1024,
+                    "connection {c:?} holds {mem} bytes"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! Replays every committed fuzz corpus file through its target's entry point, on stable
+//! Rust, in the normal test run. `write_seed_corpus` (ignored) regenerates the hand-made
+//! seeds that the fuzzer grows from.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use daemoneye_proto::pb::bus as pb;
+use prost::Message;
+
+fn corpus_dir(target: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("fuzz")
+        .join("corpus")
+        .join(target)
+}
+
+fn replay(target: &str, run: fn(&[u8])) -> usize {
+    let dir = corpus_dir(target);
+    let mut n = 0;
+    let mut entries: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("corpus {}: {e}", dir.display()))
+        .map(|e| e.expect("dir entry").path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        let data = std::fs::read(&path).expect("read corpus file");
+        let result = std::panic::catch_unwind(|| run(&data));
+        assert!(
+            result.is_ok(),
+            "{target}: corpus file {} fails",
+            path.display()
+        );
+        n += 1;
+    }
+    n
+}
+
+#[test]
+fn every_frame_decoder_corpus_file_passes() {
+    assert!(replay("frame_decoder", daemoneye_sim::fuzz::frame_decoder) > 0);
+}
+
+#[test]
+fn every_frame_domain_corpus_file_passes() {
+    assert!(replay("frame_domain", daemoneye_sim::fuzz::frame_domain) > 0);
+}
+
+#[test]
+fn every_topic_corpus_file_passes() {
+    assert!(replay("topic", daemoneye_sim::fuzz::topic) > 0);
+}
+
+#[test]
+fn every_broker_scenario_corpus_file_passes() {
+    assert!(replay("broker_scenario", daemoneye_sim::fuzz::broker_scenario) > 0);
+}
+
+fn frame(body: pb::frame::Body) -> pb::Frame {
+    pb::Frame { body: Some(body) }
+}
+
+#[test]
+#[ignore = "writes the hand-made seed corpus; run once when the targets change"]
+fn write_seed_corpus() {
+    let write = |target: &str, name: &str, data: &[u8]| {
+        let dir = corpus_dir(target);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join(format!("seed-{name}")), data).expect("write");
+    };
+    let publish = frame(pb::frame::Body::Publish(pb::Publish {
+        topic: "events.process.new".into(),
+        payload: Bytes::from_static(b"pid=42"),
+        qos: 1,
+        sequence: 7,
+        ..Default::default()
+    }));
+    let hello = frame(pb::frame::Body::Hello(pb::Hello {
+        protocol_version: 1,
+        client_name: "seed".into(),
+        ..Default::default()
+    }));
+    let subscribe = frame(pb::frame::Body::Subscribe(pb::Subscribe {
+        sub_id: 1,
+        filter: "events.#".into(),
+        queue_group: "g".into(),
+        qos: 1,
+        ..Default::default()
+    }));
+    let mut stream = vec![7u8];
+    for f in [&hello, &subscribe, &publish] {
+        daemoneye_proto::encode(f, u32::MAX, &mut stream).expect("encode");
+    }
+    write("frame_decoder", "valid-stream", &stream);
+    write("frame_decoder", "zero-length", &[1, 0, 0, 0, 0]);
+    write(
+        "frame_decoder",
+        "four-gib",
+        &[3, 0xFF, 0xFF, 0xFF, 0xFF, 1, 2, 3],
+    );
+    write("frame_decoder", "truncated", &stream[..stream.len() - 3]);
+    for (name, f) in [
+        ("hello", &hello),
+        ("subscribe", &subscribe),
+        ("publish", &publish),
+    ] {
+        write("frame_domain", name, &f.encode_to_vec());
+    }
+    write(
+        "frame_domain",
+        "overlong-varint",
+        &[
+            0x5A, 0x0C, 0x08, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01,
+        ],
+    );
+    for (name, t) in [
+        ("multi", "events.#\nevents.process.new"),
+        ("single", "events.+.new\nevents.process.new"),
+        ("reserved", "#\n$sys.broker.stats"),
+        ("bad", "a.#.b\na..b"),
+    ] {
+        write("topic", name, t.as_bytes());
+    }
+    write(
+        "broker_scenario",
+        "bytes-a",
+        &(0u8..=255).collect::<Vec<_>>(),
+    );
+    write(
+        "broker_scenario",
+        "bytes-b",
+        &(0u8..=255).rev().cycle().take(1024).collect::<Vec<_>>(),
+    );
+}
