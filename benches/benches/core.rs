@@ -93,30 +93,19 @@ fn route(c: &mut Criterion) {
     let mut broker = Broker::new(config, Acl::owner_only(1000), 1);
     let (sub_conn, mut sub) = handshake(&mut broker, now, "sub");
     sub.subscribe(Subscribe {
-        sub_id: 0,
-        filter: "events.#".into(),
-        group: None,
-        qos: QoS::AtMostOnce,
-        capacity: None,
         overflow: Some(Overflow::Block),
-        durable_name: None,
+        ..Subscribe::new("events.#")
     });
     exchange(&mut broker, now, sub_conn, &mut sub);
     let (pub_conn, mut publisher) = handshake(&mut broker, now, "pub");
     let payload = Bytes::from(vec![0xAB; 256]);
     for _ in 0..BATCH {
         publisher
-            .publish(Publish {
-                topic: "events.process.new".into(),
-                payload: payload.clone(),
-                qos: QoS::AtMostOnce,
-                sequence: 0,
-                correlation: None,
-                reply_to: None,
-                priority: 0,
-                target: None,
-                resent: false,
-            })
+            .publish(Publish::new(
+                "events.process.new",
+                payload.clone(),
+                QoS::AtMostOnce,
+            ))
             .expect("publish");
     }
     let chunk = publisher.poll_transmit().expect("bytes");

@@ -5,24 +5,8 @@ use daemoneye_core::index::SubscriptionIndex;
 use daemoneye_core::topic::{TopicError, TopicFilter, TopicName};
 use proptest::prelude::*;
 
-/// The reference: MQTT 4.7 matching written as directly as possible, on raw strings.
-fn naive_match(filter: &str, name: &str) -> bool {
-    let f: Vec<&str> = filter.split('.').collect();
-    let n: Vec<&str> = name.split('.').collect();
-    if name.starts_with('$') && (f[0] == "+" || f[0] == "#") {
-        return false;
-    }
-    fn go(f: &[&str], n: &[&str]) -> bool {
-        match (f.first(), n.first()) {
-            (Some(&"#"), _) => true,
-            (None, None) => true,
-            (Some(&"+"), Some(_)) => go(&f[1..], &n[1..]),
-            (Some(a), Some(b)) if a == b => go(&f[1..], &n[1..]),
-            _ => false,
-        }
-    }
-    go(&f, &n)
-}
+/// The reference matcher, written independently of the core, on raw strings.
+use daemoneye_sim::world::naive_match;
 
 #[test]
 fn valid_names_parse() {

@@ -490,30 +490,12 @@ impl Client {
 
 /// A QoS0 plain subscription spec for `filter`.
 pub fn plain_subscribe(filter: &str) -> Subscribe {
-    Subscribe {
-        sub_id: 0,
-        filter: filter.into(),
-        group: None,
-        qos: QoS::AtMostOnce,
-        capacity: None,
-        overflow: None,
-        durable_name: None,
-    }
+    Subscribe::new(filter)
 }
 
 /// A publish of `payload` to `topic` at `qos`.
 pub fn simple_publish(topic: &str, payload: Bytes, qos: QoS) -> Publish {
-    Publish {
-        topic: topic.into(),
-        payload,
-        qos,
-        sequence: 0,
-        correlation: None,
-        reply_to: None,
-        priority: 0,
-        target: None,
-        resent: false,
-    }
+    Publish::new(topic, payload, qos)
 }
 
 async fn supervise(

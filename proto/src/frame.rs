@@ -343,6 +343,22 @@ pub struct Subscribe {
     pub durable_name: Option<String>,
 }
 
+impl Subscribe {
+    /// A plain QoS0 subscription to `filter` with the broker's default capacity and
+    /// overflow strategy; the client assigns `sub_id`.
+    pub fn new(filter: impl Into<String>) -> Self {
+        Subscribe {
+            sub_id: 0,
+            filter: filter.into(),
+            group: None,
+            qos: QoS::AtMostOnce,
+            capacity: None,
+            overflow: None,
+            durable_name: None,
+        }
+    }
+}
+
 impl TryFrom<pb::Subscribe> for Subscribe {
     type Error = ProtocolError;
     fn try_from(s: pb::Subscribe) -> Result<Self, ProtocolError> {
@@ -430,6 +446,24 @@ pub struct Publish {
     pub target: Option<Target>,
     /// Sent again after a reconnect.
     pub resent: bool,
+}
+
+impl Publish {
+    /// A publish of `payload` to `topic` at `qos`, with no metadata; the client assigns
+    /// `sequence`.
+    pub fn new(topic: impl Into<String>, payload: Bytes, qos: QoS) -> Self {
+        Publish {
+            topic: topic.into(),
+            payload,
+            qos,
+            sequence: 0,
+            correlation: None,
+            reply_to: None,
+            priority: 0,
+            target: None,
+            resent: false,
+        }
+    }
 }
 
 impl TryFrom<pb::Publish> for Publish {

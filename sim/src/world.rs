@@ -704,16 +704,10 @@ impl World {
                 QoS::AtMostOnce
             };
             let priority = if self.rng.below(10) == 0 { 5 } else { 0 };
+            let payload = Bytes::from(vec![0xAB; self.rng.below(64) as usize]);
             let p = Publish {
-                topic: topic.into(),
-                payload: Bytes::from(vec![0xAB; self.rng.below(64) as usize]),
-                qos,
-                sequence: 0,
-                correlation: None,
-                reply_to: None,
                 priority,
-                target: None,
-                resent: false,
+                ..Publish::new(topic, payload, qos)
             };
             if let Ok(seq) = self.clients[i].session.publish(p) {
                 self.published += 1;

@@ -989,15 +989,9 @@ impl Broker {
             Bytes::from(self.health_report().encode_to_vec())
         };
         let reply = Publish {
-            topic: reply_to,
-            payload,
-            qos: QoS::AtMostOnce,
-            sequence: 0,
             correlation: p.correlation.clone(),
-            reply_to: None,
-            priority: 0,
             target: Some(Target::Session(session)),
-            resent: false,
+            ..Publish::new(reply_to, payload, QoS::AtMostOnce)
         };
         let _ = self.route(now, None, reply, reply_topic);
     }
@@ -1021,17 +1015,7 @@ impl Broker {
             let Ok(t) = TopicName::parse(topic) else {
                 continue;
             };
-            let p = Publish {
-                topic: topic.to_string(),
-                payload,
-                qos: QoS::AtMostOnce,
-                sequence: 0,
-                correlation: None,
-                reply_to: None,
-                priority: 0,
-                target: None,
-                resent: false,
-            };
+            let p = Publish::new(topic, payload, QoS::AtMostOnce);
             let _ = self.route(now, None, p, t);
         }
     }

@@ -281,15 +281,7 @@ impl World {
 }
 
 pub fn sub_spec(filter: &str) -> Subscribe {
-    Subscribe {
-        sub_id: 0,
-        filter: filter.into(),
-        group: None,
-        qos: QoS::AtMostOnce,
-        capacity: None,
-        overflow: None,
-        durable_name: None,
-    }
+    Subscribe::new(filter)
 }
 
 pub fn group_spec(filter: &str, group: &str, strategy: QueueStrategy) -> Subscribe {
@@ -317,17 +309,7 @@ pub fn with(
 }
 
 pub fn publish_spec(topic: &str, payload: &str, qos: QoS) -> Publish {
-    Publish {
-        topic: topic.into(),
-        payload: Bytes::copy_from_slice(payload.as_bytes()),
-        qos,
-        sequence: 0,
-        correlation: None,
-        reply_to: None,
-        priority: 0,
-        target: None,
-        resent: false,
-    }
+    Publish::new(topic, Bytes::copy_from_slice(payload.as_bytes()), qos)
 }
 
 pub fn direct(p: Publish, target: Target) -> Publish {
