@@ -14,6 +14,7 @@ pub mod client;
 
 pub mod index;
 pub mod rng;
+pub mod supervisor;
 pub mod time;
 pub mod topic;
 
