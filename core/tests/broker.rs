@@ -1196,3 +1196,36 @@ fn unacked_qos1_copy_is_not_redelivered_to_a_qos0_member_that_cannot_ack() {
         "reported dropped, never falsely delivered"
     );
 }
+
+#[test]
+fn the_agents_own_connection_does_not_count_against_the_limit() {
+    use daemoneye_core::client::{ClientConfig, ClientSession};
+    use daemoneye_proto::frame::Role;
+    let mut w = World::with_config(BrokerConfig {
+        owner_uid: OWNER,
+        max_connections: 2,
+        ..Default::default()
+    });
+    let conn = w.broker.handle_connect(
+        w.now,
+        daemoneye_core::broker::PeerCreds {
+            uid: OWNER,
+            gid: OWNER,
+            pid: None,
+        },
+    );
+    let mut config = ClientConfig::new("agent");
+    config.role = Role::Agent;
+    let mut agent = ClientSession::new(config);
+    agent.connect(w.now);
+    w.clients.insert(conn, agent);
+    w.run();
+    let a = w.connect("a");
+    let b = w.connect("b");
+    assert!(
+        w.client(a).is_connected() && w.client(b).is_connected(),
+        "two clients besides the agent"
+    );
+    let c = w.connect("c");
+    assert!(matches!(w.closed.get(&c), Some(CloseReason::Refused(_))));
+}

@@ -131,6 +131,41 @@ impl Default for LoggingSection {
     }
 }
 
+/// One `[[collectors]]` entry.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CollectorConfig {
+    /// Unique name (used by `daemoneye-cli collectors ...`).
+    pub name: String,
+    /// A path (with `/`), or a name looked up in the agent's directory, then `PATH`.
+    pub binary: String,
+    /// Arguments.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Extra environment (`DAEMONEYE_BROKER_SOCKET` is always set).
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Working directory.
+    pub working_dir: Option<PathBuf>,
+    /// Capabilities it serves (task routing).
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// Restart after an unexpected exit (default true).
+    pub auto_restart: Option<bool>,
+    /// Restarts allowed within the window (default 5).
+    pub max_restarts: Option<u64>,
+    /// The restart-counting window (default 60 s).
+    pub restart_window_secs: Option<u64>,
+    /// First restart delay (default 1000 ms).
+    pub backoff_initial_ms: Option<u64>,
+    /// Largest restart delay (default 60000 ms).
+    pub backoff_max_ms: Option<u64>,
+    /// A run this long resets the restart count (default 60 s).
+    pub stable_after_secs: Option<u64>,
+    /// SIGTERM to SIGKILL (default 10000 ms).
+    pub stop_timeout_ms: Option<u64>,
+}
+
 /// The whole file.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -141,6 +176,8 @@ pub struct AgentConfig {
     pub logging: LoggingSection,
     /// Topic ACL.
     pub acl: AclConfig,
+    /// Collectors to supervise. Absent: procmond, if a procmond binary is found.
+    pub collectors: Option<Vec<CollectorConfig>>,
 }
 
 fn check(key: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
@@ -217,6 +254,139 @@ impl AgentConfig {
             })?;
         }
         Ok(())
+    }
+
+    /// Checks every collector entry and resolves its binary. With no `[[collectors]]` at
+    /// all, procmond is supervised if a procmond binary is found, else nothing.
+    pub fn collector_specs(&self) -> Result<Vec<crate::process::CollectorSpec>, ConfigError> {
+        use daemoneye_core::supervisor::RestartPolicy;
+        let Some(list) = &self.collectors else {
+            return Ok(match crate::process::resolve_binary("procmond") {
+                Ok(binary) => vec![crate::process::CollectorSpec {
+                    name: "procmond".into(),
+                    binary,
+                    args: Vec::new(),
+                    env: Default::default(),
+                    working_dir: None,
+                    capabilities: vec!["process".into()],
+                    policy: RestartPolicy::default(),
+                }],
+                Err(_) => Vec::new(),
+            });
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        let mut specs = Vec::with_capacity(list.len());
+        for (i, c) in list.iter().enumerate() {
+            let key = |field: &str| format!("collectors[{i}].{field}");
+            let invalid = |field: &str, value: String, why: String| ConfigError::Invalid {
+                key: key(field),
+                value,
+                why,
+            };
+            daemoneye_proto::frame::validate_name("name", &c.name)
+                .map_err(|e| invalid("name", c.name.clone(), e.to_string()))?;
+            if !seen.insert(c.name.clone()) {
+                return Err(invalid(
+                    "name",
+                    c.name.clone(),
+                    "is used by another collector".into(),
+                ));
+            }
+            let binary = crate::process::resolve_binary(&c.binary)
+                .map_err(|why| invalid("binary", c.binary.clone(), why))?;
+            let d = RestartPolicy::default();
+            let ms = |field: &str,
+                      v: Option<u64>,
+                      default: Duration,
+                      min: u64,
+                      max: u64|
+             -> Result<Duration, ConfigError> {
+                match v {
+                    None => Ok(default),
+                    Some(v) => {
+                        check(&key(field), v, min, max)?;
+                        Ok(Duration::from_millis(v))
+                    }
+                }
+            };
+            let secs = |field: &str,
+                        v: Option<u64>,
+                        default: Duration,
+                        min: u64,
+                        max: u64|
+             -> Result<Duration, ConfigError> {
+                match v {
+                    None => Ok(default),
+                    Some(v) => {
+                        check(&key(field), v, min, max)?;
+                        Ok(Duration::from_secs(v))
+                    }
+                }
+            };
+            let max_restarts = match c.max_restarts {
+                None => d.max_restarts,
+                Some(v) => {
+                    check(&key("max_restarts"), v, 0, 1000)?;
+                    v as u32
+                }
+            };
+            let policy = RestartPolicy {
+                auto_restart: c.auto_restart.unwrap_or(d.auto_restart),
+                max_restarts,
+                window: secs(
+                    "restart_window_secs",
+                    c.restart_window_secs,
+                    d.window,
+                    1,
+                    86_400,
+                )?,
+                backoff_initial: ms(
+                    "backoff_initial_ms",
+                    c.backoff_initial_ms,
+                    d.backoff_initial,
+                    1,
+                    3_600_000,
+                )?,
+                backoff_max: ms(
+                    "backoff_max_ms",
+                    c.backoff_max_ms,
+                    d.backoff_max,
+                    1,
+                    3_600_000,
+                )?,
+                stable_after: secs(
+                    "stable_after_secs",
+                    c.stable_after_secs,
+                    d.stable_after,
+                    1,
+                    86_400,
+                )?,
+                stop_timeout: ms(
+                    "stop_timeout_ms",
+                    c.stop_timeout_ms,
+                    d.stop_timeout,
+                    1,
+                    600_000,
+                )?,
+            };
+            if policy.backoff_initial > policy.backoff_max {
+                return Err(invalid(
+                    "backoff_initial_ms",
+                    policy.backoff_initial.as_millis().to_string(),
+                    "must not exceed backoff_max_ms".into(),
+                ));
+            }
+            specs.push(crate::process::CollectorSpec {
+                name: c.name.clone(),
+                binary,
+                args: c.args.clone(),
+                env: c.env.clone(),
+                working_dir: c.working_dir.clone(),
+                capabilities: c.capabilities.clone(),
+                policy,
+            });
+        }
+        Ok(specs)
     }
 
     /// Checks every value and builds the broker's configuration and ACL for `owner_uid`.
@@ -343,6 +513,48 @@ mod tests {
         // Other components' variables are not ours.
         c.apply_env([("DAEMONEYE_PROCMOND_INTERVAL".to_string(), "5".to_string())])
             .expect("ignored");
+    }
+
+    #[test]
+    fn collector_entries_are_checked_and_named() {
+        let ok =
+            parse("[[collectors]]\nname = \"sh\"\nbinary = \"/bin/sh\"\nstop_timeout_ms = 500\n")
+                .expect("parses");
+        let specs = ok.collector_specs().expect("valid");
+        assert_eq!(specs[0].policy.stop_timeout, Duration::from_millis(500));
+        let missing =
+            parse("[[collectors]]\nname = \"x\"\nbinary = \"/no/such/bin\"\n").expect("parses");
+        let err = missing.collector_specs().expect_err("missing binary");
+        assert!(
+            err.to_string().contains("collectors[0].binary")
+                && err.to_string().contains("/no/such/bin"),
+            "{err}"
+        );
+        let negative =
+            parse("[[collectors]]\nname = \"x\"\nbinary = \"/bin/sh\"\nstop_timeout_ms = -1\n");
+        assert!(
+            negative
+                .expect_err("negative")
+                .to_string()
+                .contains("stop_timeout_ms")
+        );
+        let absurd = parse(
+            "[[collectors]]\nname = \"x\"\nbinary = \"/bin/sh\"\nstop_timeout_ms = 99999999999\n",
+        )
+        .expect("parses");
+        let err = absurd.collector_specs().expect_err("absurd");
+        assert!(
+            err.to_string().contains("collectors[0].stop_timeout_ms"),
+            "{err}"
+        );
+        let twice = parse("[[collectors]]\nname = \"x\"\nbinary = \"/bin/sh\"\n[[collectors]]\nname = \"x\"\nbinary = \"/bin/sh\"\n").expect("parses");
+        assert!(
+            twice
+                .collector_specs()
+                .expect_err("duplicate")
+                .to_string()
+                .contains("used by another collector")
+        );
     }
 
     #[test]

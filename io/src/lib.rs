@@ -7,13 +7,17 @@
 //! - [`server`]: the broker server: one reader and one writer task per connection, all on
 //!   one thread with the core, feeding it bytes and writing what it returns;
 //! - [`client`]: the async client library used by the CLI and collectors;
-//! - [`config`]: the agent's TOML configuration, validated key by key.
+//! - [`config`]: the agent's TOML configuration, validated key by key;
+//! - [`process`]: the process manager that executes the core supervisors' actions;
+//! - [`agent`]: the agent's own bus client (lifecycle RPC, health report).
 //!
 //! No decision lives here: routing, limits, timeouts and access control are the core's.
 
+pub mod agent;
 pub mod client;
 pub mod clock;
 pub mod config;
 pub mod paths;
+pub mod process;
 pub mod server;
 pub mod transport;

@@ -342,6 +342,8 @@ pub struct Broker {
     pubacks: FxHashMap<u64, PubAckState>,
     /// Connections stalled on the memory budget.
     budget_blocked: BTreeSet<ConnId>,
+    /// Connections in the agent role: the agent's own, not counted against the limit.
+    agent_conns: usize,
     queued_bytes: u64,
     outputs: VecDeque<Output>,
     /// Connections that may have deliveries to hand out.
@@ -381,6 +383,7 @@ impl Broker {
             durables: BTreeMap::new(),
             pubacks: FxHashMap::default(),
             budget_blocked: BTreeSet::new(),
+            agent_conns: 0,
             queued_bytes: 0,
             outputs: VecDeque::new(),
             ready: BTreeSet::new(),
@@ -456,7 +459,7 @@ impl Broker {
                 pb::ErrorCode::ShuttingDown,
                 "broker is shutting down".to_string(),
             ))
-        } else if self.conns.len() >= self.config.max_connections {
+        } else if self.conns.len() - self.agent_conns >= self.config.max_connections {
             Some((
                 pb::ErrorCode::TooManyConnections,
                 format!(
@@ -750,6 +753,9 @@ impl Broker {
         c.phase = Phase::Open;
         c.session_id = session_id;
         c.principal.role = hello.role;
+        if hello.role == Role::Agent {
+            self.agent_conns += 1;
+        }
         c.client_name = hello.client_name;
         c.publisher_id = Arc::from(hello.publisher_id.as_str());
         if let Some(col) = hello.collector {
@@ -833,6 +839,9 @@ impl Broker {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
+        if c.principal.role == Role::Agent && c.session_id != 0 {
+            self.agent_conns -= 1;
+        }
         self.ready.remove(&conn);
         self.dirty.remove(&conn);
         self.budget_blocked.remove(&conn);
@@ -947,7 +956,7 @@ impl Broker {
                 self.queued_bytes, budget
             ));
         }
-        if self.conns.len() >= self.config.max_connections {
+        if self.conns.len() - self.agent_conns >= self.config.max_connections {
             health = health.max(Health::Degraded);
             reasons.push(format!(
                 "connection limit {} reached",

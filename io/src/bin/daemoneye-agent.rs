@@ -8,7 +8,9 @@ use daemoneye_core::broker::Broker;
 use daemoneye_io::clock::MonotonicClock;
 use daemoneye_io::config::AgentConfig;
 use daemoneye_io::paths;
+use daemoneye_io::process::{ProcessManager, Request};
 use daemoneye_io::transport::UnixTransport;
+use std::time::Duration;
 
 // The broker allocates a few small objects per message; mimalloc's thread-local free lists
 // cost a fraction of glibc malloc's on this path (measured with the peers bench).
@@ -26,6 +28,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(name = "daemoneye-agent", version)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<AgentCommand>,
     /// TOML configuration file.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -37,8 +41,30 @@ struct Args {
     log_level: Option<String>,
 }
 
+#[derive(Debug, clap::Subcommand)]
+enum AgentCommand {
+    /// Internal: run in a freshly spawned collector process to set its parent-death signal
+    /// and become the collector.
+    #[command(hide = true)]
+    ExecCollector {
+        /// The collector's executable.
+        binary: PathBuf,
+        /// Its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(AgentCommand::ExecCollector { binary, args }) = &args.command {
+        let err = daemoneye_io::process::exec_collector(binary, args);
+        eprintln!(
+            "daemoneye-agent: cannot start collector {}: {err}",
+            binary.display()
+        );
+        return ExitCode::from(127);
+    }
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -71,6 +97,8 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let (broker_config, acl) = config.broker_config(uid)?;
     let socket = args.socket.clone().or_else(|| config.broker.socket.clone());
     let socket = paths::resolve_socket_path(socket.as_deref());
+    let specs = config.collector_specs()?;
+    let shim = std::env::current_exe()?;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -78,33 +106,69 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
         let listener = paths::bind_socket(&socket).await?;
+        // Installed before announcing the socket: a SIGTERM right after it is a shutdown.
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         eprintln!("listening on {}", socket.display());
         tracing::info!(socket = %socket.display(), uid, "broker started");
-        tracing::info!("process manager not built yet: starting with no collectors");
+        if specs.is_empty() {
+            tracing::info!(
+                "no collectors configured and no procmond binary found: starting with no collectors"
+            );
+        }
         // The seed only steers the Random queue strategy; any value is fine in production.
         let seed = std::process::id() as u64 ^ 0x9E37_79B9_7F4A_7C15;
         let broker = Broker::new(broker_config, acl, seed);
-        let shutdown = async {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::error!(%e, "cannot install SIGTERM handler");
-                        return std::future::pending().await;
-                    }
-                };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
-                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            }
-        };
-        daemoneye_io::server::serve(
+        let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::task::spawn_local(daemoneye_io::server::serve(
             UnixTransport(listener),
             broker,
             MonotonicClock::default(),
-            shutdown,
-        )
-        .await;
+            async move {
+                let _ = server_stopped.await;
+            },
+        ));
+        // Each collector gets its own stop timeout; the whole shutdown waits at most the
+        // longest of them (capped), plus a moment to reap.
+        let stop_budget = specs
+            .iter()
+            .map(|s| s.policy.stop_timeout)
+            .max()
+            .unwrap_or_default()
+            .min(Duration::from_secs(30))
+            + Duration::from_millis(100);
+        let (manager_tx, manager_rx) = tokio::sync::mpsc::channel(64);
+        let manager = tokio::task::spawn_local(
+            ProcessManager::new(specs, socket.clone(), shim).run(manager_rx),
+        );
+        let control = {
+            let socket = socket.clone();
+            let manager_tx = manager_tx.clone();
+            tokio::task::spawn_local(async move {
+                if let Err(e) = daemoneye_io::agent::serve_control(socket, manager_tx).await {
+                    tracing::error!(error = %e, "lifecycle control unavailable");
+                }
+            })
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        }
+        // Collectors first (in parallel, SIGKILL after their stop timeout), then the broker.
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        if manager_tx
+            .send(Request::Shutdown {
+                budget: stop_budget,
+                reply: done_tx,
+            })
+            .await
+            .is_ok()
+        {
+            let _ = done_rx.await;
+        }
+        let _ = manager.await;
+        control.abort();
+        let _ = stop_server.send(());
+        let _ = server.await;
         if let Err(e) = std::fs::remove_file(&socket) {
             tracing::warn!(%e, socket = %socket.display(), "could not remove the socket");
         }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
-use daemoneye_core::topic::{TopicFilter, TopicName};
+use daemoneye_core::topic::{TopicFilter, TopicName, topics};
 use daemoneye_io::client::{Client, ClientError, ClientOptions, plain_subscribe, simple_publish};
 use daemoneye_io::paths;
 use daemoneye_proto::frame::{Deliver, GroupSpec, Overflow, QoS, QueueStrategy, Subscribe};
@@ -43,6 +43,26 @@ enum OverflowArg {
     DropOldest,
     DropNewest,
     Error,
+}
+
+#[derive(Debug, Subcommand)]
+enum CollectorsCommand {
+    /// Name, state, pid, restarts, last exit.
+    List {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a stopped or failed collector.
+    Start { name: String },
+    /// Stop gracefully (SIGTERM, then SIGKILL after its stop timeout).
+    Stop { name: String },
+    /// Stop, then start.
+    Restart { name: String },
+    /// Suspend (SIGSTOP).
+    Pause { name: String },
+    /// Continue a paused collector (SIGCONT).
+    Resume { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -113,7 +133,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Broker health.
+    /// Supervised collectors: list them, or start, stop, restart, pause or resume one.
+    Collectors {
+        #[command(subcommand)]
+        command: CollectorsCommand,
+    },
+    /// Agent health: broker and collectors.
     Health {
         /// Machine-readable output.
         #[arg(long)]
@@ -369,14 +394,56 @@ async fn run(cli: Cli) -> Result<()> {
             client.close().await;
             Ok(())
         }
+        Command::Collectors { command } => {
+            let (op, name, json) = match command {
+                CollectorsCommand::List { json } => (pbc::LifecycleOp::Status, String::new(), json),
+                CollectorsCommand::Start { name } => (pbc::LifecycleOp::Start, name, false),
+                CollectorsCommand::Stop { name } => (pbc::LifecycleOp::Stop, name, false),
+                CollectorsCommand::Restart { name } => (pbc::LifecycleOp::Restart, name, false),
+                CollectorsCommand::Pause { name } => (pbc::LifecycleOp::Pause, name, false),
+                CollectorsCommand::Resume { name } => (pbc::LifecycleOp::Resume, name, false),
+            };
+            let client = connect(&cli.socket, "daemoneye-cli").await?;
+            let request = pbc::LifecycleRequest {
+                op: op as i32,
+                name,
+            };
+            let reply = client
+                .request(
+                    simple_publish(
+                        topics::LIFECYCLE,
+                        Bytes::from(request.encode_to_vec()),
+                        QoS::AtMostOnce,
+                    ),
+                    Duration::from_secs(5),
+                )
+                .await
+                .map_err(|e| format!("no answer from the agent's process manager: {e}"))?;
+            let r = pbc::LifecycleResponse::decode(reply.payload)
+                .map_err(|e| format!("malformed lifecycle reply: {e}"))?;
+            client.close().await;
+            if r.error != 0 {
+                return Err(r.message.into());
+            }
+            if json {
+                let list: Vec<_> = r.collectors.iter().map(collector_json).collect();
+                println!("{}", serde_json::Value::Array(list));
+            } else if op == pbc::LifecycleOp::Status {
+                print_collectors(&r.collectors);
+            } else if let Some(c) = r.collectors.first() {
+                println!("{} {} (pid {})", c.name, c.state, c.pid);
+            }
+            Ok(())
+        }
         Command::Health { json } => {
             let client = connect(&cli.socket, "daemoneye-cli").await?;
             let reply = client
                 .request(
-                    simple_publish("$sys.broker.health", Bytes::new(), QoS::AtMostOnce),
+                    simple_publish(topics::HEALTH_STATUS, Bytes::new(), QoS::AtMostOnce),
                     Duration::from_secs(5),
                 )
-                .await?;
+                .await
+                .map_err(|e| format!("no health report from the agent: {e}"))?;
             let h = pbc::HealthReport::decode(reply.payload)
                 .map_err(|e| format!("malformed health reply: {e}"))?;
             let state = |v: i32| {
@@ -389,14 +456,19 @@ async fn run(cli: Cli) -> Result<()> {
                     .unwrap_or_else(|_| "unknown".into())
             };
             if json {
+                let collectors: Vec<_> = h.collectors.iter().map(collector_json).collect();
                 println!(
                     "{}",
-                    json!({"overall": state(h.overall), "broker": state(h.broker), "reasons": h.reasons})
+                    json!({"overall": state(h.overall), "broker": state(h.broker), "collectors": collectors, "reasons": h.reasons})
                 );
             } else {
                 println!("overall  {}", state(h.overall));
                 println!("broker   {}", state(h.broker));
-                println!("collectors: none registered (process manager not built yet)");
+                if h.collectors.is_empty() {
+                    println!("collectors: none");
+                } else {
+                    print_collectors(&h.collectors);
+                }
                 for r in &h.reasons {
                     println!("  - {r}");
                 }
@@ -413,6 +485,31 @@ async fn run(cli: Cli) -> Result<()> {
             topic,
             json,
         } => bench(&cli.socket, pubs, subs, msgs, size, group, &topic, json).await,
+    }
+}
+
+fn collector_json(c: &pbc::CollectorStatus) -> serde_json::Value {
+    json!({
+        "name": c.name, "state": c.state, "pid": c.pid, "restarts": c.restarts,
+        "last_heartbeat_ms": c.last_heartbeat_ms, "capabilities": c.capabilities, "last_exit": c.health,
+    })
+}
+
+fn print_collectors(list: &[pbc::CollectorStatus]) {
+    println!(
+        "{:<20} {:<10} {:>8} {:>8}  last exit",
+        "name", "state", "pid", "restarts"
+    );
+    for c in list {
+        let pid = if c.pid == 0 {
+            "-".to_string()
+        } else {
+            c.pid.to_string()
+        };
+        println!(
+            "{:<20} {:<10} {:>8} {:>8}  {}",
+            c.name, c.state, pid, c.restarts, c.health
+        );
     }
 }
 

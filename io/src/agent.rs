@@ -1,0 +1,136 @@
+//! The agent's own bus client: lifecycle RPC on `control.collector.lifecycle` and the health
+//! report on `control.health.status`, answered from the process manager and the broker.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use daemoneye_core::topic::topics;
+use daemoneye_proto::frame::{Deliver, Publish, QoS, Role, Subscribe};
+use daemoneye_proto::pb::control as pbc;
+use prost::Message;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::client::{Client, ClientError, ClientOptions};
+use crate::process::Request;
+
+/// How often the agent publishes its health report.
+const HEALTH_EVERY: Duration = Duration::from_secs(10);
+
+async fn collectors(manager: &mpsc::Sender<Request>) -> Vec<pbc::CollectorStatus> {
+    let (reply, rx) = oneshot::channel();
+    let req = Request::Lifecycle {
+        op: pbc::LifecycleOp::Status,
+        name: String::new(),
+        reply,
+    };
+    if manager.send(req).await.is_err() {
+        return Vec::new();
+    }
+    rx.await.map(|r| r.collectors).unwrap_or_default()
+}
+
+fn state_of(s: &pbc::CollectorStatus) -> pbc::HealthState {
+    match s.state.as_str() {
+        "running" | "paused" => pbc::HealthState::Healthy,
+        "starting" | "stopping" | "stopped" => pbc::HealthState::Degraded,
+        _ => pbc::HealthState::Unhealthy,
+    }
+}
+
+/// The worst of broker and collectors.
+async fn health_report(client: &Client, manager: &mpsc::Sender<Request>) -> pbc::HealthReport {
+    let broker = client
+        .request(
+            Publish::new(topics::BROKER_HEALTH, Bytes::new(), QoS::AtMostOnce),
+            Duration::from_secs(2),
+        )
+        .await
+        .ok()
+        .and_then(|d| pbc::HealthReport::decode(d.payload).ok())
+        .unwrap_or_default();
+    let collectors = collectors(manager).await;
+    let mut reasons = broker.reasons.clone();
+    let mut overall =
+        pbc::HealthState::try_from(broker.broker).unwrap_or(pbc::HealthState::Unhealthy);
+    for c in &collectors {
+        let s = state_of(c);
+        if s != pbc::HealthState::Healthy {
+            reasons.push(format!("collector {} is {}", c.name, c.state));
+        }
+        overall = overall.max(s);
+    }
+    pbc::HealthReport {
+        overall: overall as i32,
+        broker: broker.broker,
+        coordinator: pbc::HealthState::Healthy as i32,
+        collectors,
+        reasons,
+    }
+}
+
+async fn reply(client: &Client, req: &Deliver, payload: Vec<u8>) {
+    let Some(to) = &req.reply_to else { return };
+    let p = Publish {
+        correlation: req.correlation.clone(),
+        ..Publish::new(to.clone(), Bytes::from(payload), QoS::AtMostOnce)
+    };
+    if let Err(e) = client.publish(p).await {
+        tracing::warn!(error = %e, "could not answer a request");
+    }
+}
+
+/// Connects to the broker at `socket` as the agent and serves lifecycle and health requests
+/// until the connection ends for good.
+pub async fn serve_control(
+    socket: PathBuf,
+    manager: mpsc::Sender<Request>,
+) -> Result<(), ClientError> {
+    let mut options = ClientOptions::new("daemoneye-agent");
+    options.session.role = Role::Agent;
+    let client = Client::connect(&socket, options).await?;
+    let mut lifecycle = client.subscribe(Subscribe::new(topics::LIFECYCLE)).await?;
+    let mut health = client
+        .subscribe(Subscribe::new(topics::HEALTH_STATUS))
+        .await?;
+    let mut tick = tokio::time::interval(HEALTH_EVERY);
+    loop {
+        tokio::select! {
+            req = lifecycle.recv() => {
+                let Some(req) = req else { return Ok(()) };
+                if req.reply_to.is_none() {
+                    continue;
+                }
+                let response = match pbc::LifecycleRequest::decode(req.payload.clone()) {
+                    Ok(r) => {
+                        let op = pbc::LifecycleOp::try_from(r.op).unwrap_or(pbc::LifecycleOp::Unspecified);
+                        let (tx, rx) = oneshot::channel();
+                        if manager.send(Request::Lifecycle { op, name: r.name, reply: tx }).await.is_err() {
+                            continue;
+                        }
+                        rx.await.unwrap_or_default()
+                    }
+                    Err(e) => pbc::LifecycleResponse {
+                        error: pbc::LifecycleErrorCode::InvalidState as i32,
+                        message: format!("malformed lifecycle request: {e}"),
+                        collectors: Vec::new(),
+                    },
+                };
+                reply(&client, &req, response.encode_to_vec()).await;
+            }
+            req = health.recv() => {
+                let Some(req) = req else { return Ok(()) };
+                // Our own periodic reports arrive here too; only requests carry reply_to.
+                if req.reply_to.is_some() {
+                    let report = health_report(&client, &manager).await;
+                    reply(&client, &req, report.encode_to_vec()).await;
+                }
+            }
+            _ = tick.tick() => {
+                let report = health_report(&client, &manager).await;
+                let p = Publish::new(topics::HEALTH_STATUS, Bytes::from(report.encode_to_vec()), QoS::AtMostOnce);
+                let _ = client.publish(p).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,425 @@
+//! The process manager: carries out the core [`Supervisor`]s' actions with real processes.
+//!
+//! Each collector runs in its own process group (signals go to the group, so a collector's
+//! children go with it) and, on Linux, with a parent-death signal, so a killed agent leaves
+//! no collector behind. The parent-death signal must be set between fork and exec; to do
+//! that without `unsafe`, the agent starts itself as a shim (`daemoneye-agent
+//! exec-collector -- BINARY ARGS...`) that sets the signal on itself with `prctl` and then
+//! `exec`s the collector, keeping its pid and group. Exits are reaped by tokio (no zombies)
+//! and reported to the supervisor. Decisions (restart, backoff, SIGKILL after the stop
+//! timeout) are all the supervisor's.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use daemoneye_core::Instant;
+use daemoneye_core::supervisor::{
+    Action, LifecycleError, RestartPolicy, Signal, State, Supervisor,
+};
+use daemoneye_proto::pb::control as pbc;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::clock::{Clock, MonotonicClock};
+
+/// Environment prefixes that belong to the agent and never reach a collector.
+const AGENT_ENV_PREFIX: &str = "DAEMONEYE_AGENT_";
+
+/// One collector to supervise.
+#[derive(Debug, Clone)]
+pub struct CollectorSpec {
+    /// Unique name.
+    pub name: String,
+    /// Resolved executable.
+    pub binary: PathBuf,
+    /// Arguments.
+    pub args: Vec<String>,
+    /// Extra environment.
+    pub env: BTreeMap<String, String>,
+    /// Working directory.
+    pub working_dir: Option<PathBuf>,
+    /// Declared capabilities.
+    pub capabilities: Vec<String>,
+    /// Restart and stop policy.
+    pub policy: RestartPolicy,
+}
+
+/// Finds a collector binary: an explicit path (containing `/`), else the agent's own
+/// directory, else `PATH`.
+pub fn resolve_binary(name: &str) -> Result<PathBuf, String> {
+    let is_file = |p: &Path| p.is_file();
+    if name.contains('/') {
+        let p = PathBuf::from(name);
+        return if is_file(&p) {
+            Ok(p)
+        } else {
+            Err(format!("binary {name} does not exist"))
+        };
+    }
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+        && is_file(&dir.join(name))
+    {
+        return Ok(dir.join(name));
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            if is_file(&dir.join(name)) {
+                return Ok(dir.join(name));
+            }
+        }
+    }
+    Err(format!(
+        "binary {name:?} not found in the agent's directory or PATH"
+    ))
+}
+
+/// Requests to the process manager.
+#[derive(Debug)]
+pub enum Request {
+    /// A lifecycle RPC.
+    Lifecycle {
+        /// What to do.
+        op: pbc::LifecycleOp,
+        /// Which collector (empty with Status: all).
+        name: String,
+        /// The answer.
+        reply: oneshot::Sender<pbc::LifecycleResponse>,
+    },
+    /// Stop every collector (in parallel) within the budget, then answer.
+    Shutdown {
+        /// Longest wait before SIGKILL.
+        budget: Duration,
+        /// Answered once all are gone.
+        reply: oneshot::Sender<()>,
+    },
+}
+
+struct Managed {
+    spec: CollectorSpec,
+    sup: Supervisor,
+}
+
+/// The process manager.
+pub struct ProcessManager {
+    collectors: BTreeMap<String, Managed>,
+    socket: PathBuf,
+    shim: PathBuf,
+    clock: MonotonicClock,
+    exits_tx: mpsc::UnboundedSender<(String, u32, String)>,
+    exits_rx: mpsc::UnboundedReceiver<(String, u32, String)>,
+}
+
+impl std::fmt::Debug for ProcessManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessManager")
+            .field("collectors", &self.collectors.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+fn exit_text(status: std::io::Result<std::process::ExitStatus>) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(code), _) => format!("exited with status {code}"),
+            (None, Some(sig)) => format!("killed by signal {sig}"),
+            _ => "exited".to_string(),
+        },
+        Err(e) => format!("wait failed: {e}"),
+    }
+}
+
+impl ProcessManager {
+    /// A manager for `specs`, whose collectors connect to `socket`. `shim` is the agent's
+    /// own executable (for `exec-collector`).
+    pub fn new(specs: Vec<CollectorSpec>, socket: PathBuf, shim: PathBuf) -> Self {
+        let (exits_tx, exits_rx) = mpsc::unbounded_channel();
+        let collectors = specs
+            .into_iter()
+            .map(|spec| {
+                (
+                    spec.name.clone(),
+                    Managed {
+                        sup: Supervisor::new(spec.name.clone(), spec.policy.clone()),
+                        spec,
+                    },
+                )
+            })
+            .collect();
+        Self {
+            collectors,
+            socket,
+            shim,
+            clock: MonotonicClock::default(),
+            exits_tx,
+            exits_rx,
+        }
+    }
+
+    fn now(&self) -> Instant {
+        self.clock.now()
+    }
+
+    /// Carries out every pending supervisor action.
+    fn execute(&mut self) {
+        let now = self.now();
+        for m in self.collectors.values_mut() {
+            while let Some(action) = m.sup.poll_action() {
+                match action {
+                    Action::Spawn => match spawn(&self.shim, &m.spec, &self.socket) {
+                        Ok(mut child) => {
+                            let pid = child.id().unwrap_or(0);
+                            tracing::info!(collector = %m.spec.name, pid, "collector started");
+                            m.sup.handle_spawned(now, pid);
+                            let tx = self.exits_tx.clone();
+                            let name = m.spec.name.clone();
+                            tokio::spawn(async move {
+                                let status = child.wait().await;
+                                // The leader is gone; what it left in its group goes too, so a
+                                // crashed collector leaves no orphans behind.
+                                let group = nix::unistd::Pid::from_raw(pid as i32);
+                                let _ = nix::sys::signal::killpg(
+                                    group,
+                                    nix::sys::signal::Signal::SIGKILL,
+                                );
+                                let _ = tx.send((name, pid, exit_text(status)));
+                            });
+                        }
+                        Err(e) => {
+                            tracing::warn!(collector = %m.spec.name, error = %e, "collector could not be spawned");
+                            m.sup.handle_spawn_failed(now, &e.to_string());
+                        }
+                    },
+                    Action::Signal(sig) => {
+                        if let Some(pid) = m.sup.pid() {
+                            let sig = match sig {
+                                Signal::Term => nix::sys::signal::Signal::SIGTERM,
+                                Signal::Kill => nix::sys::signal::Signal::SIGKILL,
+                                Signal::Stop => nix::sys::signal::Signal::SIGSTOP,
+                                Signal::Cont => nix::sys::signal::Signal::SIGCONT,
+                            };
+                            // The collector leads its own group: signal the whole group.
+                            let group = nix::unistd::Pid::from_raw(pid as i32);
+                            if let Err(e) = nix::sys::signal::killpg(group, sig) {
+                                tracing::warn!(collector = %m.spec.name, pid, ?sig, error = %e, "signal failed");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.collectors
+            .values()
+            .filter_map(|m| m.sup.poll_timeout())
+            .min()
+    }
+
+    fn status(&self, m: &Managed) -> pbc::CollectorStatus {
+        pbc::CollectorStatus {
+            name: m.spec.name.clone(),
+            state: m.sup.state().as_str().to_string(),
+            pid: m.sup.pid().unwrap_or(0),
+            restarts: m.sup.restarts(),
+            last_heartbeat_ms: 0,
+            capabilities: 0,
+            health: m.sup.last_exit().unwrap_or("").to_string(),
+        }
+    }
+
+    fn lifecycle(&mut self, op: pbc::LifecycleOp, name: &str) -> pbc::LifecycleResponse {
+        let now = self.now();
+        if op == pbc::LifecycleOp::Status && name.is_empty() {
+            let collectors = self.collectors.values().map(|m| self.status(m)).collect();
+            return pbc::LifecycleResponse {
+                error: 0,
+                message: String::new(),
+                collectors,
+            };
+        }
+        let Some(m) = self.collectors.get_mut(name) else {
+            let e = LifecycleError::ProcessNotFound(name.to_string());
+            return pbc::LifecycleResponse {
+                error: e.code() as i32,
+                message: e.to_string(),
+                collectors: Vec::new(),
+            };
+        };
+        let result = match op {
+            pbc::LifecycleOp::Start => m.sup.start(now),
+            pbc::LifecycleOp::Stop => m.sup.stop(now),
+            pbc::LifecycleOp::Restart => m.sup.restart(now),
+            pbc::LifecycleOp::Pause => m.sup.pause(now),
+            pbc::LifecycleOp::Resume => m.sup.resume(now),
+            pbc::LifecycleOp::Status | pbc::LifecycleOp::Unspecified => Ok(()),
+        };
+        self.execute();
+        let m = &self.collectors[name];
+        let (error, message) = match result {
+            Ok(()) => (0, String::new()),
+            Err(e) => (e.code() as i32, e.to_string()),
+        };
+        pbc::LifecycleResponse {
+            error,
+            message,
+            collectors: vec![self.status(m)],
+        }
+    }
+
+    fn all_down(&self) -> bool {
+        self.collectors.values().all(|m| {
+            matches!(m.sup.state(), State::Stopped | State::Failed) && m.sup.pid().is_none()
+        })
+    }
+
+    /// Stops every collector in parallel. Each gets SIGKILL after its own stop timeout (the
+    /// supervisors' timers keep running); `budget` caps the whole wait.
+    async fn shutdown(&mut self, budget: Duration) {
+        let now = self.now();
+        for m in self.collectors.values_mut() {
+            // Scheduled restarts are cancelled; running ones get SIGTERM.
+            let _ = m.sup.stop(now);
+        }
+        let deadline = tokio::time::Instant::now() + budget;
+        loop {
+            self.execute();
+            if self.all_down() || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            let next = self.deadline().map_or(deadline, |t| {
+                tokio::time::Instant::from_std(self.clock.to_std(t)).min(deadline)
+            });
+            tokio::select! {
+                exit = self.exits_rx.recv() => {
+                    if let Some((name, pid, how)) = exit {
+                        self.exited(&name, pid, &how);
+                    }
+                }
+                _ = tokio::time::sleep_until(next) => {
+                    let now = self.now();
+                    for m in self.collectors.values_mut() {
+                        m.sup.handle_timeout(now);
+                    }
+                }
+            }
+        }
+        // Past the budget, whatever is left gets SIGKILL, and is reaped before the agent exits.
+        for m in self.collectors.values() {
+            if let Some(pid) = m.sup.pid() {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        let reap_deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while !self.all_down() && tokio::time::Instant::now() < reap_deadline {
+            if let Ok(Some((name, pid, how))) =
+                tokio::time::timeout_at(reap_deadline, self.exits_rx.recv()).await
+            {
+                self.exited(&name, pid, &how);
+            }
+        }
+    }
+
+    fn exited(&mut self, name: &str, pid: u32, how: &str) {
+        let now = self.now();
+        if let Some(m) = self.collectors.get_mut(name)
+            && m.sup.pid() == Some(pid)
+        {
+            tracing::info!(collector = name, pid, how, "collector exited");
+            m.sup.handle_exited(now, how);
+        }
+    }
+
+    /// Starts every collector, then serves requests until shut down.
+    pub async fn run(mut self, mut requests: mpsc::Receiver<Request>) {
+        let now = self.now();
+        for m in self.collectors.values_mut() {
+            let _ = m.sup.start(now);
+        }
+        loop {
+            self.execute();
+            let sleep = match self.deadline() {
+                Some(at) => tokio::time::sleep_until(self.clock.to_std(at).into()),
+                None => tokio::time::sleep(Duration::from_secs(3600)),
+            };
+            tokio::select! {
+                biased;
+                req = requests.recv() => match req {
+                    Some(Request::Lifecycle { op, name, reply }) => {
+                        let _ = reply.send(self.lifecycle(op, &name));
+                    }
+                    Some(Request::Shutdown { budget, reply }) => {
+                        self.shutdown(budget).await;
+                        let _ = reply.send(());
+                        return;
+                    }
+                    None => {
+                        self.shutdown(Duration::from_secs(5)).await;
+                        return;
+                    }
+                },
+                exit = self.exits_rx.recv() => {
+                    if let Some((name, pid, how)) = exit {
+                        self.exited(&name, pid, &how);
+                    }
+                }
+                _ = sleep => {
+                    let now = self.now();
+                    for m in self.collectors.values_mut() {
+                        m.sup.handle_timeout(now);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn spawn(
+    shim: &Path,
+    spec: &CollectorSpec,
+    socket: &Path,
+) -> std::io::Result<tokio::process::Child> {
+    let mut cmd = tokio::process::Command::new(shim);
+    cmd.arg("exec-collector")
+        .arg("--")
+        .arg(&spec.binary)
+        .args(&spec.args);
+    // The agent's own settings are never inherited by accident.
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with(AGENT_ENV_PREFIX) {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd.envs(&spec.env).env(crate::paths::SOCKET_ENV, socket);
+    if let Some(dir) = &spec.working_dir {
+        cmd.current_dir(dir);
+    }
+    cmd.process_group(0)
+        .stdin(Stdio::null())
+        .kill_on_drop(false);
+    cmd.spawn()
+}
+
+/// The `exec-collector` shim, run in the child: ask for SIGKILL when the agent dies, then
+/// become the collector. Returns only on failure.
+pub fn exec_collector(binary: &Path, args: &[String]) -> std::io::Error {
+    use std::os::unix::process::CommandExt;
+    #[cfg(target_os = "linux")]
+    {
+        let parent = nix::unistd::getppid();
+        if let Err(e) = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL) {
+            return std::io::Error::other(format!("cannot set the parent-death signal: {e}"));
+        }
+        // The agent may have died between fork and prctl: then nobody would ever signal us.
+        if nix::unistd::getppid() != parent {
+            return std::io::Error::other("the agent exited before the collector started");
+        }
+    }
+    std::process::Command::new(binary).args(args).exec()
+}

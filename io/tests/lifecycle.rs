@@ -1,0 +1,284 @@
+//! Collector supervision with real processes: the agent's process manager, driven through
+//! `daemoneye-cli collectors ...`.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use daemoneye_tests::{Agent, Bins, wait_exit};
+
+const T: Duration = Duration::from_secs(10);
+
+fn bins() -> Bins {
+    Bins {
+        agent: env!("CARGO_BIN_EXE_daemoneye-agent").into(),
+        cli: env!("CARGO_BIN_EXE_daemoneye-cli").into(),
+    }
+}
+
+fn collector(name: &str, script: &str, extra: &str) -> String {
+    format!(
+        "[[collectors]]\nname = \"{name}\"\nbinary = \"/bin/sh\"\nargs = [\"-c\", {script:?}]\n{extra}\n"
+    )
+}
+
+fn list(agent: &Agent) -> serde_json::Value {
+    let (status, out, err) = agent.run_cli(&["collectors", "list", "--json"]);
+    assert!(status.success(), "{err}");
+    serde_json::from_str(&out).expect("json list")
+}
+
+fn field(agent: &Agent, name: &str, key: &str) -> serde_json::Value {
+    list(agent)
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no collector {name}"))[key]
+        .clone()
+}
+
+/// Polls `cond` until it holds or the deadline passes.
+fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + T;
+    while Instant::now() < deadline {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn proc_state(pid: u64) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")
+        .and_then(|(_, rest)| rest.chars().next())
+}
+
+fn running_pid(agent: &Agent, name: &str) -> u64 {
+    eventually("the collector to run", || {
+        field(agent, name, "state") == "running" && field(agent, name, "pid") != 0
+    });
+    field(agent, name, "pid").as_u64().expect("pid")
+}
+
+#[test]
+fn kill_9_of_a_collector_is_detected_and_it_restarts_with_a_new_pid() {
+    let agent = Agent::start(
+        &bins(),
+        Some(&collector(
+            "sleeper",
+            "exec sleep 1000",
+            "backoff_initial_ms = 100",
+        )),
+    );
+    let pid = running_pid(&agent, "sleeper");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    eventually("a restart with a new pid", || {
+        let new = field(&agent, "sleeper", "pid").as_u64().unwrap_or(0);
+        new != 0 && new != pid && field(&agent, "sleeper", "state") == "running"
+    });
+    assert_eq!(field(&agent, "sleeper", "restarts"), 1);
+    assert_eq!(field(&agent, "sleeper", "last_exit"), "killed by signal 9");
+}
+
+#[test]
+fn a_crashed_collector_leaves_no_children_behind() {
+    let agent = Agent::start(
+        &bins(),
+        Some(&collector(
+            "parent",
+            "sleep 1000 & sleep 1000",
+            "backoff_initial_ms = 5000",
+        )),
+    );
+    let pid = running_pid(&agent, "parent");
+    eventually("its children", || group_members(pid).len() >= 3);
+    let members = group_members(pid);
+    // Only the leader is killed; the rest of its group must not outlive it.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    for m in members {
+        eventually(&format!("child {m} to be gone"), || !alive(m));
+    }
+}
+
+#[test]
+fn always_crashing_collector_ends_failed_after_max_restarts_and_stays() {
+    let config = collector(
+        "crasher",
+        "exit 3",
+        "max_restarts = 2\nbackoff_initial_ms = 20\nbackoff_max_ms = 40",
+    );
+    let agent = Agent::start(&bins(), Some(&config));
+    eventually("Failed", || field(&agent, "crasher", "state") == "failed");
+    assert_eq!(field(&agent, "crasher", "restarts"), 2);
+    assert_eq!(
+        field(&agent, "crasher", "last_exit"),
+        "exited with status 3"
+    );
+    // It stays failed: a health report says so.
+    let (_, out, _) = agent.run_cli(&["health", "--json"]);
+    let h: serde_json::Value = serde_json::from_str(&out).expect("health json");
+    assert_eq!(h["overall"], "unhealthy", "{out}");
+    assert_eq!(field(&agent, "crasher", "state"), "failed");
+}
+
+#[test]
+fn pause_stops_the_process_and_resume_continues_it() {
+    let agent = Agent::start(&bins(), Some(&collector("sleeper", "exec sleep 1000", "")));
+    let pid = running_pid(&agent, "sleeper");
+    let (status, _, err) = agent.run_cli(&["collectors", "pause", "sleeper"]);
+    assert!(status.success(), "{err}");
+    eventually("state T", || proc_state(pid) == Some('T'));
+    assert_eq!(field(&agent, "sleeper", "state"), "paused");
+    let (status, _, err) = agent.run_cli(&["collectors", "resume", "sleeper"]);
+    assert!(status.success(), "{err}");
+    eventually("state S", || proc_state(pid) == Some('S'));
+    assert_eq!(
+        field(&agent, "sleeper", "pid").as_u64(),
+        Some(pid),
+        "same process"
+    );
+}
+
+#[test]
+fn collector_ignoring_sigterm_is_killed_after_the_stop_timeout() {
+    let config = collector(
+        "stubborn",
+        "trap '' TERM; while :; do sleep 0.05; done",
+        "stop_timeout_ms = 300",
+    );
+    let agent = Agent::start(&bins(), Some(&config));
+    running_pid(&agent, "stubborn");
+    let started = Instant::now();
+    let (status, _, err) = agent.run_cli(&["collectors", "stop", "stubborn"]);
+    assert!(status.success(), "{err}");
+    eventually("stopped", || {
+        field(&agent, "stubborn", "state") == "stopped"
+    });
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "not before the stop timeout"
+    );
+    assert_eq!(field(&agent, "stubborn", "last_exit"), "killed by signal 9");
+}
+
+fn alive(pid: u64) -> bool {
+    // A zombie still has a /proc entry, so this also catches unreaped children.
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn group_members(pgid: u64) -> Vec<u64> {
+    std::fs::read_dir("/proc")
+        .expect("proc")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(") ")
+                        .map(|(_, r)| r.split_whitespace().nth(2).map(str::to_string))
+                })
+                .flatten()
+                .is_some_and(|g| g == pgid.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn agent_shutdown_stops_every_collector_and_leaves_no_orphan_or_zombie() {
+    let config = [
+        collector("a", "sleep 1000 & sleep 1000", ""),
+        collector("b", "trap '' TERM; sleep 1000", "stop_timeout_ms = 200"),
+    ]
+    .concat();
+    let mut agent = Agent::start(&bins(), Some(&config));
+    let a = running_pid(&agent, "a");
+    let b = running_pid(&agent, "b");
+    eventually("a's children", || group_members(a).len() >= 2);
+    let members: Vec<u64> = group_members(a)
+        .into_iter()
+        .chain(group_members(b))
+        .collect();
+    let (status, _) = agent.terminate();
+    assert!(status.success());
+    for pid in members {
+        eventually(&format!("process {pid} to be gone"), || !alive(pid));
+    }
+}
+
+#[test]
+fn a_killed_agent_leaves_no_collector_behind() {
+    let mut agent = Agent::start(&bins(), Some(&collector("sleeper", "exec sleep 1000", "")));
+    let pid = running_pid(&agent, "sleeper");
+    agent.child.kill().expect("kill -9 the agent");
+    let _ = agent.child.wait();
+    eventually("the collector to die with its agent", || {
+        !alive(pid) || proc_state(pid) == Some('Z')
+    });
+}
+
+#[test]
+fn lifecycle_commands_that_do_not_apply_are_clear_errors() {
+    let agent = Agent::start(&bins(), Some(&collector("sleeper", "exec sleep 1000", "")));
+    running_pid(&agent, "sleeper");
+    for (args, needle) in [
+        (
+            vec!["collectors", "stop", "nope"],
+            "no collector named \"nope\"",
+        ),
+        (vec!["collectors", "start", "sleeper"], "already running"),
+        (
+            vec!["collectors", "resume", "sleeper"],
+            "is running: cannot resume",
+        ),
+    ] {
+        let (status, _, err) = agent.run_cli(&args);
+        assert!(!status.success(), "{args:?}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn bad_collector_config_is_a_clear_error_at_start() {
+    for (config, needle) in [
+        (
+            "[[collectors]]\nname = \"x\"\nbinary = \"/no/such/collector\"\n",
+            "collectors[0].binary",
+        ),
+        (
+            "[[collectors]]\nname = \"x\"\nbinary = \"/bin/sh\"\nstop_timeout_ms = -5\n",
+            "stop_timeout_ms",
+        ),
+        (
+            "[[collectors]]\nname = \"x\"\nbinary = \"/bin/sh\"\nstop_timeout_ms = 99999999999\n",
+            "collectors[0].stop_timeout_ms",
+        ),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, config).expect("write");
+        let mut child = std::process::Command::new(&bins().agent)
+            .arg("--config")
+            .arg(&path)
+            .arg("--socket")
+            .arg(dir.path().join("s.sock"))
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("agent");
+        let status = wait_exit(&mut child, T).expect("agent exits");
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
+            .expect("read");
+        assert!(!status.success());
+        assert!(err.contains(needle), "{config}: {err}");
+    }
+}
