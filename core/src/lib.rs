@@ -13,6 +13,8 @@ pub mod broker;
 pub mod client;
 
 pub mod index;
+pub mod registration;
+pub mod registry;
 pub mod rng;
 pub mod supervisor;
 pub mod time;
