@@ -261,6 +261,8 @@ pub mod topics {
     pub const TASK_PREFIX: &str = "control.collector.task";
     /// Collector lifecycle RPC.
     pub const LIFECYCLE: &str = "control.collector.lifecycle";
+    /// Collector registration requests (RegisterRequest, Deregister) to the agent.
+    pub const REGISTRATION: &str = "control.collector.registration";
     /// Prefix of per-collector config topics: `control.collector.config.<collector_id>`.
     pub const CONFIG_PREFIX: &str = "control.collector.config";
     /// Prefix of heartbeat topics: `control.health.heartbeat.<collector_id>`.

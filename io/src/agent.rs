@@ -93,6 +93,11 @@ pub async fn serve_control(
     let mut health = client
         .subscribe(Subscribe::new(topics::HEALTH_STATUS))
         .await?;
+    let mut registration = client
+        .subscribe(Subscribe::new(topics::REGISTRATION))
+        .await?;
+    let heartbeat_filter = format!("{}.+", topics::HEARTBEAT_PREFIX);
+    let mut heartbeats = client.subscribe(Subscribe::new(heartbeat_filter)).await?;
     let mut tick = tokio::time::interval(HEALTH_EVERY);
     loop {
         tokio::select! {
@@ -124,6 +129,23 @@ pub async fn serve_control(
                 if req.reply_to.is_some() {
                     let report = health_report(&client, &manager).await;
                     reply(&client, &req, report.encode_to_vec()).await;
+                }
+            }
+            req = registration.recv() => {
+                let Some(req) = req else { return Ok(()) };
+                if let Ok(r) = pbc::RegisterRequest::decode(req.payload.clone()) {
+                    let (tx, rx) = oneshot::channel();
+                    if manager.send(Request::Register { request: r, reply: tx }).await.is_ok()
+                        && let Ok(answer) = rx.await
+                    {
+                        reply(&client, &req, answer.encode_to_vec()).await;
+                    }
+                }
+            }
+            hb = heartbeats.recv() => {
+                let Some(hb) = hb else { return Ok(()) };
+                if let Ok(h) = pbc::Heartbeat::decode(hb.payload) {
+                    let _ = manager.send(Request::Heartbeat { id: h.collector_id }).await;
                 }
             }
             _ = tick.tick() => {

@@ -469,6 +469,11 @@ impl Client {
         std::mem::take(&mut self.lock().refused)
     }
 
+    /// The broker's session id of the current connection (it changes on reconnect).
+    pub fn session_id(&self) -> Option<u64> {
+        self.lock().session.session_id()
+    }
+
     /// QoS1 publishes still waiting for their PubAck.
     pub fn pending_publishes(&self) -> usize {
         self.lock().session.pending_publishes()

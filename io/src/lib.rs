@@ -16,6 +16,7 @@
 pub mod agent;
 pub mod client;
 pub mod clock;
+pub mod collector;
 pub mod config;
 pub mod paths;
 pub mod process;

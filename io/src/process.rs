@@ -15,6 +15,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use daemoneye_core::Instant;
+use daemoneye_core::registry::{CollectorHealth, Registry, RegistryEvent, SourceCaps};
 use daemoneye_core::supervisor::{
     Action, LifecycleError, RestartPolicy, Signal, State, Supervisor,
 };
@@ -87,6 +88,23 @@ pub enum Request {
         /// The answer.
         reply: oneshot::Sender<pbc::LifecycleResponse>,
     },
+    /// A collector registered (or re-registered).
+    Register {
+        /// What it said.
+        request: pbc::RegisterRequest,
+        /// The answer to send back.
+        reply: oneshot::Sender<pbc::RegisterResponse>,
+    },
+    /// A collector deregistered.
+    Deregister {
+        /// Its id.
+        id: String,
+    },
+    /// A heartbeat arrived.
+    Heartbeat {
+        /// The collector's id.
+        id: String,
+    },
     /// Stop every collector (in parallel) within the budget, then answer.
     Shutdown {
         /// Longest wait before SIGKILL.
@@ -104,6 +122,10 @@ struct Managed {
 /// The process manager.
 pub struct ProcessManager {
     collectors: BTreeMap<String, Managed>,
+    registry: Registry,
+    heartbeat_interval: Duration,
+    /// Wall-clock time of each collector's last heartbeat, for display.
+    last_seen: BTreeMap<String, std::time::SystemTime>,
     socket: PathBuf,
     shim: PathBuf,
     clock: MonotonicClock,
@@ -134,7 +156,12 @@ fn exit_text(status: std::io::Result<std::process::ExitStatus>) -> String {
 impl ProcessManager {
     /// A manager for `specs`, whose collectors connect to `socket`. `shim` is the agent's
     /// own executable (for `exec-collector`).
-    pub fn new(specs: Vec<CollectorSpec>, socket: PathBuf, shim: PathBuf) -> Self {
+    pub fn new(
+        specs: Vec<CollectorSpec>,
+        socket: PathBuf,
+        shim: PathBuf,
+        heartbeat_interval: Duration,
+    ) -> Self {
         let (exits_tx, exits_rx) = mpsc::unbounded_channel();
         let collectors = specs
             .into_iter()
@@ -150,6 +177,9 @@ impl ProcessManager {
             .collect();
         Self {
             collectors,
+            registry: Registry::new(heartbeat_interval, 3),
+            heartbeat_interval,
+            last_seen: BTreeMap::new(),
             socket,
             shim,
             clock: MonotonicClock::default(),
@@ -213,28 +243,120 @@ impl ProcessManager {
     }
 
     fn deadline(&self) -> Option<Instant> {
-        self.collectors
+        let sups = self
+            .collectors
             .values()
-            .filter_map(|m| m.sup.poll_timeout())
-            .min()
+            .filter_map(|m| m.sup.poll_timeout());
+        sups.chain(self.registry.poll_timeout()).min()
+    }
+
+    fn register(&mut self, r: pbc::RegisterRequest) -> pbc::RegisterResponse {
+        let now = self.now();
+        if let Err(e) = daemoneye_proto::frame::validate_name("collector_id", &r.collector_id) {
+            return pbc::RegisterResponse {
+                accepted: false,
+                message: e.to_string(),
+                heartbeat_interval_ms: 0,
+            };
+        }
+        tracing::info!(collector = %r.collector_id, kind = %r.collector_type, pid = r.pid, "collector registered");
+        self.registry.register(
+            now,
+            &r.collector_id,
+            &r.collector_type,
+            SourceCaps(r.capabilities),
+            r.pid,
+        );
+        self.last_seen
+            .insert(r.collector_id.clone(), std::time::SystemTime::now());
+        if let Some(m) = self.collectors.get(&r.collector_id)
+            && m.sup.state() == State::Paused
+        {
+            self.registry.set_paused(now, &r.collector_id, true);
+        }
+        pbc::RegisterResponse {
+            accepted: true,
+            message: String::new(),
+            heartbeat_interval_ms: u64::try_from(self.heartbeat_interval.as_millis())
+                .unwrap_or(u64::MAX),
+        }
+    }
+
+    /// Acts on the registry's findings: an unhealthy supervised collector is restarted.
+    fn registry_events(&mut self) {
+        let now = self.now();
+        while let Some(event) = self.registry.poll_event() {
+            match event {
+                RegistryEvent::Unhealthy { id } => {
+                    tracing::warn!(collector = %id, "missed 3 heartbeats: unhealthy");
+                    if let Some(m) = self.collectors.get_mut(&id)
+                        && m.sup.state() == State::Running
+                    {
+                        tracing::warn!(collector = %id, "restarting the unhealthy collector");
+                        let _ = m.sup.restart(now);
+                    }
+                }
+                RegistryEvent::Recovered { id } => {
+                    tracing::info!(collector = %id, "heartbeats again")
+                }
+                other => tracing::info!(?other, "task moved"),
+            }
+        }
+    }
+
+    fn last_heartbeat_ms(&self, id: &str) -> u64 {
+        self.last_seen
+            .get(id)
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_millis() as u64)
     }
 
     fn status(&self, m: &Managed) -> pbc::CollectorStatus {
+        let reg = self.registry.get(&m.spec.name);
+        let unhealthy = reg.is_some_and(|r| r.health == CollectorHealth::Unhealthy);
+        let state = if unhealthy && m.sup.state() == State::Running {
+            "unhealthy"
+        } else {
+            m.sup.state().as_str()
+        };
         pbc::CollectorStatus {
             name: m.spec.name.clone(),
-            state: m.sup.state().as_str().to_string(),
+            state: state.to_string(),
             pid: m.sup.pid().unwrap_or(0),
             restarts: m.sup.restarts(),
-            last_heartbeat_ms: 0,
-            capabilities: 0,
+            last_heartbeat_ms: self.last_heartbeat_ms(&m.spec.name),
+            capabilities: reg.map_or(0, |r| r.capabilities.0),
             health: m.sup.last_exit().unwrap_or("").to_string(),
         }
+    }
+
+    /// Registered collectors that the agent does not supervise (started elsewhere).
+    fn external(&self) -> Vec<pbc::CollectorStatus> {
+        self.registry
+            .collectors()
+            .filter(|(id, _)| !self.collectors.contains_key(*id))
+            .map(|(id, r)| pbc::CollectorStatus {
+                name: id.clone(),
+                state: if r.health == CollectorHealth::Unhealthy {
+                    "unhealthy"
+                } else {
+                    "external"
+                }
+                .to_string(),
+                pid: r.pid,
+                restarts: 0,
+                last_heartbeat_ms: self.last_heartbeat_ms(id),
+                capabilities: r.capabilities.0,
+                health: String::new(),
+            })
+            .collect()
     }
 
     fn lifecycle(&mut self, op: pbc::LifecycleOp, name: &str) -> pbc::LifecycleResponse {
         let now = self.now();
         if op == pbc::LifecycleOp::Status && name.is_empty() {
-            let collectors = self.collectors.values().map(|m| self.status(m)).collect();
+            let mut collectors: Vec<_> = self.collectors.values().map(|m| self.status(m)).collect();
+            collectors.extend(self.external());
             return pbc::LifecycleResponse {
                 error: 0,
                 message: String::new(),
@@ -257,6 +379,11 @@ impl ProcessManager {
             pbc::LifecycleOp::Resume => m.sup.resume(now),
             pbc::LifecycleOp::Status | pbc::LifecycleOp::Unspecified => Ok(()),
         };
+        match (op, &result) {
+            (pbc::LifecycleOp::Pause, Ok(())) => self.registry.set_paused(now, name, true),
+            (pbc::LifecycleOp::Resume, Ok(())) => self.registry.set_paused(now, name, false),
+            _ => {}
+        }
         self.execute();
         let m = &self.collectors[name];
         let (error, message) = match result {
@@ -354,6 +481,19 @@ impl ProcessManager {
                     Some(Request::Lifecycle { op, name, reply }) => {
                         let _ = reply.send(self.lifecycle(op, &name));
                     }
+                    Some(Request::Register { request, reply }) => {
+                        let _ = reply.send(self.register(request));
+                    }
+                    Some(Request::Deregister { id }) => {
+                        tracing::info!(collector = %id, "collector deregistered");
+                        self.registry.deregister(&id);
+                    }
+                    Some(Request::Heartbeat { id }) => {
+                        let now = self.now();
+                        if self.registry.heartbeat(now, &id) {
+                            self.last_seen.insert(id, std::time::SystemTime::now());
+                        }
+                    }
                     Some(Request::Shutdown { budget, reply }) => {
                         self.shutdown(budget).await;
                         let _ = reply.send(());
@@ -374,8 +514,10 @@ impl ProcessManager {
                     for m in self.collectors.values_mut() {
                         m.sup.handle_timeout(now);
                     }
+                    self.registry.handle_timeout(now);
                 }
             }
+            self.registry_events();
         }
     }
 }

@@ -282,3 +282,85 @@ fn bad_collector_config_is_a_clear_error_at_start() {
         assert!(err.contains(needle), "{config}: {err}");
     }
 }
+
+fn procmond_config(extra_broker: &str) -> String {
+    format!(
+        "[broker]\nheartbeat_interval_ms = 200\n{extra_broker}\n[[collectors]]\nname = \"procmond\"\nbinary = {:?}\nargs = [\"--interval\", \"5\"]\nstop_timeout_ms = 300\nbackoff_initial_ms = 50\n",
+        env!("CARGO_BIN_EXE_procmond")
+    )
+}
+
+#[test]
+fn procmond_registers_heartbeats_and_publishes_process_events() {
+    let agent = Agent::start(&bins(), Some(&procmond_config("")));
+    running_pid(&agent, "procmond");
+    eventually("registration and heartbeats", || {
+        field(&agent, "procmond", "capabilities") == 65
+            && field(&agent, "procmond", "last_heartbeat_ms").as_u64() > Some(0)
+    });
+    // A fresh procmond reports every process it finds as new.
+    let mut sub = agent.subscriber(&["events.process.new", "--count", "5"]);
+    let (status, _, err) = agent.run_cli(&["collectors", "restart", "procmond"]);
+    assert!(status.success(), "{err}");
+    assert_eq!(sub.stdout.wait_count(5, T).len(), 5);
+}
+
+#[test]
+fn a_collector_that_stops_heartbeating_is_restarted() {
+    let agent = Agent::start(&bins(), Some(&procmond_config("")));
+    let pid = running_pid(&agent, "procmond");
+    eventually("heartbeats", || {
+        field(&agent, "procmond", "last_heartbeat_ms").as_u64() > Some(0)
+    });
+    // Frozen behind the agent's back: alive, but silent.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .expect("stop");
+    eventually("a restart with a new pid", || {
+        let new = field(&agent, "procmond", "pid").as_u64().unwrap_or(0);
+        new != 0 && new != pid && field(&agent, "procmond", "state") == "running"
+    });
+    eventually("the replacement heartbeats", || {
+        field(&agent, "procmond", "state") == "running"
+            && field(&agent, "procmond", "capabilities") == 65
+    });
+}
+
+#[test]
+fn a_paused_collector_is_exempt_from_heartbeat_checks() {
+    let agent = Agent::start(&bins(), Some(&procmond_config("")));
+    let pid = running_pid(&agent, "procmond");
+    eventually("heartbeats", || {
+        field(&agent, "procmond", "last_heartbeat_ms").as_u64() > Some(0)
+    });
+    let (status, _, err) = agent.run_cli(&["collectors", "pause", "procmond"]);
+    assert!(status.success(), "{err}");
+    // Five heartbeat intervals pass in silence: a paused collector is not restarted.
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(field(&agent, "procmond", "state"), "paused");
+    assert_eq!(field(&agent, "procmond", "pid").as_u64(), Some(pid));
+    let (status, _, err) = agent.run_cli(&["collectors", "resume", "procmond"]);
+    assert!(status.success(), "{err}");
+    assert_eq!(field(&agent, "procmond", "pid").as_u64(), Some(pid));
+}
+
+#[test]
+fn procmond_without_a_broker_says_what_is_missing() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_procmond"))
+        .env_remove("DAEMONEYE_BROKER_SOCKET")
+        .output()
+        .expect("procmond");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("standalone mode (--database) is not built yet")
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_procmond"))
+        .args(["--interval", "1", "--broker", "/nonexistent"])
+        .output()
+        .expect("procmond");
+    assert!(!out.status.success(), "interval below 5 s is refused");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("5..=3600"));
+}

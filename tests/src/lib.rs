@@ -134,11 +134,17 @@ impl Agent {
             .arg(&socket)
             .arg("--log-level")
             .arg("warn");
-        if let Some(text) = config {
-            let path = dir.path().join("agent.toml");
-            std::fs::write(&path, text).expect("write config");
-            cmd.arg("--config").arg(path);
-        }
+        // Without [[collectors]] the agent would supervise a procmond found beside it:
+        // tests get exactly the collectors they configure.
+        let text = config.unwrap_or("");
+        let text = if text.contains("[[collectors]]") {
+            text.to_string()
+        } else {
+            format!("collectors = []\n{text}")
+        };
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, text).expect("write config");
+        cmd.arg("--config").arg(path);
         cmd.env_remove("DAEMONEYE_BROKER_SOCKET")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());

@@ -117,7 +117,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
         // The seed only steers the Random queue strategy; any value is fine in production.
         let seed = std::process::id() as u64 ^ 0x9E37_79B9_7F4A_7C15;
-        let broker = Broker::new(broker_config, acl, seed);
+        let broker = Broker::new(broker_config.clone(), acl, seed);
         let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::task::spawn_local(daemoneye_io::server::serve(
             UnixTransport(listener),
@@ -137,8 +137,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             .min(Duration::from_secs(30))
             + Duration::from_millis(100);
         let (manager_tx, manager_rx) = tokio::sync::mpsc::channel(64);
+        let heartbeat_interval = broker_config.heartbeat_interval;
         let manager = tokio::task::spawn_local(
-            ProcessManager::new(specs, socket.clone(), shim).run(manager_rx),
+            ProcessManager::new(specs, socket.clone(), shim, heartbeat_interval).run(manager_rx),
         );
         let control = {
             let socket = socket.clone();

@@ -1,0 +1,228 @@
+//! procmond: the process collector (first version).
+//!
+//! Actor mode (the only mode so far): connects to the broker at `--broker` or
+//! `DAEMONEYE_BROKER_SOCKET`, registers as collector `procmond` of type `process` with the
+//! PROCESS and SYSTEM_WIDE capabilities, heartbeats, and every `--interval` seconds scans
+//! `/proc`, publishing `events.process.new` and `events.process.exit` (ProcessEvent
+//! protobuf, QoS1). Not built yet: standalone mode with a local database, executable
+//! hashing, enhanced metadata, the WAL, and the config messages (UpdateConfig and friends).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::Parser;
+use daemoneye_core::registration::RegistrationConfig;
+use daemoneye_core::registry::SourceCaps;
+use daemoneye_core::topic::topics;
+use daemoneye_io::client::{Client, ClientOptions};
+use daemoneye_proto::frame::{CollectorIdentity, Publish, QoS, Role};
+use daemoneye_proto::pb::{control as pbc, events as pbe};
+use prost::Message;
+
+/// procmond: DaemonEye's process collector.
+///
+/// Environment: DAEMONEYE_BROKER_SOCKET (the broker), DAEMONEYE_PROCMOND_INTERVAL,
+/// DAEMONEYE_PROCMOND_LOG_LEVEL.
+#[derive(Debug, Parser)]
+#[command(name = "procmond", version)]
+struct Args {
+    /// Broker socket (actor mode). Default: DAEMONEYE_BROKER_SOCKET.
+    #[arg(long, env = "DAEMONEYE_BROKER_SOCKET", value_name = "PATH")]
+    broker: Option<PathBuf>,
+    /// Seconds between scans (5 to 3600).
+    #[arg(long, env = "DAEMONEYE_PROCMOND_INTERVAL", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(5..=3600))]
+    interval: u64,
+    /// Most processes reported per scan.
+    #[arg(long, default_value_t = 100_000)]
+    max_processes: usize,
+    /// Log filter.
+    #[arg(long, env = "DAEMONEYE_PROCMOND_LOG_LEVEL", default_value = "info")]
+    log_level: String,
+    /// Local database for standalone mode (not built yet).
+    #[arg(long, value_name = "PATH")]
+    database: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = match tracing_subscriber::EnvFilter::try_new(&args.log_level) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("procmond: invalid log level {:?}: {e}", args.log_level);
+            return ExitCode::FAILURE;
+        }
+    };
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
+    let Some(socket) = args.broker.clone() else {
+        eprintln!(
+            "procmond: standalone mode (--database) is not built yet; run under daemoneye-agent or pass --broker PATH"
+        );
+        return ExitCode::FAILURE;
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("procmond: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args, socket)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("procmond: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args, socket: PathBuf) -> Result<(), Box<dyn std::error::Error>> {
+    let caps = SourceCaps(SourceCaps::PROCESS.0 | SourceCaps::SYSTEM_WIDE.0);
+    let mut options = ClientOptions::new("procmond");
+    options.session.role = Role::Collector;
+    options.session.collector = Some(CollectorIdentity {
+        id: "procmond".into(),
+        kind: "process".into(),
+        capabilities: caps.0,
+    });
+    let client = Client::connect(&socket, options).await?;
+    let identity = pbc::RegisterRequest {
+        collector_id: "procmond".into(),
+        collector_type: "process".into(),
+        capabilities: caps.0,
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let registration = tokio::spawn(daemoneye_io::collector::keep_registered(
+        client.clone(),
+        identity,
+        RegistrationConfig::default(),
+        u64::from(std::process::id()),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    let mut known: BTreeMap<u32, pbe::ProcessInfo> = BTreeMap::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(args.interval));
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = tick.tick() => {
+                let now = scan(args.max_processes);
+                for (pid, info) in &now {
+                    if !known.contains_key(pid) {
+                        publish(&client, topics::PROCESS_NEW, pbe::ProcessEventKind::New, info).await;
+                    }
+                }
+                for (pid, info) in &known {
+                    if !now.contains_key(pid) {
+                        publish(&client, topics::PROCESS_EXIT, pbe::ProcessEventKind::Exit, info).await;
+                    }
+                }
+                known = now;
+            }
+        }
+    }
+    let _ = stop_tx.send(());
+    let _ = registration.await;
+    client.close().await;
+    Ok(())
+}
+
+async fn publish(
+    client: &Client,
+    topic: &str,
+    kind: pbe::ProcessEventKind,
+    info: &pbe::ProcessInfo,
+) {
+    let observed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let event = pbe::ProcessEvent {
+        kind: kind as i32,
+        process: Some(info.clone()),
+        changed: Vec::new(),
+        observed_at_ms: observed,
+        collector_id: "procmond".into(),
+    };
+    let p = Publish::new(topic, Bytes::from(event.encode_to_vec()), QoS::AtLeastOnce);
+    if let Err(e) = client.send(p).await {
+        tracing::warn!(error = %e, "could not publish a process event");
+    }
+}
+
+/// One pass over `/proc`.
+fn scan(max: usize) -> BTreeMap<u32, pbe::ProcessInfo> {
+    let mut out = BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        if out.len() >= max {
+            break;
+        }
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Some(info) = read_process(pid) {
+            out.insert(pid, info);
+        }
+    }
+    out
+}
+
+fn read_process(pid: u32) -> Option<pbe::ProcessInfo> {
+    let base = PathBuf::from(format!("/proc/{pid}"));
+    let stat = std::fs::read_to_string(base.join("stat")).ok()?;
+    let (head, rest) = stat.rsplit_once(") ")?;
+    let name = head.split_once(" (").map(|(_, n)| n.to_string())?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ppid = fields.get(1)?.parse().ok()?;
+    let cmdline = std::fs::read(base.join("cmdline"))
+        .map(|b| {
+            b.split(|c| *c == 0)
+                .filter(|s| !s.is_empty())
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let exe = std::fs::read_link(base.join("exe"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let uid = std::fs::read_to_string(base.join("status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0);
+    Some(pbe::ProcessInfo {
+        pid,
+        ppid,
+        name,
+        exe,
+        cmdline,
+        uid,
+        status: fields.first().map(|s| s.to_string()).unwrap_or_default(),
+        ..Default::default()
+    })
+}

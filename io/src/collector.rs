@@ -1,0 +1,96 @@
+//! The collector side of registration: drives the core [`Registration`] machine over the
+//! client library. It registers on `control.collector.registration`, heartbeats on
+//! `control.health.heartbeat.<id>`, and registers again whenever the broker session
+//! changes (the agent restarted, or the connection was re-established).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use daemoneye_core::registration::{RegAction, RegState, Registration, RegistrationConfig};
+use daemoneye_core::topic::topics;
+use daemoneye_proto::frame::{Publish, QoS};
+use daemoneye_proto::pb::control as pbc;
+use prost::Message;
+
+use crate::client::Client;
+use crate::clock::{Clock, MonotonicClock};
+
+/// Keeps a collector registered and heartbeating until `stop` resolves.
+pub async fn keep_registered(
+    client: Client,
+    identity: pbc::RegisterRequest,
+    config: RegistrationConfig,
+    seed: u64,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let clock = MonotonicClock::default();
+    let timeout = config.request_timeout;
+    let mut machine = Registration::new(config, seed);
+    let mut session = client.session_id();
+    machine.start(clock.now());
+    tokio::pin!(stop);
+    loop {
+        while let Some(action) = machine.poll_action() {
+            match action {
+                RegAction::Register => {
+                    let req = Publish::new(
+                        topics::REGISTRATION,
+                        Bytes::from(identity.encode_to_vec()),
+                        QoS::AtMostOnce,
+                    );
+                    match client.request(req, timeout).await {
+                        Ok(d) => {
+                            let answer =
+                                pbc::RegisterResponse::decode(d.payload).unwrap_or_default();
+                            if !answer.accepted {
+                                tracing::warn!(message = %answer.message, "registration refused");
+                            }
+                            let hb = Duration::from_millis(answer.heartbeat_interval_ms);
+                            machine.handle_answer(clock.now(), answer.accepted, Some(hb));
+                        }
+                        // The machine's own deadline decides when to retry.
+                        Err(e) => tracing::debug!(error = %e, "registration not answered"),
+                    }
+                }
+                RegAction::Heartbeat { sequence } => {
+                    let hb = pbc::Heartbeat {
+                        collector_id: identity.collector_id.clone(),
+                        sequence,
+                        state: pbc::HealthState::Healthy as i32,
+                        ..Default::default()
+                    };
+                    let topic = topics::heartbeat(&identity.collector_id);
+                    let _ = client
+                        .publish(Publish::new(
+                            topic,
+                            Bytes::from(hb.encode_to_vec()),
+                            QoS::AtMostOnce,
+                        ))
+                        .await;
+                }
+                RegAction::Deregister => {}
+            }
+        }
+        if machine.state() == RegState::Failed {
+            tracing::error!("registration failed after every attempt; giving up");
+            return;
+        }
+        let sleep = match machine.poll_timeout() {
+            Some(at) => tokio::time::sleep_until(clock.to_std(at).into()),
+            None => tokio::time::sleep(Duration::from_millis(200)),
+        };
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = sleep => {}
+        }
+        // A new broker session: whatever the agent knew about us is gone.
+        let now_session = client.session_id();
+        if now_session != session && now_session.is_some() {
+            session = now_session;
+            machine.handle_disconnect();
+            machine.start(clock.now());
+        } else {
+            machine.handle_timeout(clock.now());
+        }
+    }
+}
