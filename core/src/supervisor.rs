@@ -29,7 +29,10 @@ pub struct RestartPolicy {
     pub backoff_initial: Duration,
     /// Largest restart delay.
     pub backoff_max: Duration,
-    /// A run this long counts as stable: restart count and backoff start over.
+    /// A run this long counts as stable: restart count and backoff start over. Keep it at
+    /// least `window`: a shorter one lets a reset forget restarts still inside the window,
+    /// and more than `max_restarts` could then happen in one window (the agent's config
+    /// refuses it).
     pub stable_after: Duration,
     /// Time between SIGTERM and SIGKILL on a graceful stop.
     pub stop_timeout: Duration,

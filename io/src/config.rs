@@ -369,6 +369,16 @@ impl AgentConfig {
                     600_000,
                 )?,
             };
+            if policy.stable_after < policy.window {
+                return Err(invalid(
+                    "stable_after_secs",
+                    policy.stable_after.as_secs().to_string(),
+                    format!(
+                        "must be at least restart_window_secs ({}), or a reset could exceed max_restarts within one window",
+                        policy.window.as_secs()
+                    ),
+                ));
+            }
             if policy.backoff_initial > policy.backoff_max {
                 return Err(invalid(
                     "backoff_initial_ms",
@@ -546,6 +556,16 @@ mod tests {
         assert!(
             err.to_string().contains("collectors[0].stop_timeout_ms"),
             "{err}"
+        );
+        let short =
+            parse("[[collectors]]\nname = \"x\"\nbinary = \"/bin/sh\"\nstable_after_secs = 5\n")
+                .expect("parses");
+        assert!(
+            short
+                .collector_specs()
+                .expect_err("stable < window")
+                .to_string()
+                .contains("stable_after_secs")
         );
         let twice = parse("[[collectors]]\nname = \"x\"\nbinary = \"/bin/sh\"\n[[collectors]]\nname = \"x\"\nbinary = \"/bin/sh\"\n").expect("parses");
         assert!(

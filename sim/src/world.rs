@@ -10,6 +10,7 @@ use daemoneye_core::acl::Acl;
 use daemoneye_core::broker::{Broker, BrokerConfig, ConnId, Output, PeerCreds};
 use daemoneye_core::client::{ClientConfig, ClientEvent, ClientSession};
 use daemoneye_core::rng::SeededRng;
+use daemoneye_core::supervisor::{Action as SupAction, RestartPolicy, Supervisor};
 use daemoneye_core::topic::{TopicFilter, TopicName};
 use daemoneye_proto::frame::{GroupSpec, Overflow, Publish, QoS, QueueStrategy, Subscribe};
 
@@ -185,6 +186,13 @@ struct Client {
     publish_rate: f64,
     ack_rate: f64,
     publisher_id: String,
+    /// The agent-side supervisor of this client's process: after a crash, the client
+    /// comes back only when it says Spawn.
+    supervisor: Supervisor,
+    /// The process is down (crashed, waiting for the supervisor, or Failed).
+    process_down: bool,
+    /// When the supervisor spawned this client, for the restart-policy invariant.
+    spawns: Vec<Instant>,
 }
 
 /// (publisher id, sequence).
@@ -288,6 +296,20 @@ impl World {
             }
             let publish_rate = [0.0, 0.05, 0.2][rng.below(3) as usize];
             let ack_rate = [0.05, 0.3, 0.9][rng.below(3) as usize];
+            let policy = RestartPolicy {
+                auto_restart: true,
+                max_restarts: 2 + rng.below(4) as u32,
+                window: Duration::from_secs(10),
+                backoff_initial: Duration::from_millis([50, 200, 1000][rng.below(3) as usize]),
+                backoff_max: Duration::from_secs(4),
+                // At least the window: then a stable run's reset and the window bound agree.
+                stable_after: Duration::from_secs(10),
+                stop_timeout: Duration::from_secs(1),
+            };
+            let mut supervisor = Supervisor::new(format!("c{i}"), policy);
+            let _ = supervisor.start(Instant::ZERO);
+            while supervisor.poll_action().is_some() {}
+            supervisor.handle_spawned(Instant::ZERO, 0);
             let publisher_id = format!("c{i}.0");
             let mut session = ClientSession::new(client_config(&publisher_id));
             let mut subs = BTreeMap::new();
@@ -308,6 +330,9 @@ impl World {
                 publish_rate,
                 ack_rate,
                 publisher_id,
+                supervisor,
+                process_down: false,
+                spawns: Vec::new(),
             });
         }
         World {
@@ -401,18 +426,75 @@ impl World {
     }
 
     fn crash_client(&mut self, i: usize) {
-        self.reset(i, "client crash");
-        let c = &mut self.clients[i];
-        c.incarnation += 1;
-        // No WAL yet: a restarted client is a new publisher.
-        c.publisher_id = format!("c{i}.{}", c.incarnation);
-        c.session = ClientSession::new(client_config(&c.publisher_id));
-        c.subs.clear();
-        for spec in c.specs.clone() {
-            let id = c.session.subscribe(spec.clone());
-            c.subs.insert(id, sub_model(&spec));
+        if self.clients[i].process_down {
+            return;
         }
-        self.log(format!("crash c{i}"));
+        self.reset(i, "client crash");
+        let now = self.now;
+        let c = &mut self.clients[i];
+        c.process_down = true;
+        c.supervisor.handle_exited(now, "crash");
+        let state = c.supervisor.state();
+        self.log(format!("crash c{i}; supervisor {state}"));
+    }
+
+    /// The supervisor's decisions for crashed clients: a Spawn brings the client back as a
+    /// new process (same role and subscriptions, no memory, a new publisher id).
+    fn supervise(&mut self) -> Result<(), Violation> {
+        for i in 0..self.clients.len() {
+            let now = self.now;
+            self.clients[i].supervisor.handle_timeout(now);
+            while let Some(action) = self.clients[i].supervisor.poll_action() {
+                if action != SupAction::Spawn {
+                    continue;
+                }
+                if !self.clients[i].process_down {
+                    return Err(self.violation(
+                        "restart-policy",
+                        format!("c{i} spawned while its process runs"),
+                    ));
+                }
+                let c = &mut self.clients[i];
+                c.incarnation += 1;
+                c.publisher_id = format!("c{i}.{}", c.incarnation);
+                c.session = ClientSession::new(client_config(&c.publisher_id));
+                c.subs.clear();
+                for spec in c.specs.clone() {
+                    let id = c.session.subscribe(spec.clone());
+                    c.subs.insert(id, sub_model(&spec));
+                }
+                c.process_down = false;
+                c.down_until = now;
+                c.spawns.push(now);
+                c.supervisor.handle_spawned(now, c.incarnation);
+                self.log(format!("supervisor spawns c{i}"));
+                self.check_restart_policy(i)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// DESIGN.md section 9, invariant 6: restarts never exceed the policy's count within
+    /// its window.
+    fn check_restart_policy(&self, i: usize) -> Result<(), Violation> {
+        let c = &self.clients[i];
+        let policy = c.supervisor.policy();
+        for (k, &a) in c.spawns.iter().enumerate() {
+            let within = c.spawns[k..]
+                .iter()
+                .take_while(|&&b| b.saturating_since(a) < policy.window)
+                .count();
+            if within as u32 > policy.max_restarts {
+                return Err(self.violation(
+                    "restart-policy",
+                    format!(
+                        "c{i}: {within} restarts within {:?} (max {})",
+                        policy.window, policy.max_restarts
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn crash_broker(&mut self) {
@@ -787,8 +869,12 @@ impl World {
                 self.crash_broker();
             }
         }
+        self.supervise()?;
         for j in 0..n {
-            if self.clients[j].conn.is_none() && self.clients[j].down_until <= self.now {
+            if self.clients[j].conn.is_none()
+                && !self.clients[j].process_down
+                && self.clients[j].down_until <= self.now
+            {
                 self.connect(j);
             }
             self.client_transmit(j);
@@ -813,9 +899,12 @@ impl World {
             for _ in 0..200 {
                 self.step_once(false)?;
             }
+            // A client whose supervisor gave up is gone for good, and so are its unacknowledged
+            // publishes (never acknowledged, so nothing acknowledged is lost).
             let pending: usize = self
                 .clients
                 .iter()
+                .filter(|c| !c.process_down)
                 .map(|c| c.session.pending_publishes())
                 .sum();
             if pending == 0 && self.broker.pending_pubacks() == 0 {
@@ -826,6 +915,7 @@ impl World {
             .clients
             .iter()
             .enumerate()
+            .filter(|(_, c)| !c.process_down)
             .map(|(i, c)| {
                 format!(
                     "c{i}: {} pending, connected={}",
