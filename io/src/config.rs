@@ -295,34 +295,24 @@ impl AgentConfig {
             let binary = crate::process::resolve_binary(&c.binary)
                 .map_err(|why| invalid("binary", c.binary.clone(), why))?;
             let d = RestartPolicy::default();
-            let ms = |field: &str,
-                      v: Option<u64>,
-                      default: Duration,
-                      min: u64,
-                      max: u64|
+            // An optional duration field: the default, or the value checked against its range
+            // and converted with `unit` (Duration::from_millis or from_secs).
+            let duration = |field: &str,
+                            v: Option<u64>,
+                            default: Duration,
+                            (min, max): (u64, u64),
+                            unit: fn(u64) -> Duration|
              -> Result<Duration, ConfigError> {
                 match v {
                     None => Ok(default),
                     Some(v) => {
                         check(&key(field), v, min, max)?;
-                        Ok(Duration::from_millis(v))
+                        Ok(unit(v))
                     }
                 }
             };
-            let secs = |field: &str,
-                        v: Option<u64>,
-                        default: Duration,
-                        min: u64,
-                        max: u64|
-             -> Result<Duration, ConfigError> {
-                match v {
-                    None => Ok(default),
-                    Some(v) => {
-                        check(&key(field), v, min, max)?;
-                        Ok(Duration::from_secs(v))
-                    }
-                }
-            };
+            let (ms, secs): (fn(u64) -> Duration, fn(u64) -> Duration) =
+                (Duration::from_millis, Duration::from_secs);
             let max_restarts = match c.max_restarts {
                 None => d.max_restarts,
                 Some(v) => {
@@ -333,40 +323,40 @@ impl AgentConfig {
             let policy = RestartPolicy {
                 auto_restart: c.auto_restart.unwrap_or(d.auto_restart),
                 max_restarts,
-                window: secs(
+                window: duration(
                     "restart_window_secs",
                     c.restart_window_secs,
                     d.window,
-                    1,
-                    86_400,
+                    (1, 86_400),
+                    secs,
                 )?,
-                backoff_initial: ms(
+                backoff_initial: duration(
                     "backoff_initial_ms",
                     c.backoff_initial_ms,
                     d.backoff_initial,
-                    1,
-                    3_600_000,
+                    (1, 3_600_000),
+                    ms,
                 )?,
-                backoff_max: ms(
+                backoff_max: duration(
                     "backoff_max_ms",
                     c.backoff_max_ms,
                     d.backoff_max,
-                    1,
-                    3_600_000,
+                    (1, 3_600_000),
+                    ms,
                 )?,
-                stable_after: secs(
+                stable_after: duration(
                     "stable_after_secs",
                     c.stable_after_secs,
                     d.stable_after,
-                    1,
-                    86_400,
+                    (1, 86_400),
+                    secs,
                 )?,
-                stop_timeout: ms(
+                stop_timeout: duration(
                     "stop_timeout_ms",
                     c.stop_timeout_ms,
                     d.stop_timeout,
-                    1,
-                    600_000,
+                    (1, 600_000),
+                    ms,
                 )?,
             };
             if policy.stable_after < policy.window {

@@ -20,5 +20,19 @@ pub mod collector;
 pub mod config;
 pub mod paths;
 pub mod process;
+
+/// Logs to stderr with `tracing` at `level` (a filter such as `info` or `daemoneye_io=debug`),
+/// with colours only on a terminal.
+pub fn init_logging(level: &str) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .map_err(|e| format!("invalid log level {level:?}: {e}"))?;
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
+    Ok(())
+}
 pub mod server;
 pub mod transport;

@@ -84,14 +84,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .log_level
         .clone()
         .unwrap_or_else(|| config.logging.level.clone());
-    let filter = tracing_subscriber::EnvFilter::try_new(&level)
-        .map_err(|e| format!("invalid log level {level:?}: {e}"))?;
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .init();
+    daemoneye_io::init_logging(&level)?;
 
     let uid = paths::current_uid();
     let (broker_config, acl) = config.broker_config(uid)?;

@@ -49,19 +49,10 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let filter = match tracing_subscriber::EnvFilter::try_new(&args.log_level) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("procmond: invalid log level {:?}: {e}", args.log_level);
-            return ExitCode::FAILURE;
-        }
-    };
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .init();
+    if let Err(e) = daemoneye_io::init_logging(&args.log_level) {
+        eprintln!("procmond: {e}");
+        return ExitCode::FAILURE;
+    }
     let Some(socket) = args.broker.clone() else {
         eprintln!(
             "procmond: standalone mode (--database) is not built yet; run under daemoneye-agent or pass --broker PATH"
