@@ -311,8 +311,8 @@ impl AgentConfig {
                     }
                 }
             };
-            let (ms, secs): (fn(u64) -> Duration, fn(u64) -> Duration) =
-                (Duration::from_millis, Duration::from_secs);
+            let ms: fn(u64) -> Duration = Duration::from_millis;
+            let secs: fn(u64) -> Duration = Duration::from_secs;
             let max_restarts = match c.max_restarts {
                 None => d.max_restarts,
                 Some(v) => {
