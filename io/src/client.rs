@@ -610,8 +610,17 @@ async fn run_connection(client: &Client, stream: tokio::net::UnixStream) -> Stri
             }
         }
     };
+    tokio::pin!(reader);
+    tokio::pin!(writer);
     tokio::select! {
-        r = reader => r,
-        w = writer => w,
+        r = &mut reader => r,
+        w = &mut writer => {
+            // A refusing broker says why (an Error frame) and closes; our write then fails.
+            // The reason is already in our receive buffer: let the reader take it.
+            match tokio::time::timeout(Duration::from_millis(500), &mut reader).await {
+                Ok(r) => r,
+                Err(_) => w,
+            }
+        }
     }
 }
