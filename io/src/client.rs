@@ -353,20 +353,6 @@ impl Client {
         }
     }
 
-    /// Publishes without waiting; returns the sequence. QoS1 messages are kept and re-sent
-    /// across reconnects until their PubAck.
-    pub fn publish_nowait(&self, p: Publish) -> Result<u64, ClientError> {
-        let mut inner = self.lock();
-        self.check_open(&inner)?;
-        let seq = inner
-            .session
-            .publish(p)
-            .map_err(|e| ClientError::Closed(e.to_string()))?;
-        drop(inner);
-        self.wake.notify_one();
-        Ok(seq)
-    }
-
     /// Publishes; a QoS1 publish waits for its PubAck. Waits first while more than 1 MiB
     /// is encoded and unsent, so a fast publisher is held back by the socket (and by the
     /// broker's backpressure) instead of buffering without bound.

@@ -95,11 +95,6 @@ pub enum Request {
         /// The answer to send back.
         reply: oneshot::Sender<pbc::RegisterResponse>,
     },
-    /// A collector deregistered.
-    Deregister {
-        /// Its id.
-        id: String,
-    },
     /// A heartbeat arrived.
     Heartbeat {
         /// The collector's id.
@@ -483,10 +478,6 @@ impl ProcessManager {
                     }
                     Some(Request::Register { request, reply }) => {
                         let _ = reply.send(self.register(request));
-                    }
-                    Some(Request::Deregister { id }) => {
-                        tracing::info!(collector = %id, "collector deregistered");
-                        self.registry.deregister(&id);
                     }
                     Some(Request::Heartbeat { id }) => {
                         let now = self.now();

@@ -577,7 +577,7 @@ impl Broker {
             && at <= now
         {
             self.next_stats = Some(now + self.config.stats_interval);
-            self.publish_stats(now, None);
+            self.publish_stats(now);
         }
         self.pump(now);
         self.flush();
@@ -716,7 +716,7 @@ impl Broker {
                     "Hello sent twice".into(),
                 );
             }
-            (false, ClientFrame::Subscribe(s)) => self.handle_subscribe(now, conn, s),
+            (false, ClientFrame::Subscribe(s)) => self.handle_subscribe(conn, s),
             (false, ClientFrame::Unsubscribe { sub_id }) => {
                 self.handle_unsubscribe(now, conn, sub_id)
             }

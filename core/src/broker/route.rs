@@ -38,7 +38,7 @@ enum BlockedOn {
 }
 
 impl Broker {
-    pub(super) fn handle_subscribe(&mut self, now: Instant, conn: ConnId, s: Subscribe) {
+    pub(super) fn handle_subscribe(&mut self, conn: ConnId, s: Subscribe) {
         let sub_id = s.sub_id;
         let fail = |b: &mut Broker, code: pb::ErrorCode, msg: String| {
             b.send_error(conn, code, msg, sub_id, pb::AnswerKind::Subscription);
@@ -176,7 +176,6 @@ impl Broker {
             resumed_backlog: 0,
         };
         self.send_frame(conn, Body::SubAck(ack));
-        let _ = now;
     }
 
     pub(super) fn handle_unsubscribe(&mut self, now: Instant, conn: ConnId, sub_id: u64) {
@@ -997,7 +996,7 @@ impl Broker {
     }
 
     /// Publishes stats and health on their `$sys` topics.
-    pub(super) fn publish_stats(&mut self, now: Instant, _reply: Option<ConnId>) {
+    pub(super) fn publish_stats(&mut self, now: Instant) {
         let elapsed = now.saturating_since(self.last_rate.0).as_secs_f64();
         if elapsed > 0.0 {
             self.rates = (
