@@ -122,6 +122,9 @@ pub enum ClientError {
     /// No such subscription.
     #[error("no subscription with id {0}")]
     UnknownSubscription(u64),
+    /// A caller-sequenced publish needs a non-zero sequence and QoS1.
+    #[error("a sequenced publish needs a non-zero sequence and QoS1")]
+    Unsequenced,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -312,6 +315,26 @@ impl ClientSession {
             return Err(e);
         }
         Ok(self.next_sequence)
+    }
+
+    /// Publishes under a sequence the caller assigned (a WAL's), keeping `p.resent` as
+    /// given: a record replayed from a log is sent as a resend. QoS1 only, since the
+    /// sequence exists so that the record can be re-sent. Later [`publish`](Self::publish)
+    /// calls continue after the highest sequence seen.
+    pub fn publish_sequenced(&mut self, p: Publish) -> Result<u64, ClientError> {
+        if p.sequence == 0 || p.qos != QoS::AtLeastOnce {
+            return Err(ClientError::Unsequenced);
+        }
+        let sequence = p.sequence;
+        self.next_sequence = self.next_sequence.max(sequence);
+        self.pending.insert(sequence, p.clone());
+        if self.is_connected()
+            && let Err(e) = self.queue(ClientFrame::Publish(p))
+        {
+            self.pending.remove(&sequence);
+            return Err(e);
+        }
+        Ok(sequence)
     }
 
     /// Acknowledges a QoS1 delivery.

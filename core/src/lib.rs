@@ -19,5 +19,6 @@ pub mod rng;
 pub mod supervisor;
 pub mod time;
 pub mod topic;
+pub mod wal;
 
 pub use time::Instant;

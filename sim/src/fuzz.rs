@@ -8,6 +8,7 @@ use daemoneye_core::Instant;
 use daemoneye_core::acl::Acl;
 use daemoneye_core::broker::{Broker, BrokerConfig, ConnId, Output, PeerCreds};
 use daemoneye_core::topic::{TopicFilter, TopicName};
+use daemoneye_core::wal::{self, Wal, WalAction, WalConfig, WalReader};
 use daemoneye_proto::frame::{ClientFrame, ServerFrame};
 use daemoneye_proto::pb::bus as pb;
 use daemoneye_proto::{FrameDecoder, decode_body};
@@ -266,5 +267,82 @@ pub fn broker_scenario(data: &[u8]) {
                 );
             }
         }
+    }
+}
+
+/// WAL replay over an arbitrary log in arbitrary chunks: never panics; keeps exactly a
+/// prefix of whole records whose re-encoding is byte-for-byte that prefix; the chunking does
+/// not change the result; and recovery truncates to that prefix and re-publishes exactly
+/// its event records, in order, after syncing it.
+pub fn wal_replay(data: &[u8]) {
+    let Some((&first, log)) = data.split_first() else {
+        return;
+    };
+    let chunk = usize::from(first % 32) + 1;
+    let max_record = 4096;
+    let read = |size: usize| {
+        let mut reader = WalReader::new(max_record);
+        let mut records = Vec::new();
+        for part in log.chunks(size) {
+            reader.push(part);
+            assert!(
+                reader.buffered() <= max_record as usize + wal::HEADER_LEN + size,
+                "the reader holds {} bytes",
+                reader.buffered()
+            );
+            while let Some(r) = reader.next_record() {
+                records.push(r);
+            }
+        }
+        (records, reader.finish())
+    };
+    let (records, end) = read(log.len().max(1));
+    assert_eq!(
+        read(chunk),
+        (records.clone(), end.clone()),
+        "chunking changed replay"
+    );
+    let valid = end.valid_len as usize;
+    assert!(valid <= log.len());
+    assert_eq!(end.tail.is_none(), valid == log.len(), "{end}");
+    let mut again = bytes::BytesMut::new();
+    let mut last = 0;
+    for r in &records {
+        assert!(r.sequence > last, "sequences must increase");
+        last = r.sequence;
+        wal::encode_record(r, &mut again);
+    }
+    assert_eq!(
+        &again[..],
+        &log[..valid],
+        "replayed records re-encode to the prefix"
+    );
+
+    let events: Vec<_> = records
+        .into_iter()
+        .filter(|r| !wal::is_checkpoint(r))
+        .collect();
+    let mut machine = Wal::recover(WalConfig::new("fuzz"), events.clone(), &end);
+    let mut published = Vec::new();
+    while let Some(action) = machine.poll_action() {
+        match action {
+            WalAction::Truncate { len } => assert_eq!(len, end.valid_len),
+            WalAction::Sync { len } => {
+                assert_eq!(len, end.valid_len);
+                machine.handle_synced(len);
+            }
+            WalAction::Publish { record, replayed } => {
+                assert!(replayed);
+                published.push(record);
+            }
+            other => panic!("recovery asked for {other:?}"),
+        }
+    }
+    assert_eq!(
+        published, events,
+        "recovery re-publishes exactly the replayed events"
+    );
+    if let Ok(next) = machine.append(0, "t", Bytes::new()) {
+        assert!(next > end.last_sequence, "a sequence would be reused");
     }
 }

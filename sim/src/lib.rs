@@ -11,9 +11,12 @@
 //! resets (both ends see the connection die), and corruption (a flipped byte, which the
 //! receiving decoder must refuse without panicking). Crashes drop a component's whole
 //! state: the broker (every link resets, a fresh broker starts) or a client (it comes back
-//! as a new process with the same role and subscriptions, but no memory).
+//! as a new process with the same role and subscriptions, but no memory, once its
+//! supervisor says Spawn). About a third of the clients are WAL-backed collectors: their
+//! log file survives a crash with its synced prefix and a random torn piece of the rest
+//! (sometimes followed by garbage), and a restarted collector replays it.
 
 pub mod fuzz;
 pub mod world;
 
-pub use world::{Faults, Outcome, SimConfig, Violation, run};
+pub use world::{Canary, Faults, Outcome, SimConfig, Violation, run};

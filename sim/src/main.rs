@@ -13,7 +13,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use daemoneye_sim::{SimConfig, run};
+use daemoneye_sim::{Canary, SimConfig, run};
 
 /// Deterministic simulation of the DaemonEye bus with injected faults and crashes.
 #[derive(Debug, Parser)]
@@ -31,9 +31,11 @@ struct Args {
     /// Print every event.
     #[arg(long)]
     verbose: bool,
-    /// Run the deliberately broken broker (PubAck before delivery); it must be caught.
-    #[arg(long)]
-    canary: bool,
+    /// Run a deliberately broken variant, which must be caught: `early-puback` (a broker
+    /// that acknowledges before delivering) or `lying-sync` (a disk whose sync makes nothing
+    /// durable).
+    #[arg(long, value_name = "VARIANT")]
+    canary: Option<Canary>,
 }
 
 fn parse_range(s: &str) -> Result<(u64, u64), String> {
@@ -61,7 +63,7 @@ fn main() -> ExitCode {
             seed,
             steps: args.steps,
             verbose: args.verbose,
-            canary: args.canary,
+            canary: args.canary.unwrap_or_default(),
         };
         match run(&cfg) {
             Ok(out) => {

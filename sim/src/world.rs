@@ -12,6 +12,7 @@ use daemoneye_core::client::{ClientConfig, ClientEvent, ClientSession};
 use daemoneye_core::rng::SeededRng;
 use daemoneye_core::supervisor::{Action as SupAction, RestartPolicy, Supervisor};
 use daemoneye_core::topic::{TopicFilter, TopicName};
+use daemoneye_core::wal::{self, Wal, WalAction, WalConfig};
 use daemoneye_proto::frame::{GroupSpec, Overflow, Publish, QoS, QueueStrategy, Subscribe};
 
 const UID: u32 = 1000;
@@ -42,8 +43,34 @@ pub struct SimConfig {
     pub steps: u64,
     /// Print every event.
     pub verbose: bool,
-    /// Run the deliberately broken broker (PubAck before delivery), which must be caught.
-    pub canary: bool,
+    /// Run a deliberately broken variant, which must be caught.
+    pub canary: Canary,
+}
+
+/// Deliberately broken variants the simulation must catch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Canary {
+    /// Nothing broken.
+    #[default]
+    None,
+    /// A broker that sends PubAck before delivering.
+    EarlyPubAck,
+    /// A storage device whose sync reports success without making anything durable.
+    LyingSync,
+}
+
+impl std::str::FromStr for Canary {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "early-puback" => Ok(Canary::EarlyPubAck),
+            "lying-sync" => Ok(Canary::LyingSync),
+            other => Err(format!(
+                "unknown canary {other:?} (expected early-puback or lying-sync)"
+            )),
+        }
+    }
 }
 
 /// Fault rates, chosen per seed (swarm testing): each run stresses a different mix.
@@ -64,6 +91,8 @@ pub struct Faults {
     pub broker_crash: f64,
     /// Per-step probability that a client crashes.
     pub client_crash: f64,
+    /// Probability that a crash leaves garbage after the surviving part of a WAL.
+    pub wal_garbage: f64,
     /// Bytes a link buffers towards a client.
     pub link_capacity: usize,
 }
@@ -80,6 +109,7 @@ impl Faults {
             corrupt: pick(rng, &[0.0, 0.0, 0.001]),
             broker_crash: pick(rng, &[0.0, 0.0, 0.0005]),
             client_crash: pick(rng, &[0.0, 0.0005, 0.002]),
+            wal_garbage: pick(rng, &[0.0, 0.3]),
             link_capacity: [512, 4096, 65536][rng.below(3) as usize],
         }
     }
@@ -89,13 +119,14 @@ impl fmt::Display for Faults {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "partial={} stall={} reset={} corrupt={} broker_crash={} client_crash={} link_capacity={}",
+            "partial={} stall={} reset={} corrupt={} broker_crash={} client_crash={} wal_garbage={} link_capacity={}",
             self.partial,
             self.stall,
             self.reset,
             self.corrupt,
             self.broker_crash,
             self.client_crash,
+            self.wal_garbage,
             self.link_capacity
         )
     }
@@ -166,6 +197,22 @@ struct Link {
     closing: bool,
 }
 
+/// A WAL-backed collector's log: the machine (lost in a crash) and its file (which
+/// survives: the synced prefix for sure, and a torn piece of the rest).
+#[derive(Debug)]
+struct SimWal {
+    machine: Wal,
+    config: WalConfig,
+    disk: Vec<u8>,
+    synced: usize,
+    /// A sync in progress: (length it covers, when the device finishes it).
+    syncing: VecDeque<(u64, Instant)>,
+    /// Records accepted and not yet acknowledged: the reference the replay is held to.
+    must_survive: BTreeSet<u64>,
+    /// Events appended since the last commit.
+    batch: u32,
+}
+
 #[derive(Debug, Clone)]
 struct SubModel {
     filter: TopicFilter,
@@ -193,6 +240,10 @@ struct Client {
     process_down: bool,
     /// When the supervisor spawned this client, for the restart-policy invariant.
     spawns: Vec<Instant>,
+    /// A WAL-backed collector: publishes through its log, under one publisher id for life.
+    wal: Option<SimWal>,
+    /// Events this client produced (makes each payload unique).
+    produced: u64,
 }
 
 /// (publisher id, sequence).
@@ -204,6 +255,7 @@ type OrderKey = (usize, u32, u64, u32, u32, String, u8);
 
 struct World {
     seed: u64,
+    canary: Canary,
     rng: SeededRng,
     faults: Faults,
     now: Instant,
@@ -226,6 +278,9 @@ struct World {
     publish_qos: BTreeMap<(String, u64), QoS>,
     /// First deliveries per (group, publisher, sequence, broker epoch).
     group_firsts: BTreeMap<(String, String, u64, u32), usize>,
+    /// The payload of every (publisher id, sequence) published: a sequence never names two
+    /// different messages.
+    contents: BTreeMap<MessageId, Bytes>,
     published: u64,
     delivered: u64,
     pubacks: u64,
@@ -253,7 +308,7 @@ impl World {
             handshake_timeout: Duration::from_secs(2),
             durable_expiry: Duration::from_secs(60),
             stats_interval: Duration::from_secs(5),
-            canary_early_puback: cfg.canary,
+            canary_early_puback: cfg.canary == Canary::EarlyPubAck,
             ..BrokerConfig::default()
         };
         let broker = Broker::new(broker_config.clone(), Acl::owner_only(UID), rng.next_u64());
@@ -310,7 +365,26 @@ impl World {
             let _ = supervisor.start(Instant::ZERO);
             while supervisor.poll_action().is_some() {}
             supervisor.handle_spawned(Instant::ZERO, 0);
-            let publisher_id = format!("c{i}.0");
+            // About a third of the clients are WAL-backed collectors.
+            let wal = (rng.below(3) == 0).then(|| {
+                let mut config = WalConfig::new(format!("c{i}"));
+                config.max_pending = [8, 64, 1000][rng.below(3) as usize];
+                config.compact_after = [1, 512, 1 << 20][rng.below(3) as usize];
+                SimWal {
+                    machine: Wal::new(config.clone()),
+                    config,
+                    disk: Vec::new(),
+                    synced: 0,
+                    syncing: VecDeque::new(),
+                    must_survive: BTreeSet::new(),
+                    batch: 0,
+                }
+            });
+            let publisher_id = if wal.is_some() {
+                format!("c{i}")
+            } else {
+                format!("c{i}.0")
+            };
             let mut session = ClientSession::new(client_config(&publisher_id));
             let mut subs = BTreeMap::new();
             for spec in &specs {
@@ -333,10 +407,13 @@ impl World {
                 supervisor,
                 process_down: false,
                 spawns: Vec::new(),
+                wal,
+                produced: 0,
             });
         }
         World {
             seed: cfg.seed,
+            canary: cfg.canary,
             rng,
             faults,
             now: Instant::from_nanos(1_000_000_000),
@@ -351,6 +428,7 @@ impl World {
             received: BTreeMap::new(),
             order: BTreeMap::new(),
             group_firsts: BTreeMap::new(),
+            contents: BTreeMap::new(),
             publish_qos: BTreeMap::new(),
             tainted: BTreeSet::new(),
             published: 0,
@@ -430,12 +508,146 @@ impl World {
             return;
         }
         self.reset(i, "client crash");
+        self.crash_wal(i);
         let now = self.now;
         let c = &mut self.clients[i];
         c.process_down = true;
         c.supervisor.handle_exited(now, "crash");
         let state = c.supervisor.state();
         self.log(format!("crash c{i}; supervisor {state}"));
+    }
+
+    /// A crash loses the WAL machine and whatever the device had not synced, except for a
+    /// random prefix of it (a torn tail), maybe followed by garbage.
+    fn crash_wal(&mut self, i: usize) {
+        let garbage = self.chance(self.faults.wal_garbage);
+        let keep = self.rng.unit();
+        let junk = self.rng.next_u64().to_le_bytes();
+        let Some(w) = self.clients[i].wal.as_mut() else {
+            return;
+        };
+        let unsynced = w.disk.len() - w.synced;
+        w.disk
+            .truncate(w.synced + (unsynced as f64 * keep) as usize);
+        if garbage {
+            w.disk
+                .extend_from_slice(&junk[..1 + (junk[0] % 7) as usize]);
+        }
+        w.syncing.clear();
+        w.batch = 0;
+        let (len, synced) = (w.disk.len(), w.synced);
+        self.log(format!("c{i} WAL after crash: {len}B ({synced}B synced)"));
+    }
+
+    /// A restarted WAL-backed collector replays its log: every record accepted and not
+    /// acknowledged must come back (invariant 1), and is re-sent.
+    fn recover_wal(&mut self, i: usize) -> Result<(), Violation> {
+        let Some(w) = self.clients[i].wal.as_mut() else {
+            return Ok(());
+        };
+        let (records, end) = wal::replay(&w.disk, w.config.max_record);
+        let back: BTreeSet<u64> = records.iter().map(|r| r.sequence).collect();
+        let lost: Vec<u64> = w.must_survive.difference(&back).copied().collect();
+        w.machine = Wal::recover(w.config.clone(), records, &end);
+        self.log(format!("c{i} WAL replay: {end}"));
+        if !lost.is_empty() {
+            return Err(self.violation(
+                "wal-accepted-lost",
+                format!("c{i}: accepted records {lost:?} are not in the replayed log"),
+            ));
+        }
+        self.drive_wal(i)
+    }
+
+    /// The WAL driver: runs the machine's actions against the simulated file.
+    fn drive_wal(&mut self, i: usize) -> Result<(), Violation> {
+        loop {
+            let now = self.now;
+            let sync_delay = Duration::from_millis(self.rng.below(30));
+            let c = &mut self.clients[i];
+            let Some(w) = c.wal.as_mut() else {
+                return Ok(());
+            };
+            let Some(action) = w.machine.poll_action() else {
+                return Ok(());
+            };
+            match action {
+                WalAction::Truncate { len } => {
+                    w.disk.truncate(len as usize);
+                    w.synced = w.synced.min(w.disk.len());
+                }
+                WalAction::Append(bytes) => w.disk.extend_from_slice(&bytes),
+                WalAction::Sync { len } => w.syncing.push_back((len, now + sync_delay)),
+                WalAction::Rewrite(bytes) => {
+                    // Temporary file, sync, rename: atomic.
+                    w.disk = bytes.to_vec();
+                    w.synced = w.disk.len();
+                    self.log(format!("c{i} WAL compacted to {}B", bytes.len()));
+                }
+                WalAction::Publish { record, replayed } => {
+                    if !replayed {
+                        w.must_survive.insert(record.sequence);
+                    }
+                    let p = Publish {
+                        sequence: record.sequence,
+                        resent: replayed,
+                        ..Publish::new(
+                            record.topic.clone(),
+                            record.payload.clone(),
+                            QoS::AtLeastOnce,
+                        )
+                    };
+                    let id = (c.publisher_id.clone(), record.sequence);
+                    if let Err(e) = c.session.publish_sequenced(p) {
+                        return Err(self.violation("wal-publish", format!("c{i}: {e}")));
+                    }
+                    self.note_publish(id.clone(), record.payload, QoS::AtLeastOnce)?;
+                    self.log(format!(
+                        "c{i} publish #{} {} from WAL{}",
+                        id.1,
+                        record.topic,
+                        if replayed { " (replayed)" } else { "" }
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Completes the device's syncs that are due.
+    fn complete_syncs(&mut self, i: usize) -> Result<(), Violation> {
+        if self.clients[i].process_down {
+            return Ok(());
+        }
+        let now = self.now;
+        let Some(w) = self.clients[i].wal.as_mut() else {
+            return Ok(());
+        };
+        while let Some(&(len, at)) = w.syncing.front() {
+            if at > now {
+                break;
+            }
+            w.syncing.pop_front();
+            if self.canary != Canary::LyingSync {
+                w.synced = w.synced.max(len as usize);
+            }
+            w.machine.handle_synced(len);
+        }
+        self.drive_wal(i)
+    }
+
+    /// Records what a (publisher, sequence) carries; a sequence never names two messages.
+    fn note_publish(&mut self, id: MessageId, payload: Bytes, qos: QoS) -> Result<(), Violation> {
+        if let Some(prev) = self.contents.insert(id.clone(), payload.clone())
+            && prev != payload
+        {
+            return Err(self.violation(
+                "sequence-reuse",
+                format!("{}#{} published with two different payloads", id.0, id.1),
+            ));
+        }
+        self.publish_qos.insert(id, qos);
+        self.published += 1;
+        Ok(())
     }
 
     /// The supervisor's decisions for crashed clients: a Spawn brings the client back as a
@@ -456,7 +668,9 @@ impl World {
                 }
                 let c = &mut self.clients[i];
                 c.incarnation += 1;
-                c.publisher_id = format!("c{i}.{}", c.incarnation);
+                if c.wal.is_none() {
+                    c.publisher_id = format!("c{i}.{}", c.incarnation);
+                }
                 c.session = ClientSession::new(client_config(&c.publisher_id));
                 c.subs.clear();
                 for spec in c.specs.clone() {
@@ -469,6 +683,7 @@ impl World {
                 c.supervisor.handle_spawned(now, c.incarnation);
                 self.log(format!("supervisor spawns c{i}"));
                 self.check_restart_policy(i)?;
+                self.recover_wal(i)?;
             }
         }
         Ok(())
@@ -767,6 +982,11 @@ impl World {
                     self.log(format!(
                         "c{i} puback #{sequence} d={delivered} x={dropped} none={no_interest}"
                     ));
+                    if let Some(w) = self.clients[i].wal.as_mut() {
+                        w.must_survive.remove(&sequence);
+                        w.machine.handle_puback(sequence);
+                        self.drive_wal(i)?;
+                    }
                 }
                 other => self.log(format!("c{i} event {other:?}")),
             }
@@ -774,9 +994,16 @@ impl World {
         Ok(())
     }
 
-    fn client_act(&mut self, i: usize) {
+    fn client_act(&mut self, i: usize) -> Result<(), Violation> {
+        if self.clients[i].process_down {
+            return Ok(());
+        }
+        if self.clients[i].wal.is_some() {
+            // A collector appends to its WAL whether or not the broker is reachable.
+            return self.collector_act(i);
+        }
         if !self.clients[i].session.is_connected() {
-            return;
+            return Ok(());
         }
         if self.chance(self.clients[i].publish_rate) {
             let topic = TOPICS[self.rng.below(TOPICS.len() as u64) as usize];
@@ -786,20 +1013,32 @@ impl World {
                 QoS::AtMostOnce
             };
             let priority = if self.rng.below(10) == 0 { 5 } else { 0 };
-            let payload = Bytes::from(vec![0xAB; self.rng.below(64) as usize]);
+            let payload = self.next_payload(i);
             let p = Publish {
                 priority,
-                ..Publish::new(topic, payload, qos)
+                ..Publish::new(topic, payload.clone(), qos)
             };
             if let Ok(seq) = self.clients[i].session.publish(p) {
-                self.published += 1;
-                self.publish_qos
-                    .insert((self.clients[i].publisher_id.clone(), seq), qos);
+                self.note_publish((self.clients[i].publisher_id.clone(), seq), payload, qos)?;
                 self.log(format!(
                     "c{i} publish #{seq} {topic} {qos:?} prio {priority}"
                 ));
             }
         }
+        self.maybe_ack(i);
+        Ok(())
+    }
+
+    /// A unique payload of random length.
+    fn next_payload(&mut self, i: usize) -> Bytes {
+        let c = &mut self.clients[i];
+        c.produced += 1;
+        let mut p = format!("c{i}.{}#{}", c.incarnation, c.produced).into_bytes();
+        p.resize(p.len() + self.rng.below(64) as usize, 0xAB);
+        Bytes::from(p)
+    }
+
+    fn maybe_ack(&mut self, i: usize) {
         if !self.clients[i].unacked.is_empty() && self.chance(self.clients[i].ack_rate) {
             let all = std::mem::take(&mut self.clients[i].unacked);
             for did in all {
@@ -807,6 +1046,38 @@ impl World {
             }
             self.log(format!("c{i} acks"));
         }
+    }
+
+    /// A WAL-backed collector: events go to the log, a batch is committed now and then
+    /// (group commit), and records are published once their sync completes.
+    fn collector_act(&mut self, i: usize) -> Result<(), Violation> {
+        if self.chance(self.clients[i].publish_rate) {
+            let topic = TOPICS[self.rng.below(2) as usize];
+            let payload = self.next_payload(i);
+            let at = self.now.as_nanos() / 1_000_000;
+            let w = self.clients[i]
+                .wal
+                .as_mut()
+                .unwrap_or_else(|| unreachable!());
+            match w.machine.append(at, topic, payload) {
+                Ok(seq) => {
+                    w.batch += 1;
+                    self.log(format!("c{i} WAL append #{seq} {topic}"));
+                }
+                Err(e) => self.log(format!("c{i} WAL refuses: {e}")),
+            }
+        }
+        let batch = self.clients[i].wal.as_ref().map_or(0, |w| w.batch);
+        if batch > 0 && (batch >= 4 || self.chance(0.3)) {
+            if let Some(w) = self.clients[i].wal.as_mut() {
+                w.machine.commit();
+                w.batch = 0;
+            }
+            self.log(format!("c{i} WAL commit"));
+        }
+        self.drive_wal(i)?;
+        self.maybe_ack(i);
+        Ok(())
     }
 
     fn check_bounds(&self) -> Result<(), Violation> {
@@ -842,7 +1113,7 @@ impl World {
         match self.rng.below(10) {
             0..=2 => self.deliver_to_client(i)?,
             3..=5 => self.deliver_to_broker(i)?,
-            6..=7 => self.client_act(i),
+            6..=7 => self.client_act(i)?,
             _ => {
                 let dt = Duration::from_millis(self.rng.below(50));
                 self.now = self.now + dt;
@@ -877,6 +1148,7 @@ impl World {
             {
                 self.connect(j);
             }
+            self.complete_syncs(j)?;
             self.client_transmit(j);
             self.client_events(j)?;
         }
@@ -899,13 +1171,28 @@ impl World {
             for _ in 0..200 {
                 self.step_once(false)?;
             }
+            // Collectors commit what they have batched.
+            for c in &mut self.clients {
+                if let Some(w) = c.wal.as_mut() {
+                    w.machine.commit();
+                    w.batch = 0;
+                }
+            }
+            for i in 0..self.clients.len() {
+                self.drive_wal(i)?;
+            }
             // A client whose supervisor gave up is gone for good, and so are its unacknowledged
             // publishes (never acknowledged, so nothing acknowledged is lost).
             let pending: usize = self
                 .clients
                 .iter()
                 .filter(|c| !c.process_down)
-                .map(|c| c.session.pending_publishes())
+                .map(|c| {
+                    c.session.pending_publishes()
+                        + c.wal.as_ref().map_or(0, |w| {
+                            w.machine.pending() + w.machine.unsynced() + w.syncing.len()
+                        })
+                })
                 .sum();
             if pending == 0 && self.broker.pending_pubacks() == 0 {
                 return Ok(());
@@ -918,8 +1205,11 @@ impl World {
             .filter(|(_, c)| !c.process_down)
             .map(|(i, c)| {
                 format!(
-                    "c{i}: {} pending, connected={}",
+                    "c{i}: {} pending, WAL {:?}, connected={}",
                     c.session.pending_publishes(),
+                    c.wal
+                        .as_ref()
+                        .map(|w| (w.machine.pending(), w.machine.unsynced())),
                     c.session.is_connected()
                 )
             })

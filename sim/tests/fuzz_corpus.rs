@@ -57,6 +57,11 @@ fn every_broker_scenario_corpus_file_passes() {
     assert!(replay("broker_scenario", daemoneye_sim::fuzz::broker_scenario) > 0);
 }
 
+#[test]
+fn every_wal_replay_corpus_file_passes() {
+    assert!(replay("wal_replay", daemoneye_sim::fuzz::wal_replay) > 0);
+}
+
 fn frame(body: pb::frame::Body) -> pb::Frame {
     pb::Frame { body: Some(body) }
 }
@@ -122,6 +127,29 @@ fn write_seed_corpus() {
     ] {
         write("topic", name, t.as_bytes());
     }
+    let mut log = bytes::BytesMut::from(&[5u8][..]);
+    for (sequence, topic) in [
+        (1, "events.process.new"),
+        (2, "events.process.exit"),
+        (4, ""),
+    ] {
+        let record = daemoneye_proto::pb::wal::WalRecord {
+            sequence,
+            topic: topic.into(),
+            payload: Bytes::from_static(b"pid=42"),
+            accepted_at_ms: 1_700_000_000_000,
+            source: "procmond".into(),
+        };
+        daemoneye_core::wal::encode_record(&record, &mut log);
+    }
+    write("wal_replay", "valid-with-checkpoint", &log);
+    write("wal_replay", "torn", &log[..log.len() - 5]);
+    let mut flipped = log.to_vec();
+    flipped[20] ^= 0x10;
+    write("wal_replay", "flipped", &flipped);
+    let mut zeros = log[..1].to_vec();
+    zeros.extend_from_slice(&[0; 64]);
+    write("wal_replay", "zeros", &zeros);
     write(
         "broker_scenario",
         "bytes-a",

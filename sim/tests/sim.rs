@@ -5,7 +5,7 @@
 
 use std::process::Command;
 
-use daemoneye_sim::{SimConfig, run};
+use daemoneye_sim::{Canary, SimConfig, run};
 
 const STEPS: u64 = 5000;
 
@@ -14,7 +14,7 @@ fn config(seed: u64) -> SimConfig {
         seed,
         steps: STEPS,
         verbose: false,
-        canary: false,
+        canary: Canary::None,
     }
 }
 
@@ -87,7 +87,7 @@ fn canary_broker_that_acks_before_delivery_is_caught() {
     let caught = (0..20)
         .filter_map(|seed| {
             run(&SimConfig {
-                canary: true,
+                canary: Canary::EarlyPubAck,
                 ..config(seed)
             })
             .err()
@@ -97,5 +97,24 @@ fn canary_broker_that_acks_before_delivery_is_caught() {
     assert!(
         v.to_string()
             .contains("replay: cargo run -p daemoneye-sim --release -- --seed")
+    );
+}
+
+#[test]
+fn canary_disk_whose_sync_lies_is_caught() {
+    let caught = (0..100)
+        .filter_map(|seed| {
+            run(&SimConfig {
+                canary: Canary::LyingSync,
+                ..config(seed)
+            })
+            .err()
+        })
+        // Either an accepted record is missing from the replay, or one that was lost after
+        // its PubAck lets the restarted collector hand its sequence to a new event.
+        .find(|v| v.invariant == "wal-accepted-lost" || v.invariant == "sequence-reuse");
+    assert!(
+        caught.is_some(),
+        "the simulation must catch a WAL that counts unsynced records as accepted"
     );
 }

@@ -1,0 +1,556 @@
+//! The write-ahead log of a WAL-backed connector: record framing, replay, and the
+//! bookkeeping that decides what to write, when to sync, what to publish and when to compact.
+//!
+//! On disk a record is a little-endian `u32` body length, a little-endian `u32` CRC32C of
+//! the body, then the body: a protobuf [`WalRecord`]. An event counts as accepted once the
+//! bytes holding it are synced; it is published only then, and it leaves the log only after
+//! the broker's PubAck for its sequence.
+//!
+//! Replay ([`WalReader`]) stops at the first record that is torn (the file ends inside it),
+//! fails its checksum, does not decode, has a zero or oversized length, or does not carry a
+//! higher sequence than the one before; the tail from there on is truncated. Everything
+//! before it is re-sent under its original sequence, so a subscriber drops what it already
+//! saw.
+//!
+//! Compaction rewrites the log with only the records still waiting for a PubAck (the driver
+//! makes the rewrite atomic: temporary file, sync, rename). So that a restarted source never
+//! reuses a sequence, a rewrite ends with a checkpoint record (empty topic) carrying the
+//! highest sequence ever assigned, unless the last pending record already carries it.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use daemoneye_proto::pb::wal::WalRecord;
+use prost::Message;
+
+/// Bytes of a record's header: length and checksum.
+pub const HEADER_LEN: usize = 8;
+
+/// Default upper bound of one record's body.
+pub const DEFAULT_MAX_RECORD: u32 = 1024 * 1024;
+
+/// Appends one framed record to `out`.
+pub fn encode_record(record: &WalRecord, out: &mut BytesMut) {
+    let len = record.encoded_len();
+    out.reserve(HEADER_LEN + len);
+    let at = out.len();
+    out.put_u32_le(len as u32);
+    out.put_u32_le(0);
+    // Encoding into a BytesMut with room reserved cannot fail.
+    let _ = record.encode(out);
+    let crc = crc32c::crc32c(&out[at + HEADER_LEN..]);
+    out[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// The framed size of a record.
+pub fn framed_len(record: &WalRecord) -> u64 {
+    (HEADER_LEN + record.encoded_len()) as u64
+}
+
+/// Whether a replayed record is a sequence checkpoint rather than an event.
+pub fn is_checkpoint(record: &WalRecord) -> bool {
+    record.topic.is_empty()
+}
+
+/// Why replay stopped before the end of the log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TailError {
+    /// The log ends inside a record header.
+    #[error("torn header ({have} of {HEADER_LEN} bytes)")]
+    TornHeader {
+        /// Header bytes present.
+        have: usize,
+    },
+    /// The log ends inside a record body.
+    #[error("torn record ({have} of {len} body bytes)")]
+    TornBody {
+        /// Body bytes present.
+        have: usize,
+        /// The length the header claims.
+        len: u32,
+    },
+    /// A zero length (zero-filled blocks after a crash look like this).
+    #[error("zero-length record")]
+    Empty,
+    /// A length beyond the configured maximum.
+    #[error("record length {len} exceeds the maximum {max}")]
+    TooLong {
+        /// The length the header claims.
+        len: u32,
+        /// The maximum.
+        max: u32,
+    },
+    /// The body does not match its checksum.
+    #[error("checksum mismatch")]
+    Checksum,
+    /// The body is not a WAL record.
+    #[error("undecodable record: {0}")]
+    Body(String),
+    /// A sequence that is zero or does not increase.
+    #[error("sequence {sequence} after {previous}")]
+    Sequence {
+        /// The previous record's sequence.
+        previous: u64,
+        /// This record's sequence.
+        sequence: u64,
+    },
+}
+
+/// The end of a replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replayed {
+    /// Bytes of valid records: the log is truncated to this length.
+    pub valid_len: u64,
+    /// Valid records (checkpoints included).
+    pub records: u64,
+    /// The highest sequence seen (checkpoints included).
+    pub last_sequence: u64,
+    /// Why replay stopped early, if it did.
+    pub tail: Option<TailError>,
+}
+
+impl fmt::Display for Replayed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} record(s), {} valid bytes, last sequence {}",
+            self.records, self.valid_len, self.last_sequence
+        )?;
+        if let Some(t) = &self.tail {
+            write!(f, ", tail dropped: {t}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Replays a log fed in chunks of any size.
+#[derive(Debug)]
+pub struct WalReader {
+    max_record: u32,
+    buf: BytesMut,
+    valid_len: u64,
+    records: u64,
+    last_sequence: u64,
+    stopped: Option<TailError>,
+}
+
+impl WalReader {
+    /// A reader that refuses bodies longer than `max_record`.
+    pub fn new(max_record: u32) -> Self {
+        Self {
+            max_record,
+            buf: BytesMut::new(),
+            valid_len: 0,
+            records: 0,
+            last_sequence: 0,
+            stopped: None,
+        }
+    }
+
+    /// The next chunk of the log.
+    pub fn push(&mut self, data: &[u8]) {
+        if self.stopped.is_none() {
+            self.buf.extend_from_slice(data);
+        }
+    }
+
+    /// Bytes held waiting for the rest of a record.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The next valid record, or `None` when more bytes are needed or replay has stopped.
+    pub fn next_record(&mut self) -> Option<WalRecord> {
+        if self.stopped.is_some() || self.buf.len() < HEADER_LEN {
+            return None;
+        }
+        let len = u32::from_le_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]);
+        let crc = u32::from_le_bytes([self.buf[4], self.buf[5], self.buf[6], self.buf[7]]);
+        if len == 0 {
+            return self.stop(TailError::Empty);
+        }
+        if len > self.max_record {
+            return self.stop(TailError::TooLong {
+                len,
+                max: self.max_record,
+            });
+        }
+        let total = HEADER_LEN + len as usize;
+        if self.buf.len() < total {
+            return None;
+        }
+        let frame = self.buf.split_to(total).freeze();
+        let body = frame.slice(HEADER_LEN..);
+        if crc32c::crc32c(&body) != crc {
+            return self.stop(TailError::Checksum);
+        }
+        let record = match WalRecord::decode(body) {
+            Ok(r) => r,
+            Err(e) => return self.stop(TailError::Body(e.to_string())),
+        };
+        if record.sequence <= self.last_sequence {
+            return self.stop(TailError::Sequence {
+                previous: self.last_sequence,
+                sequence: record.sequence,
+            });
+        }
+        self.last_sequence = record.sequence;
+        self.valid_len += total as u64;
+        self.records += 1;
+        Some(record)
+    }
+
+    fn stop(&mut self, why: TailError) -> Option<WalRecord> {
+        self.stopped = Some(why);
+        self.buf = BytesMut::new();
+        None
+    }
+
+    /// The log has ended: what was valid, and why the rest (if any) is dropped.
+    pub fn finish(mut self) -> Replayed {
+        while self.next_record().is_some() {}
+        let tail = match self.stopped.take() {
+            Some(t) => Some(t),
+            None if self.buf.len() >= HEADER_LEN => {
+                let len = u32::from_le_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]);
+                Some(TailError::TornBody {
+                    have: self.buf.len() - HEADER_LEN,
+                    len,
+                })
+            }
+            None if !self.buf.is_empty() => Some(TailError::TornHeader {
+                have: self.buf.len(),
+            }),
+            None => None,
+        };
+        Replayed {
+            valid_len: self.valid_len,
+            records: self.records,
+            last_sequence: self.last_sequence,
+            tail,
+        }
+    }
+}
+
+/// Replays a whole log held in memory: the event records (checkpoints left out) and the end.
+pub fn replay(log: &[u8], max_record: u32) -> (Vec<WalRecord>, Replayed) {
+    let mut reader = WalReader::new(max_record);
+    reader.push(log);
+    let mut records = Vec::new();
+    while let Some(r) = reader.next_record() {
+        if !is_checkpoint(&r) {
+            records.push(r);
+        }
+    }
+    (records, reader.finish())
+}
+
+/// What the WAL machine asks its driver to do, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WalAction {
+    /// Cut the log to this length (a torn tail found by replay).
+    Truncate {
+        /// The new length.
+        len: u64,
+    },
+    /// Append these bytes to the log.
+    Append(Bytes),
+    /// Make the log durable up to `len`, then call [`Wal::handle_synced`] with it.
+    Sync {
+        /// The log length the sync covers.
+        len: u64,
+    },
+    /// Replace the whole log with these bytes, atomically and durably.
+    Rewrite(Bytes),
+    /// Publish this accepted record (QoS1, under its sequence).
+    Publish {
+        /// The record.
+        record: WalRecord,
+        /// It came back from a replay, so it may have been delivered before: send it marked
+        /// as a resend.
+        replayed: bool,
+    },
+}
+
+/// Why an append was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WalError {
+    /// Too many records wait for a sync or a PubAck: back off.
+    #[error("the WAL holds {pending} unacknowledged records (the maximum)")]
+    Full {
+        /// Records held.
+        pending: usize,
+    },
+    /// The record would exceed the maximum record size.
+    #[error("record of {len} bytes exceeds the maximum {max}")]
+    TooLarge {
+        /// Body length.
+        len: usize,
+        /// The maximum.
+        max: u32,
+    },
+    /// Events need a topic (an empty topic marks a checkpoint).
+    #[error("an event needs a topic")]
+    NoTopic,
+}
+
+/// Limits of the WAL machine.
+#[derive(Debug, Clone)]
+pub struct WalConfig {
+    /// The source name stored in each record.
+    pub source: String,
+    /// Largest record body.
+    pub max_record: u32,
+    /// Records held (unsynced plus unacknowledged) before appends are refused.
+    pub max_pending: usize,
+    /// Acknowledged bytes in the log before a compaction is considered; a compaction also
+    /// needs at least half the log to be acknowledged.
+    pub compact_after: u64,
+}
+
+impl WalConfig {
+    /// Defaults for `source`: 1 MiB records, 100,000 held, compaction past 4 MiB.
+    pub fn new(source: impl Into<String>) -> Self {
+        Self {
+            source: source.into(),
+            max_record: DEFAULT_MAX_RECORD,
+            max_pending: 100_000,
+            compact_after: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// The WAL machine.
+#[derive(Debug)]
+pub struct Wal {
+    config: WalConfig,
+    last_sequence: u64,
+    file_len: u64,
+    /// Appended (or replayed) but not yet synced: (end offset in the log, record, replayed).
+    unsynced: VecDeque<(u64, WalRecord, bool)>,
+    /// Accepted and waiting for a PubAck, by sequence.
+    pending: BTreeMap<u64, WalRecord>,
+    /// Bytes of the log that hold unsynced or pending records.
+    live_bytes: u64,
+    /// Syncs asked for and not yet reported: a rewrite waits for them, since their lengths
+    /// refer to the log before it.
+    syncs_in_flight: u32,
+    actions: VecDeque<WalAction>,
+    accepted: u64,
+    compactions: u64,
+}
+
+impl Wal {
+    /// Starts from a replayed log: truncates a torn tail, syncs what is left (a record that
+    /// survived a process crash may still sit only in the page cache), then re-publishes
+    /// every record. `records` are the event records replay returned, in log order.
+    pub fn recover(config: WalConfig, records: Vec<WalRecord>, replayed: &Replayed) -> Self {
+        let mut wal = Self {
+            config,
+            last_sequence: replayed.last_sequence,
+            file_len: replayed.valid_len,
+            unsynced: VecDeque::new(),
+            pending: BTreeMap::new(),
+            live_bytes: 0,
+            syncs_in_flight: 0,
+            actions: VecDeque::new(),
+            accepted: 0,
+            compactions: 0,
+        };
+        if replayed.tail.is_some() {
+            wal.actions.push_back(WalAction::Truncate {
+                len: replayed.valid_len,
+            });
+        }
+        for r in records {
+            wal.live_bytes += framed_len(&r);
+            wal.last_sequence = wal.last_sequence.max(r.sequence);
+            wal.unsynced.push_back((replayed.valid_len, r, true));
+        }
+        if replayed.valid_len > 0 {
+            wal.syncs_in_flight += 1;
+            wal.actions.push_back(WalAction::Sync {
+                len: replayed.valid_len,
+            });
+        }
+        wal
+    }
+
+    /// An empty log.
+    pub fn new(config: WalConfig) -> Self {
+        Self::recover(
+            config,
+            Vec::new(),
+            &Replayed {
+                valid_len: 0,
+                records: 0,
+                last_sequence: 0,
+                tail: None,
+            },
+        )
+    }
+
+    /// Appends an event; returns its sequence. It is accepted (and published) once a
+    /// [`commit`](Self::commit)'s sync covers it.
+    pub fn append(
+        &mut self,
+        accepted_at_ms: u64,
+        topic: &str,
+        payload: Bytes,
+    ) -> Result<u64, WalError> {
+        if topic.is_empty() {
+            return Err(WalError::NoTopic);
+        }
+        let held = self.pending.len() + self.unsynced.len();
+        if held >= self.config.max_pending {
+            return Err(WalError::Full { pending: held });
+        }
+        let record = WalRecord {
+            sequence: self.last_sequence + 1,
+            topic: topic.to_string(),
+            payload,
+            accepted_at_ms,
+            source: self.config.source.clone(),
+        };
+        let len = record.encoded_len();
+        if len > self.config.max_record as usize {
+            return Err(WalError::TooLarge {
+                len,
+                max: self.config.max_record,
+            });
+        }
+        self.last_sequence = record.sequence;
+        let mut out = BytesMut::new();
+        encode_record(&record, &mut out);
+        self.file_len += out.len() as u64;
+        self.live_bytes += out.len() as u64;
+        self.unsynced.push_back((self.file_len, record, false));
+        self.actions.push_back(WalAction::Append(out.freeze()));
+        Ok(self.last_sequence)
+    }
+
+    /// Group commit: one sync for everything appended so far.
+    pub fn commit(&mut self) {
+        if !self.unsynced.is_empty() {
+            self.syncs_in_flight += 1;
+            self.actions
+                .push_back(WalAction::Sync { len: self.file_len });
+        }
+    }
+
+    /// The log is durable up to `len`: the records inside are accepted and published.
+    /// Syncs are reported in the order they were asked for.
+    pub fn handle_synced(&mut self, len: u64) {
+        self.syncs_in_flight = self.syncs_in_flight.saturating_sub(1);
+        while let Some((end, _, _)) = self.unsynced.front() {
+            if *end > len {
+                break;
+            }
+            let Some((_, record, replayed)) = self.unsynced.pop_front() else {
+                break;
+            };
+            if !replayed {
+                self.accepted += 1;
+            }
+            self.actions.push_back(WalAction::Publish {
+                record: record.clone(),
+                replayed,
+            });
+            self.pending.insert(record.sequence, record);
+        }
+        self.maybe_compact();
+    }
+
+    /// The broker acknowledged `sequence`: the record may go. Returns whether it was held.
+    pub fn handle_puback(&mut self, sequence: u64) -> bool {
+        let Some(record) = self.pending.remove(&sequence) else {
+            return false;
+        };
+        self.live_bytes -= framed_len(&record);
+        self.maybe_compact();
+        true
+    }
+
+    fn maybe_compact(&mut self) {
+        if !self.unsynced.is_empty() || self.syncs_in_flight > 0 || self.file_len == 0 {
+            return;
+        }
+        let dead = self.file_len - self.live_bytes;
+        let rewrite = if self.pending.is_empty() {
+            // Everything is acknowledged: shrink to a checkpoint once it is worth it.
+            dead >= self.config.compact_after.min(64 * 1024) && self.file_len > checkpoint_len(self)
+        } else {
+            dead >= self.config.compact_after && dead * 2 >= self.file_len
+        };
+        if !rewrite {
+            return;
+        }
+        let mut out = BytesMut::new();
+        for r in self.pending.values() {
+            encode_record(r, &mut out);
+        }
+        let top = self.pending.keys().next_back().copied().unwrap_or(0);
+        if top < self.last_sequence {
+            encode_record(&self.checkpoint(), &mut out);
+        }
+        self.file_len = out.len() as u64;
+        self.live_bytes = self.file_len;
+        self.compactions += 1;
+        self.actions.push_back(WalAction::Rewrite(out.freeze()));
+    }
+
+    fn checkpoint(&self) -> WalRecord {
+        WalRecord {
+            sequence: self.last_sequence,
+            topic: String::new(),
+            payload: Bytes::new(),
+            accepted_at_ms: 0,
+            source: self.config.source.clone(),
+        }
+    }
+
+    /// The next thing for the driver to do.
+    pub fn poll_action(&mut self) -> Option<WalAction> {
+        self.actions.pop_front()
+    }
+
+    /// The highest sequence assigned.
+    pub fn last_sequence(&self) -> u64 {
+        self.last_sequence
+    }
+
+    /// Records accepted and waiting for their PubAck.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Records appended but not yet synced.
+    pub fn unsynced(&self) -> usize {
+        self.unsynced.len()
+    }
+
+    /// Whether `sequence` is accepted and not yet acknowledged.
+    pub fn is_pending(&self, sequence: u64) -> bool {
+        self.pending.contains_key(&sequence)
+    }
+
+    /// The log's length once every action so far is done.
+    pub fn file_len(&self) -> u64 {
+        self.file_len
+    }
+
+    /// Records accepted since start (replayed ones not counted).
+    pub fn accepted(&self) -> u64 {
+        self.accepted
+    }
+
+    /// Compactions so far.
+    pub fn compactions(&self) -> u64 {
+        self.compactions
+    }
+}
+
+fn checkpoint_len(wal: &Wal) -> u64 {
+    framed_len(&wal.checkpoint())
+}

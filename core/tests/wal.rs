@@ -1,0 +1,397 @@
+//! The WAL: framing, replay of damaged logs, and the connector's bookkeeping against a model
+//! disk that crashes with torn tails.
+
+use std::collections::BTreeMap;
+
+use bytes::{Bytes, BytesMut};
+use daemoneye_core::wal::{
+    self, DEFAULT_MAX_RECORD, HEADER_LEN, TailError, Wal, WalAction, WalConfig, WalError, WalReader,
+};
+use daemoneye_proto::pb::wal::WalRecord;
+use proptest::prelude::*;
+
+fn record(sequence: u64, topic: &str, payload: &[u8]) -> WalRecord {
+    WalRecord {
+        sequence,
+        topic: topic.to_string(),
+        payload: Bytes::copy_from_slice(payload),
+        accepted_at_ms: 1_700_000_000_000 + sequence,
+        source: "procmond".into(),
+    }
+}
+
+fn log_of(records: &[WalRecord]) -> (Vec<u8>, Vec<u64>) {
+    let mut out = BytesMut::new();
+    let mut ends = Vec::new();
+    for r in records {
+        wal::encode_record(r, &mut out);
+        ends.push(out.len() as u64);
+    }
+    (out.to_vec(), ends)
+}
+
+fn three() -> Vec<WalRecord> {
+    vec![
+        record(1, "events.process.new", b"one"),
+        record(2, "events.process.exit", b""),
+        record(3, "events.process.new", &[7u8; 300]),
+    ]
+}
+
+#[test]
+fn records_round_trip_in_chunks_of_any_size() {
+    let records = three();
+    let (log, ends) = log_of(&records);
+    for chunk in [1, 2, 7, 64, log.len()] {
+        let mut reader = WalReader::new(DEFAULT_MAX_RECORD);
+        let mut got = Vec::new();
+        for piece in log.chunks(chunk) {
+            reader.push(piece);
+            while let Some(r) = reader.next_record() {
+                got.push(r);
+            }
+        }
+        assert_eq!(got, records, "chunk size {chunk}");
+        let end = reader.finish();
+        assert_eq!(end.tail, None);
+        assert_eq!(end.valid_len, ends[2]);
+        assert_eq!(end.last_sequence, 3);
+        assert_eq!(end.records, 3);
+    }
+}
+
+#[test]
+fn a_log_cut_anywhere_keeps_exactly_the_whole_records() {
+    let records = three();
+    let (log, ends) = log_of(&records);
+    for cut in 0..=log.len() {
+        let (got, end) = wal::replay(&log[..cut], DEFAULT_MAX_RECORD);
+        let whole = ends.iter().filter(|&&e| e <= cut as u64).count();
+        assert_eq!(got, records[..whole], "cut at {cut}");
+        let valid = if whole == 0 { 0 } else { ends[whole - 1] };
+        assert_eq!(end.valid_len, valid, "cut at {cut}");
+        let rest = cut as u64 - valid;
+        match end.tail {
+            None => assert_eq!(rest, 0, "cut at {cut}"),
+            Some(TailError::TornHeader { have }) => {
+                assert_eq!(have as u64, rest);
+                assert!(have < HEADER_LEN);
+            }
+            Some(TailError::TornBody { have, .. }) => {
+                assert_eq!((have + HEADER_LEN) as u64, rest)
+            }
+            Some(other) => panic!("cut at {cut}: unexpected {other}"),
+        }
+    }
+}
+
+#[test]
+fn a_flipped_bit_anywhere_stops_replay_at_that_record() {
+    let records = three();
+    let (log, ends) = log_of(&records);
+    for at in 0..log.len() {
+        for bit in [0, 3, 7] {
+            let mut bad = log.clone();
+            bad[at] ^= 1 << bit;
+            let (got, end) = wal::replay(&bad, DEFAULT_MAX_RECORD);
+            // The damaged record and everything after it are gone; nothing altered survives.
+            let damaged = ends.iter().position(|&e| (at as u64) < e).unwrap_or(0);
+            assert_eq!(got, records[..damaged], "bit {bit} of byte {at}");
+            assert!(end.tail.is_some(), "bit {bit} of byte {at}");
+        }
+    }
+}
+
+#[test]
+fn zero_filled_blocks_are_a_torn_tail_not_empty_records() {
+    let records = three();
+    let (mut log, ends) = log_of(&records[..1]);
+    log.extend_from_slice(&[0u8; 4096]);
+    let (got, end) = wal::replay(&log, DEFAULT_MAX_RECORD);
+    assert_eq!(got, records[..1]);
+    assert_eq!(end.valid_len, ends[0]);
+    assert_eq!(end.tail, Some(TailError::Empty));
+}
+
+#[test]
+fn oversized_lengths_and_repeated_sequences_stop_replay() {
+    let (mut log, _) = log_of(&three()[..1]);
+    log.extend_from_slice(&u32::MAX.to_le_bytes());
+    log.extend_from_slice(&[0u8; 12]);
+    let (got, end) = wal::replay(&log, DEFAULT_MAX_RECORD);
+    assert_eq!(got.len(), 1);
+    assert!(matches!(end.tail, Some(TailError::TooLong { .. })));
+
+    let (log, ends) = log_of(&[
+        record(5, "a", b"x"),
+        record(5, "a", b"y"),
+        record(6, "a", b"z"),
+    ]);
+    let (got, end) = wal::replay(&log, DEFAULT_MAX_RECORD);
+    assert_eq!(got.len(), 1);
+    assert_eq!(end.valid_len, ends[0]);
+    assert_eq!(
+        end.tail,
+        Some(TailError::Sequence {
+            previous: 5,
+            sequence: 5
+        })
+    );
+}
+
+#[test]
+fn garbage_with_a_valid_checksum_is_still_refused() {
+    let body = b"\xff\xff\xff";
+    let mut log = Vec::new();
+    log.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    log.extend_from_slice(&crc32c::crc32c(body).to_le_bytes());
+    log.extend_from_slice(body);
+    let (got, end) = wal::replay(&log, DEFAULT_MAX_RECORD);
+    assert!(got.is_empty());
+    assert!(matches!(end.tail, Some(TailError::Body(_))));
+}
+
+/// Runs the machine's actions against a byte vector; returns the published records.
+fn drive(wal: &mut Wal, disk: &mut Vec<u8>) -> Vec<WalRecord> {
+    let mut published = Vec::new();
+    while let Some(a) = wal.poll_action() {
+        match a {
+            WalAction::Truncate { len } => disk.truncate(len as usize),
+            WalAction::Append(b) => disk.extend_from_slice(&b),
+            WalAction::Sync { len } => wal.handle_synced(len),
+            WalAction::Rewrite(b) => *disk = b.to_vec(),
+            WalAction::Publish { record, .. } => published.push(record),
+        }
+    }
+    published
+}
+
+#[test]
+fn records_are_published_only_once_synced_and_leave_after_their_puback() {
+    let mut wal = Wal::new(WalConfig::new("procmond"));
+    let mut disk = Vec::new();
+    let a = wal.append(1, "events.process.new", Bytes::from_static(b"a"));
+    let b = wal.append(2, "events.process.new", Bytes::from_static(b"b"));
+    assert_eq!((a, b), (Ok(1), Ok(2)));
+    // Appended, not synced: nothing is published yet.
+    assert!(drive(&mut wal, &mut disk).is_empty());
+    assert_eq!(wal.unsynced(), 2);
+    wal.commit();
+    let published = drive(&mut wal, &mut disk);
+    assert_eq!(
+        published.iter().map(|r| r.sequence).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    assert_eq!((wal.unsynced(), wal.pending()), (0, 2));
+    assert!(wal.handle_puback(1));
+    assert!(
+        !wal.handle_puback(1),
+        "a second PubAck is not a second removal"
+    );
+    assert!(!wal.is_pending(1) && wal.is_pending(2));
+    assert_eq!(wal.file_len(), disk.len() as u64);
+    let (replayed, _) = wal::replay(&disk, DEFAULT_MAX_RECORD);
+    assert_eq!(replayed.len(), 2, "compaction waits for enough dead bytes");
+}
+
+#[test]
+fn refuses_when_full_empty_topics_and_oversized_records() {
+    let mut cfg = WalConfig::new("procmond");
+    cfg.max_pending = 2;
+    cfg.max_record = 100;
+    let mut wal = Wal::new(cfg);
+    assert_eq!(wal.append(0, "", Bytes::new()), Err(WalError::NoTopic));
+    assert!(matches!(
+        wal.append(0, "t", Bytes::from(vec![0; 200])),
+        Err(WalError::TooLarge { .. })
+    ));
+    assert_eq!(wal.append(0, "t", Bytes::new()), Ok(1));
+    assert_eq!(wal.append(0, "t", Bytes::new()), Ok(2));
+    assert_eq!(
+        wal.append(0, "t", Bytes::new()),
+        Err(WalError::Full { pending: 2 })
+    );
+    let mut disk = Vec::new();
+    wal.commit();
+    drive(&mut wal, &mut disk);
+    wal.handle_puback(1);
+    assert_eq!(
+        wal.append(0, "t", Bytes::new()),
+        Ok(3),
+        "a PubAck frees room"
+    );
+}
+
+#[test]
+fn compaction_keeps_pending_records_and_never_lets_a_sequence_be_reused() {
+    let mut cfg = WalConfig::new("procmond");
+    cfg.compact_after = 1;
+    let mut wal = Wal::new(cfg.clone());
+    let mut disk = Vec::new();
+    for i in 0..100u64 {
+        wal.append(i, "events.process.new", Bytes::from(vec![1; 50]))
+            .expect("room");
+    }
+    wal.commit();
+    drive(&mut wal, &mut disk);
+    // Ack all but 97 and 99: most of the log is dead, so it is rewritten.
+    for s in 1..=100 {
+        if s != 97 && s != 99 {
+            wal.handle_puback(s);
+        }
+    }
+    let full = disk.len();
+    drive(&mut wal, &mut disk);
+    assert!(wal.compactions() >= 1);
+    assert!(disk.len() * 4 < full, "{} of {full} bytes left", disk.len());
+    let (replayed, end) = wal::replay(&disk, DEFAULT_MAX_RECORD);
+    let seqs: Vec<u64> = replayed.iter().map(|r| r.sequence).collect();
+    assert!(seqs.contains(&97) && seqs.contains(&99), "{seqs:?}");
+    assert_eq!(end.last_sequence, 100);
+    // Everything acknowledged: the log shrinks to the checkpoint alone.
+    wal.handle_puback(97);
+    wal.handle_puback(99);
+    drive(&mut wal, &mut disk);
+    let (replayed, end) = wal::replay(&disk, DEFAULT_MAX_RECORD);
+    assert!(replayed.is_empty());
+    assert_eq!(end.last_sequence, 100);
+    // A restart resumes after the checkpoint.
+    let mut again = Wal::recover(cfg, replayed, &end);
+    assert_eq!(again.append(0, "events.process.new", Bytes::new()), Ok(101));
+}
+
+#[test]
+fn recovery_truncates_the_torn_tail_and_republishes_in_order() {
+    let (mut log, ends) = log_of(&three());
+    log.truncate(ends[2] as usize - 3);
+    let (records, end) = wal::replay(&log, DEFAULT_MAX_RECORD);
+    let mut wal = Wal::recover(WalConfig::new("procmond"), records, &end);
+    assert_eq!(
+        wal.poll_action(),
+        Some(WalAction::Truncate { len: ends[1] })
+    );
+    // What survived is synced before it is published again.
+    assert_eq!(wal.poll_action(), Some(WalAction::Sync { len: ends[1] }));
+    assert_eq!(wal.poll_action(), None);
+    wal.handle_synced(ends[1]);
+    let published: Vec<(u64, bool)> = std::iter::from_fn(|| wal.poll_action())
+        .map(|a| match a {
+            WalAction::Publish { record, replayed } => (record.sequence, replayed),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(published, [(1, true), (2, true)]);
+    // The torn record was never accepted, so its sequence may be assigned again.
+    assert_eq!(wal.append(0, "t", Bytes::new()), Ok(3));
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Append(u8),
+    Commit,
+    /// The device finishes the oldest sync in progress.
+    SyncDone,
+    /// Ack the n-th pending record (modulo).
+    Ack(u8),
+    /// Crash: the disk keeps its synced prefix and a torn piece of the rest.
+    Crash {
+        keep: u16,
+        garbage: bool,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => any::<u8>().prop_map(Op::Append),
+        2 => Just(Op::Commit),
+        2 => Just(Op::SyncDone),
+        3 => any::<u8>().prop_map(Op::Ack),
+        1 => (any::<u16>(), any::<bool>()).prop_map(|(keep, garbage)| Op::Crash { keep, garbage }),
+    ]
+}
+
+proptest! {
+    /// Nothing accepted and unacknowledged is ever lost across crashes with torn tails, and
+    /// no sequence is ever assigned to two different events that were published.
+    #[test]
+    fn accepted_records_survive_crashes(ops in proptest::collection::vec(op(), 1..300)) {
+        let mut cfg = WalConfig::new("src");
+        cfg.compact_after = 200;
+        let mut wal = Wal::new(cfg.clone());
+        let mut disk: Vec<u8> = Vec::new();
+        let mut synced = 0usize;
+        let mut syncing: std::collections::VecDeque<u64> = Default::default();
+        // Published by the current incarnation: only these can be acknowledged to it.
+        let mut sent: std::collections::BTreeSet<u64> = Default::default();
+        // Accepted, not acknowledged: sequence -> payload.
+        let mut must_survive: BTreeMap<u64, Bytes> = BTreeMap::new();
+        // Every published (sequence -> payload), across incarnations.
+        let mut published: BTreeMap<u64, Bytes> = BTreeMap::new();
+        let mut n = 0u32;
+        for op in ops {
+            match op {
+                Op::Append(len) => {
+                    n += 1;
+                    let payload = Bytes::from(format!("event {n} {}", "x".repeat(len as usize % 40)));
+                    let _ = wal.append(u64::from(n), "events.t", payload);
+                }
+                Op::Commit => wal.commit(),
+                Op::SyncDone => {
+                    if let Some(len) = syncing.pop_front() {
+                        synced = synced.max(len as usize);
+                        wal.handle_synced(len);
+                    }
+                }
+                Op::Ack(k) => {
+                    let ackable: Vec<u64> =
+                        must_survive.keys().filter(|s| sent.contains(s)).copied().collect();
+                    if !ackable.is_empty() {
+                        let seq = ackable[k as usize % ackable.len()];
+                        prop_assert!(wal.handle_puback(seq));
+                        must_survive.remove(&seq);
+                        sent.remove(&seq);
+                    }
+                }
+                Op::Crash { keep, garbage } => {
+                    let extra = (disk.len() - synced).min(keep as usize % 64);
+                    disk.truncate(synced + extra);
+                    syncing.clear();
+                    sent.clear();
+                    if garbage {
+                        disk.extend_from_slice(&[0x5a; 5]);
+                    }
+                    let (records, end) = wal::replay(&disk, cfg.max_record);
+                    let seqs: Vec<u64> = records.iter().map(|r| r.sequence).collect();
+                    for s in must_survive.keys() {
+                        prop_assert!(seqs.contains(s), "accepted #{} lost; replayed {:?}", s, seqs);
+                    }
+                    wal = Wal::recover(cfg.clone(), records, &end);
+                }
+            }
+            // The driver: run every action; a Sync makes the disk durable up to its length.
+            while let Some(a) = wal.poll_action() {
+                match a {
+                    WalAction::Truncate { len } => {
+                        disk.truncate(len as usize);
+                        synced = synced.min(disk.len());
+                    }
+                    WalAction::Append(b) => disk.extend_from_slice(&b),
+                    WalAction::Sync { len } => syncing.push_back(len),
+                    WalAction::Rewrite(b) => {
+                        disk = b.to_vec();
+                        synced = disk.len();
+                    }
+                    WalAction::Publish { record: r, replayed } => {
+                        if let Some(prev) = published.insert(r.sequence, r.payload.clone()) {
+                            prop_assert!(replayed, "#{} published twice without a replay", r.sequence);
+                            prop_assert_eq!(&prev, &r.payload, "sequence {} reused", r.sequence);
+                        }
+                        sent.insert(r.sequence);
+                        must_survive.entry(r.sequence).or_insert(r.payload);
+                    }
+                }
+            }
+            prop_assert_eq!(wal.file_len(), disk.len() as u64);
+        }
+    }
+}
