@@ -478,8 +478,10 @@ impl Wal {
         }
         let dead = self.file_len - self.live_bytes;
         let rewrite = if self.pending.is_empty() {
-            // Everything is acknowledged: shrink to a checkpoint once it is worth it.
-            dead >= self.config.compact_after.min(64 * 1024) && self.file_len > checkpoint_len(self)
+            // Everything is acknowledged: shrink to a checkpoint, so that a restart re-sends
+            // nothing. Under load something is nearly always in flight, so this happens when
+            // the source is idle, and a rewrite that small is cheap.
+            self.file_len > checkpoint_len(self)
         } else {
             dead >= self.config.compact_after && dead * 2 >= self.file_len
         };

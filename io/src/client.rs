@@ -51,6 +51,14 @@ pub enum ClientError {
     /// The operation did not complete in time.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    /// A QoS1 request found nobody subscribed to its topic until the deadline.
+    #[error("no responders on {topic} within {waited:?} (is the agent still starting?)")]
+    NoResponders {
+        /// The request topic.
+        topic: String,
+        /// How long it kept trying.
+        waited: Duration,
+    },
     /// The connection closed and will not come back.
     #[error("connection closed: {0}")]
     Closed(String),
@@ -363,6 +371,18 @@ impl Client {
     /// Sends a publish (waiting only for room in the send buffer) and returns a handle for
     /// its PubAck, so that many QoS1 publishes can be in flight at once.
     pub async fn send(&self, p: Publish) -> Result<PendingAck, ClientError> {
+        self.send_with(p, false).await
+    }
+
+    /// Sends a QoS1 publish under the sequence the caller assigned (a WAL record's),
+    /// keeping `p.resent` as given; otherwise like [`send`](Self::send). The publisher id
+    /// must be stable across restarts (`ClientOptions::session.publisher_id`) for a
+    /// subscriber to recognise a resend.
+    pub async fn send_sequenced(&self, p: Publish) -> Result<PendingAck, ClientError> {
+        self.send_with(p, true).await
+    }
+
+    async fn send_with(&self, p: Publish, sequenced: bool) -> Result<PendingAck, ClientError> {
         loop {
             let drained = self.drained.notified();
             if self.lock().session.buffered_bytes() < SEND_BUFFER_LIMIT {
@@ -375,10 +395,12 @@ impl Client {
         let rx = {
             let mut inner = self.lock();
             self.check_open(&inner)?;
-            let seq = inner
-                .session
-                .publish(p)
-                .map_err(|e| ClientError::Closed(e.to_string()))?;
+            let seq = if sequenced {
+                inner.session.publish_sequenced(p)
+            } else {
+                inner.session.publish(p)
+            }
+            .map_err(|e| ClientError::Closed(e.to_string()))?;
             if qos == QoS::AtLeastOnce {
                 let (tx, rx) = oneshot::channel();
                 inner.puback_waiters.insert(seq, tx);
@@ -431,22 +453,45 @@ impl Client {
     }
 
     /// Sends `p` with a fresh reply topic and waits for the first reply.
+    ///
+    /// A QoS1 request learns from its PubAck whether anyone is subscribed: while nobody is
+    /// (a responder still starting, or reconnecting), it is sent again every 50 ms until the
+    /// deadline, then fails with [`ClientError::NoResponders`] instead of a bare timeout.
     pub async fn request(&self, mut p: Publish, timeout: Duration) -> Result<Deliver, ClientError> {
+        let deadline = tokio::time::Instant::now() + timeout;
         let session = self.lock().session.session_id().unwrap_or(0);
         let n = self.reply_counter.fetch_add(1, Ordering::Relaxed);
         let reply_to = format!("_reply.s{session}.r{n}");
         let mut sub = self.subscribe(plain_subscribe(&reply_to)).await?;
         p.reply_to = Some(reply_to);
-        self.publish(p).await?;
-        let got = tokio::time::timeout(timeout, sub.recv()).await;
-        self.unsubscribe(sub.id);
-        match got {
-            Ok(Some(d)) => Ok(d),
-            Ok(None) => Err(ClientError::Closed(
-                "connection closed while waiting for the reply".into(),
-            )),
-            Err(_) => Err(ClientError::Timeout(timeout)),
+        let result = async {
+            loop {
+                let ack = tokio::time::timeout_at(deadline, self.publish(p.clone()))
+                    .await
+                    .map_err(|_| ClientError::Timeout(timeout))??;
+                if !ack.is_some_and(|a| a.no_interest) {
+                    break;
+                }
+                let retry = tokio::time::Instant::now() + Duration::from_millis(50);
+                if retry >= deadline {
+                    return Err(ClientError::NoResponders {
+                        topic: p.topic.clone(),
+                        waited: timeout,
+                    });
+                }
+                tokio::time::sleep_until(retry).await;
+            }
+            match tokio::time::timeout_at(deadline, sub.recv()).await {
+                Ok(Some(d)) => Ok(d),
+                Ok(None) => Err(ClientError::Closed(
+                    "connection closed while waiting for the reply".into(),
+                )),
+                Err(_) => Err(ClientError::Timeout(timeout)),
+            }
         }
+        .await;
+        self.unsubscribe(sub.id);
+        result
     }
 
     /// Takes the refusals of QoS0 publishes received so far (a QoS1 publish gets its own

@@ -36,7 +36,7 @@ pub async fn keep_registered(
                     let req = Publish::new(
                         topics::REGISTRATION,
                         Bytes::from(identity.encode_to_vec()),
-                        QoS::AtMostOnce,
+                        QoS::AtLeastOnce,
                     );
                     match client.request(req, timeout).await {
                         Ok(d) => {

@@ -36,3 +36,4 @@ pub fn init_logging(level: &str) -> Result<(), String> {
 }
 pub mod server;
 pub mod transport;
+pub mod wal;

@@ -70,6 +70,24 @@ pub fn default_socket_path() -> PathBuf {
     }
 }
 
+/// Where components keep state that must survive a reboot (a collector's WAL):
+/// `/var/lib/daemoneye` for root, else `$XDG_STATE_HOME/daemoneye`, else
+/// `$HOME/.local/state/daemoneye`, else `/tmp/daemoneye-<uid>/state`.
+pub fn default_state_dir() -> PathBuf {
+    let uid = current_uid();
+    if uid == 0 {
+        return PathBuf::from("/var/lib/daemoneye");
+    }
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(dir) = var("XDG_STATE_HOME") {
+        return PathBuf::from(dir).join("daemoneye");
+    }
+    if let Some(home) = var("HOME") {
+        return PathBuf::from(home).join(".local/state/daemoneye");
+    }
+    PathBuf::from(format!("/tmp/daemoneye-{uid}")).join("state")
+}
+
 /// An explicit path, else `DAEMONEYE_BROKER_SOCKET`, else the default.
 pub fn resolve_socket_path(explicit: Option<&Path>) -> PathBuf {
     if let Some(p) = explicit {

@@ -136,6 +136,50 @@ fn request_reply_across_processes() {
     responder.join().expect("responder");
     let (status, _, err) = agent.run_cli(&["req", "svc.nobody", "x", "--timeout", "0.3"]);
     assert!(!status.success());
+    assert!(err.contains("no responders on svc.nobody"), "{err}");
+}
+
+fn no_interest(agent: &Agent) -> u64 {
+    let (status, out, err) = agent.run_cli(&["stats", "--json"]);
+    assert!(status.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("stats json");
+    v["totals"]["no_interest"].as_u64().expect("no_interest")
+}
+
+#[test]
+fn a_request_waits_for_a_responder_that_is_still_starting() {
+    let agent = Agent::start(&bins(), None);
+    let before = no_interest(&agent);
+    let mut req = agent
+        .cli(&["req", "svc.late", "ping", "--timeout", "4"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("req");
+    // The request has found nobody at least once before the responder starts.
+    let deadline = std::time::Instant::now() + T;
+    while no_interest(&agent) == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request never went out"
+        );
+    }
+    let mut responder = agent.subscriber(&["svc.late", "--count", "1"]);
+    let got = responder.stdout.wait_count(1, T).to_vec();
+    assert_eq!(
+        got.len(),
+        1,
+        "the retried request reaches the late responder"
+    );
+    // The plain subscriber does not answer, so the requester times out, not "no responders".
+    let status = wait_exit(&mut req, T + T).expect("req exits");
+    assert!(!status.success());
+    let mut err = String::new();
+    req.stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("read");
     assert!(err.contains("timed out"), "{err}");
 }
 

@@ -283,16 +283,20 @@ fn bad_collector_config_is_a_clear_error_at_start() {
     }
 }
 
-fn procmond_config(extra_broker: &str) -> String {
+/// procmond under the agent, with its WAL in `state`.
+fn procmond_config(state: &tempfile::TempDir) -> String {
+    let wal = state.path().join("procmond.wal");
     format!(
-        "[broker]\nheartbeat_interval_ms = 200\n{extra_broker}\n[[collectors]]\nname = \"procmond\"\nbinary = {:?}\nargs = [\"--interval\", \"5\"]\nstop_timeout_ms = 300\nbackoff_initial_ms = 50\n",
-        env!("CARGO_BIN_EXE_procmond")
+        "[broker]\nheartbeat_interval_ms = 200\n[[collectors]]\nname = \"procmond\"\nbinary = {:?}\nargs = [\"--interval\", \"5\", \"--wal\", {:?}]\nstop_timeout_ms = 300\nbackoff_initial_ms = 50\n",
+        env!("CARGO_BIN_EXE_procmond"),
+        wal.display().to_string()
     )
 }
 
 #[test]
 fn procmond_registers_heartbeats_and_publishes_process_events() {
-    let agent = Agent::start(&bins(), Some(&procmond_config("")));
+    let state = tempfile::tempdir().expect("tempdir");
+    let agent = Agent::start(&bins(), Some(&procmond_config(&state)));
     running_pid(&agent, "procmond");
     eventually("registration and heartbeats", || {
         field(&agent, "procmond", "capabilities") == 65
@@ -307,7 +311,8 @@ fn procmond_registers_heartbeats_and_publishes_process_events() {
 
 #[test]
 fn a_collector_that_stops_heartbeating_is_restarted() {
-    let agent = Agent::start(&bins(), Some(&procmond_config("")));
+    let state = tempfile::tempdir().expect("tempdir");
+    let agent = Agent::start(&bins(), Some(&procmond_config(&state)));
     let pid = running_pid(&agent, "procmond");
     eventually("heartbeats", || {
         field(&agent, "procmond", "last_heartbeat_ms").as_u64() > Some(0)
@@ -330,7 +335,8 @@ fn a_collector_that_stops_heartbeating_is_restarted() {
 
 #[test]
 fn a_paused_collector_is_exempt_from_heartbeat_checks() {
-    let agent = Agent::start(&bins(), Some(&procmond_config("")));
+    let state = tempfile::tempdir().expect("tempdir");
+    let agent = Agent::start(&bins(), Some(&procmond_config(&state)));
     let pid = running_pid(&agent, "procmond");
     eventually("heartbeats", || {
         field(&agent, "procmond", "last_heartbeat_ms").as_u64() > Some(0)

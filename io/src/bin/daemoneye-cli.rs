@@ -368,7 +368,7 @@ async fn run(cli: Cli) -> Result<()> {
             let client = connect(&cli.socket, "daemoneye-cli").await?;
             let reply = client
                 .request(
-                    simple_publish(&topic, Bytes::from(message.into_bytes()), QoS::AtMostOnce),
+                    simple_publish(&topic, Bytes::from(message.into_bytes()), QoS::AtLeastOnce),
                     secs(timeout)?,
                 )
                 .await?;
@@ -413,7 +413,7 @@ async fn run(cli: Cli) -> Result<()> {
                     simple_publish(
                         topics::LIFECYCLE,
                         Bytes::from(request.encode_to_vec()),
-                        QoS::AtMostOnce,
+                        QoS::AtLeastOnce,
                     ),
                     Duration::from_secs(5),
                 )
@@ -439,7 +439,7 @@ async fn run(cli: Cli) -> Result<()> {
             let client = connect(&cli.socket, "daemoneye-cli").await?;
             let reply = client
                 .request(
-                    simple_publish(topics::HEALTH_STATUS, Bytes::new(), QoS::AtMostOnce),
+                    simple_publish(topics::HEALTH_STATUS, Bytes::new(), QoS::AtLeastOnce),
                     Duration::from_secs(5),
                 )
                 .await

@@ -4,8 +4,16 @@
 //! `DAEMONEYE_BROKER_SOCKET`, registers as collector `procmond` of type `process` with the
 //! PROCESS and SYSTEM_WIDE capabilities, heartbeats, and every `--interval` seconds scans
 //! `/proc`, publishing `events.process.new` and `events.process.exit` (ProcessEvent
-//! protobuf, QoS1). Not built yet: standalone mode with a local database, executable
-//! hashing, enhanced metadata, the WAL, and the config messages (UpdateConfig and friends).
+//! protobuf, QoS1).
+//!
+//! Events go through a write-ahead log (`--wal`): each scan's events are appended and
+//! synced once (group commit) before they count as accepted and are published; a record
+//! leaves the log after its PubAck. A restarted procmond replays the log and re-sends what
+//! was not acknowledged, under the stable publisher id `procmond` and the original
+//! sequences, so subscribers drop what they already saw.
+//!
+//! Not built yet: standalone mode with a local database, executable hashing, enhanced
+//! metadata, and the config messages (UpdateConfig and friends).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -17,7 +25,9 @@ use clap::Parser;
 use daemoneye_core::registration::RegistrationConfig;
 use daemoneye_core::registry::SourceCaps;
 use daemoneye_core::topic::topics;
+use daemoneye_core::wal::WalConfig;
 use daemoneye_io::client::{Client, ClientOptions};
+use daemoneye_io::wal::{ToPublish, WalFile};
 use daemoneye_proto::frame::{CollectorIdentity, Publish, QoS, Role};
 use daemoneye_proto::pb::{control as pbc, events as pbe};
 use prost::Message;
@@ -25,7 +35,7 @@ use prost::Message;
 /// procmond: DaemonEye's process collector.
 ///
 /// Environment: DAEMONEYE_BROKER_SOCKET (the broker), DAEMONEYE_PROCMOND_INTERVAL,
-/// DAEMONEYE_PROCMOND_LOG_LEVEL.
+/// DAEMONEYE_PROCMOND_WAL, DAEMONEYE_PROCMOND_LOG_LEVEL.
 #[derive(Debug, Parser)]
 #[command(name = "procmond", version)]
 struct Args {
@@ -45,6 +55,23 @@ struct Args {
     /// Local database for standalone mode (not built yet).
     #[arg(long, value_name = "PATH")]
     database: Option<PathBuf>,
+    /// Write-ahead log of events not yet acknowledged by the broker. Default:
+    /// procmond.wal in the state directory (/var/lib/daemoneye for root, else
+    /// $XDG_STATE_HOME/daemoneye or ~/.local/state/daemoneye).
+    #[arg(
+        long,
+        env = "DAEMONEYE_PROCMOND_WAL",
+        value_name = "PATH",
+        conflicts_with = "no_wal"
+    )]
+    wal: Option<PathBuf>,
+    /// Publish without a WAL: events not acknowledged when procmond dies are lost.
+    #[arg(long)]
+    no_wal: bool,
+    /// Most events held in the WAL waiting for a PubAck; past it, new events are dropped
+    /// (and counted in the log) until the broker catches up.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    max_events_in_flight: u64,
 }
 
 fn main() -> ExitCode {
@@ -87,7 +114,28 @@ async fn run(args: Args, socket: PathBuf) -> Result<(), Box<dyn std::error::Erro
         kind: "process".into(),
         capabilities: caps.0,
     });
+    let mut wal = if args.no_wal {
+        None
+    } else {
+        let path = args
+            .wal
+            .clone()
+            .unwrap_or_else(|| daemoneye_io::paths::default_state_dir().join("procmond.wal"));
+        let mut config = WalConfig::new("procmond");
+        config.max_pending = args.max_events_in_flight as usize;
+        let (wal, replayed) = WalFile::open(&path, config)?;
+        if wal.pending() > 0 || replayed.tail.is_some() {
+            tracing::info!(wal = %path.display(), %replayed, "re-sending unacknowledged events");
+        }
+        // Resends are recognised by (publisher id, sequence): the id must outlive the process.
+        options.session.publisher_id = Some("procmond".into());
+        Some(wal)
+    };
     let client = Client::connect(&socket, options).await?;
+    let (ack_tx, mut ack_rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    if let Some(wal) = wal.as_mut() {
+        send_accepted(&client, wal, &ack_tx).await;
+    }
     let identity = pbc::RegisterRequest {
         collector_id: "procmond".into(),
         collector_type: "process".into(),
@@ -110,21 +158,42 @@ async fn run(args: Args, socket: PathBuf) -> Result<(), Box<dyn std::error::Erro
     let mut tick = tokio::time::interval(Duration::from_secs(args.interval));
     loop {
         tokio::select! {
+            biased;
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
+            Some(sequence) = ack_rx.recv() => {
+                if let Some(wal) = wal.as_mut()
+                    && let Err(e) = wal.handle_puback(sequence)
+                {
+                    tracing::error!(error = %e, "WAL failed");
+                    return Err(e.into());
+                }
+            }
             _ = tick.tick() => {
                 let now = scan(args.max_processes);
+                let mut events = Vec::new();
                 for (pid, info) in &now {
                     if !known.contains_key(pid) {
-                        publish(&client, topics::PROCESS_NEW, pbe::ProcessEventKind::New, info).await;
+                        events.push((topics::PROCESS_NEW, event(pbe::ProcessEventKind::New, info)));
                     }
                 }
                 for (pid, info) in &known {
                     if !now.contains_key(pid) {
-                        publish(&client, topics::PROCESS_EXIT, pbe::ProcessEventKind::Exit, info).await;
+                        events.push((topics::PROCESS_EXIT, event(pbe::ProcessEventKind::Exit, info)));
                     }
                 }
                 known = now;
+                match wal.as_mut() {
+                    Some(wal) => log_events(&client, wal, &ack_tx, events).await?,
+                    None => {
+                        for (topic, payload) in events {
+                            let p = Publish::new(topic, payload, QoS::AtLeastOnce);
+                            if let Err(e) = client.send(p).await {
+                                tracing::warn!(error = %e, "could not publish a process event");
+                            }
+                        }
+                    }
+                }
             }
         }
     }
@@ -134,25 +203,81 @@ async fn run(args: Args, socket: PathBuf) -> Result<(), Box<dyn std::error::Erro
     Ok(())
 }
 
-async fn publish(
-    client: &Client,
-    topic: &str,
-    kind: pbe::ProcessEventKind,
-    info: &pbe::ProcessInfo,
-) {
-    let observed = std::time::SystemTime::now()
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn event(kind: pbe::ProcessEventKind, info: &pbe::ProcessInfo) -> Bytes {
     let event = pbe::ProcessEvent {
         kind: kind as i32,
         process: Some(info.clone()),
         changed: Vec::new(),
-        observed_at_ms: observed,
+        observed_at_ms: now_ms(),
         collector_id: "procmond".into(),
     };
-    let p = Publish::new(topic, Bytes::from(event.encode_to_vec()), QoS::AtLeastOnce);
-    if let Err(e) = client.send(p).await {
-        tracing::warn!(error = %e, "could not publish a process event");
+    Bytes::from(event.encode_to_vec())
+}
+
+/// One scan's events into the WAL, one sync for all of them, then published.
+async fn log_events(
+    client: &Client,
+    wal: &mut WalFile,
+    acks: &tokio::sync::mpsc::UnboundedSender<u64>,
+    events: Vec<(&str, Bytes)>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut refused = 0u64;
+    for (topic, payload) in events {
+        match wal.append(now_ms(), topic, payload) {
+            Ok(_) => {}
+            Err(daemoneye_io::wal::WalFileError::Refused(e)) => {
+                refused += 1;
+                tracing::debug!(error = %e, "event not logged");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "WAL failed");
+                return Err(e.into());
+            }
+        }
+    }
+    if refused > 0 {
+        tracing::warn!(
+            dropped = refused,
+            pending = wal.pending(),
+            "WAL full: events dropped until the broker acknowledges what is held"
+        );
+    }
+    wal.commit()?;
+    send_accepted(client, wal, acks).await;
+    Ok(())
+}
+
+/// Publishes what the WAL accepted; each PubAck comes back on `acks`.
+async fn send_accepted(
+    client: &Client,
+    wal: &mut WalFile,
+    acks: &tokio::sync::mpsc::UnboundedSender<u64>,
+) {
+    for ToPublish { record, replayed } in wal.take_publishes() {
+        let sequence = record.sequence;
+        let p = Publish {
+            sequence,
+            resent: replayed,
+            ..Publish::new(record.topic, record.payload, QoS::AtLeastOnce)
+        };
+        match client.send_sequenced(p).await {
+            Ok(pending) => {
+                let acks = acks.clone();
+                tokio::spawn(async move {
+                    if let Ok(Some(_)) = pending.wait().await {
+                        let _ = acks.send(sequence);
+                    }
+                });
+            }
+            // The record stays in the WAL and is re-sent by the next procmond.
+            Err(e) => tracing::warn!(error = %e, sequence, "could not publish a logged event"),
+        }
     }
 }
 

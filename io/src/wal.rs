@@ -1,0 +1,235 @@
+//! The WAL file: drives [`daemoneye_core::wal::Wal`] against a real file.
+//!
+//! One process owns a log at a time (an exclusive `flock` on `<log>.lock`, a file that is
+//! never replaced, so compaction cannot open a window); the log is created with mode
+//! 0600 in a directory made 0700. Appends are plain writes, a commit is one `fdatasync`
+//! (group commit), and a compaction writes a temporary file, syncs it, renames it over
+//! the log and syncs the directory, so a crash leaves either the old log or the new one.
+//! The calls block on the disk: a collector calls them between scans, not on a hot path.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use daemoneye_core::wal::{
+    Replayed, Wal, WalAction, WalConfig, WalError, WalReader, is_checkpoint,
+};
+use daemoneye_proto::pb::wal::WalRecord;
+use nix::fcntl::{Flock, FlockArg};
+
+/// Why the log could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum WalFileError {
+    /// Another process holds the log.
+    #[error("WAL {0} is held by another process (is another instance running?)")]
+    Locked(PathBuf),
+    /// An OS error, with what was being done.
+    #[error("WAL {path}: {what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The log.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The machine refused an append.
+    #[error(transparent)]
+    Refused(#[from] WalError),
+}
+
+/// A record the caller must publish (QoS1, under its sequence).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToPublish {
+    /// The record.
+    pub record: WalRecord,
+    /// It came back from a replay: send it marked as a resend.
+    pub replayed: bool,
+}
+
+/// An open, locked WAL.
+#[derive(Debug)]
+pub struct WalFile {
+    path: PathBuf,
+    file: File,
+    _lock: Flock<File>,
+    machine: Wal,
+    outbox: Vec<ToPublish>,
+}
+
+impl WalFile {
+    /// Opens (or creates) the log at `path`, replays it, truncates a torn tail and syncs
+    /// what survived. The replayed records are waiting in [`take_publishes`](Self::take_publishes).
+    pub fn open(path: &Path, config: WalConfig) -> Result<(WalFile, Replayed), WalFileError> {
+        let io_err = |what: &'static str| {
+            move |source| WalFileError::Io {
+                what,
+                path: path.to_path_buf(),
+                source,
+            }
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io_err("creating its directory"))?;
+        }
+        let mut lock_path = path.as_os_str().to_owned();
+        lock_path.push(".lock");
+        let lock = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(io_err("opening its lock file"))?;
+        let lock = Flock::lock(lock, FlockArg::LockExclusiveNonblock)
+            .map_err(|_| WalFileError::Locked(path.to_path_buf()))?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io_err("opening"))?;
+        let mut reader = WalReader::new(config.max_record);
+        let mut records = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = file.read(&mut buf).map_err(io_err("reading"))?;
+            if n == 0 {
+                break;
+            }
+            reader.push(&buf[..n]);
+            while let Some(r) = reader.next_record() {
+                if !is_checkpoint(&r) {
+                    records.push(r);
+                }
+            }
+        }
+        let replayed = reader.finish();
+        if let Some(tail) = &replayed.tail {
+            tracing::warn!(wal = %path.display(), valid_bytes = replayed.valid_len, %tail,
+                "WAL has a damaged tail; truncating it");
+        }
+        let machine = Wal::recover(config, records, &replayed);
+        let mut wal = WalFile {
+            path: path.to_path_buf(),
+            file,
+            _lock: lock,
+            machine,
+            outbox: Vec::new(),
+        };
+        wal.run()?;
+        tracing::info!(wal = %path.display(), %replayed, "WAL replayed");
+        Ok((wal, replayed))
+    }
+
+    /// The log's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends an event (not yet accepted: see [`commit`](Self::commit)). Returns its
+    /// sequence.
+    pub fn append(
+        &mut self,
+        accepted_at_ms: u64,
+        topic: &str,
+        payload: Bytes,
+    ) -> Result<u64, WalFileError> {
+        let seq = self.machine.append(accepted_at_ms, topic, payload)?;
+        self.run()?;
+        Ok(seq)
+    }
+
+    /// Syncs everything appended: those events are accepted, and wait in
+    /// [`take_publishes`](Self::take_publishes).
+    pub fn commit(&mut self) -> Result<(), WalFileError> {
+        self.machine.commit();
+        self.run()
+    }
+
+    /// The broker acknowledged `sequence`; the log may be compacted.
+    pub fn handle_puback(&mut self, sequence: u64) -> Result<(), WalFileError> {
+        self.machine.handle_puback(sequence);
+        self.run()
+    }
+
+    /// Records to publish now, in order.
+    pub fn take_publishes(&mut self) -> Vec<ToPublish> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    /// Records accepted and waiting for their PubAck.
+    pub fn pending(&self) -> usize {
+        self.machine.pending()
+    }
+
+    /// The highest sequence assigned.
+    pub fn last_sequence(&self) -> u64 {
+        self.machine.last_sequence()
+    }
+
+    fn io_err(&self, what: &'static str) -> impl FnOnce(io::Error) -> WalFileError + '_ {
+        move |source| WalFileError::Io {
+            what,
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn run(&mut self) -> Result<(), WalFileError> {
+        while let Some(action) = self.machine.poll_action() {
+            match action {
+                WalAction::Truncate { len } => {
+                    self.file.set_len(len).map_err(self.io_err("truncating"))?;
+                }
+                WalAction::Append(bytes) => {
+                    self.file
+                        .write_all(&bytes)
+                        .map_err(self.io_err("appending"))?;
+                }
+                WalAction::Sync { len } => {
+                    self.file.sync_data().map_err(self.io_err("syncing"))?;
+                    self.machine.handle_synced(len);
+                }
+                WalAction::Rewrite(bytes) => self.rewrite(&bytes)?,
+                WalAction::Publish { record, replayed } => {
+                    self.outbox.push(ToPublish { record, replayed });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn rewrite(&mut self, bytes: &[u8]) -> Result<(), WalFileError> {
+        let tmp = self.path.with_extension("wal.compact");
+        let mut out = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(self.io_err("creating the compacted log"))?;
+        out.write_all(bytes)
+            .and_then(|()| out.sync_all())
+            .map_err(self.io_err("writing the compacted log"))?;
+        std::fs::rename(&tmp, &self.path).map_err(self.io_err("replacing the log"))?;
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(self.io_err("syncing the log's directory"))?;
+        }
+        self.file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(self.io_err("reopening the compacted log"))?;
+        tracing::debug!(wal = %self.path.display(), bytes = bytes.len(), "WAL compacted");
+        Ok(())
+    }
+}

@@ -1,0 +1,231 @@
+//! The WAL file on a real filesystem, and procmond's WAL across a SIGKILL.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use daemoneye_core::wal::{self, DEFAULT_MAX_RECORD, TailError, WalConfig};
+use daemoneye_io::wal::{WalFile, WalFileError};
+use daemoneye_tests::{Agent, Bins, signal, wait_exit};
+use nix::sys::signal::Signal;
+
+const T: Duration = Duration::from_secs(10);
+
+fn config() -> WalConfig {
+    let mut c = WalConfig::new("test");
+    c.compact_after = 256;
+    c
+}
+
+#[test]
+fn accepted_records_come_back_after_reopening_and_acked_ones_do_not() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state").join("t.wal");
+    {
+        let (mut w, replayed) = WalFile::open(&path, config()).expect("open");
+        assert_eq!((replayed.records, replayed.tail), (0, None));
+        for i in 0..5u64 {
+            w.append(i, "events.t", Bytes::from(format!("event {i}")))
+                .expect("append");
+        }
+        assert!(
+            w.take_publishes().is_empty(),
+            "nothing accepted before the sync"
+        );
+        w.commit().expect("commit");
+        let sent: Vec<u64> = w
+            .take_publishes()
+            .iter()
+            .map(|p| p.record.sequence)
+            .collect();
+        assert_eq!(sent, [1, 2, 3, 4, 5]);
+        w.handle_puback(2).expect("ack");
+        w.handle_puback(4).expect("ack");
+        // Appended but never committed: not accepted, may be lost.
+        w.append(9, "events.t", Bytes::from_static(b"unsynced"))
+            .expect("append");
+    }
+    let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let dir_mode = std::fs::metadata(path.parent().expect("parent"))
+        .expect("stat")
+        .permissions()
+        .mode();
+    assert_eq!(dir_mode & 0o777, 0o700);
+    let (mut w, _) = WalFile::open(&path, config()).expect("reopen");
+    let back: Vec<(u64, bool)> = w
+        .take_publishes()
+        .iter()
+        .map(|p| (p.record.sequence, p.replayed))
+        .collect();
+    // Acknowledged records may linger until a compaction; accepted ones must all be back.
+    for s in [1, 3, 5] {
+        assert!(back.contains(&(s, true)), "{back:?}");
+    }
+    assert!(w.last_sequence() >= 5);
+}
+
+#[test]
+fn a_torn_tail_is_truncated_and_the_log_stays_usable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("t.wal");
+    {
+        let (mut w, _) = WalFile::open(&path, config()).expect("open");
+        w.append(1, "events.t", Bytes::from_static(b"kept"))
+            .expect("append");
+        w.commit().expect("commit");
+    }
+    let good = std::fs::metadata(&path).expect("stat").len();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(&[40, 0, 0, 0, 1, 2, 3, 4, 5]))
+        .expect("tear");
+    let (mut w, replayed) = WalFile::open(&path, config()).expect("reopen");
+    assert!(
+        matches!(replayed.tail, Some(TailError::TornBody { .. })),
+        "{replayed}"
+    );
+    assert_eq!(std::fs::metadata(&path).expect("stat").len(), good);
+    assert_eq!(w.take_publishes().len(), 1);
+    assert_eq!(
+        w.append(2, "events.t", Bytes::from_static(b"next"))
+            .expect("append"),
+        2
+    );
+    w.commit().expect("commit");
+    drop(w);
+    let (records, end) = wal::replay(&std::fs::read(&path).expect("read"), DEFAULT_MAX_RECORD);
+    assert_eq!(records.len(), 2);
+    assert_eq!(end.tail, None);
+}
+
+#[test]
+fn compaction_shrinks_the_file_and_keeps_the_sequence() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("t.wal");
+    let (mut w, _) = WalFile::open(&path, config()).expect("open");
+    for i in 0..50u64 {
+        w.append(i, "events.t", Bytes::from(vec![7u8; 100]))
+            .expect("append");
+    }
+    w.commit().expect("commit");
+    let full = std::fs::metadata(&path).expect("stat").len();
+    for p in w.take_publishes() {
+        w.handle_puback(p.record.sequence).expect("ack");
+    }
+    let after = std::fs::metadata(&path).expect("stat").len();
+    assert!(after < full / 10, "{after} of {full} bytes left");
+    assert!(!dir.path().join("t.wal.compact").exists());
+    drop(w);
+    let (mut w, replayed) = WalFile::open(&path, config()).expect("reopen");
+    assert!(w.take_publishes().is_empty());
+    assert_eq!(replayed.last_sequence, 50);
+    assert_eq!(w.append(0, "events.t", Bytes::new()).expect("append"), 51);
+}
+
+#[test]
+fn one_process_at_a_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("t.wal");
+    let (_held, _) = WalFile::open(&path, config()).expect("open");
+    match WalFile::open(&path, config()) {
+        Err(WalFileError::Locked(p)) => assert_eq!(p, path),
+        other => panic!("expected Locked, got {other:?}"),
+    }
+}
+
+fn bins() -> Bins {
+    Bins {
+        agent: env!("CARGO_BIN_EXE_daemoneye-agent").into(),
+        cli: env!("CARGO_BIN_EXE_daemoneye-cli").into(),
+    }
+}
+
+fn procmond(agent: &Agent, wal: &std::path::Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_procmond"))
+        .args(["--interval", "5", "--log-level", "warn", "--broker"])
+        .arg(&agent.socket)
+        .arg("--wal")
+        .arg(wal)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("procmond")
+}
+
+fn wal_records(path: &std::path::Path) -> Vec<u64> {
+    let data = std::fs::read(path).unwrap_or_default();
+    wal::replay(&data, DEFAULT_MAX_RECORD)
+        .0
+        .iter()
+        .map(|r| r.sequence)
+        .collect()
+}
+
+#[test]
+fn procmond_killed_with_unacknowledged_events_resends_them_after_restart() {
+    let agent = Agent::start(&bins(), None);
+    let wal = agent.dir.path().join("state").join("procmond.wal");
+    // A QoS1 subscriber that receives but never acknowledges: PubAcks wait.
+    let mut silent = agent.subscriber(&["events.process.new", "--qos", "1"]);
+    signal(&silent.child, Signal::SIGSTOP);
+    let mut first = procmond(&agent, &wal);
+    let deadline = Instant::now() + T;
+    let mut held = Vec::new();
+    while held.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        held = wal_records(&wal);
+    }
+    assert!(!held.is_empty(), "procmond's events wait in its WAL");
+    signal(&first, Signal::SIGKILL);
+    let _ = first.wait();
+    let held = wal_records(&wal);
+    // A new consumer; the silent one goes away.
+    let mut fresh = agent.subscriber(&["events.process.new", "--qos", "1", "--json"]);
+    signal(&silent.child, Signal::SIGKILL);
+    let _ = silent.child.wait();
+    let mut second = procmond(&agent, &wal);
+    let lines = fresh.stdout.wait_count(held.len(), T).to_vec();
+    let resent: Vec<u64> = lines
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
+        .filter(|v| v["redelivered"] == true && v["publisher_id"] == "procmond")
+        .filter_map(|v| v["sequence"].as_u64())
+        .collect();
+    for s in &held {
+        assert!(
+            resent.contains(s),
+            "event #{s} from the killed procmond was not re-sent: {resent:?}"
+        );
+    }
+    // Acknowledged now: the second procmond empties its log of them (or compacts it).
+    signal(&second, Signal::SIGTERM);
+    let status = wait_exit(&mut second, T).expect("procmond exits on SIGTERM");
+    assert!(status.success());
+}
+
+#[test]
+fn a_second_procmond_on_the_same_wal_is_refused() {
+    let agent = Agent::start(&bins(), None);
+    let wal = agent.dir.path().join("procmond.wal");
+    let mut first = procmond(&agent, &wal);
+    let deadline = Instant::now() + T;
+    while !wal.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_procmond"))
+        .arg("--broker")
+        .arg(&agent.socket)
+        .arg("--wal")
+        .arg(&wal)
+        .output()
+        .expect("procmond");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("held by another process"), "{err}");
+    signal(&first, Signal::SIGTERM);
+    assert!(wait_exit(&mut first, T).is_some());
+}
