@@ -9,8 +9,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,9 +17,11 @@ use daemoneye_core::client::{ClientConfig, ClientEvent, ClientSession};
 use daemoneye_proto::frame::{Deliver, ErrorFrame, Publish, QoS, Subscribe};
 use daemoneye_proto::pb::bus::{AnswerKind, ErrorCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::{Clock, MonotonicClock};
+use crate::handoff::{Handoff, Next};
+use crate::sync::{Arc, AtomicU64, Mutex, MutexGuard, Notify, Ordering};
 
 /// Why a client call failed. Each message is one line an operator can act on.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -248,9 +248,8 @@ impl Inner {
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Mutex<Inner>>,
-    wake: Arc<Notify>,
-    /// Signalled after every write, for publishers waiting on a full send buffer.
-    drained: Arc<Notify>,
+    /// Callers and the connection's writer: wake-ups, room in the send buffer, the end.
+    handoff: Arc<Handoff>,
     stop: Arc<Notify>,
     reply_counter: Arc<AtomicU64>,
 }
@@ -329,8 +328,7 @@ impl Client {
         };
         let client = Client {
             inner: Arc::new(Mutex::new(inner)),
-            wake: Arc::new(Notify::new()),
-            drained: Arc::new(Notify::new()),
+            handoff: Arc::new(Handoff::new()),
             stop: Arc::new(Notify::new()),
             reply_counter: Arc::new(AtomicU64::new(0)),
         };
@@ -383,14 +381,14 @@ impl Client {
     }
 
     async fn send_with(&self, p: Publish, sequenced: bool) -> Result<PendingAck, ClientError> {
-        loop {
-            let drained = self.drained.notified();
-            if self.lock().session.buffered_bytes() < SEND_BUFFER_LIMIT {
-                break;
-            }
-            self.wake.notify_one();
-            drained.await;
-        }
+        self.handoff
+            .wait_for_room(|| {
+                let inner = self.lock();
+                // A connection gone for good has no room, but check_open says so below.
+                inner.session.buffered_bytes() < SEND_BUFFER_LIMIT
+                    || (inner.closed.is_some() && !inner.session.is_connected())
+            })
+            .await;
         let qos = p.qos;
         let rx = {
             let mut inner = self.lock();
@@ -409,7 +407,7 @@ impl Client {
                 None
             }
         };
-        self.wake.notify_one();
+        self.handoff.encoded();
         Ok(PendingAck(rx))
     }
 
@@ -425,7 +423,7 @@ impl Client {
             inner.sub_waiters.insert(id, ack_tx);
             id
         };
-        self.wake.notify_one();
+        self.handoff.encoded();
         match ack_rx.await {
             Ok(Ok(())) => Ok(Subscription {
                 id,
@@ -443,13 +441,13 @@ impl Client {
         inner.subs.remove(&id);
         let _ = inner.session.unsubscribe(id);
         drop(inner);
-        self.wake.notify_one();
+        self.handoff.encoded();
     }
 
     /// Acknowledges a QoS1 delivery.
     pub fn ack(&self, delivery_id: u64) {
         self.lock().session.ack(delivery_id);
-        self.wake.notify_one();
+        self.handoff.encoded();
     }
 
     /// Sends `p` with a fresh reply topic and waits for the first reply.
@@ -517,10 +515,11 @@ impl Client {
             inner.shutting_down = true;
             inner.session.close("client closing");
         }
-        self.wake.notify_one();
+        self.handoff.encoded();
         self.stop.notify_one();
-        // Give the writer a moment to flush the Goodbye.
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // The writer flushes the Goodbye and everything before it, then the connection
+        // task ends; a broker that stopped reading gets two seconds.
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.handoff.wait_finished()).await;
     }
 }
 
@@ -538,6 +537,16 @@ async fn supervise(
     client: Client,
     path: PathBuf,
     reconnect: bool,
+    first: Option<tokio::net::UnixStream>,
+) {
+    connect_loop(&client, path, reconnect, first).await;
+    client.handoff.finish();
+}
+
+async fn connect_loop(
+    client: &Client,
+    path: PathBuf,
+    reconnect: bool,
     mut first: Option<tokio::net::UnixStream>,
 ) {
     let mut backoff = Duration::from_millis(100);
@@ -549,7 +558,7 @@ async fn supervise(
         match stream {
             Ok(stream) => {
                 backoff = Duration::from_millis(100);
-                let reason = run_connection(&client, stream).await;
+                let reason = run_connection(client, stream).await;
                 let mut inner = client.lock();
                 inner.session.handle_disconnect(reason.clone());
                 inner.dispatch();
@@ -597,7 +606,7 @@ async fn run_connection(client: &Client, stream: tokio::net::UnixStream) -> Stri
                         inner.dispatch();
                         let closed = !inner.session.is_connected() && inner.closed.is_some();
                         drop(inner);
-                        client.wake.notify_one();
+                        client.handoff.encoded();
                         if closed {
                             return "closed by the broker".to_string();
                         }
@@ -606,39 +615,31 @@ async fn run_connection(client: &Client, stream: tokio::net::UnixStream) -> Stri
             }
         }
     };
-    let writer = {
-        let client = client.clone();
-        async move {
-            loop {
-                let (out, deadline, stopping) = {
-                    let mut inner = client.lock();
-                    let now = inner.now();
-                    inner.session.handle_timeout(now);
-                    let deadline = inner.session.poll_timeout().map(|t| inner.clock.to_std(t));
-                    (inner.session.poll_transmit(), deadline, inner.shutting_down)
-                };
-                if let Some(bytes) = out {
-                    if let Err(e) = wr.write_all(&bytes).await {
-                        return format!("write failed: {e}");
-                    }
-                    client.drained.notify_waiters();
-                    continue;
-                }
-                if stopping {
-                    let _ = wr.shutdown().await;
-                    return "client closed".to_string();
-                }
-                let sleep = async {
-                    match deadline {
-                        Some(at) => tokio::time::sleep_until(at.into()).await,
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    _ = client.wake.notified() => {}
-                    _ = sleep => {}
-                }
+    let writer = async {
+        let next = || {
+            let mut inner = client.lock();
+            let now = inner.now();
+            inner.session.handle_timeout(now);
+            if let Some(bytes) = inner.session.poll_transmit() {
+                return Next::Write(bytes);
             }
+            if inner.shutting_down {
+                return Next::Stop;
+            }
+            Next::Idle(inner.session.poll_timeout().map(|t| inner.clock.to_std(t)))
+        };
+        let idle = |deadline: Option<std::time::Instant>| async move {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        match client.handoff.run_writer(next, &mut wr, idle).await {
+            Ok(()) => {
+                let _ = wr.shutdown().await;
+                "client closed".to_string()
+            }
+            Err(e) => format!("write failed: {e}"),
         }
     };
     tokio::pin!(reader);

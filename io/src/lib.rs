@@ -18,6 +18,7 @@ pub mod client;
 pub mod clock;
 pub mod collector;
 pub mod config;
+mod handoff;
 pub mod paths;
 pub mod process;
 
@@ -35,5 +36,6 @@ pub fn init_logging(level: &str) -> Result<(), String> {
     Ok(())
 }
 pub mod server;
+mod sync;
 pub mod transport;
 pub mod wal;
