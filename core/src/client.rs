@@ -205,6 +205,11 @@ impl ClientSession {
         self.next_sequence = self.next_sequence.max(last);
     }
 
+    /// Whether the session has no live transport (never connected, or given up).
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Disconnected
+    }
+
     /// Whether the handshake is done.
     pub fn is_connected(&self) -> bool {
         matches!(self.state, State::Open { .. })
@@ -468,8 +473,15 @@ impl ClientSession {
         }
     }
 
-    /// Keepalive: ping when the broker has been quiet for a heartbeat interval.
+    /// Keepalive: ping when the broker has been quiet for a heartbeat interval; give the
+    /// connection up when it has been quiet for three (a broker that is frozen, or a link
+    /// that no longer carries anything). The driver then sees [`is_closed`](Self::is_closed)
+    /// and reconnects.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.is_connected() && self.last_recv + self.heartbeat * 3 <= now {
+            self.handle_disconnect("no traffic from the broker for three heartbeat intervals");
+            return;
+        }
         if self.is_connected()
             && self.last_recv + self.heartbeat <= now
             && self.last_ping + self.heartbeat <= now

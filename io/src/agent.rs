@@ -101,6 +101,7 @@ pub async fn serve_control(
     let mut tick = tokio::time::interval(HEALTH_EVERY);
     loop {
         tokio::select! {
+            biased;
             req = lifecycle.recv() => {
                 let Some(req) = req else { return Ok(()) };
                 if req.reply_to.is_none() {

@@ -9,6 +9,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+use crate::transport::{Connector, UnixConnector};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -198,11 +200,26 @@ impl Inner {
                     }
                     _ => {
                         tracing::warn!(code = ?e.code, message = %e.message, "broker error");
+                        // A broker going away, or one that dropped us as idle or slow, is
+                        // worth reconnecting to once the client is up; during the first
+                        // handshake, and for refusals, the error is the answer.
+                        let retry = self.connect_waiters.is_empty()
+                            && matches!(
+                                e.code,
+                                ErrorCode::IdleTimeout
+                                    | ErrorCode::ShuttingDown
+                                    | ErrorCode::SlowConsumer
+                                    | ErrorCode::MemoryLimit
+                                    | ErrorCode::HandshakeTimeout
+                                    | ErrorCode::TooManyConnections
+                            );
                         let err: ClientError = e.into();
                         for w in self.connect_waiters.drain(..) {
                             let _ = w.send(Err(err.clone()));
                         }
-                        self.closed.get_or_insert_with(|| err.to_string());
+                        if !retry {
+                            self.closed.get_or_insert_with(|| err.to_string());
+                        }
                     }
                 },
                 ClientEvent::Backpressure { level, reason } => {
@@ -265,12 +282,20 @@ impl std::fmt::Debug for Client {
 
 /// The outcome of one sent publish: `None` at once for QoS0, the PubAck for QoS1.
 #[derive(Debug)]
-pub struct PendingAck(Option<oneshot::Receiver<Result<PubAck, ClientError>>>);
+pub struct PendingAck {
+    sequence: u64,
+    rx: Option<oneshot::Receiver<Result<PubAck, ClientError>>>,
+}
 
 impl PendingAck {
+    /// The publish's sequence under this client's publisher id.
+    pub fn sequence(&self) -> u64 {
+        self.sequence
+    }
+
     /// Waits for the PubAck (QoS1) or returns at once (QoS0).
     pub async fn wait(self) -> Result<Option<PubAck>, ClientError> {
-        match self.0 {
+        match self.rx {
             None => Ok(None),
             Some(rx) => match rx.await {
                 Ok(r) => r.map(Some),
@@ -308,13 +333,22 @@ impl Client {
 
     /// Connects to the broker at `path` and completes the handshake.
     pub async fn connect(path: &Path, options: ClientOptions) -> Result<Client, ClientError> {
-        let stream =
-            tokio::net::UnixStream::connect(path)
-                .await
-                .map_err(|e| ClientError::NoBroker {
-                    path: path.into(),
-                    reason: e.to_string(),
-                })?;
+        Self::connect_via(UnixConnector(path.to_path_buf()), options).await
+    }
+
+    /// Connects through `connector` (the simulation's network, for one) and completes the
+    /// handshake; reconnects go through it too.
+    pub async fn connect_via<C: Connector>(
+        connector: C,
+        options: ClientOptions,
+    ) -> Result<Client, ClientError> {
+        let stream = connector
+            .connect()
+            .await
+            .map_err(|e| ClientError::NoBroker {
+                path: connector.address(),
+                reason: e.to_string(),
+            })?;
         let inner = Inner {
             session: ClientSession::new(options.session.clone()),
             clock: MonotonicClock::default(),
@@ -336,7 +370,7 @@ impl Client {
         client.lock().connect_waiters.push(tx);
         tokio::spawn(supervise(
             client.clone(),
-            path.to_path_buf(),
+            connector,
             options.reconnect,
             Some(stream),
         ));
@@ -390,7 +424,7 @@ impl Client {
             })
             .await;
         let qos = p.qos;
-        let rx = {
+        let (sequence, rx) = {
             let mut inner = self.lock();
             self.check_open(&inner)?;
             let seq = if sequenced {
@@ -402,13 +436,13 @@ impl Client {
             if qos == QoS::AtLeastOnce {
                 let (tx, rx) = oneshot::channel();
                 inner.puback_waiters.insert(seq, tx);
-                Some(rx)
+                (seq, Some(rx))
             } else {
-                None
+                (seq, None)
             }
         };
         self.handoff.encoded();
-        Ok(PendingAck(rx))
+        Ok(PendingAck { sequence, rx })
     }
 
     /// Opens a subscription and waits until the broker has accepted it.
@@ -533,27 +567,27 @@ pub fn simple_publish(topic: &str, payload: Bytes, qos: QoS) -> Publish {
     Publish::new(topic, payload, qos)
 }
 
-async fn supervise(
+async fn supervise<C: Connector>(
     client: Client,
-    path: PathBuf,
+    connector: C,
     reconnect: bool,
-    first: Option<tokio::net::UnixStream>,
+    first: Option<(C::Read, C::Write)>,
 ) {
-    connect_loop(&client, path, reconnect, first).await;
+    connect_loop(&client, &connector, reconnect, first).await;
     client.handoff.finish();
 }
 
-async fn connect_loop(
+async fn connect_loop<C: Connector>(
     client: &Client,
-    path: PathBuf,
+    connector: &C,
     reconnect: bool,
-    mut first: Option<tokio::net::UnixStream>,
+    mut first: Option<(C::Read, C::Write)>,
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let stream = match first.take() {
             Some(s) => Ok(s),
-            None => tokio::net::UnixStream::connect(&path).await,
+            None => connector.connect().await,
         };
         match stream {
             Ok(stream) => {
@@ -576,6 +610,7 @@ async fn connect_loop(
             }
         }
         tokio::select! {
+            biased;
             _ = client.stop.notified() => { client.lock().fail_all("client closed"); return; }
             _ = tokio::time::sleep(backoff) => {}
         }
@@ -584,8 +619,11 @@ async fn connect_loop(
 }
 
 /// Runs one connection until it ends; returns why.
-async fn run_connection(client: &Client, stream: tokio::net::UnixStream) -> String {
-    let (mut rd, mut wr) = stream.into_split();
+async fn run_connection<R, W>(client: &Client, (mut rd, mut wr): (R, W)) -> String
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
     {
         let mut inner = client.lock();
         let now = inner.now();
@@ -623,7 +661,7 @@ async fn run_connection(client: &Client, stream: tokio::net::UnixStream) -> Stri
             if let Some(bytes) = inner.session.poll_transmit() {
                 return Next::Write(bytes);
             }
-            if inner.shutting_down {
+            if inner.shutting_down || inner.session.is_closed() {
                 return Next::Stop;
             }
             Next::Idle(inner.session.poll_timeout().map(|t| inner.clock.to_std(t)))
@@ -637,7 +675,11 @@ async fn run_connection(client: &Client, stream: tokio::net::UnixStream) -> Stri
         match client.handoff.run_writer(next, &mut wr, idle).await {
             Ok(()) => {
                 let _ = wr.shutdown().await;
-                "client closed".to_string()
+                if client.lock().shutting_down {
+                    "client closed".to_string()
+                } else {
+                    "no traffic from the broker for three heartbeat intervals".to_string()
+                }
             }
             Err(e) => format!("write failed: {e}"),
         }
@@ -645,6 +687,7 @@ async fn run_connection(client: &Client, stream: tokio::net::UnixStream) -> Stri
     tokio::pin!(reader);
     tokio::pin!(writer);
     tokio::select! {
+        biased;
         r = &mut reader => r,
         w = &mut writer => {
             // A refusing broker says why (an Error frame) and closes; our write then fails.

@@ -1,4 +1,7 @@
-//! Maps the real monotonic clock onto the core's [`Instant`].
+//! Maps the runtime's monotonic clock onto the core's [`Instant`].
+//!
+//! The clock is tokio's: the operating system's monotonic clock in production, the
+//! simulation's virtual time under turmoil (and with tokio's paused time in tests).
 
 use std::time::Duration;
 
@@ -12,16 +15,16 @@ pub trait Clock {
     fn to_std(&self, at: Instant) -> std::time::Instant;
 }
 
-/// The process's monotonic clock, with the core origin at its creation.
+/// The runtime's monotonic clock, with the core origin at its creation.
 #[derive(Debug, Clone, Copy)]
 pub struct MonotonicClock {
-    origin: std::time::Instant,
+    origin: tokio::time::Instant,
 }
 
 impl Default for MonotonicClock {
     fn default() -> Self {
         Self {
-            origin: std::time::Instant::now(),
+            origin: tokio::time::Instant::now(),
         }
     }
 }
@@ -31,6 +34,6 @@ impl Clock for MonotonicClock {
         Instant::from_nanos(u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX))
     }
     fn to_std(&self, at: Instant) -> std::time::Instant {
-        self.origin + Duration::from_nanos(at.as_nanos())
+        (self.origin + Duration::from_nanos(at.as_nanos())).into_std()
     }
 }

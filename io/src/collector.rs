@@ -80,6 +80,7 @@ pub async fn keep_registered(
             None => tokio::time::sleep(Duration::from_millis(200)),
         };
         tokio::select! {
+            biased;
             _ = &mut stop => return,
             _ = sleep => {}
         }

@@ -416,6 +416,7 @@ impl ProcessManager {
                 tokio::time::Instant::from_std(self.clock.to_std(t)).min(deadline)
             });
             tokio::select! {
+                biased;
                 exit = self.exits_rx.recv() => {
                     if let Some((name, pid, how)) = exit {
                         self.exited(&name, pid, &how);

@@ -39,3 +39,33 @@ impl Listener for UnixTransport {
         Ok((r, w, peer))
     }
 }
+
+/// Opens connections to the broker, for the client library. Production connects to a
+/// Unix domain socket; the simulation connects over turmoil's network.
+pub trait Connector: Send + Sync + 'static {
+    /// The read half of a connection.
+    type Read: AsyncRead + Unpin + Send + 'static;
+    /// The write half of a connection.
+    type Write: AsyncWrite + Unpin + Send + 'static;
+    /// A new connection, split.
+    fn connect(&self) -> impl Future<Output = io::Result<(Self::Read, Self::Write)>> + Send;
+    /// Where it connects, for error messages.
+    fn address(&self) -> std::path::PathBuf;
+}
+
+/// Connects to the broker's Unix domain socket at a path.
+#[derive(Debug, Clone)]
+pub struct UnixConnector(pub std::path::PathBuf);
+
+impl Connector for UnixConnector {
+    type Read = tokio::net::unix::OwnedReadHalf;
+    type Write = tokio::net::unix::OwnedWriteHalf;
+
+    async fn connect(&self) -> io::Result<(Self::Read, Self::Write)> {
+        Ok(tokio::net::UnixStream::connect(&self.0).await?.into_split())
+    }
+
+    fn address(&self) -> std::path::PathBuf {
+        self.0.clone()
+    }
+}

@@ -17,6 +17,8 @@
 //! (sometimes followed by garbage), and a restarted collector replays it.
 
 pub mod fuzz;
+pub mod net;
 pub mod world;
 
+pub use net::{NetConfig, NetOutcome, run_net};
 pub use world::{Canary, Faults, Outcome, SimConfig, Violation, run};

@@ -13,7 +13,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use daemoneye_sim::{Canary, SimConfig, run};
+use daemoneye_sim::{Canary, NetConfig, SimConfig, run, run_net};
 
 /// Deterministic simulation of the DaemonEye bus with injected faults and crashes.
 #[derive(Debug, Parser)]
@@ -25,9 +25,14 @@ struct Args {
     /// Run a range of seeds, `A..B` (B excluded).
     #[arg(long, value_parser = parse_range)]
     seeds: Option<(u64, u64)>,
-    /// Steps of the safety phase per seed.
-    #[arg(long, default_value_t = 5000)]
-    steps: u64,
+    /// Steps of the safety phase per seed (layer 1), or milliseconds of virtual time with
+    /// faults (layer 2, default 20000).
+    #[arg(long)]
+    steps: Option<u64>,
+    /// 1: the core machines over fake links (fast). 2: the real io crate (broker server,
+    /// client library) over turmoil's network.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+    layer: u8,
     /// Print every event.
     #[arg(long)]
     verbose: bool,
@@ -57,11 +62,14 @@ fn main() -> ExitCode {
         (None, Some(r)) => r,
         (None, None) => (0, 1),
     };
+    if args.layer == 2 {
+        return run_layer2(&args, start, end);
+    }
     let mut last = None;
     for seed in start..end {
         let cfg = SimConfig {
             seed,
-            steps: args.steps,
+            steps: args.steps.unwrap_or(5000),
             verbose: args.verbose,
             canary: args.canary.unwrap_or_default(),
         };
@@ -87,6 +95,55 @@ fn main() -> ExitCode {
             println!(
                 "published={} delivered={} pubacks={}",
                 out.published, out.delivered, out.pubacks
+            );
+        }
+        println!(
+            "seed={} steps={} trace={:016x}",
+            out.seed, out.steps, out.trace
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+fn run_layer2(args: &Args, start: u64, end: u64) -> ExitCode {
+    let mut last = None;
+    for seed in start..end {
+        let mut cfg = NetConfig::new(seed);
+        cfg.verbose = args.verbose;
+        match args.canary {
+            None => {}
+            Some(Canary::EarlyPubAck) => cfg.canary = true,
+            Some(other) => {
+                eprintln!(
+                    "daemoneye-sim: canary {other:?} is not part of layer 2 (early-puback is)"
+                );
+                return ExitCode::FAILURE;
+            }
+        }
+        if let Some(ms) = args.steps {
+            cfg.fault_time = std::time::Duration::from_millis(ms);
+        }
+        match run_net(&cfg) {
+            Ok(out) => {
+                if end - start > 1 && (seed - start) % 10 == 9 {
+                    eprintln!("{} seeds passed", seed - start + 1);
+                }
+                last = Some(out);
+            }
+            Err(v) => {
+                println!("seed={seed} FAILED");
+                println!("{v}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if let Some(out) = last {
+        if end - start > 1 {
+            println!("{} seeds passed ({start}..{end})", end - start);
+        } else {
+            println!(
+                "faults={} published={} acked={} delivered={}",
+                out.faults, out.published, out.acked, out.delivered
             );
         }
         println!(

@@ -145,6 +145,8 @@ pub struct Violation {
     pub step: u64,
     /// The events just before.
     pub last_events: Vec<String>,
+    /// The command that replays the run.
+    pub replay: String,
 }
 
 impl fmt::Display for Violation {
@@ -158,11 +160,7 @@ impl fmt::Display for Violation {
         for e in &self.last_events {
             writeln!(f, "  {e}")?;
         }
-        write!(
-            f,
-            "replay: cargo run -p daemoneye-sim --release -- --seed {} --verbose",
-            self.seed
-        )
+        write!(f, "replay: {}", self.replay)
     }
 }
 
@@ -286,7 +284,7 @@ struct World {
     pubacks: u64,
 }
 
-fn fnv(h: u64, bytes: &[u8]) -> u64 {
+pub(crate) fn fnv(h: u64, bytes: &[u8]) -> u64 {
     let mut h = h;
     for b in bytes {
         h ^= u64::from(*b);
@@ -456,6 +454,10 @@ impl World {
             detail,
             step: self.step,
             last_events: self.recent.iter().cloned().collect(),
+            replay: format!(
+                "cargo run -p daemoneye-sim --release -- --seed {} --verbose",
+                self.seed
+            ),
         }
     }
 
@@ -1119,8 +1121,12 @@ impl World {
                 self.now = self.now + dt;
                 self.broker.handle_timeout(self.now);
                 self.drain_broker()?;
-                for c in &mut self.clients {
-                    c.session.handle_timeout(self.now);
+                for i in 0..n {
+                    self.clients[i].session.handle_timeout(self.now);
+                    if self.clients[i].conn.is_some() && self.clients[i].session.is_closed() {
+                        // The client gave a silent broker up: it drops the connection.
+                        self.reset(i, "broker silent");
+                    }
                 }
             }
         }

@@ -144,6 +144,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             })
         };
         tokio::select! {
+            biased;
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         }
