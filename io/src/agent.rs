@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::client::{Client, ClientError, ClientOptions};
 use crate::process::Request;
+use crate::transport::{Connector, UnixConnector};
 
 /// How often the agent publishes its health report.
 const HEALTH_EVERY: Duration = Duration::from_secs(10);
@@ -86,9 +87,17 @@ pub async fn serve_control(
     socket: PathBuf,
     manager: mpsc::Sender<Request>,
 ) -> Result<(), ClientError> {
+    serve_control_via(UnixConnector(socket), manager).await
+}
+
+/// [`serve_control`] through any connector (the simulation's network, for one).
+pub async fn serve_control_via<C: Connector>(
+    connector: C,
+    manager: mpsc::Sender<Request>,
+) -> Result<(), ClientError> {
     let mut options = ClientOptions::new("daemoneye-agent");
     options.session.role = Role::Agent;
-    let client = Client::connect(&socket, options).await?;
+    let client = Client::connect_via(connector, options).await?;
     let mut lifecycle = client.subscribe(Subscribe::new(topics::LIFECYCLE)).await?;
     let mut health = client
         .subscribe(Subscribe::new(topics::HEALTH_STATUS))

@@ -114,21 +114,72 @@ struct Managed {
     sup: Supervisor,
 }
 
+/// How a collector exited, once it has: "exited with status 3", "killed by signal 9".
+pub type ExitFuture = std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>>;
+
+/// Starts collectors and signals them. Production forks a process ([`OsSpawner`]); the
+/// simulation starts a turmoil host.
+pub trait Spawner: 'static {
+    /// Starts `spec`, connecting to the broker at `socket`: its pid, and a future that
+    /// resolves with how it exited.
+    fn spawn(&mut self, spec: &CollectorSpec, socket: &Path) -> std::io::Result<(u32, ExitFuture)>;
+    /// Sends `signal` to the collector with `pid` (and everything it started).
+    fn signal(&mut self, pid: u32, signal: Signal) -> std::io::Result<()>;
+}
+
+/// Real processes: each collector in its own process group, started through the agent's
+/// `exec-collector` shim (parent-death signal), reaped by tokio.
+#[derive(Debug, Clone)]
+pub struct OsSpawner {
+    /// The agent's own executable.
+    pub shim: PathBuf,
+}
+
+impl Spawner for OsSpawner {
+    fn spawn(&mut self, spec: &CollectorSpec, socket: &Path) -> std::io::Result<(u32, ExitFuture)> {
+        let mut child = spawn(&self.shim, spec, socket)?;
+        let pid = child.id().unwrap_or(0);
+        let exit = Box::pin(async move {
+            let status = child.wait().await;
+            // The leader is gone; what it left in its group goes too, so a crashed collector
+            // leaves no orphans behind.
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            exit_text(status)
+        });
+        Ok((pid, exit))
+    }
+
+    fn signal(&mut self, pid: u32, signal: Signal) -> std::io::Result<()> {
+        let sig = match signal {
+            Signal::Term => nix::sys::signal::Signal::SIGTERM,
+            Signal::Kill => nix::sys::signal::Signal::SIGKILL,
+            Signal::Stop => nix::sys::signal::Signal::SIGSTOP,
+            Signal::Cont => nix::sys::signal::Signal::SIGCONT,
+        };
+        // The collector leads its own group: signal the whole group.
+        nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), sig)
+            .map_err(std::io::Error::from)
+    }
+}
+
 /// The process manager.
-pub struct ProcessManager {
+pub struct ProcessManager<S: Spawner = OsSpawner> {
     collectors: BTreeMap<String, Managed>,
     registry: Registry,
     heartbeat_interval: Duration,
     /// Wall-clock time of each collector's last heartbeat, for display.
     last_seen: BTreeMap<String, std::time::SystemTime>,
     socket: PathBuf,
-    shim: PathBuf,
+    spawner: S,
     clock: MonotonicClock,
     exits_tx: mpsc::UnboundedSender<(String, u32, String)>,
     exits_rx: mpsc::UnboundedReceiver<(String, u32, String)>,
 }
 
-impl std::fmt::Debug for ProcessManager {
+impl<S: Spawner> std::fmt::Debug for ProcessManager<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProcessManager")
             .field("collectors", &self.collectors.keys().collect::<Vec<_>>())
@@ -148,13 +199,25 @@ fn exit_text(status: std::io::Result<std::process::ExitStatus>) -> String {
     }
 }
 
-impl ProcessManager {
+impl ProcessManager<OsSpawner> {
     /// A manager for `specs`, whose collectors connect to `socket`. `shim` is the agent's
     /// own executable (for `exec-collector`).
     pub fn new(
         specs: Vec<CollectorSpec>,
         socket: PathBuf,
         shim: PathBuf,
+        heartbeat_interval: Duration,
+    ) -> Self {
+        Self::with_spawner(specs, socket, OsSpawner { shim }, heartbeat_interval)
+    }
+}
+
+impl<S: Spawner> ProcessManager<S> {
+    /// A manager that starts collectors with `spawner`.
+    pub fn with_spawner(
+        specs: Vec<CollectorSpec>,
+        socket: PathBuf,
+        spawner: S,
         heartbeat_interval: Duration,
     ) -> Self {
         let (exits_tx, exits_rx) = mpsc::unbounded_channel();
@@ -176,7 +239,7 @@ impl ProcessManager {
             heartbeat_interval,
             last_seen: BTreeMap::new(),
             socket,
-            shim,
+            spawner,
             clock: MonotonicClock::default(),
             exits_tx,
             exits_rx,
@@ -193,23 +256,15 @@ impl ProcessManager {
         for m in self.collectors.values_mut() {
             while let Some(action) = m.sup.poll_action() {
                 match action {
-                    Action::Spawn => match spawn(&self.shim, &m.spec, &self.socket) {
-                        Ok(mut child) => {
-                            let pid = child.id().unwrap_or(0);
+                    Action::Spawn => match self.spawner.spawn(&m.spec, &self.socket) {
+                        Ok((pid, exit)) => {
                             tracing::info!(collector = %m.spec.name, pid, "collector started");
                             m.sup.handle_spawned(now, pid);
                             let tx = self.exits_tx.clone();
                             let name = m.spec.name.clone();
                             tokio::spawn(async move {
-                                let status = child.wait().await;
-                                // The leader is gone; what it left in its group goes too, so a
-                                // crashed collector leaves no orphans behind.
-                                let group = nix::unistd::Pid::from_raw(pid as i32);
-                                let _ = nix::sys::signal::killpg(
-                                    group,
-                                    nix::sys::signal::Signal::SIGKILL,
-                                );
-                                let _ = tx.send((name, pid, exit_text(status)));
+                                let how = exit.await;
+                                let _ = tx.send((name, pid, how));
                             });
                         }
                         Err(e) => {
@@ -218,18 +273,10 @@ impl ProcessManager {
                         }
                     },
                     Action::Signal(sig) => {
-                        if let Some(pid) = m.sup.pid() {
-                            let sig = match sig {
-                                Signal::Term => nix::sys::signal::Signal::SIGTERM,
-                                Signal::Kill => nix::sys::signal::Signal::SIGKILL,
-                                Signal::Stop => nix::sys::signal::Signal::SIGSTOP,
-                                Signal::Cont => nix::sys::signal::Signal::SIGCONT,
-                            };
-                            // The collector leads its own group: signal the whole group.
-                            let group = nix::unistd::Pid::from_raw(pid as i32);
-                            if let Err(e) = nix::sys::signal::killpg(group, sig) {
-                                tracing::warn!(collector = %m.spec.name, pid, ?sig, error = %e, "signal failed");
-                            }
+                        if let Some(pid) = m.sup.pid()
+                            && let Err(e) = self.spawner.signal(pid, sig)
+                        {
+                            tracing::warn!(collector = %m.spec.name, pid, ?sig, error = %e, "signal failed");
                         }
                     }
                 }
@@ -433,10 +480,7 @@ impl ProcessManager {
         // Past the budget, whatever is left gets SIGKILL, and is reaped before the agent exits.
         for m in self.collectors.values() {
             if let Some(pid) = m.sup.pid() {
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+                let _ = self.spawner.signal(pid, Signal::Kill);
             }
         }
         let reap_deadline = tokio::time::Instant::now() + Duration::from_secs(2);

@@ -1,18 +1,26 @@
-//! Layer 2: the real `daemoneye-io` broker server and client library over turmoil's
-//! simulated network, in virtual time.
+//! Layer 2: the real `daemoneye-io` agent (broker server, process manager, lifecycle and
+//! registration RPC) and client library over turmoil's simulated network, in virtual time.
 //!
-//! One broker host runs `server::serve` behind a turmoil listener; publisher hosts and
-//! subscriber hosts run the client library (reconnect, QoS1 resend, dedup) through a turmoil
-//! connector. The seed drives turmoil (`rng_seed`, a fixed epoch) and the fault schedule:
-//! the broker crashed and bounced, publishers and subscribers crashed and bounced, links
-//! partitioned and repaired, held and released. Every `select!` in the io crate is
-//! `biased`, and every clock is tokio's (virtual here), so a seed replays exactly.
+//! The agent host runs `server::serve` behind a turmoil listener, a `ProcessManager` whose
+//! `Spawner` starts a turmoil host where production forks a process, and the agent's own
+//! control client. Supervised collector hosts register and heartbeat with the real
+//! collector code; publisher and subscriber hosts run the client library (reconnect, QoS1
+//! resend, dedup) through a turmoil connector; a probe host asks the agent for its
+//! collectors' status over the lifecycle RPC.
 //!
-//! Checked while it runs: a PubAck never claims more deliveries than subscribers have
-//! seen (DESIGN.md section 9, invariant 1), per-publisher order on each subscriber
-//! connection (2), nothing delivered that the filter does not match (4). Then faults stop
-//! and every publisher's every publish must be acknowledged within a bounded virtual time
-//! (7).
+//! The seed drives turmoil (`rng_seed`, a fixed epoch) and the fault schedule: the agent,
+//! publishers and subscribers crashed and bounced; collectors killed (their supervisor
+//! decides the restart); links held and released, partitioned and repaired. Every
+//! `select!` in the io crate is `biased`, and every clock is tokio's (virtual here), so a
+//! seed replays exactly.
+//!
+//! Checked while it runs: a PubAck never claims more deliveries than subscribers have seen
+//! (DESIGN.md section 9, invariant 1), per-publisher order on each subscriber connection
+//! (2), nothing delivered that the filter does not match (4), restarts after a crash wait
+//! at least the initial backoff and stay within the policy's count per window (6). Then
+//! faults stop: every publish of every live publisher must be acknowledged, and every
+//! collector must be running and registered (or Failed by its policy), within a bounded
+//! virtual time (7).
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -24,11 +32,19 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use daemoneye_core::acl::Acl;
 use daemoneye_core::broker::{Broker, BrokerConfig, PeerCreds};
+use daemoneye_core::registration::RegistrationConfig;
+use daemoneye_core::registry::SourceCaps;
 use daemoneye_core::rng::SeededRng;
+use daemoneye_core::supervisor::{RestartPolicy, Signal};
+use daemoneye_core::topic::topics;
 use daemoneye_io::client::{Client, ClientOptions};
 use daemoneye_io::clock::MonotonicClock;
+use daemoneye_io::process::{CollectorSpec, ExitFuture, ProcessManager, Request, Spawner};
 use daemoneye_io::transport::{Connector, Listener};
-use daemoneye_proto::frame::{Publish, QoS, Subscribe};
+use daemoneye_proto::frame::{CollectorIdentity, Publish, QoS, Role, Subscribe};
+use daemoneye_proto::pb::control as pbc;
+use prost::Message;
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::world::{Violation, naive_match};
 
@@ -82,6 +98,8 @@ pub struct NetOutcome {
     pub delivered: u64,
     /// Faults injected.
     pub faults: u64,
+    /// Collector processes the agent started.
+    pub spawned: u64,
 }
 
 struct TurmoilListener(turmoil::net::TcpListener);
@@ -141,6 +159,13 @@ struct Model {
     published: u64,
     acked: u64,
     delivered: u64,
+    /// The agent's last answer to the probe: (collector, state, registered).
+    status: Option<Vec<(String, String, bool)>>,
+    /// When each collector was last killed by a fault (for the restart checks).
+    crashed_at: BTreeMap<String, u64>,
+    /// Restarts after a crash, per collector, within the current agent's life.
+    restarts: BTreeMap<String, Vec<u64>>,
+    spawned: u64,
 }
 
 type Shared = Rc<RefCell<Model>>;
@@ -342,8 +367,35 @@ async fn subscriber(model: Shared, j: usize) -> turmoil::Result {
     Ok(())
 }
 
-async fn broker(model: Shared, seed: u64, canary: bool) -> turmoil::Result {
+/// The agent: the broker server, the process manager with the simulated spawner, and the
+/// agent's own control client (lifecycle RPC, registration, heartbeats).
+async fn agent(model: Shared, seed: u64, canary: bool, ctl: Ctl) -> turmoil::Result {
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
+    let specs = COLLECTORS
+        .iter()
+        .map(|name| CollectorSpec {
+            name: name.to_string(),
+            binary: PathBuf::from("sim-collector"),
+            args: Vec::new(),
+            env: BTreeMap::new(),
+            working_dir: None,
+            capabilities: Vec::new(),
+            policy: collector_policy(),
+        })
+        .collect();
+    let (tx, rx) = mpsc::channel::<Request>(64);
+    let manager = ProcessManager::with_spawner(
+        specs,
+        PathBuf::from(format!("broker:{PORT}")),
+        SimSpawner(ctl),
+        COLLECTOR_HEARTBEAT,
+    );
+    tokio::task::spawn_local(manager.run(rx));
+    tokio::task::spawn_local(async move {
+        if let Err(e) = daemoneye_io::agent::serve_control_via(TurmoilConnector, tx).await {
+            eprintln!("control client ended: {e}");
+        }
+    });
     let config = BrokerConfig {
         owner_uid: UID,
         heartbeat_interval: Duration::from_secs(1),
@@ -363,12 +415,293 @@ async fn broker(model: Shared, seed: u64, canary: bool) -> turmoil::Result {
     Ok(())
 }
 
+/// Collectors the agent supervises.
+const COLLECTORS: &[&str] = &["c0", "c1"];
+/// The agent's heartbeat interval for collectors.
+const COLLECTOR_HEARTBEAT: Duration = Duration::from_millis(500);
+
+fn collector_policy() -> RestartPolicy {
+    RestartPolicy {
+        auto_restart: true,
+        max_restarts: 5,
+        window: Duration::from_secs(10),
+        backoff_initial: Duration::from_millis(100),
+        backoff_max: Duration::from_secs(2),
+        stable_after: Duration::from_secs(10),
+        stop_timeout: Duration::from_millis(500),
+    }
+}
+
+/// What the simulated spawner asks of the driver, and what the driver tells it.
+#[derive(Debug, Default)]
+struct SpawnCtl {
+    next_pid: u32,
+    /// Collectors to start (name, pid), in order.
+    spawns: VecDeque<(String, u32)>,
+    /// Signals to deliver (name, pid, signal).
+    signals: VecDeque<(String, u32, Signal)>,
+    /// The running process of each collector.
+    running: BTreeMap<String, Process>,
+    /// Pids that exited on their own (after SIGTERM).
+    exited: BTreeSet<u32>,
+    /// Pids that were sent SIGTERM: a stop or restart is under way.
+    terminating: BTreeSet<u32>,
+}
+
+/// A simulated collector process: pid, its SIGTERM, and where its exit is reported.
+type Process = (u32, Rc<Notify>, Option<oneshot::Sender<String>>);
+
+type Ctl = Rc<RefCell<SpawnCtl>>;
+
+/// Starts collectors as turmoil hosts: the driver registers (or bounces) the host.
+struct SimSpawner(Ctl);
+
+impl Spawner for SimSpawner {
+    fn spawn(
+        &mut self,
+        spec: &CollectorSpec,
+        _socket: &std::path::Path,
+    ) -> io::Result<(u32, ExitFuture)> {
+        let mut ctl = self.0.borrow_mut();
+        ctl.next_pid += 1;
+        let pid = 1000 + ctl.next_pid;
+        let (tx, rx) = oneshot::channel();
+        ctl.running
+            .insert(spec.name.clone(), (pid, Rc::new(Notify::new()), Some(tx)));
+        ctl.spawns.push_back((spec.name.clone(), pid));
+        let exit = async move { rx.await.unwrap_or_else(|_| "agent gone".to_string()) };
+        Ok((pid, Box::pin(exit)))
+    }
+
+    fn signal(&mut self, pid: u32, signal: Signal) -> io::Result<()> {
+        let mut ctl = self.0.borrow_mut();
+        let name = ctl
+            .running
+            .iter()
+            .find(|(_, r)| r.0 == pid)
+            .map(|(n, _)| n.clone())
+            .ok_or_else(|| io::Error::other(format!("no process {pid}")))?;
+        ctl.signals.push_back((name, pid, signal));
+        Ok(())
+    }
+}
+
+/// A supervised collector: registers with the agent and heartbeats until SIGTERM.
+async fn collector(model: Shared, ctl: Ctl, name: String) -> turmoil::Result {
+    let Some((pid, term)) = ctl.borrow().running.get(&name).map(|r| (r.0, r.1.clone())) else {
+        return Ok(());
+    };
+    model.borrow_mut().log(format!("{name} pid {pid} starts"));
+    let caps = SourceCaps::PROCESS;
+    let mut o = options(&name, &format!("{name}.{pid}"));
+    o.session.role = Role::Collector;
+    o.session.collector = Some(CollectorIdentity {
+        id: name.clone(),
+        kind: "sim".into(),
+        capabilities: caps.0,
+    });
+    let client = loop {
+        tokio::select! {
+            biased;
+            _ = term.notified() => {
+                ctl.borrow_mut().exited.insert(pid);
+                return Ok(());
+            }
+            c = Client::connect_via(TurmoilConnector, o.clone()) => match c {
+                Ok(c) => break c,
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    };
+    let identity = pbc::RegisterRequest {
+        collector_id: name.clone(),
+        collector_type: "sim".into(),
+        capabilities: caps.0,
+        pid,
+        version: "sim".into(),
+    };
+    let config = RegistrationConfig {
+        request_timeout: Duration::from_secs(1),
+        max_attempts: 1000,
+        backoff_max: Duration::from_secs(1),
+        ..RegistrationConfig::default()
+    };
+    daemoneye_io::collector::keep_registered(
+        client.clone(),
+        identity,
+        config,
+        u64::from(pid),
+        async move { term.notified().await },
+    )
+    .await;
+    client.close().await;
+    model.borrow_mut().log(format!("{name} pid {pid} exits"));
+    ctl.borrow_mut().exited.insert(pid);
+    Ok(())
+}
+
+/// Asks the agent for its collectors' status now and then; keeps the last answer.
+async fn probe(model: Shared) -> turmoil::Result {
+    let client = connect(&model, "probe", "probe").await;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let req = pbc::LifecycleRequest {
+            op: pbc::LifecycleOp::Status as i32,
+            name: String::new(),
+        };
+        let p = Publish::new(
+            topics::LIFECYCLE,
+            Bytes::from(req.encode_to_vec()),
+            QoS::AtLeastOnce,
+        );
+        if let Ok(d) = client.request(p, Duration::from_secs(2)).await
+            && let Ok(r) = pbc::LifecycleResponse::decode(d.payload)
+        {
+            let summary: Vec<(String, String, bool)> = r
+                .collectors
+                .iter()
+                .map(|c| (c.name.clone(), c.state.clone(), c.capabilities > 0))
+                .collect();
+            model.borrow_mut().status = Some(summary);
+        }
+    }
+}
+
 /// A fault and when it is undone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Heal {
     Bounce(usize),
     Repair(usize),
     Release(usize),
+}
+
+/// Kills a running collector process; its exit reaches the process manager. Returns
+/// whether one was running.
+fn kill_collector(sim: &mut turmoil::Sim<'_>, ctl: &Ctl, name: &str, how: &str) -> bool {
+    let tx = ctl
+        .borrow_mut()
+        .running
+        .get_mut(name)
+        .and_then(|r| r.2.take());
+    match tx {
+        Some(tx) => {
+            sim.crash(name);
+            let _ = tx.send(how.to_string());
+            true
+        }
+        None => false,
+    }
+}
+
+/// The agent died: its collectors die with it (parent-death signal), and what its process
+/// manager asked for is void.
+fn agent_died(sim: &mut turmoil::Sim<'_>, ctl: &Ctl, model: &Shared) {
+    let names: Vec<String> = ctl.borrow().running.keys().cloned().collect();
+    for name in names {
+        kill_collector(sim, ctl, &name, "agent gone");
+    }
+    let next_pid = ctl.borrow().next_pid;
+    *ctl.borrow_mut() = SpawnCtl {
+        next_pid,
+        ..SpawnCtl::default()
+    };
+    let mut m = model.borrow_mut();
+    m.crashed_at.clear();
+    m.restarts.clear();
+}
+
+/// Carries out the simulated spawner's requests: start (or restart) collector hosts,
+/// deliver signals, report exits; and checks every restart against the policy.
+fn drive_processes(
+    sim: &mut turmoil::Sim<'_>,
+    ctl: &Ctl,
+    model: &Shared,
+    started: &mut BTreeSet<String>,
+    step: u64,
+) {
+    loop {
+        let next = ctl.borrow_mut().spawns.pop_front();
+        let Some((name, pid)) = next else { break };
+        if started.insert(name.clone()) {
+            let (m, c, n) = (model.clone(), ctl.clone(), name.clone());
+            sim.host(name.as_str(), move || {
+                collector(m.clone(), c.clone(), n.clone())
+            });
+        } else {
+            sim.bounce(name.as_str());
+        }
+        let mut m = model.borrow_mut();
+        m.spawned += 1;
+        m.log(format!("spawn {name} pid {pid}"));
+        let policy = collector_policy();
+        if let Some(at) = m.crashed_at.remove(&name) {
+            let gap = Duration::from_millis(step - at);
+            if gap < policy.backoff_initial {
+                m.fail(
+                    "restart-backoff",
+                    format!(
+                        "{name} restarted {gap:?} after its crash (backoff {:?})",
+                        policy.backoff_initial
+                    ),
+                );
+            }
+            let window = policy.window.as_millis() as u64;
+            let list = m.restarts.entry(name.clone()).or_default();
+            list.push(step);
+            list.retain(|&t| t + window > step);
+            let n = list.len();
+            if n as u32 > policy.max_restarts {
+                m.fail(
+                    "restart-policy",
+                    format!(
+                        "{name}: {n} restarts within {:?} (max {})",
+                        policy.window, policy.max_restarts
+                    ),
+                );
+            }
+        }
+    }
+    loop {
+        let next = ctl.borrow_mut().signals.pop_front();
+        let Some((name, pid, signal)) = next else {
+            break;
+        };
+        let current = ctl.borrow().running.get(&name).map(|r| (r.0, r.1.clone()));
+        let Some((running, term)) = current.filter(|(p, _)| *p == pid) else {
+            continue;
+        };
+        model
+            .borrow_mut()
+            .log(format!("signal {signal:?} to {name} pid {running}"));
+        match signal {
+            Signal::Term => {
+                ctl.borrow_mut().terminating.insert(pid);
+                // A stop or restart the agent asks for starts the count afresh (the
+                // supervisor's rule for a requested restart).
+                model.borrow_mut().restarts.remove(&name);
+                term.notify_one();
+            }
+            Signal::Kill => {
+                kill_collector(sim, ctl, &name, "killed by signal 9");
+            }
+            Signal::Stop => sim.hold(name.as_str(), "broker"),
+            Signal::Cont => sim.release(name.as_str(), "broker"),
+        }
+    }
+    let exited: Vec<u32> = std::mem::take(&mut ctl.borrow_mut().exited)
+        .into_iter()
+        .collect();
+    for pid in exited {
+        let name = ctl
+            .borrow()
+            .running
+            .iter()
+            .find(|(_, r)| r.0 == pid)
+            .map(|(n, _)| n.clone());
+        if let Some(name) = name {
+            kill_collector(sim, ctl, &name, "exited with status 0");
+        }
+    }
 }
 
 /// Undoes the faults that are due.
@@ -424,7 +757,13 @@ pub fn run_net(cfg: &NetConfig) -> Result<NetOutcome, Violation> {
         published: 0,
         acked: 0,
         delivered: 0,
+        status: None,
+        crashed_at: BTreeMap::new(),
+        restarts: BTreeMap::new(),
+        spawned: 0,
     }));
+    let ctl: Ctl = Rc::new(RefCell::new(SpawnCtl::default()));
+    let mut started: BTreeSet<String> = BTreeSet::new();
     let liveness = Duration::from_secs(60);
     let mut sim = turmoil::Builder::new()
         .rng_seed(cfg.seed)
@@ -435,17 +774,22 @@ pub fn run_net(cfg: &NetConfig) -> Result<NetOutcome, Violation> {
         .max_message_latency(Duration::from_millis(5))
         .build();
     // Hosts: 0 is the broker, then publishers, then subscribers.
+    // Hosts: the agent, publishers and subscribers (crashed and bounced by the driver), then
+    // the supervised collectors (started, restarted and killed only through the agent's
+    // process manager; the driver may hold or partition their links).
     let names: Vec<String> = std::iter::once("broker".to_string())
         .chain((0..PUBLISHERS).map(|i| format!("p{i}")))
         .chain((0..SUBSCRIBERS).map(|j| format!("s{j}")))
+        .chain(COLLECTORS.iter().map(|c| c.to_string()))
         .collect();
+    let driver_hosts = 1 + PUBLISHERS + SUBSCRIBERS;
     {
         let m = model.clone();
         let broker_seed = rng.next_u64();
         let canary = cfg.canary;
+        let c = ctl.clone();
         sim.host("broker", move || {
-            let m = m.clone();
-            broker(m, broker_seed, canary)
+            agent(m.clone(), broker_seed, canary, c.clone())
         });
     }
     for i in 0..PUBLISHERS {
@@ -457,6 +801,10 @@ pub fn run_net(cfg: &NetConfig) -> Result<NetOutcome, Violation> {
         sim.host(names[1 + PUBLISHERS + j].as_str(), move || {
             subscriber(m.clone(), j)
         });
+    }
+    {
+        let m = model.clone();
+        sim.host("probe", move || probe(m.clone()));
     }
     let crash_rate = [0.0, 0.0002, 0.001][rng.below(3) as usize];
     let link_rate = [0.0, 0.0005, 0.002][rng.below(3) as usize];
@@ -496,9 +844,30 @@ pub fn run_net(cfg: &NetConfig) -> Result<NetOutcome, Violation> {
             &mut down,
             &mut cut,
         );
+        drive_processes(&mut sim, &ctl, &model, &mut started, step);
+        check(&model)?;
         if crash_rate > 0.0 && rng.unit() < crash_rate {
-            let h = rng.below(names.len() as u64) as usize;
+            // A supervised collector dies; its supervisor decides what happens next.
+            let name = COLLECTORS[rng.below(COLLECTORS.len() as u64) as usize];
+            let pid = ctl.borrow().running.get(name).map(|r| r.0);
+            if kill_collector(&mut sim, &ctl, name, "killed by signal 9") {
+                faults += 1;
+                let stopping = pid.is_some_and(|p| ctl.borrow().terminating.contains(&p));
+                let mut m = model.borrow_mut();
+                // A crash during a stop or restart the agent asked for is that stop's end,
+                // not a crash the restart policy answers.
+                if !stopping {
+                    m.crashed_at.insert(name.to_string(), step);
+                }
+                m.log(format!("crash {name}"));
+            }
+        }
+        if crash_rate > 0.0 && rng.unit() < crash_rate {
+            let h = rng.below(driver_hosts as u64) as usize;
             if !down.contains(&h) {
+                if h == 0 {
+                    agent_died(&mut sim, &ctl, &model);
+                }
                 sim.crash(names[h].as_str());
                 down.insert(h);
                 faults += 1;
@@ -533,7 +902,11 @@ pub fn run_net(cfg: &NetConfig) -> Result<NetOutcome, Violation> {
     }
     // Liveness: no new faults; the last ones heal on schedule (a partition outlives the
     // idle timeout), then every publish must be acknowledged within a bounded time.
-    model.borrow_mut().log("faults stop".into());
+    {
+        let mut m = model.borrow_mut();
+        m.log("faults stop".into());
+        m.status = None;
+    }
     let healed = healing
         .last_key_value()
         .map_or(step, |(&(at, _), ())| at.max(step));
@@ -552,11 +925,21 @@ pub fn run_net(cfg: &NetConfig) -> Result<NetOutcome, Violation> {
             &mut down,
             &mut cut,
         );
+        drive_processes(&mut sim, &ctl, &model, &mut started, step);
+        check(&model)?;
         let m = model.borrow();
         let current: Vec<String> = (0..PUBLISHERS)
             .map(|i| format!("p{i}.{}", m.pub_incarnation[i]))
             .collect();
+        // Every collector runs and is registered (or its supervisor gave up on it).
+        let collectors_up = m.status.as_ref().is_some_and(|st| {
+            st.len() == COLLECTORS.len()
+                && st.iter().all(|(_, state, registered)| {
+                    (state == "running" && *registered) || state == "failed"
+                })
+        });
         let done = healing.is_empty()
+            && collectors_up
             && current
                 .iter()
                 .all(|id| m.outstanding.get(id).is_some_and(|o| o.1 && o.0 == 0));
@@ -570,7 +953,10 @@ pub fn run_net(cfg: &NetConfig) -> Result<NetOutcome, Violation> {
                 .collect();
             return Err(m.violation(
                 "liveness",
-                format!("after faults stopped, publishers still waiting: {pending:?}"),
+                format!(
+                    "after faults stopped: publishers {pending:?}; collectors {:?}",
+                    m.status
+                ),
             ));
         }
     }
@@ -583,5 +969,6 @@ pub fn run_net(cfg: &NetConfig) -> Result<NetOutcome, Violation> {
         acked: m.acked,
         delivered: m.delivered,
         faults,
+        spawned: m.spawned,
     })
 }

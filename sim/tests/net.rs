@@ -18,7 +18,7 @@ fn fixed_seed_range_keeps_every_invariant() {
     let n: u64 = std::env::var("DAEMONEYE_SIM_NET_SEEDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(100);
+        .unwrap_or(30);
     for seed in 0..n {
         check(seed);
     }
