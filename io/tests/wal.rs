@@ -229,3 +229,37 @@ fn a_second_procmond_on_the_same_wal_is_refused() {
     signal(&first, Signal::SIGTERM);
     assert!(wait_exit(&mut first, T).is_some());
 }
+
+#[test]
+fn logged_events_and_control_traffic_never_share_a_publisher_id() {
+    let agent = Agent::start(&bins(), None);
+    let wal = agent.dir.path().join("procmond.wal");
+    let mut all = agent.subscriber(&["#", "--json"]);
+    let mut p = procmond(&agent, &wal);
+    // The registration request and the first scan's events.
+    let lines = all.stdout.wait_count(10, T).to_vec();
+    signal(&p, Signal::SIGTERM);
+    assert!(wait_exit(&mut p, T).is_some());
+    let parsed: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    let registration = parsed
+        .iter()
+        .find(|v| v["topic"] == "control.collector.registration")
+        .expect("procmond registers");
+    assert_ne!(
+        registration["publisher_id"], "procmond",
+        "control traffic must not take sequences of the WAL's publisher id"
+    );
+    let events: Vec<_> = parsed
+        .iter()
+        .filter(|v| {
+            v["topic"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("events."))
+        })
+        .collect();
+    assert!(!events.is_empty(), "{lines:?}");
+    assert!(events.iter().all(|v| v["publisher_id"] == "procmond"));
+}

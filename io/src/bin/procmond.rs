@@ -127,14 +127,25 @@ async fn run(args: Args, socket: PathBuf) -> Result<(), Box<dyn std::error::Erro
         if wal.pending() > 0 || replayed.tail.is_some() {
             tracing::info!(wal = %path.display(), %replayed, "re-sending unacknowledged events");
         }
-        // Resends are recognised by (publisher id, sequence): the id must outlive the process.
-        options.session.publisher_id = Some("procmond".into());
         Some(wal)
     };
-    let client = Client::connect(&socket, options).await?;
+    // Registration and heartbeats: this process's own publisher id.
+    let client = Client::connect(&socket, options.clone()).await?;
+    // Logged events: resends are recognised by (publisher id, sequence), so they travel
+    // under an id that outlives the process and whose sequences only the WAL assigns, on a
+    // connection of their own (a heartbeat must never take a sequence a logged event gets).
+    let events = match wal {
+        Some(_) => {
+            let mut o = options;
+            o.session.client_name = "procmond-events".into();
+            o.session.publisher_id = Some("procmond".into());
+            Client::connect(&socket, o).await?
+        }
+        None => client.clone(),
+    };
     let (ack_tx, mut ack_rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
     if let Some(wal) = wal.as_mut() {
-        send_accepted(&client, wal, &ack_tx).await;
+        send_accepted(&events, wal, &ack_tx).await;
     }
     let identity = pbc::RegisterRequest {
         collector_id: "procmond".into(),
@@ -171,22 +182,22 @@ async fn run(args: Args, socket: PathBuf) -> Result<(), Box<dyn std::error::Erro
             }
             _ = tick.tick() => {
                 let now = scan(args.max_processes);
-                let mut events = Vec::new();
+                let mut batch = Vec::new();
                 for (pid, info) in &now {
                     if !known.contains_key(pid) {
-                        events.push((topics::PROCESS_NEW, event(pbe::ProcessEventKind::New, info)));
+                        batch.push((topics::PROCESS_NEW, event(pbe::ProcessEventKind::New, info)));
                     }
                 }
                 for (pid, info) in &known {
                     if !now.contains_key(pid) {
-                        events.push((topics::PROCESS_EXIT, event(pbe::ProcessEventKind::Exit, info)));
+                        batch.push((topics::PROCESS_EXIT, event(pbe::ProcessEventKind::Exit, info)));
                     }
                 }
                 known = now;
                 match wal.as_mut() {
-                    Some(wal) => log_events(&client, wal, &ack_tx, events).await?,
+                    Some(wal) => log_events(&events, wal, &ack_tx, batch).await?,
                     None => {
-                        for (topic, payload) in events {
+                        for (topic, payload) in batch {
                             let p = Publish::new(topic, payload, QoS::AtLeastOnce);
                             if let Err(e) = client.send(p).await {
                                 tracing::warn!(error = %e, "could not publish a process event");
@@ -199,6 +210,9 @@ async fn run(args: Args, socket: PathBuf) -> Result<(), Box<dyn std::error::Erro
     }
     let _ = stop_tx.send(());
     let _ = registration.await;
+    if wal.is_some() {
+        events.close().await;
+    }
     client.close().await;
     Ok(())
 }
