@@ -1229,3 +1229,28 @@ fn the_agents_own_connection_does_not_count_against_the_limit() {
     let c = w.connect("c");
     assert!(matches!(w.closed.get(&c), Some(CloseReason::Refused(_))));
 }
+
+#[test]
+fn a_restarted_broker_never_hands_out_a_session_id_seen_before() {
+    // A collector re-registers when its session id changes: a restarted broker (a new
+    // seed) must not start numbering where the last one did.
+    let ids = |seed: u64| {
+        let config = BrokerConfig {
+            owner_uid: OWNER,
+            ..Default::default()
+        };
+        let mut w = World::with_seed(config, Acl::owner_only(OWNER), seed);
+        let a = w.connect("a");
+        let b = w.connect("b");
+        (
+            w.client(a).session_id().expect("session"),
+            w.client(b).session_id().expect("session"),
+        )
+    };
+    let (a1, b1) = ids(1);
+    let (a2, b2) = ids(2);
+    assert_ne!(a1, b1);
+    for x in [a1, b1] {
+        assert!(x != a2 && x != b2, "{a1} {b1} / {a2} {b2}");
+    }
+}

@@ -9,11 +9,16 @@ use daemoneye_core::Instant;
 use daemoneye_core::acl::Acl;
 use daemoneye_core::broker::{Broker, BrokerConfig, ConnId, Output, PeerCreds};
 use daemoneye_core::client::{ClientConfig, ClientEvent, ClientSession};
+use daemoneye_core::registration::{RegAction, RegState, Registration, RegistrationConfig};
+use daemoneye_core::registry::{CollectorHealth, Registry, SourceCaps};
 use daemoneye_core::rng::SeededRng;
 use daemoneye_core::supervisor::{Action as SupAction, RestartPolicy, Supervisor};
+use daemoneye_core::topic::topics;
 use daemoneye_core::topic::{TopicFilter, TopicName};
 use daemoneye_core::wal::{self, Wal, WalAction, WalConfig};
-use daemoneye_proto::frame::{GroupSpec, Overflow, Publish, QoS, QueueStrategy, Subscribe};
+use daemoneye_proto::frame::{GroupSpec, Overflow, Publish, QoS, QueueStrategy, Role, Subscribe};
+use daemoneye_proto::pb::control as pbc;
+use prost::Message;
 
 const UID: u32 = 1000;
 const MAX_FRAME: u32 = 64 * 1024;
@@ -240,6 +245,9 @@ struct Client {
     spawns: Vec<Instant>,
     /// A WAL-backed collector: publishes through its log, under one publisher id for life.
     wal: Option<SimWal>,
+    /// A registering collector: its registration machine and the broker session it
+    /// registered in.
+    registration: Option<(Registration, Option<u64>)>,
     /// Events this client produced (makes each payload unique).
     produced: u64,
 }
@@ -251,8 +259,41 @@ type SubscriptionId = (usize, u32, u64);
 /// (client, incarnation, sub id, link epoch, broker epoch, publisher id, priority).
 type OrderKey = (usize, u32, u64, u32, u32, String, u8);
 
+/// The agent's control client: in the agent's process beside the broker (so it dies with
+/// it), over a link that never fails. It answers registrations and tracks heartbeats in
+/// the registry.
+#[derive(Debug)]
+struct AgentCtl {
+    session: ClientSession,
+    conn: Option<ConnId>,
+    inbox: VecDeque<Bytes>,
+    paused: bool,
+    registry: Registry,
+}
+
+impl AgentCtl {
+    fn new() -> Self {
+        let mut config = client_config("agent");
+        config.role = Role::Agent;
+        let mut session = ClientSession::new(config);
+        session.subscribe(Subscribe::new(topics::REGISTRATION));
+        session.subscribe(Subscribe::new(format!("{}.+", topics::HEARTBEAT_PREFIX)));
+        AgentCtl {
+            session,
+            conn: None,
+            inbox: VecDeque::new(),
+            paused: false,
+            registry: Registry::new(AGENT_HEARTBEAT, 3),
+        }
+    }
+}
+
+/// The heartbeat interval the agent asks of collectors.
+const AGENT_HEARTBEAT: Duration = Duration::from_secs(1);
+
 struct World {
     seed: u64,
+    agent: AgentCtl,
     canary: Canary,
     rng: SeededRng,
     faults: Faults,
@@ -407,10 +448,26 @@ impl World {
                 spawns: Vec::new(),
                 wal,
                 produced: 0,
+                registration: None,
             });
+        }
+        // Clients without a WAL register with the agent as collectors and heartbeat.
+        for (i, c) in clients.iter_mut().enumerate() {
+            if c.wal.is_none() {
+                // The reply inbox, subscribed again by every incarnation like the others.
+                let spec = Subscribe::new(format!("_reply.c{i}"));
+                let id = c.session.subscribe(spec.clone());
+                c.subs.insert(id, sub_model(&spec));
+                c.specs.push(spec);
+                c.registration = Some((
+                    Registration::new(registration_config(), rng.next_u64()),
+                    None,
+                ));
+            }
         }
         World {
             seed: cfg.seed,
+            agent: AgentCtl::new(),
             canary: cfg.canary,
             rng,
             faults,
@@ -668,6 +725,7 @@ impl World {
                         format!("c{i} spawned while its process runs"),
                     ));
                 }
+                let reg_seed = self.rng.next_u64();
                 let c = &mut self.clients[i];
                 c.incarnation += 1;
                 if c.wal.is_none() {
@@ -683,6 +741,11 @@ impl World {
                 c.down_until = now;
                 c.spawns.push(now);
                 c.supervisor.handle_spawned(now, c.incarnation);
+                if c.registration.is_some() {
+                    // A new process: its registration starts from nothing.
+                    c.registration =
+                        Some((Registration::new(registration_config(), reg_seed), None));
+                }
                 self.log(format!("supervisor spawns c{i}"));
                 self.check_restart_policy(i)?;
                 self.recover_wal(i)?;
@@ -731,7 +794,10 @@ impl World {
             Acl::owner_only(UID),
             self.rng.next_u64(),
         );
+        // The agent embeds the broker: its registry and control client start over.
+        self.agent = AgentCtl::new();
         self.log("crash broker".into());
+        self.agent_connect();
     }
 
     // ----- moving bytes -----
@@ -739,6 +805,21 @@ impl World {
     fn drain_broker(&mut self) -> Result<(), Violation> {
         while let Some(out) = self.broker.poll_output() {
             match out {
+                Output::Transmit { conn, data } if Some(conn) == self.agent.conn => {
+                    self.agent.inbox.push_back(data);
+                }
+                Output::PauseRead { conn } if Some(conn) == self.agent.conn => {
+                    self.agent.paused = true;
+                }
+                Output::ResumeRead { conn } if Some(conn) == self.agent.conn => {
+                    self.agent.paused = false;
+                }
+                Output::Close { conn, reason } if Some(conn) == self.agent.conn => {
+                    return Err(self.violation(
+                        "agent-connection",
+                        format!("the broker closed the agent's own connection: {reason:?}"),
+                    ));
+                }
                 Output::Transmit { conn, data } => {
                     if let Some(i) = self.client_of(conn) {
                         self.clients[i].link.unsent.push_back(data);
@@ -961,6 +1042,13 @@ impl World {
                         "c{i} got {}#{} on sub {} prio {}",
                         d.publisher_id, d.sequence, d.sub_id, d.priority
                     ));
+                    if d.topic == format!("_reply.c{i}")
+                        && let Some((reg, _)) = self.clients[i].registration.as_mut()
+                        && let Ok(a) = pbc::RegisterResponse::decode(d.payload.clone())
+                    {
+                        let hb = Duration::from_millis(a.heartbeat_interval_ms);
+                        reg.handle_answer(self.now, a.accepted, Some(hb));
+                    }
                 }
                 ClientEvent::PubAck {
                     sequence,
@@ -1106,6 +1194,200 @@ impl World {
         Ok(())
     }
 
+    // ----- the agent's control client and the collectors' registration -----
+
+    fn agent_connect(&mut self) {
+        let conn = self.broker.handle_connect(
+            self.now,
+            PeerCreds {
+                uid: UID,
+                gid: UID,
+                pid: Some(1),
+            },
+        );
+        let mut config = client_config(&format!("agent.{}", self.broker_epoch));
+        config.role = Role::Agent;
+        let mut session = ClientSession::new(config);
+        session.subscribe(Subscribe::new(topics::REGISTRATION));
+        session.subscribe(Subscribe::new(format!("{}.+", topics::HEARTBEAT_PREFIX)));
+        session.connect(self.now);
+        self.agent.session = session;
+        self.agent.conn = Some(conn);
+        self.agent.inbox.clear();
+        self.agent.paused = false;
+    }
+
+    /// Moves bytes between the agent's control client and the broker (an in-process link:
+    /// no faults) and answers what arrived.
+    fn agent_pump(&mut self) -> Result<(), Violation> {
+        for _ in 0..16 {
+            let Some(conn) = self.agent.conn else {
+                return Ok(());
+            };
+            let now = self.now;
+            let mut moved = false;
+            while let Some(b) = self.agent.inbox.pop_front() {
+                self.broker.handle_written(now, conn, b.len());
+                self.agent.session.handle_bytes(now, &b);
+                moved = true;
+            }
+            self.agent_events()?;
+            if !self.agent.paused
+                && let Some(out) = self.agent.session.poll_transmit()
+            {
+                self.broker.handle_bytes(now, conn, &out);
+                moved = true;
+            }
+            self.drain_broker()?;
+            if !moved {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn agent_events(&mut self) -> Result<(), Violation> {
+        let now = self.now;
+        while let Some(ev) = self.agent.session.poll_event() {
+            let ClientEvent::Message(d) = ev else {
+                continue;
+            };
+            if d.topic == topics::REGISTRATION {
+                let Ok(r) = pbc::RegisterRequest::decode(d.payload.clone()) else {
+                    continue;
+                };
+                self.agent.registry.register(
+                    now,
+                    &r.collector_id,
+                    &r.collector_type,
+                    SourceCaps(r.capabilities),
+                    r.pid,
+                );
+                self.log(format!("agent registers {}", r.collector_id));
+                if let Some(to) = d.reply_to.clone() {
+                    let answer = pbc::RegisterResponse {
+                        accepted: true,
+                        message: String::new(),
+                        heartbeat_interval_ms: AGENT_HEARTBEAT.as_millis() as u64,
+                    };
+                    let payload = Bytes::from(answer.encode_to_vec());
+                    let p = Publish {
+                        correlation: d.correlation.clone(),
+                        ..Publish::new(to, payload.clone(), QoS::AtMostOnce)
+                    };
+                    if let Ok(seq) = self.agent.session.publish(p) {
+                        let id = (format!("agent.{}", self.broker_epoch), seq);
+                        self.note_publish(id, payload, QoS::AtMostOnce)?;
+                    }
+                }
+            } else if d.topic.starts_with(topics::HEARTBEAT_PREFIX)
+                && let Ok(h) = pbc::Heartbeat::decode(d.payload.clone())
+            {
+                self.agent.registry.heartbeat(now, &h.collector_id);
+            }
+        }
+        Ok(())
+    }
+
+    fn agent_timeout(&mut self) {
+        self.agent.session.handle_timeout(self.now);
+        self.agent.registry.handle_timeout(self.now);
+        while let Some(ev) = self.agent.registry.poll_event() {
+            self.log(format!("registry: {ev:?}"));
+        }
+    }
+
+    /// A registering collector: (re-)registers in every new broker session, heartbeats
+    /// once registered.
+    fn drive_registration(&mut self, i: usize) -> Result<(), Violation> {
+        let now = self.now;
+        let c = &mut self.clients[i];
+        if c.process_down {
+            return Ok(());
+        }
+        let current = c.session.session_id();
+        let connected = c.session.is_connected();
+        let Some((reg, session)) = c.registration.as_mut() else {
+            return Ok(());
+        };
+        if current.is_some() && current != *session {
+            *session = current;
+            reg.handle_disconnect();
+            reg.start(now);
+        } else {
+            reg.handle_timeout(now);
+        }
+        let actions: Vec<RegAction> = std::iter::from_fn(|| reg.poll_action()).collect();
+        for action in actions {
+            let (topic, payload, qos, reply_to) = match action {
+                RegAction::Register => {
+                    let r = pbc::RegisterRequest {
+                        collector_id: format!("c{i}"),
+                        collector_type: "sim".into(),
+                        capabilities: SourceCaps::PROCESS.0,
+                        pid: 100 + i as u32,
+                        version: "sim".into(),
+                    };
+                    (
+                        topics::REGISTRATION.to_string(),
+                        r.encode_to_vec(),
+                        QoS::AtLeastOnce,
+                        Some(format!("_reply.c{i}")),
+                    )
+                }
+                RegAction::Heartbeat { sequence } if connected => {
+                    let h = pbc::Heartbeat {
+                        collector_id: format!("c{i}"),
+                        sequence,
+                        ..Default::default()
+                    };
+                    (
+                        topics::heartbeat(&format!("c{i}")),
+                        h.encode_to_vec(),
+                        QoS::AtMostOnce,
+                        None,
+                    )
+                }
+                _ => continue,
+            };
+            let payload = Bytes::from(payload);
+            let p = Publish {
+                reply_to,
+                ..Publish::new(topic.clone(), payload.clone(), qos)
+            };
+            if let Ok(seq) = self.clients[i].session.publish(p) {
+                let id = (self.clients[i].publisher_id.clone(), seq);
+                self.note_publish(id, payload, qos)?;
+                self.log(format!("c{i} publish #{seq} {topic}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Live collectors not (yet) registered and healthy in the agent's registry.
+    fn unregistered(&self) -> Vec<String> {
+        self.clients
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !c.process_down)
+            .filter_map(|(i, c)| {
+                let (reg, _) = c.registration.as_ref()?;
+                let id = format!("c{i}");
+                let healthy = self
+                    .agent
+                    .registry
+                    .get(&id)
+                    .is_some_and(|r| r.health == CollectorHealth::Healthy);
+                (reg.state() != RegState::Registered || !healthy).then(|| {
+                    format!(
+                        "{id}: {:?}, healthy in the registry: {healthy}",
+                        reg.state()
+                    )
+                })
+            })
+            .collect()
+    }
+
     // ----- the step -----
 
     fn step_once(&mut self, faults_on: bool) -> Result<(), Violation> {
@@ -1121,6 +1403,7 @@ impl World {
                 self.now = self.now + dt;
                 self.broker.handle_timeout(self.now);
                 self.drain_broker()?;
+                self.agent_timeout();
                 for i in 0..n {
                     self.clients[i].session.handle_timeout(self.now);
                     if self.clients[i].conn.is_some() && self.clients[i].session.is_closed() {
@@ -1155,10 +1438,12 @@ impl World {
                 self.connect(j);
             }
             self.complete_syncs(j)?;
+            self.drive_registration(j)?;
             self.client_transmit(j);
             self.client_events(j)?;
         }
         self.drain_broker()?;
+        self.agent_pump()?;
         self.write_to_links();
         self.drain_broker()?;
         self.check_bounds()
@@ -1200,7 +1485,8 @@ impl World {
                         })
                 })
                 .sum();
-            if pending == 0 && self.broker.pending_pubacks() == 0 {
+            if pending == 0 && self.broker.pending_pubacks() == 0 && self.unregistered().is_empty()
+            {
                 return Ok(());
             }
         }
@@ -1223,10 +1509,21 @@ impl World {
         Err(self.violation(
             "liveness",
             format!(
-                "after faults stopped, still pending: {pending:?}; broker pending PubAcks {}",
-                self.broker.pending_pubacks()
+                "after faults stopped, still pending: {pending:?}; broker pending PubAcks {}; not registered: {:?}",
+                self.broker.pending_pubacks(),
+                self.unregistered()
             ),
         ))
+    }
+}
+
+fn registration_config() -> RegistrationConfig {
+    RegistrationConfig {
+        heartbeat_interval: AGENT_HEARTBEAT,
+        request_timeout: Duration::from_secs(2),
+        max_attempts: u32::MAX,
+        backoff_initial: Duration::from_millis(200),
+        backoff_max: Duration::from_secs(2),
     }
 }
 
@@ -1266,6 +1563,7 @@ pub fn naive_match(filter: &str, name: &str) -> bool {
 /// Runs one seed: a safety phase with faults, then a liveness phase without.
 pub fn run(cfg: &SimConfig) -> Result<Outcome, Violation> {
     let mut w = World::new(cfg);
+    w.agent_connect();
     let faults = w.faults.clone();
     if cfg.verbose {
         println!("seed={} faults: {faults}", cfg.seed);

@@ -389,7 +389,10 @@ impl Broker {
             ready: BTreeSet::new(),
             dirty: BTreeSet::new(),
             next_conn: 0,
-            next_session: 0,
+            // Session ids name a session across broker restarts too: each broker instance
+            // numbers from its own random base, so a client that reconnects to a restarted
+            // broker never sees the id it had (and knows to register again).
+            next_session: (SeededRng::new(seed ^ 0x5e55_1015).next_u64() >> 16) << 16,
             next_sub: 0,
             next_msg: 0,
             started: None,

@@ -47,8 +47,12 @@ impl World {
     }
 
     pub fn with_acl(config: BrokerConfig, acl: Acl) -> Self {
+        Self::with_seed(config, acl, 42)
+    }
+
+    pub fn with_seed(config: BrokerConfig, acl: Acl, seed: u64) -> Self {
         World {
-            broker: Broker::new(config, acl, 42),
+            broker: Broker::new(config, acl, seed),
             now: Instant::from_nanos(1_000_000_000),
             clients: BTreeMap::new(),
             unread: BTreeMap::new(),
