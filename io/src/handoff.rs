@@ -205,6 +205,30 @@ mod loom_tests {
         block_on(h.wait_finished());
     }
 
+    /// A handoff, the shared state, a socket, and the writer running on its own thread.
+    struct Client {
+        h: Arc<Handoff>,
+        shared: Arc<Mutex<Shared>>,
+        socket: Arc<Mutex<Vec<u8>>>,
+        writer: loom::thread::JoinHandle<()>,
+    }
+
+    fn client() -> Client {
+        let h = Arc::new(Handoff::new());
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let socket = Arc::new(Mutex::new(Vec::new()));
+        let writer = {
+            let (h, shared, socket) = (h.clone(), shared.clone(), socket.clone());
+            loom::thread::spawn(move || writer(h, shared, socket))
+        };
+        Client {
+            h,
+            shared,
+            socket,
+            writer,
+        }
+    }
+
     fn model(f: impl Fn() + Sync + Send + 'static) {
         let mut b = loom::model::Builder::new();
         b.preemption_bound = Some(2);
@@ -218,13 +242,12 @@ mod loom_tests {
     #[test]
     fn loom_callers_and_writer_never_lose_a_wakeup_and_close_drains() {
         model(|| {
-            let h = Arc::new(Handoff::new());
-            let shared = Arc::new(Mutex::new(Shared::default()));
-            let socket = Arc::new(Mutex::new(Vec::new()));
-            let w = {
-                let (h, shared, socket) = (h.clone(), shared.clone(), socket.clone());
-                loom::thread::spawn(move || writer(h, shared, socket))
-            };
+            let Client {
+                h,
+                shared,
+                socket,
+                writer,
+            } = client();
             let other = {
                 let (h, shared) = (h.clone(), shared.clone());
                 loom::thread::spawn(move || produce(&h, &shared, &[10]))
@@ -237,7 +260,7 @@ mod loom_tests {
             let theirs: Vec<u8> = written.iter().copied().filter(|b| *b >= 10).collect();
             assert_eq!(mine, [1, 2]);
             assert_eq!(theirs, [10]);
-            w.join().expect("writer");
+            writer.join().expect("writer");
         });
     }
 
@@ -246,18 +269,17 @@ mod loom_tests {
     #[test]
     fn loom_close_waits_for_the_writer_to_stop() {
         model(|| {
-            let h = Arc::new(Handoff::new());
-            let shared = Arc::new(Mutex::new(Shared::default()));
-            let socket = Arc::new(Mutex::new(Vec::new()));
-            let w = {
-                let (h, shared, socket) = (h.clone(), shared.clone(), socket.clone());
-                loom::thread::spawn(move || writer(h, shared, socket))
-            };
+            let Client {
+                h,
+                shared,
+                socket,
+                writer,
+            } = client();
             produce(&h, &shared, &[7]);
             close(&h, &shared);
             assert!(*h.finished.lock().unwrap_or_else(|p| p.into_inner()));
             assert_eq!(*socket.lock().unwrap_or_else(|p| p.into_inner()), [7]);
-            w.join().expect("writer");
+            writer.join().expect("writer");
         });
     }
 

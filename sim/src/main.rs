@@ -55,6 +55,9 @@ fn parse_range(s: &str) -> Result<(u64, u64), String> {
     Ok((a, b))
 }
 
+/// What a passing run reports: (steps, trace, a summary line for a single run).
+type Passed = (u64, u64, String);
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let (start, end) = match (args.seed, args.seeds) {
@@ -63,72 +66,65 @@ fn main() -> ExitCode {
         (None, None) => (0, 1),
     };
     if args.layer == 2 {
-        return run_layer2(&args, start, end);
-    }
-    let mut last = None;
-    for seed in start..end {
-        let cfg = SimConfig {
-            seed,
-            steps: args.steps.unwrap_or(5000),
-            verbose: args.verbose,
-            canary: args.canary.unwrap_or_default(),
-        };
-        match run(&cfg) {
-            Ok(out) => {
-                if end - start > 1 && (seed - start) % 1000 == 999 {
-                    eprintln!("{} seeds passed", seed - start + 1);
-                }
-                last = Some(out);
-            }
-            Err(v) => {
-                println!("seed={seed} FAILED");
-                println!("{v}");
-                return ExitCode::FAILURE;
-            }
-        }
-    }
-    if let Some(out) = last {
-        if end - start > 1 {
-            println!("{} seeds passed ({start}..{end})", end - start);
-        } else {
-            println!("faults: {}", out.faults);
-            println!(
-                "published={} delivered={} pubacks={}",
-                out.published, out.delivered, out.pubacks
-            );
-        }
-        println!(
-            "seed={} steps={} trace={:016x}",
-            out.seed, out.steps, out.trace
-        );
-    }
-    ExitCode::SUCCESS
-}
-
-fn run_layer2(args: &Args, start: u64, end: u64) -> ExitCode {
-    let mut last = None;
-    for seed in start..end {
-        let mut cfg = NetConfig::new(seed);
-        cfg.verbose = args.verbose;
-        match args.canary {
-            None => {}
-            Some(Canary::EarlyPubAck) => cfg.canary = true,
+        let canary = match args.canary {
+            None => false,
+            Some(Canary::EarlyPubAck) => true,
             Some(other) => {
                 eprintln!(
                     "daemoneye-sim: canary {other:?} is not part of layer 2 (early-puback is)"
                 );
                 return ExitCode::FAILURE;
             }
-        }
-        if let Some(ms) = args.steps {
-            cfg.fault_time = std::time::Duration::from_millis(ms);
-        }
-        match run_net(&cfg) {
-            Ok(out) => {
-                if end - start > 1 && (seed - start) % 10 == 9 {
+        };
+        return sweep(start, end, 10, |seed| {
+            let mut cfg = NetConfig::new(seed);
+            cfg.verbose = args.verbose;
+            cfg.canary = canary;
+            if let Some(ms) = args.steps {
+                cfg.fault_time = std::time::Duration::from_millis(ms);
+            }
+            run_net(&cfg).map(|out| {
+                let summary = format!(
+                    "faults={} published={} acked={} delivered={} collectors spawned={}",
+                    out.faults, out.published, out.acked, out.delivered, out.spawned
+                );
+                (out.steps, out.trace, summary)
+            })
+        });
+    }
+    sweep(start, end, 1000, |seed| {
+        let cfg = SimConfig {
+            seed,
+            steps: args.steps.unwrap_or(5000),
+            verbose: args.verbose,
+            canary: args.canary.unwrap_or_default(),
+        };
+        run(&cfg).map(|out| {
+            let summary = format!(
+                "faults: {}\npublished={} delivered={} pubacks={}",
+                out.faults, out.published, out.delivered, out.pubacks
+            );
+            (out.steps, out.trace, summary)
+        })
+    })
+}
+
+/// Runs seeds `start..end`, reporting progress every `every` seeds; stops at the first
+/// failure. The last line is `seed=N steps=S trace=<hash>` of the last seed.
+fn sweep(
+    start: u64,
+    end: u64,
+    every: u64,
+    run_one: impl Fn(u64) -> Result<Passed, daemoneye_sim::Violation>,
+) -> ExitCode {
+    let mut last = None;
+    for seed in start..end {
+        match run_one(seed) {
+            Ok(passed) => {
+                if end - start > 1 && (seed - start) % every == every - 1 {
                     eprintln!("{} seeds passed", seed - start + 1);
                 }
-                last = Some(out);
+                last = Some((seed, passed));
             }
             Err(v) => {
                 println!("seed={seed} FAILED");
@@ -137,19 +133,13 @@ fn run_layer2(args: &Args, start: u64, end: u64) -> ExitCode {
             }
         }
     }
-    if let Some(out) = last {
+    if let Some((seed, (steps, trace, summary))) = last {
         if end - start > 1 {
             println!("{} seeds passed ({start}..{end})", end - start);
         } else {
-            println!(
-                "faults={} published={} acked={} delivered={}",
-                out.faults, out.published, out.acked, out.delivered
-            );
+            println!("{summary}");
         }
-        println!(
-            "seed={} steps={} trace={:016x}",
-            out.seed, out.steps, out.trace
-        );
+        println!("seed={seed} steps={steps} trace={trace:016x}");
     }
     ExitCode::SUCCESS
 }

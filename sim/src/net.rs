@@ -46,7 +46,7 @@ use daemoneye_proto::pb::control as pbc;
 use prost::Message;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::world::{Violation, naive_match};
+use crate::world::{EventLog, Violation, naive_match};
 
 const UID: u32 = 1000;
 const PORT: u16 = 7100;
@@ -142,10 +142,8 @@ impl Connector for TurmoilConnector {
 #[derive(Debug)]
 struct Model {
     seed: u64,
-    verbose: bool,
     step: u64,
-    trace: u64,
-    recent: VecDeque<String>,
+    events: EventLog,
     violation: Option<(&'static str, String)>,
     pub_incarnation: [u32; PUBLISHERS],
     sub_incarnation: [u32; SUBSCRIBERS],
@@ -172,15 +170,8 @@ type Shared = Rc<RefCell<Model>>;
 
 impl Model {
     fn log(&mut self, event: String) {
-        self.trace = crate::world::fnv(self.trace, event.as_bytes());
-        if self.verbose {
-            println!("[{}] {event}", self.step);
-        }
-        if self.recent.len() == 40 {
-            self.recent.pop_front();
-        }
-        self.recent
-            .push_back(format!("step {}: {event}", self.step));
+        let stamp = self.step.to_string();
+        self.events.record(self.step, &stamp, event);
     }
 
     fn fail(&mut self, invariant: &'static str, detail: String) {
@@ -190,17 +181,16 @@ impl Model {
     }
 
     fn violation(&self, invariant: &'static str, detail: String) -> Violation {
-        Violation {
-            seed: self.seed,
+        self.events.violation(
             invariant,
             detail,
-            step: self.step,
-            last_events: self.recent.iter().cloned().collect(),
-            replay: format!(
+            self.step,
+            format!(
                 "cargo run -p daemoneye-sim --release -- --layer 2 --seed {} --verbose",
                 self.seed
             ),
-        }
+            self.seed,
+        )
     }
 }
 
@@ -704,16 +694,53 @@ fn drive_processes(
     }
 }
 
+/// Faults in force and when they are undone.
+#[derive(Debug, Default)]
+struct Injected {
+    healing: BTreeMap<(u64, Heal), ()>,
+    /// Hosts crashed by the driver.
+    down: BTreeSet<usize>,
+    /// Hosts whose link to the agent is held or partitioned.
+    cut: BTreeSet<usize>,
+}
+
+fn check(model: &Shared) -> Result<(), Violation> {
+    let m = model.borrow();
+    match &m.violation {
+        Some((inv, detail)) => Err(m.violation(inv, detail.clone())),
+        None => Ok(()),
+    }
+}
+
+/// One step of virtual time: the hosts run, due faults heal, the spawner's requests are
+/// carried out, and the invariants are checked.
+fn advance(
+    sim: &mut turmoil::Sim<'_>,
+    names: &[String],
+    model: &Shared,
+    ctl: &Ctl,
+    started: &mut BTreeSet<String>,
+    injected: &mut Injected,
+    step: u64,
+) -> Result<(), Violation> {
+    model.borrow_mut().step = step;
+    sim.step()
+        .map_err(|e| model.borrow().violation("simulation", e.to_string()))?;
+    check(model)?;
+    heal_due(sim, names, model, injected, step);
+    drive_processes(sim, ctl, model, started, step);
+    check(model)
+}
+
 /// Undoes the faults that are due.
 fn heal_due(
     sim: &mut turmoil::Sim<'_>,
     names: &[String],
     model: &Shared,
-    healing: &mut BTreeMap<(u64, Heal), ()>,
+    f: &mut Injected,
     step: u64,
-    down: &mut BTreeSet<usize>,
-    cut: &mut BTreeSet<usize>,
 ) {
+    let Injected { healing, down, cut } = f;
     while let Some((&(at, heal), ())) = healing.first_key_value() {
         if at > step {
             break;
@@ -744,10 +771,8 @@ pub fn run_net(cfg: &NetConfig) -> Result<NetOutcome, Violation> {
     let mut rng = SeededRng::new(cfg.seed ^ 0x7475_726d_6f69_6c32);
     let model: Shared = Rc::new(RefCell::new(Model {
         seed: cfg.seed,
-        verbose: cfg.verbose,
         step: 0,
-        trace: 0xcbf2_9ce4_8422_2325,
-        recent: VecDeque::new(),
+        events: EventLog::new(cfg.verbose),
         violation: None,
         pub_incarnation: [0; PUBLISHERS],
         sub_incarnation: [0; SUBSCRIBERS],
@@ -815,37 +840,20 @@ pub fn run_net(cfg: &NetConfig) -> Result<NetOutcome, Violation> {
         );
     }
     let fault_steps = cfg.fault_time.as_millis() as u64;
-    let mut healing: BTreeMap<(u64, Heal), ()> = BTreeMap::new();
-    let mut down: BTreeSet<usize> = BTreeSet::new();
-    let mut cut: BTreeSet<usize> = BTreeSet::new();
+    let mut injected = Injected::default();
     let mut faults = 0u64;
     let mut step = 0u64;
-    let check = |model: &Shared| -> Result<(), Violation> {
-        let m = model.borrow();
-        match &m.violation {
-            Some((inv, detail)) => Err(m.violation(inv, detail.clone())),
-            None => Ok(()),
-        }
-    };
-    let sim_err = |model: &Shared, e: Box<dyn std::error::Error>| {
-        model.borrow().violation("simulation", e.to_string())
-    };
     while step < fault_steps {
         step += 1;
-        model.borrow_mut().step = step;
-        sim.step().map_err(|e| sim_err(&model, e))?;
-        check(&model)?;
-        heal_due(
+        advance(
             &mut sim,
             &names,
             &model,
-            &mut healing,
+            &ctl,
+            &mut started,
+            &mut injected,
             step,
-            &mut down,
-            &mut cut,
-        );
-        drive_processes(&mut sim, &ctl, &model, &mut started, step);
-        check(&model)?;
+        )?;
         if crash_rate > 0.0 && rng.unit() < crash_rate {
             // A supervised collector dies; its supervisor decides what happens next.
             let name = COLLECTORS[rng.below(COLLECTORS.len() as u64) as usize];
@@ -864,22 +872,22 @@ pub fn run_net(cfg: &NetConfig) -> Result<NetOutcome, Violation> {
         }
         if crash_rate > 0.0 && rng.unit() < crash_rate {
             let h = rng.below(driver_hosts as u64) as usize;
-            if !down.contains(&h) {
+            if !injected.down.contains(&h) {
                 if h == 0 {
                     agent_died(&mut sim, &ctl, &model);
                 }
                 sim.crash(names[h].as_str());
-                down.insert(h);
+                injected.down.insert(h);
                 faults += 1;
                 let back = step + 50 + rng.below(2000);
-                healing.insert((back, Heal::Bounce(h)), ());
+                injected.healing.insert((back, Heal::Bounce(h)), ());
                 model.borrow_mut().log(format!("crash {}", names[h]));
             }
         }
         if link_rate > 0.0 && rng.unit() < link_rate {
             let h = 1 + rng.below(names.len() as u64 - 1) as usize;
-            if !cut.contains(&h) {
-                cut.insert(h);
+            if !injected.cut.contains(&h) {
+                injected.cut.insert(h);
                 faults += 1;
                 if rng.below(2) == 0 {
                     // turmoil drops the segments of a partitioned TCP stream without
@@ -889,12 +897,12 @@ pub fn run_net(cfg: &NetConfig) -> Result<NetOutcome, Violation> {
                     // time the link heals.
                     let back = step + 4000 + rng.below(4000);
                     sim.partition(names[h].as_str(), "broker");
-                    healing.insert((back, Heal::Repair(h)), ());
+                    injected.healing.insert((back, Heal::Repair(h)), ());
                     model.borrow_mut().log(format!("partition {}", names[h]));
                 } else {
                     let back = step + 10 + rng.below(3000);
                     sim.hold(names[h].as_str(), "broker");
-                    healing.insert((back, Heal::Release(h)), ());
+                    injected.healing.insert((back, Heal::Release(h)), ());
                     model.borrow_mut().log(format!("hold {}", names[h]));
                 }
             }
@@ -907,26 +915,22 @@ pub fn run_net(cfg: &NetConfig) -> Result<NetOutcome, Violation> {
         m.log("faults stop".into());
         m.status = None;
     }
-    let healed = healing
+    let healed = injected
+        .healing
         .last_key_value()
         .map_or(step, |(&(at, _), ())| at.max(step));
     let deadline = healed + liveness.as_millis() as u64;
     loop {
         step += 1;
-        model.borrow_mut().step = step;
-        sim.step().map_err(|e| sim_err(&model, e))?;
-        check(&model)?;
-        heal_due(
+        advance(
             &mut sim,
             &names,
             &model,
-            &mut healing,
+            &ctl,
+            &mut started,
+            &mut injected,
             step,
-            &mut down,
-            &mut cut,
-        );
-        drive_processes(&mut sim, &ctl, &model, &mut started, step);
-        check(&model)?;
+        )?;
         let m = model.borrow();
         let current: Vec<String> = (0..PUBLISHERS)
             .map(|i| format!("p{i}.{}", m.pub_incarnation[i]))
@@ -938,7 +942,7 @@ pub fn run_net(cfg: &NetConfig) -> Result<NetOutcome, Violation> {
                     (state == "running" && *registered) || state == "failed"
                 })
         });
-        let done = healing.is_empty()
+        let done = injected.healing.is_empty()
             && collectors_up
             && current
                 .iter()
@@ -964,7 +968,7 @@ pub fn run_net(cfg: &NetConfig) -> Result<NetOutcome, Violation> {
     Ok(NetOutcome {
         seed: cfg.seed,
         steps: step,
-        trace: m.trace,
+        trace: m.events.hash,
         published: m.published,
         acked: m.acked,
         delivered: m.delivered,

@@ -303,9 +303,7 @@ struct World {
     broker_epoch: u32,
     clients: Vec<Client>,
     step: u64,
-    trace: u64,
-    recent: VecDeque<String>,
-    verbose: bool,
+    events: EventLog,
     /// (publisher id, sequence) -> subscriptions (client, incarnation, sub id) that saw it.
     received: BTreeMap<MessageId, BTreeSet<SubscriptionId>>,
     /// Last first-delivery sequence per (client, incarnation, sub, link epoch, broker
@@ -325,7 +323,55 @@ struct World {
     pubacks: u64,
 }
 
-pub(crate) fn fnv(h: u64, bytes: &[u8]) -> u64 {
+/// The event trace of a run: its hash (equal for equal seeds, in any process), the last
+/// events (printed with a failure) and, when verbose, every event as it happens.
+#[derive(Debug)]
+pub(crate) struct EventLog {
+    pub(crate) hash: u64,
+    recent: VecDeque<String>,
+    verbose: bool,
+}
+
+impl EventLog {
+    pub(crate) fn new(verbose: bool) -> Self {
+        Self {
+            hash: 0xcbf2_9ce4_8422_2325,
+            recent: VecDeque::new(),
+            verbose,
+        }
+    }
+
+    pub(crate) fn record(&mut self, step: u64, stamp: &str, event: String) {
+        self.hash = fnv(self.hash, event.as_bytes());
+        if self.verbose {
+            println!("[{stamp}] {event}");
+        }
+        if self.recent.len() == 40 {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(format!("step {step}: {event}"));
+    }
+
+    pub(crate) fn violation(
+        &self,
+        invariant: &'static str,
+        detail: String,
+        step: u64,
+        replay: String,
+        seed: u64,
+    ) -> Violation {
+        Violation {
+            seed,
+            invariant,
+            detail,
+            step,
+            last_events: self.recent.iter().cloned().collect(),
+            replay,
+        }
+    }
+}
+
+fn fnv(h: u64, bytes: &[u8]) -> u64 {
     let mut h = h;
     for b in bytes {
         h ^= u64::from(*b);
@@ -477,9 +523,7 @@ impl World {
             broker_epoch: 0,
             clients,
             step: 0,
-            trace: 0xcbf2_9ce4_8422_2325,
-            recent: VecDeque::new(),
-            verbose: cfg.verbose,
+            events: EventLog::new(cfg.verbose),
             received: BTreeMap::new(),
             order: BTreeMap::new(),
             group_firsts: BTreeMap::new(),
@@ -493,29 +537,21 @@ impl World {
     }
 
     fn log(&mut self, event: String) {
-        self.trace = fnv(self.trace, event.as_bytes());
-        if self.verbose {
-            println!("[{} {:?}] {event}", self.step, self.now);
-        }
-        if self.recent.len() == 40 {
-            self.recent.pop_front();
-        }
-        self.recent
-            .push_back(format!("step {}: {event}", self.step));
+        let stamp = format!("{} {:?}", self.step, self.now);
+        self.events.record(self.step, &stamp, event);
     }
 
     fn violation(&self, invariant: &'static str, detail: String) -> Violation {
-        Violation {
-            seed: self.seed,
+        self.events.violation(
             invariant,
             detail,
-            step: self.step,
-            last_events: self.recent.iter().cloned().collect(),
-            replay: format!(
+            self.step,
+            format!(
                 "cargo run -p daemoneye-sim --release -- --seed {} --verbose",
                 self.seed
             ),
-        }
+            self.seed,
+        )
     }
 
     fn chance(&mut self, p: f64) -> bool {
@@ -1575,7 +1611,7 @@ pub fn run(cfg: &SimConfig) -> Result<Outcome, Violation> {
     Ok(Outcome {
         seed: cfg.seed,
         steps: w.step,
-        trace: w.trace,
+        trace: w.events.hash,
         faults,
         published: w.published,
         delivered: w.delivered,
