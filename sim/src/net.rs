@@ -159,8 +159,9 @@ struct Model {
     delivered: u64,
     /// The agent's last answer to the probe: (collector, state, registered).
     status: Option<Vec<(String, String, bool)>>,
+    faults_stopped: bool,
     /// When each collector was last killed by a fault (for the restart checks).
-    crashed_at: BTreeMap<String, u64>,
+    crashed_at: BTreeMap<String, (u64, u32)>,
     /// Restarts after a crash, per collector, within the current agent's life.
     restarts: BTreeMap<String, Vec<u64>>,
     spawned: u64,
@@ -436,6 +437,8 @@ struct SpawnCtl {
     exited: BTreeSet<u32>,
     /// Pids that were sent SIGTERM: a stop or restart is under way.
     terminating: BTreeSet<u32>,
+    /// Collectors frozen by SIGSTOP (their link is held until SIGCONT or their exit).
+    frozen: BTreeSet<String>,
 }
 
 /// A simulated collector process: pid, its SIGTERM, and where its exit is reported.
@@ -471,6 +474,10 @@ impl Spawner for SimSpawner {
             .find(|(_, r)| r.0 == pid)
             .map(|(n, _)| n.clone())
             .ok_or_else(|| io::Error::other(format!("no process {pid}")))?;
+        if signal == Signal::Term {
+            // A stop or restart is under way from this moment, whenever the signal lands.
+            ctl.terminating.insert(pid);
+        }
         ctl.signals.push_back((name, pid, signal));
         Ok(())
     }
@@ -530,30 +537,69 @@ async fn collector(model: Shared, ctl: Ctl, name: String) -> turmoil::Result {
     Ok(())
 }
 
-/// Asks the agent for its collectors' status now and then; keeps the last answer.
+async fn lifecycle(
+    client: &Client,
+    op: pbc::LifecycleOp,
+    name: &str,
+) -> Option<pbc::LifecycleResponse> {
+    let req = pbc::LifecycleRequest {
+        op: op as i32,
+        name: name.to_string(),
+    };
+    let p = Publish::new(
+        topics::LIFECYCLE,
+        Bytes::from(req.encode_to_vec()),
+        QoS::AtLeastOnce,
+    );
+    let d = client.request(p, Duration::from_secs(2)).await.ok()?;
+    pbc::LifecycleResponse::decode(d.payload).ok()
+}
+
+/// An operator at the CLI: now and then restarts, pauses or resumes a collector while
+/// faults run (and resumes whatever is paused once they stop), and asks for the status
+/// every half second, keeping the last answer.
 async fn probe(model: Shared) -> turmoil::Result {
     let client = connect(&model, "probe", "probe").await;
+    let mut rng = SeededRng::new(model.borrow().seed ^ 0x6f70);
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let req = pbc::LifecycleRequest {
-            op: pbc::LifecycleOp::Status as i32,
-            name: String::new(),
-        };
-        let p = Publish::new(
-            topics::LIFECYCLE,
-            Bytes::from(req.encode_to_vec()),
-            QoS::AtLeastOnce,
-        );
-        if let Ok(d) = client.request(p, Duration::from_secs(2)).await
-            && let Ok(r) = pbc::LifecycleResponse::decode(d.payload)
-        {
-            let summary: Vec<(String, String, bool)> = r
-                .collectors
-                .iter()
-                .map(|c| (c.name.clone(), c.state.clone(), c.capabilities > 0))
-                .collect();
-            model.borrow_mut().status = Some(summary);
+        let faults_on = !model.borrow().faults_stopped;
+        if faults_on && rng.below(8) == 0 {
+            let name = COLLECTORS[rng.below(COLLECTORS.len() as u64) as usize];
+            let op = [
+                pbc::LifecycleOp::Restart,
+                pbc::LifecycleOp::Pause,
+                pbc::LifecycleOp::Resume,
+            ][rng.below(3) as usize];
+            {
+                // An operator's command starts the restart count afresh (a Failed
+                // collector restarted by hand gets its whole budget again).
+                let mut m = model.borrow_mut();
+                m.restarts.remove(name);
+                m.crashed_at.remove(name);
+            }
+            let answer = lifecycle(&client, op, name).await;
+            model.borrow_mut().log(format!(
+                "operator {op:?} {name}: {}",
+                answer.map_or("no answer".to_string(), |a| format!("error {}", a.error))
+            ));
         }
+        let Some(r) = lifecycle(&client, pbc::LifecycleOp::Status, "").await else {
+            continue;
+        };
+        let summary: Vec<(String, String, bool)> = r
+            .collectors
+            .iter()
+            .map(|c| (c.name.clone(), c.state.clone(), c.capabilities > 0))
+            .collect();
+        if !faults_on {
+            for (name, state, _) in &summary {
+                if state == "paused" {
+                    lifecycle(&client, pbc::LifecycleOp::Resume, name).await;
+                }
+            }
+        }
+        model.borrow_mut().status = Some(summary);
     }
 }
 
@@ -573,6 +619,10 @@ fn kill_collector(sim: &mut turmoil::Sim<'_>, ctl: &Ctl, name: &str, how: &str) 
         .running
         .get_mut(name)
         .and_then(|r| r.2.take());
+    if ctl.borrow_mut().frozen.remove(name) {
+        // The frozen process is gone: its successor is not.
+        sim.release(name, "broker");
+    }
     match tx {
         Some(tx) => {
             sim.crash(name);
@@ -624,7 +674,14 @@ fn drive_processes(
         m.spawned += 1;
         m.log(format!("spawn {name} pid {pid}"));
         let policy = collector_policy();
-        if let Some(at) = m.crashed_at.remove(&name) {
+        let crash = m.crashed_at.remove(&name);
+        // The agent may ask for a restart (missed heartbeats) before it learns of the crash:
+        // then the crash ends a requested stop, and the count starts afresh.
+        let requested = crash.is_some_and(|(_, pid)| ctl.borrow().terminating.contains(&pid));
+        if requested {
+            m.restarts.remove(&name);
+        }
+        if let Some((at, _)) = crash.filter(|_| !requested) {
             let gap = Duration::from_millis(step - at);
             if gap < policy.backoff_initial {
                 m.fail(
@@ -674,8 +731,14 @@ fn drive_processes(
             Signal::Kill => {
                 kill_collector(sim, ctl, &name, "killed by signal 9");
             }
-            Signal::Stop => sim.hold(name.as_str(), "broker"),
-            Signal::Cont => sim.release(name.as_str(), "broker"),
+            Signal::Stop => {
+                ctl.borrow_mut().frozen.insert(name.clone());
+                sim.hold(name.as_str(), "broker");
+            }
+            Signal::Cont => {
+                ctl.borrow_mut().frozen.remove(&name);
+                sim.release(name.as_str(), "broker");
+            }
         }
     }
     let exited: Vec<u32> = std::mem::take(&mut ctl.borrow_mut().exited)
@@ -783,6 +846,7 @@ pub fn run_net(cfg: &NetConfig) -> Result<NetOutcome, Violation> {
         acked: 0,
         delivered: 0,
         status: None,
+        faults_stopped: false,
         crashed_at: BTreeMap::new(),
         restarts: BTreeMap::new(),
         spawned: 0,
@@ -864,8 +928,8 @@ pub fn run_net(cfg: &NetConfig) -> Result<NetOutcome, Violation> {
                 let mut m = model.borrow_mut();
                 // A crash during a stop or restart the agent asked for is that stop's end,
                 // not a crash the restart policy answers.
-                if !stopping {
-                    m.crashed_at.insert(name.to_string(), step);
+                if let Some(pid) = pid.filter(|_| !stopping) {
+                    m.crashed_at.insert(name.to_string(), (step, pid));
                 }
                 m.log(format!("crash {name}"));
             }
@@ -914,6 +978,7 @@ pub fn run_net(cfg: &NetConfig) -> Result<NetOutcome, Violation> {
         let mut m = model.borrow_mut();
         m.log("faults stop".into());
         m.status = None;
+        m.faults_stopped = true;
     }
     let healed = injected
         .healing
