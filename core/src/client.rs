@@ -199,12 +199,6 @@ impl ClientSession {
         }
     }
 
-    /// Resumes the publisher sequence after `last` (e.g. the highest sequence in a WAL), so
-    /// that a restarted publisher never reuses a sequence.
-    pub fn resume_sequence_after(&mut self, last: u64) {
-        self.next_sequence = self.next_sequence.max(last);
-    }
-
     /// Whether the session has no live transport (never connected, or given up).
     pub fn is_closed(&self) -> bool {
         self.state == State::Disconnected
@@ -310,16 +304,22 @@ impl ClientSession {
         }
         self.next_sequence += 1;
         p.sequence = self.next_sequence;
+        self.send_publish(p)
+    }
+
+    /// Keeps a QoS1 publish until its PubAck and sends it if connected.
+    fn send_publish(&mut self, p: Publish) -> Result<u64, ClientError> {
+        let sequence = p.sequence;
         if p.qos == QoS::AtLeastOnce {
-            self.pending.insert(p.sequence, p.clone());
+            self.pending.insert(sequence, p.clone());
         }
         if self.is_connected()
             && let Err(e) = self.queue(ClientFrame::Publish(p))
         {
-            self.pending.remove(&self.next_sequence);
+            self.pending.remove(&sequence);
             return Err(e);
         }
-        Ok(self.next_sequence)
+        Ok(sequence)
     }
 
     /// Publishes under a sequence the caller assigned (a WAL's), keeping `p.resent` as
@@ -330,16 +330,8 @@ impl ClientSession {
         if p.sequence == 0 || p.qos != QoS::AtLeastOnce {
             return Err(ClientError::Unsequenced);
         }
-        let sequence = p.sequence;
-        self.next_sequence = self.next_sequence.max(sequence);
-        self.pending.insert(sequence, p.clone());
-        if self.is_connected()
-            && let Err(e) = self.queue(ClientFrame::Publish(p))
-        {
-            self.pending.remove(&sequence);
-            return Err(e);
-        }
-        Ok(sequence)
+        self.next_sequence = self.next_sequence.max(p.sequence);
+        self.send_publish(p)
     }
 
     /// Acknowledges a QoS1 delivery.

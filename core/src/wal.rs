@@ -337,7 +337,6 @@ pub struct Wal {
     /// refer to the log before it.
     syncs_in_flight: u32,
     actions: VecDeque<WalAction>,
-    accepted: u64,
     compactions: u64,
 }
 
@@ -355,7 +354,6 @@ impl Wal {
             live_bytes: 0,
             syncs_in_flight: 0,
             actions: VecDeque::new(),
-            accepted: 0,
             compactions: 0,
         };
         if replayed.tail.is_some() {
@@ -450,9 +448,6 @@ impl Wal {
             let Some((_, record, replayed)) = self.unsynced.pop_front() else {
                 break;
             };
-            if !replayed {
-                self.accepted += 1;
-            }
             self.actions.push_back(WalAction::Publish {
                 record: record.clone(),
                 replayed,
@@ -540,11 +535,6 @@ impl Wal {
     /// The log's length once every action so far is done.
     pub fn file_len(&self) -> u64 {
         self.file_len
-    }
-
-    /// Records accepted since start (replayed ones not counted).
-    pub fn accepted(&self) -> u64 {
-        self.accepted
     }
 
     /// Compactions so far.

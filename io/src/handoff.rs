@@ -31,7 +31,7 @@ pub(crate) enum Next<I> {
 #[derive(Debug)]
 pub(crate) struct Handoff {
     /// Wakes the writer.
-    pub(crate) wake: Notify,
+    wake: Notify,
     /// Signalled after every write, for callers waiting for room.
     drained: Notify,
     /// Set once the connection task is over (for good).

@@ -40,6 +40,15 @@ pub enum WalFileError {
     Refused(#[from] WalError),
 }
 
+/// Names what failed on which log.
+fn io_error<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(io::Error) -> WalFileError + 'a {
+    move |source| WalFileError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
 /// A record the caller must publish (QoS1, under its sequence).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ToPublish {
@@ -63,13 +72,7 @@ impl WalFile {
     /// Opens (or creates) the log at `path`, replays it, truncates a torn tail and syncs
     /// what survived. The replayed records are waiting in [`take_publishes`](Self::take_publishes).
     pub fn open(path: &Path, config: WalConfig) -> Result<(WalFile, Replayed), WalFileError> {
-        let io_err = |what: &'static str| {
-            move |source| WalFileError::Io {
-                what,
-                path: path.to_path_buf(),
-                source,
-            }
-        };
+        let io_err = |what| io_error(path, what);
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::DirBuilder::new()
                 .recursive(true)
@@ -175,11 +178,7 @@ impl WalFile {
     }
 
     fn io_err(&self, what: &'static str) -> impl FnOnce(io::Error) -> WalFileError + '_ {
-        move |source| WalFileError::Io {
-            what,
-            path: self.path.clone(),
-            source,
-        }
+        io_error(&self.path, what)
     }
 
     fn run(&mut self) -> Result<(), WalFileError> {

@@ -182,16 +182,7 @@ impl Model {
     }
 
     fn violation(&self, invariant: &'static str, detail: String) -> Violation {
-        self.events.violation(
-            invariant,
-            detail,
-            self.step,
-            format!(
-                "cargo run -p daemoneye-sim --release -- --layer 2 --seed {} --verbose",
-                self.seed
-            ),
-            self.seed,
-        )
+        self.events.violation(invariant, detail, self.step)
     }
 }
 
@@ -835,7 +826,7 @@ pub fn run_net(cfg: &NetConfig) -> Result<NetOutcome, Violation> {
     let model: Shared = Rc::new(RefCell::new(Model {
         seed: cfg.seed,
         step: 0,
-        events: EventLog::new(cfg.verbose),
+        events: EventLog::new(cfg.verbose, cfg.seed, " --layer 2"),
         violation: None,
         pub_incarnation: [0; PUBLISHERS],
         sub_incarnation: [0; SUBSCRIBERS],

@@ -264,6 +264,8 @@ type OrderKey = (usize, u32, u64, u32, u32, String, u8);
 /// the registry.
 #[derive(Debug)]
 struct AgentCtl {
+    /// `agent.<broker epoch>`: each agent process has its own publisher id.
+    publisher_id: String,
     session: ClientSession,
     conn: Option<ConnId>,
     inbox: VecDeque<Bytes>,
@@ -272,13 +274,15 @@ struct AgentCtl {
 }
 
 impl AgentCtl {
-    fn new() -> Self {
-        let mut config = client_config("agent");
+    fn new(broker_epoch: u32) -> Self {
+        let publisher_id = format!("agent.{broker_epoch}");
+        let mut config = client_config(&publisher_id);
         config.role = Role::Agent;
         let mut session = ClientSession::new(config);
         session.subscribe(Subscribe::new(topics::REGISTRATION));
         session.subscribe(Subscribe::new(format!("{}.+", topics::HEARTBEAT_PREFIX)));
         AgentCtl {
+            publisher_id,
             session,
             conn: None,
             inbox: VecDeque::new(),
@@ -292,7 +296,6 @@ impl AgentCtl {
 const AGENT_HEARTBEAT: Duration = Duration::from_secs(1);
 
 struct World {
-    seed: u64,
     agent: AgentCtl,
     canary: Canary,
     rng: SeededRng,
@@ -330,14 +333,19 @@ pub(crate) struct EventLog {
     pub(crate) hash: u64,
     recent: VecDeque<String>,
     verbose: bool,
+    seed: u64,
+    /// The command line options that select the layer (empty for layer 1).
+    layer_args: &'static str,
 }
 
 impl EventLog {
-    pub(crate) fn new(verbose: bool) -> Self {
+    pub(crate) fn new(verbose: bool, seed: u64, layer_args: &'static str) -> Self {
         Self {
             hash: 0xcbf2_9ce4_8422_2325,
             recent: VecDeque::new(),
             verbose,
+            seed,
+            layer_args,
         }
     }
 
@@ -352,21 +360,23 @@ impl EventLog {
         self.recent.push_back(format!("step {step}: {event}"));
     }
 
+    /// A failed invariant, with the last events and the command that replays the run.
     pub(crate) fn violation(
         &self,
         invariant: &'static str,
         detail: String,
         step: u64,
-        replay: String,
-        seed: u64,
     ) -> Violation {
         Violation {
-            seed,
+            seed: self.seed,
             invariant,
             detail,
             step,
             last_events: self.recent.iter().cloned().collect(),
-            replay,
+            replay: format!(
+                "cargo run -p daemoneye-sim --release --{} --seed {} --verbose",
+                self.layer_args, self.seed
+            ),
         }
     }
 }
@@ -512,8 +522,7 @@ impl World {
             }
         }
         World {
-            seed: cfg.seed,
-            agent: AgentCtl::new(),
+            agent: AgentCtl::new(0),
             canary: cfg.canary,
             rng,
             faults,
@@ -523,7 +532,7 @@ impl World {
             broker_epoch: 0,
             clients,
             step: 0,
-            events: EventLog::new(cfg.verbose),
+            events: EventLog::new(cfg.verbose, cfg.seed, ""),
             received: BTreeMap::new(),
             order: BTreeMap::new(),
             group_firsts: BTreeMap::new(),
@@ -542,16 +551,7 @@ impl World {
     }
 
     fn violation(&self, invariant: &'static str, detail: String) -> Violation {
-        self.events.violation(
-            invariant,
-            detail,
-            self.step,
-            format!(
-                "cargo run -p daemoneye-sim --release -- --seed {} --verbose",
-                self.seed
-            ),
-            self.seed,
-        )
+        self.events.violation(invariant, detail, self.step)
     }
 
     fn chance(&mut self, p: f64) -> bool {
@@ -831,7 +831,7 @@ impl World {
             self.rng.next_u64(),
         );
         // The agent embeds the broker: its registry and control client start over.
-        self.agent = AgentCtl::new();
+        self.agent = AgentCtl::new(self.broker_epoch);
         self.log("crash broker".into());
         self.agent_connect();
     }
@@ -1232,6 +1232,7 @@ impl World {
 
     // ----- the agent's control client and the collectors' registration -----
 
+    /// Connects the agent's (fresh) control client to the broker.
     fn agent_connect(&mut self) {
         let conn = self.broker.handle_connect(
             self.now,
@@ -1241,16 +1242,8 @@ impl World {
                 pid: Some(1),
             },
         );
-        let mut config = client_config(&format!("agent.{}", self.broker_epoch));
-        config.role = Role::Agent;
-        let mut session = ClientSession::new(config);
-        session.subscribe(Subscribe::new(topics::REGISTRATION));
-        session.subscribe(Subscribe::new(format!("{}.+", topics::HEARTBEAT_PREFIX)));
-        session.connect(self.now);
-        self.agent.session = session;
+        self.agent.session.connect(self.now);
         self.agent.conn = Some(conn);
-        self.agent.inbox.clear();
-        self.agent.paused = false;
     }
 
     /// Moves bytes between the agent's control client and the broker (an in-process link:
@@ -1312,7 +1305,7 @@ impl World {
                         ..Publish::new(to, payload.clone(), QoS::AtMostOnce)
                     };
                     if let Ok(seq) = self.agent.session.publish(p) {
-                        let id = (format!("agent.{}", self.broker_epoch), seq);
+                        let id = (self.agent.publisher_id.clone(), seq);
                         self.note_publish(id, payload, QoS::AtMostOnce)?;
                     }
                 }
