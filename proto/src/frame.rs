@@ -639,6 +639,11 @@ pub struct Deliver {
     pub priority: u8,
     /// Delivered before to a subscriber that went away.
     pub redelivered: bool,
+    /// The publisher's process id as the OS reported it to the broker; `None` for the
+    /// broker's own messages or where the platform gives no pid.
+    pub publisher_pid: Option<u32>,
+    /// The publisher's uid as the OS reported it to the broker.
+    pub publisher_uid: u32,
 }
 
 impl TryFrom<pb::Deliver> for Deliver {
@@ -662,6 +667,8 @@ impl TryFrom<pb::Deliver> for Deliver {
             reply_to: (!d.reply_to.is_empty()).then_some(d.reply_to),
             priority,
             redelivered: d.redelivered,
+            publisher_pid: (d.publisher_pid != 0).then_some(d.publisher_pid),
+            publisher_uid: d.publisher_uid,
         })
     }
 }

@@ -189,6 +189,10 @@ pub(crate) struct Message {
     pub topic: TopicName,
     pub payload: Bytes,
     pub publisher_id: Arc<str>,
+    /// The publishing connection's OS credentials (pid 0 where unknown), for receivers that
+    /// must know who really sent a message (the agent's collector registry).
+    pub publisher_pid: u32,
+    pub publisher_uid: u32,
     pub sequence: u64,
     pub correlation: Option<Box<pb::Correlation>>,
     pub reply_to: Option<String>,

@@ -70,7 +70,9 @@ pub(crate) fn encode_deliver(
         + corr_len.unwrap_or(0)
         + bytes_len(9, m.reply_to.as_deref().unwrap_or("").as_bytes())
         + varint_len(10, u64::from(m.priority))
-        + varint_len(11, u64::from(entry.redelivered || m.resent));
+        + varint_len(11, u64::from(entry.redelivered || m.resent))
+        + varint_len(12, u64::from(m.publisher_pid))
+        + varint_len(13, u64::from(m.publisher_uid));
     let frame_len = len_delimited_len(FRAME_DELIVER_TAG, body);
     // Callers only deliver messages that arrived in frames within max_frame, and a Deliver
     // adds a few dozen bytes, so the length always fits a u32.
@@ -90,6 +92,8 @@ pub(crate) fn encode_deliver(
     put_bytes(9, m.reply_to.as_deref().unwrap_or("").as_bytes(), out);
     put_varint(10, u64::from(m.priority), out);
     put_varint(11, u64::from(entry.redelivered || m.resent), out);
+    put_varint(12, u64::from(m.publisher_pid), out);
+    put_varint(13, u64::from(m.publisher_uid), out);
     4 + frame_len
 }
 
@@ -119,6 +123,8 @@ mod tests {
                 topic: TopicName::parse("events.process.new").expect("topic"),
                 payload: Bytes::from_static(b"payload bytes"),
                 publisher_id: Arc::from("procmond"),
+                publisher_pid: 4242,
+                publisher_uid: 1000,
                 sequence: 77,
                 correlation: correlation.map(Box::new),
                 reply_to: reply_to.map(str::to_string),
@@ -172,6 +178,8 @@ mod tests {
                     reply_to: m.reply_to.clone().unwrap_or_default(),
                     priority: u32::from(m.priority),
                     redelivered: e.redelivered,
+                    publisher_pid: m.publisher_pid,
+                    publisher_uid: m.publisher_uid,
                 })),
             };
             let mut reference = Vec::new();

@@ -215,6 +215,13 @@ pub struct Deliver {
     /// Set when this message was delivered before to a subscriber that went away.
     #[prost(bool, tag = "11")]
     pub redelivered: bool,
+    /// The publishing connection's process id and uid as the operating system reported them
+    /// to the broker (peer credentials), never what the publisher claimed. 0 for messages the
+    /// broker publishes itself, or where the platform does not report a pid.
+    #[prost(uint32, tag = "12")]
+    pub publisher_pid: u32,
+    #[prost(uint32, tag = "13")]
+    pub publisher_uid: u32,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Ack {
@@ -266,6 +273,9 @@ pub struct Backpressure {
     #[prost(string, tag = "2")]
     pub reason: ::prost::alloc::string::String,
 }
+/// A client's Goodbye starts a clean close: the broker routes every publish it still holds
+/// for the connection (stalled behind full Block queues), then answers with its own Goodbye
+/// and closes. A Goodbye from the broker unprompted means it is shutting down.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Goodbye {
     #[prost(string, tag = "1")]
