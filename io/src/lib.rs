@@ -8,6 +8,7 @@
 //!   one thread with the core, feeding it bytes and writing what it returns;
 //! - [`client`]: the async client library used by the CLI and collectors;
 //! - [`config`]: the agent's TOML configuration, validated key by key;
+//! - [`durables`]: durable subscription definitions kept on disk across broker crashes;
 //! - [`process`]: the process manager that executes the core supervisors' actions;
 //! - [`agent`]: the agent's own bus client (lifecycle RPC, health report).
 //!
@@ -18,6 +19,7 @@ pub mod client;
 pub mod clock;
 pub mod collector;
 pub mod config;
+pub mod durables;
 mod handoff;
 pub mod paths;
 pub mod process;

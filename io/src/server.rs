@@ -20,6 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 
 use crate::clock::Clock;
+use crate::durables::DurableStore;
 use crate::transport::Listener;
 
 /// Bytes read from a socket per call.
@@ -43,6 +44,15 @@ struct Shared<C> {
     clock: C,
     conns: BTreeMap<ConnId, ConnIo>,
     timer: Rc<Notify>,
+    durables: Option<DurableStore>,
+}
+
+/// What the server keeps besides the broker's memory.
+#[derive(Debug, Default)]
+pub struct ServeOptions {
+    /// Where durable subscription definitions are written whenever they change (restore
+    /// them into the broker with [`DurableStore::restore_into`] before serving).
+    pub durables: Option<DurableStore>,
 }
 
 impl<C: Clock> Shared<C> {
@@ -77,6 +87,11 @@ impl<C: Clock> Shared<C> {
                 }
             }
         }
+        if let Some(store) = &mut self.durables
+            && let Err(e) = store.save_if_changed(&self.broker)
+        {
+            tracing::error!(error = %e, "durable subscriptions not saved: they will not survive a crash");
+        }
     }
 
     /// The peer went away: tell the core unless it already forgot the connection.
@@ -99,11 +114,21 @@ impl<C: Clock> Shared<C> {
 
 /// Runs the broker on `listener` until `shutdown` resolves, then says Goodbye to every
 /// client, flushes within a bounded time and returns. Must run inside a `LocalSet`.
-pub async fn serve<L, C>(
+pub async fn serve<L, C>(listener: L, broker: Broker, clock: C, shutdown: impl Future<Output = ()>)
+where
+    L: Listener + 'static,
+    C: Clock + 'static,
+{
+    serve_with(listener, broker, clock, shutdown, ServeOptions::default()).await;
+}
+
+/// [`serve`] with the state the server keeps on disk.
+pub async fn serve_with<L, C>(
     mut listener: L,
     broker: Broker,
     clock: C,
     shutdown: impl Future<Output = ()>,
+    options: ServeOptions,
 ) where
     L: Listener + 'static,
     C: Clock + 'static,
@@ -114,6 +139,7 @@ pub async fn serve<L, C>(
         clock,
         conns: BTreeMap::new(),
         timer: timer.clone(),
+        durables: options.durables,
     }));
     let timer_task = tokio::task::spawn_local(timer_loop(shared.clone(), timer));
     tokio::pin!(shutdown);

@@ -20,6 +20,8 @@
 //! bounded backlog of publishes waits, the connection stops being read until the queue has
 //! room. Nothing is lost and per-publisher order is kept.
 
+mod dedup;
+mod durable;
 mod queue;
 mod route;
 pub mod stats;
@@ -44,6 +46,7 @@ use crate::index::SubscriptionIndex;
 use crate::rng::SeededRng;
 use crate::topic::{TopicFilter, TopicName};
 
+pub use durable::{DurableDefinition, RestoreError};
 use queue::{Entry, SubQueue};
 use stats::{Counters, LatencyHistogram, TopicCounters};
 
@@ -74,6 +77,9 @@ pub struct BrokerConfig {
     pub stats_interval: Duration,
     /// Bytes handed to the driver per connection and not yet written.
     pub write_window: usize,
+    /// Acknowledged QoS1 queue-group hand-outs remembered to deduplicate publishers'
+    /// resends (0 turns group deduplication off).
+    pub group_dedup_window: usize,
     /// A deliberately broken broker for the simulation's canary test: QoS1 copies count
     /// as delivered the moment they are queued, so PubAcks go out before delivery. Never
     /// set outside that test.
@@ -96,6 +102,7 @@ impl Default for BrokerConfig {
             durable_expiry: Duration::from_secs(600),
             stats_interval: Duration::from_secs(30),
             write_window: 64 * 1024,
+            group_dedup_window: 65_536,
             canary_early_puback: false,
         }
     }
@@ -343,7 +350,11 @@ pub struct Broker {
     index: SubscriptionIndex,
     groups: BTreeMap<Arc<str>, GroupState>,
     durables: BTreeMap<(u32, String), u64>,
+    /// Bumped whenever a durable subscription is created or removed.
+    durables_generation: u64,
     pubacks: FxHashMap<u64, PubAckState>,
+    /// QoS1 group hand-outs, so that a publisher's resend reaches each group once.
+    dedup: dedup::GroupDedup,
     /// Connections stalled on the memory budget.
     budget_blocked: BTreeSet<ConnId>,
     /// Connections in the agent role: the agent's own, not counted against the limit.
@@ -374,6 +385,7 @@ impl Broker {
     /// A broker with `config`, deciding access with `acl`, drawing queue-group randomness
     /// from `seed`.
     pub fn new(config: BrokerConfig, acl: Acl, seed: u64) -> Self {
+        let dedup_window = config.group_dedup_window;
         Self {
             config,
             acl,
@@ -385,7 +397,9 @@ impl Broker {
             index: SubscriptionIndex::new(),
             groups: BTreeMap::new(),
             durables: BTreeMap::new(),
+            durables_generation: 0,
             pubacks: FxHashMap::default(),
+            dedup: dedup::GroupDedup::new(dedup_window),
             budget_blocked: BTreeSet::new(),
             agent_conns: 0,
             queued_bytes: 0,
@@ -919,6 +933,12 @@ impl Broker {
         self.conns
             .get(&conn)
             .map(|c| c.decoder.capacity() + c.out.capacity())
+    }
+
+    /// Records the queue-group deduplication holds (bounded by its window plus the copies
+    /// in flight).
+    pub fn group_dedup_records(&self) -> usize {
+        self.dedup.len()
     }
 
     /// QoS1 publishes waiting for their PubAck.

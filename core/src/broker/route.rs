@@ -10,6 +10,7 @@ use daemoneye_proto::frame::{Overflow, Publish, QoS, QueueStrategy, Subscribe, T
 use daemoneye_proto::pb::bus::{self as pb, frame::Body};
 use daemoneye_proto::pb::{control as pbc, stats as pbs};
 
+use super::dedup::{DedupKey, Seen};
 use super::queue::Entry;
 use super::{Broker, ConnId, GroupState, Message, Output, Phase, PubAckState, Subscription, wire};
 use crate::Instant;
@@ -144,6 +145,7 @@ impl Broker {
         let durable = s.durable_name.map(|n| (uid, n));
         if let Some(d) = &durable {
             self.durables.insert(d.clone(), key);
+            self.durables_generation += 1;
         }
         self.subs.insert(
             key,
@@ -465,8 +467,27 @@ impl Broker {
                 Some(_) => {}
             }
         }
+        // The publisher's identity, for QoS1 group deduplication of its resends.
+        let dedup_publisher = match origin.and_then(|o| self.conns.get(&o)) {
+            Some(c) if p.qos == QoS::AtLeastOnce && !c.publisher_id.is_empty() => {
+                Some(c.publisher_id.clone())
+            }
+            _ => None,
+        };
+        // Groups that already hold or acknowledged this resend: they get no second copy.
+        let mut skipped: Vec<(DedupKey, Seen)> = Vec::new();
         let mut picks = Vec::with_capacity(groups_seen.len());
         for g in &groups_seen {
+            if p.resent
+                && let Some(publisher) = &dedup_publisher
+            {
+                let key = (g.clone(), publisher.clone(), p.sequence);
+                let seen = self.dedup.seen(&key);
+                if seen != Seen::No {
+                    skipped.push((key, seen));
+                    continue;
+                }
+            }
             if let Some(k) = self.pick_member(g, &matched) {
                 targets.push(k);
                 picks.push((g.clone(), k));
@@ -510,11 +531,7 @@ impl Broker {
         self.next_msg += 1;
         let (publisher_id, publisher_pid, publisher_uid) =
             match origin.and_then(|o| self.conns.get(&o)) {
-                Some(c) => (
-                    c.publisher_id.clone(),
-                    c.peer.pid.unwrap_or(0),
-                    c.peer.uid,
-                ),
+                Some(c) => (c.publisher_id.clone(), c.peer.pid.unwrap_or(0), c.peer.uid),
                 None => (Arc::from(BROKER_PUBLISHER), 0, 0),
             };
         let msg = Arc::new(Message {
@@ -539,7 +556,10 @@ impl Broker {
             c.counters.published += 1;
         }
         let wants_puback = p.qos == QoS::AtLeastOnce && origin.is_some();
-        if targets.is_empty() {
+        if !skipped.is_empty() {
+            self.totals.deduplicated += skipped.len() as u64;
+        }
+        if targets.is_empty() && skipped.is_empty() {
             self.totals.no_interest += 1;
             self.topic_counters.get_mut(msg.topic.as_str()).no_interest += 1;
             if wants_puback && let Some(o) = origin {
@@ -560,7 +580,7 @@ impl Broker {
         let mut refused = 0u64;
         let mut canary_delivered = 0u32;
         let mut dropped_now = 0u32;
-        let mut evicted: Vec<Entry> = Vec::new();
+        let mut evicted: Vec<(Entry, Option<Arc<str>>)> = Vec::new();
         let mut slow_down = false;
         let mut error_subs: Vec<String> = Vec::new();
         for k in targets.iter() {
@@ -585,7 +605,7 @@ impl Broker {
                             s.dropped_total += 1;
                             s.dropped_unreported += 1;
                             s.counters.dropped += 1;
-                            evicted.push(old);
+                            evicted.push((old, s.group.clone()));
                             true
                         }
                         None => false,
@@ -605,6 +625,10 @@ impl Broker {
             if accept {
                 if tracked {
                     remaining += 1;
+                    if let (Some(g), Some(publisher)) = (&s.group, &dedup_publisher) {
+                        self.dedup
+                            .handed_out((g.clone(), publisher.clone(), p.sequence));
+                    }
                 }
                 if canary {
                     canary_delivered += 1;
@@ -634,8 +658,8 @@ impl Broker {
         if Arc::strong_count(&msg) > 1 {
             self.queued_bytes += msg.size;
         }
-        for old in evicted {
-            self.discard(old);
+        for (old, group) in evicted {
+            self.discard(old, group.as_ref());
         }
         if let Some(o) = origin {
             for what in error_subs {
@@ -651,11 +675,28 @@ impl Broker {
                 self.maybe_slow_down(now, o);
             }
         }
+        // A group that acknowledged this resend's original counts as delivered now; one that
+        // still holds the original resolves this PubAck's share when that copy resolves.
+        let mut skipped_acked = 0u32;
+        let mut waiting_on: Vec<DedupKey> = Vec::new();
+        for (key, seen) in skipped {
+            match seen {
+                Seen::Acked => skipped_acked += 1,
+                Seen::InFlight if wants_puback => {
+                    remaining += 1;
+                    waiting_on.push(key);
+                }
+                Seen::InFlight | Seen::No => {}
+            }
+        }
+        for key in &waiting_on {
+            self.dedup.wait(key, msg.id);
+        }
         if wants_puback && let Some(o) = origin {
             if remaining == 0 {
                 let ack = pb::PubAck {
                     sequence: p.sequence,
-                    delivered: canary_delivered,
+                    delivered: canary_delivered + skipped_acked,
                     dropped: dropped_now,
                     no_interest: false,
                 };
@@ -667,7 +708,7 @@ impl Broker {
                         conn: o,
                         sequence: p.sequence,
                         remaining,
-                        delivered: 0,
+                        delivered: skipped_acked,
                         dropped: dropped_now,
                     },
                 );
@@ -690,10 +731,20 @@ impl Broker {
     }
 
     /// Releases a queued copy that will not be delivered: resolves its PubAck share as
-    /// dropped and its memory.
-    fn discard(&mut self, entry: Entry) {
+    /// dropped and its memory. `group` is the queue group of the subscription that held it.
+    fn discard(&mut self, entry: Entry, group: Option<&Arc<str>>) {
         if entry.tracked {
             self.resolve_share(entry.msg.id, false);
+            if let Some(g) = group {
+                let key = (
+                    g.clone(),
+                    entry.msg.publisher_id.clone(),
+                    entry.msg.sequence,
+                );
+                for waiter in self.dedup.dropped(&key) {
+                    self.resolve_share(waiter, false);
+                }
+            }
         }
         self.release(entry);
     }
@@ -755,6 +806,7 @@ impl Broker {
             return;
         };
         s.counters.acked += 1;
+        let group = s.group.clone();
         self.totals.acked += 1;
         self.topic_counters.get_mut(entry.msg.topic.as_str()).acked += 1;
         if let Some(c) = self.conns.get_mut(&conn) {
@@ -764,6 +816,12 @@ impl Broker {
             .record(now.saturating_since(entry.msg.published_at));
         if entry.tracked {
             self.resolve_share(entry.msg.id, true);
+            if let Some(g) = group {
+                let key = (g, entry.msg.publisher_id.clone(), entry.msg.sequence);
+                for waiter in self.dedup.acked(&key) {
+                    self.resolve_share(waiter, true);
+                }
+            }
         }
         self.release(entry);
         self.ready.insert(conn);
@@ -794,6 +852,7 @@ impl Broker {
         self.index.remove(&s.filter, key);
         if let Some(d) = &s.durable {
             self.durables.remove(d);
+            self.durables_generation += 1;
         }
         if let Some(owner) = s.owner
             && let Some(c) = self.conns.get_mut(&owner)
@@ -838,7 +897,7 @@ impl Broker {
                 }
             }
             dropped += 1;
-            self.discard(e);
+            self.discard(e, s.group.as_ref());
         }
         self.totals.dropped += dropped;
         s.dropped_total += dropped;

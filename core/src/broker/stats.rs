@@ -25,6 +25,8 @@ pub struct Counters {
     pub no_interest: u64,
     /// Operations refused by the ACL.
     pub denied: u64,
+    /// Queue-group copies of QoS1 resends not handed out again (the group already had them).
+    pub deduplicated: u64,
 }
 
 impl Counters {
@@ -37,6 +39,7 @@ impl Counters {
             queued,
             no_interest: self.no_interest,
             denied: self.denied,
+            deduplicated: self.deduplicated,
         }
     }
 }

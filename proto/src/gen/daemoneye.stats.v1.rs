@@ -15,6 +15,9 @@ pub struct Counters {
     pub no_interest: u64,
     #[prost(uint64, tag = "7")]
     pub denied: u64,
+    /// QoS1 resends a queue group already held or acknowledged, so not handed out again.
+    #[prost(uint64, tag = "16")]
+    pub deduplicated: u64,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct TopicStats {
