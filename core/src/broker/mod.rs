@@ -798,6 +798,8 @@ impl Broker {
             }
             match c.decoder.next_frame() {
                 Ok(Some(frame)) => {
+                    // The next frame's clock starts with its first byte (note_partial_frame).
+                    c.frame_started = None;
                     self.handle_frame(now, conn, frame);
                     self.pump(now);
                 }
@@ -1100,6 +1102,12 @@ impl Broker {
     /// Live connections.
     pub fn connection_count(&self) -> usize {
         self.conns.len()
+    }
+
+    /// Whether the broker still knows the connection (it forgets one when it closes it or
+    /// is told it is gone).
+    pub fn has_connection(&self, conn: ConnId) -> bool {
+        self.conns.contains_key(&conn)
     }
 
     /// Live subscriptions (durable ones without an owner included).
