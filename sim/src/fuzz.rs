@@ -702,7 +702,17 @@ pub fn byte_split(data: &[u8]) {
         return;
     };
     let cuts: Vec<u16> = cuts.into_iter().map(|c| c % 64 + 1).take(32).collect();
+    // Three connections past their handshake (one of them the agent), so that every input
+    // goes straight to the interesting part.
     let mut events = Vec::new();
+    for conn in 0..3u8 {
+        events.push(SplitEvent::Connect { root: false });
+        events.push(SplitEvent::Bytes {
+            conn,
+            frames: vec![SplitFrame::Hello { agent: conn == 2 }],
+            cut_last: None,
+        });
+    }
     for _ in 0..48 {
         let Ok(e) = SplitEvent::arbitrary(&mut u) else {
             break;
