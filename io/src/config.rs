@@ -8,6 +8,7 @@
 //! max_frame = 1048576
 //! max_subscriptions_per_connection = 256
 //! handshake_timeout_ms = 5000
+//! frame_timeout_ms = 10000
 //! heartbeat_interval_ms = 10000
 //! default_capacity = 1000
 //! max_capacity = 1000000
@@ -82,6 +83,9 @@ pub struct BrokerSection {
     pub max_subscriptions_per_connection: u64,
     /// Time a client has to say Hello.
     pub handshake_timeout_ms: u64,
+    /// Time a started frame has to arrive whole (from its first byte, not extended by
+    /// progress; see `BrokerConfig::frame_timeout`).
+    pub frame_timeout_ms: u64,
     /// Keepalive interval.
     pub heartbeat_interval_ms: u64,
     /// Queue capacity of a subscription that does not ask.
@@ -105,6 +109,7 @@ impl Default for BrokerSection {
             max_frame: u64::from(d.max_frame),
             max_subscriptions_per_connection: d.max_subscriptions_per_connection as u64,
             handshake_timeout_ms: d.handshake_timeout.as_millis() as u64,
+            frame_timeout_ms: d.frame_timeout.as_millis() as u64,
             heartbeat_interval_ms: d.heartbeat_interval.as_millis() as u64,
             default_capacity: u64::from(d.default_capacity),
             max_capacity: u64::from(d.max_capacity),
@@ -233,6 +238,7 @@ impl AgentConfig {
                 "max_frame" => &mut b.max_frame,
                 "max_subscriptions_per_connection" => &mut b.max_subscriptions_per_connection,
                 "handshake_timeout_ms" => &mut b.handshake_timeout_ms,
+                "frame_timeout_ms" => &mut b.frame_timeout_ms,
                 "heartbeat_interval_ms" => &mut b.heartbeat_interval_ms,
                 "default_capacity" => &mut b.default_capacity,
                 "max_capacity" => &mut b.max_capacity,
@@ -407,6 +413,12 @@ impl AgentConfig {
             600_000,
         )?;
         check(
+            "broker.frame_timeout_ms",
+            b.frame_timeout_ms,
+            100,
+            3_600_000,
+        )?;
+        check(
             "broker.heartbeat_interval_ms",
             b.heartbeat_interval_ms,
             100,
@@ -444,6 +456,7 @@ impl AgentConfig {
             max_connections: b.max_connections as usize,
             max_subscriptions_per_connection: b.max_subscriptions_per_connection as usize,
             handshake_timeout: Duration::from_millis(b.handshake_timeout_ms),
+            frame_timeout: Duration::from_millis(b.frame_timeout_ms),
             heartbeat_interval: Duration::from_millis(b.heartbeat_interval_ms),
             default_capacity: b.default_capacity as u32,
             max_capacity: b.max_capacity as u32,
@@ -471,6 +484,17 @@ mod tests {
         assert_eq!(b.max_connections, 64);
         assert_eq!(b.default_capacity, 1000);
         assert_eq!(b.memory_budget, 100 * 1024 * 1024);
+        assert_eq!(b.frame_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn frame_timeout_is_configurable_and_checked() {
+        let c = parse("[broker]\nframe_timeout_ms = 2500\n").expect("parses");
+        let (b, _) = c.broker_config(1000).expect("valid");
+        assert_eq!(b.frame_timeout, Duration::from_millis(2500));
+        let c = parse("[broker]\nframe_timeout_ms = 0\n").expect("parses");
+        let err = c.broker_config(1000).expect_err("zero");
+        assert!(err.to_string().contains("broker.frame_timeout_ms"), "{err}");
     }
 
     #[test]

@@ -94,6 +94,33 @@ impl<C: Clock> Shared<C> {
         }
     }
 
+    /// A read returned end of stream: the peer closed its sending side (it may still be
+    /// reading). The core decides: a frame cut short is answered with an Error and closed;
+    /// a clean end closes; after a Goodbye the connection stays until the core has routed
+    /// what it holds and answered.
+    fn eof(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.get(&conn) {
+            if c.closing {
+                return;
+            }
+            let now = self.clock.now();
+            let truncated = self.broker.totals().truncated;
+            self.broker.handle_eof(now, conn);
+            if self.broker.totals().truncated > truncated {
+                tracing::debug!(conn = conn.0, "connection ended inside a frame");
+            }
+            self.dispatch();
+            if !self.broker.has_connection(conn)
+                && let Some(c) = self.conns.get_mut(&conn)
+                && !c.closing
+            {
+                c.closing = true;
+                c.writer.notify_one();
+            }
+        }
+        self.timer.notify_one();
+    }
+
     /// The peer went away: tell the core unless it already forgot the connection.
     fn lost(&mut self, conn: ConnId) {
         if let Some(c) = self.conns.get_mut(&conn) {
@@ -241,7 +268,11 @@ async fn read_loop<C: Clock, R: tokio::io::AsyncRead + Unpin>(
         };
         let mut s = shared.borrow_mut();
         match n {
-            Ok(0) | Err(_) => {
+            Ok(0) => {
+                s.eof(conn);
+                return;
+            }
+            Err(_) => {
                 s.lost(conn);
                 return;
             }

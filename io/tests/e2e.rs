@@ -371,8 +371,20 @@ fn hostile_clients_are_closed_and_others_keep_receiving() {
         );
         publish(&agent, &["steady", &format!("after case {i}")]);
     }
-    // A truncated frame, then the client closes its side: the broker drops it quietly.
-    hostile(&agent, &[0, 0, 0, 50, 1, 2], true);
+    // A truncated frame, then the client closes its side (still reading): the broker
+    // answers with an Error naming the truncation, then closes.
+    let answer = hostile(&agent, &[0, 0, 0, 50, 1, 2], true);
+    let mut decoder = daemoneye_proto::FrameDecoder::new(u32::MAX);
+    decoder.push(&answer).expect("frames");
+    let frame = decoder.next_frame().expect("a frame").expect("one frame");
+    assert!(
+        matches!(
+            &frame.body,
+            Some(daemoneye_proto::pb::bus::frame::Body::Error(e))
+                if e.message.contains("ended inside a frame body (2 of 50 bytes)")
+        ),
+        "{frame:?}"
+    );
     publish(&agent, &["steady", "after truncated"]);
     // A client that connects and sends nothing is closed at the handshake timeout.
     let answer = hostile(&agent, &[], false);

@@ -346,3 +346,380 @@ pub fn wal_replay(data: &[u8]) {
         assert!(next > end.last_sequence, "a sequence would be reused");
     }
 }
+
+/// One input to the broker in a byte-split scenario.
+#[derive(Debug, Clone, Arbitrary)]
+pub enum SplitEvent {
+    /// A new connection (of root, or of the owner's uid).
+    Connect {
+        /// Root's credentials instead of the owner's.
+        root: bool,
+    },
+    /// Bytes from a connection: frames (see [`SplitFrame`]), delivered in one read or cut
+    /// into pieces.
+    Bytes {
+        /// Which connection (modulo the live ones).
+        conn: u8,
+        /// The frames, encoded back to back.
+        frames: Vec<SplitFrame>,
+        /// Keep only this many bytes of the last frame (a frame cut short), if set.
+        cut_last: Option<u8>,
+    },
+    /// The driver reports everything transmitted to a connection as written.
+    Written {
+        /// Which connection.
+        conn: u8,
+    },
+    /// The peer shut its sending side.
+    Eof {
+        /// Which connection.
+        conn: u8,
+    },
+    /// The connection failed.
+    Disconnect {
+        /// Which connection.
+        conn: u8,
+    },
+    /// Time passes.
+    Advance {
+        /// Milliseconds.
+        ms: u16,
+    },
+}
+
+/// A client frame from a small alphabet (so that they interact), or raw bytes.
+#[derive(Debug, Clone, Arbitrary)]
+pub enum SplitFrame {
+    /// Hello, as a client or as the agent.
+    Hello {
+        /// Role Agent.
+        agent: bool,
+    },
+    /// Subscribe with a small queue.
+    Subscribe {
+        /// 1..=3.
+        sub_id: u8,
+        /// From a fixed list.
+        filter: u8,
+        /// Joins group `g`.
+        group: bool,
+        /// QoS1.
+        qos1: bool,
+        /// 1..=4.
+        capacity: u8,
+        /// Overflow strategy (modulo 5).
+        overflow: u8,
+    },
+    /// Unsubscribe.
+    Unsubscribe {
+        /// 1..=3.
+        sub_id: u8,
+    },
+    /// Publish.
+    Publish {
+        /// From a fixed list.
+        topic: u8,
+        /// QoS1.
+        qos1: bool,
+        /// Priority.
+        priority: u8,
+        /// Payload length.
+        len: u8,
+    },
+    /// Ack a delivery id 1..=8.
+    Ack {
+        /// The id.
+        delivery_id: u8,
+    },
+    /// Ping.
+    Ping,
+    /// Goodbye.
+    Goodbye,
+    /// Raw bytes.
+    Raw(Vec<u8>),
+}
+
+const SPLIT_FILTERS: &[&str] = &["t.#", "t.a", "t.+", "#", "u"];
+const SPLIT_TOPICS: &[&str] = &["t.a", "t.b", "u", "$sys.broker.stats"];
+
+impl SplitFrame {
+    fn encode(&self, sequence: &mut u64, out: &mut Vec<u8>) {
+        use pb::frame::Body;
+        let body = match self {
+            SplitFrame::Hello { agent } => Body::Hello(pb::Hello {
+                protocol_version: 1,
+                client_name: "split".into(),
+                role: if *agent {
+                    pb::Role::Agent as i32
+                } else {
+                    pb::Role::Client as i32
+                },
+                publisher_id: "split".into(),
+                ..Default::default()
+            }),
+            SplitFrame::Subscribe {
+                sub_id,
+                filter,
+                group,
+                qos1,
+                capacity,
+                overflow,
+            } => Body::Subscribe(pb::Subscribe {
+                sub_id: u64::from(sub_id % 3 + 1),
+                filter: SPLIT_FILTERS[usize::from(*filter) % SPLIT_FILTERS.len()].into(),
+                queue_group: if *group { "g".into() } else { String::new() },
+                qos: i32::from(*qos1),
+                capacity: u32::from(capacity % 4 + 1),
+                overflow: i32::from(overflow % 5),
+                ..Default::default()
+            }),
+            SplitFrame::Unsubscribe { sub_id } => Body::Unsubscribe(pb::Unsubscribe {
+                sub_id: u64::from(sub_id % 3 + 1),
+            }),
+            SplitFrame::Publish {
+                topic,
+                qos1,
+                priority,
+                len,
+            } => {
+                *sequence += 1;
+                Body::Publish(pb::Publish {
+                    topic: SPLIT_TOPICS[usize::from(*topic) % SPLIT_TOPICS.len()].into(),
+                    payload: Bytes::from(vec![0xA5; usize::from(*len)]),
+                    qos: i32::from(*qos1),
+                    sequence: *sequence,
+                    priority: u32::from(priority % 3),
+                    ..Default::default()
+                })
+            }
+            SplitFrame::Ack { delivery_id } => Body::Ack(pb::Ack {
+                delivery_id: u64::from(delivery_id % 8 + 1),
+            }),
+            SplitFrame::Ping => Body::Ping(pb::Ping { nonce: 7 }),
+            SplitFrame::Goodbye => Body::Goodbye(pb::Goodbye {
+                reason: "split".into(),
+            }),
+            SplitFrame::Raw(bytes) => {
+                out.extend_from_slice(bytes);
+                return;
+            }
+        };
+        out.extend_from_slice(&frame_bytes(body));
+    }
+}
+
+/// What the broker did for each connection: the bytes it transmitted, concatenated, and
+/// its reads paused/resumed and closes, in order.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct ConnOutputs {
+    bytes: Vec<u8>,
+    events: Vec<String>,
+}
+
+struct SplitRun {
+    broker: Broker,
+    outputs: std::collections::BTreeMap<ConnId, ConnOutputs>,
+    written: std::collections::BTreeMap<ConnId, usize>,
+}
+
+impl SplitRun {
+    fn new() -> Self {
+        let config = BrokerConfig {
+            owner_uid: 1000,
+            max_frame: 2048,
+            max_connections: 3,
+            reserved_agent_slots: 1,
+            write_window: 300,
+            ..BrokerConfig::default()
+        };
+        Self {
+            broker: Broker::new(config, Acl::owner_only(1000), 11),
+            outputs: Default::default(),
+            written: Default::default(),
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Some(out) = self.broker.poll_output() {
+            match out {
+                Output::Transmit { conn, data } => self
+                    .outputs
+                    .entry(conn)
+                    .or_default()
+                    .bytes
+                    .extend_from_slice(&data),
+                Output::PauseRead { conn } => self
+                    .outputs
+                    .entry(conn)
+                    .or_default()
+                    .events
+                    .push("pause".into()),
+                Output::ResumeRead { conn } => self
+                    .outputs
+                    .entry(conn)
+                    .or_default()
+                    .events
+                    .push("resume".into()),
+                Output::Close { conn, reason } => self
+                    .outputs
+                    .entry(conn)
+                    .or_default()
+                    .events
+                    .push(format!("close {reason:?}")),
+            }
+        }
+    }
+}
+
+/// DESIGN.md section 5 (and simulation invariant 8): the broker's outputs depend on its
+/// input byte streams and times, never on how those bytes were split into reads. Runs the
+/// same events through two brokers, one reading every chunk whole, the other reading it
+/// cut at the given points, and compares, after every event, each connection's transmitted
+/// bytes (concatenated), pauses, resumes and closes. `Err` names the first difference.
+pub fn check_split(events: &[SplitEvent], cuts: &[u16]) -> Result<(), String> {
+    let mut whole = SplitRun::new();
+    let mut split = SplitRun::new();
+    let mut now = Instant::from_nanos(1_000_000_000);
+    let mut conns: Vec<ConnId> = Vec::new();
+    let mut sequence = 0u64;
+    let mut cut = cuts.iter().copied().cycle();
+    let pick = |conns: &[ConnId], i: u8| conns.get(usize::from(i) % conns.len().max(1)).copied();
+    for (step, event) in events.iter().enumerate() {
+        match event {
+            SplitEvent::Connect { root } => {
+                let uid = if *root { 0 } else { 1000 };
+                let peer = PeerCreds {
+                    uid,
+                    gid: uid,
+                    pid: Some(4242),
+                };
+                let a = whole.broker.handle_connect(now, peer);
+                let b = split.broker.handle_connect(now, peer);
+                if a != b {
+                    return Err(format!("step {step}: connection ids {a:?} and {b:?}"));
+                }
+                conns.push(a);
+            }
+            SplitEvent::Bytes {
+                conn,
+                frames,
+                cut_last,
+            } => {
+                let Some(c) = pick(&conns, *conn) else {
+                    continue;
+                };
+                let mut bytes = Vec::new();
+                let mut last_start = 0;
+                for f in frames {
+                    last_start = bytes.len();
+                    f.encode(&mut sequence, &mut bytes);
+                }
+                if let Some(keep) = cut_last {
+                    let end = (last_start + usize::from(*keep)).min(bytes.len());
+                    bytes.truncate(end);
+                }
+                whole.broker.handle_bytes(now, c, &bytes);
+                let mut rest = &bytes[..];
+                while !rest.is_empty() {
+                    let n = match cut.next() {
+                        Some(n) => usize::from(n).clamp(1, rest.len()),
+                        None => rest.len(),
+                    };
+                    split.broker.handle_bytes(now, c, &rest[..n]);
+                    rest = &rest[n..];
+                }
+            }
+            SplitEvent::Written { conn } => {
+                let Some(c) = pick(&conns, *conn) else {
+                    continue;
+                };
+                let sent = whole.outputs.get(&c).map_or(0, |o| o.bytes.len());
+                let done = whole.written.entry(c).or_default();
+                let n = sent - *done;
+                *done = sent;
+                whole.broker.handle_written(now, c, n);
+                split.broker.handle_written(now, c, n);
+            }
+            SplitEvent::Eof { conn } => {
+                if let Some(c) = pick(&conns, *conn) {
+                    whole.broker.handle_eof(now, c);
+                    split.broker.handle_eof(now, c);
+                }
+            }
+            SplitEvent::Disconnect { conn } => {
+                if let Some(c) = pick(&conns, *conn) {
+                    whole.broker.handle_disconnect(now, c);
+                    split.broker.handle_disconnect(now, c);
+                }
+            }
+            SplitEvent::Advance { ms } => {
+                now = now + std::time::Duration::from_millis(u64::from(*ms));
+                whole.broker.handle_timeout(now);
+                split.broker.handle_timeout(now);
+            }
+        }
+        whole.drain();
+        split.drain();
+        if whole.outputs != split.outputs {
+            for (c, a) in &whole.outputs {
+                let b = split.outputs.get(c).cloned().unwrap_or_default();
+                if *a != b {
+                    let at = a
+                        .bytes
+                        .iter()
+                        .zip(&b.bytes)
+                        .position(|(x, y)| x != y)
+                        .unwrap_or(a.bytes.len().min(b.bytes.len()));
+                    return Err(format!(
+                        "step {step} ({event:?}): {c:?} differs: {} vs {} bytes (first difference at {at}), events {:?} vs {:?}",
+                        a.bytes.len(),
+                        b.bytes.len(),
+                        a.events,
+                        b.events
+                    ));
+                }
+            }
+            return Err(format!(
+                "step {step}: a connection has outputs only when split"
+            ));
+        }
+        if whole.broker.totals() != split.broker.totals() {
+            return Err(format!(
+                "step {step}: counters {:?} vs {:?}",
+                whole.broker.totals(),
+                split.broker.totals()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Fuzz target: arbitrary events, and cut points, for [`check_split`]; panics on a
+/// difference.
+pub fn byte_split(data: &[u8]) {
+    let mut u = Unstructured::new(data);
+    let Ok(cuts) = Vec::<u16>::arbitrary(&mut u) else {
+        return;
+    };
+    let cuts: Vec<u16> = cuts.into_iter().map(|c| c % 64 + 1).take(32).collect();
+    // Three connections past their handshake (one of them the agent), so that every input
+    // goes straight to the interesting part.
+    let mut events = Vec::new();
+    for conn in 0..3u8 {
+        events.push(SplitEvent::Connect { root: false });
+        events.push(SplitEvent::Bytes {
+            conn,
+            frames: vec![SplitFrame::Hello { agent: conn == 2 }],
+            cut_last: None,
+        });
+    }
+    for _ in 0..48 {
+        let Ok(e) = SplitEvent::arbitrary(&mut u) else {
+            break;
+        };
+        events.push(e);
+    }
+    if let Err(e) = check_split(&events, &cuts) {
+        panic!("{e}");
+    }
+}

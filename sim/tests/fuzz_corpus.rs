@@ -62,6 +62,11 @@ fn every_wal_replay_corpus_file_passes() {
     assert!(replay("wal_replay", daemoneye_sim::fuzz::wal_replay) > 0);
 }
 
+#[test]
+fn every_byte_split_corpus_file_passes() {
+    assert!(replay("byte_split", daemoneye_sim::fuzz::byte_split) > 0);
+}
+
 fn frame(body: pb::frame::Body) -> pb::Frame {
     pb::Frame { body: Some(body) }
 }
@@ -150,6 +155,13 @@ fn write_seed_corpus() {
     let mut zeros = log[..1].to_vec();
     zeros.extend_from_slice(&[0; 64]);
     write("wal_replay", "zeros", &zeros);
+    // Seeded random inputs: `byte_split` reads them as cut points and events.
+    let mut rng = daemoneye_core::rng::SeededRng::new(0x5_9117);
+    for i in 0..12 {
+        let len = 256 + 256 * (i % 4);
+        let data: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
+        write("byte_split", &format!("random-{i}"), &data);
+    }
     write(
         "broker_scenario",
         "bytes-a",

@@ -162,6 +162,7 @@ impl Broker {
                 dropped_total: 0,
                 dropped_unreported: 0,
                 detached_at: Some(now),
+                unsubscribed: false,
                 counters: Default::default(),
             },
         );

@@ -59,10 +59,24 @@ pub struct BrokerConfig {
     pub max_frame: u32,
     /// Connections beyond this get an Error and are closed.
     pub max_connections: usize,
+    /// Slots reserved, on top of `max_connections`, for the agent's own clients (role
+    /// Agent, the owner's uid). Every connection counts against one limit or the other:
+    /// agent connections take a reserved slot while one is free, then ordinary ones.
+    pub reserved_agent_slots: usize,
     /// Subscriptions one connection may hold.
     pub max_subscriptions_per_connection: usize,
     /// A connection must complete its Hello within this.
     pub handshake_timeout: Duration,
+    /// A frame must arrive whole within this of its first byte, or the connection is
+    /// closed (a peer dribbling a frame cannot hold a connection and its buffer forever).
+    ///
+    /// The clock runs from the frame's first byte and is not extended by progress: a peer
+    /// sending a byte now and then would otherwise keep a frame open indefinitely. It is
+    /// stopped while the broker itself is not reading the connection (backpressure), and
+    /// restarts when reading resumes. The default 10 s asks a `max_frame` (1 MiB) frame to
+    /// arrive at 100 KiB/s, orders of magnitude below what a Unix socket carries even on a
+    /// loaded host.
+    pub frame_timeout: Duration,
     /// Keepalive interval advertised in Welcome; 3 silent intervals close a connection.
     pub heartbeat_interval: Duration,
     /// Queue capacity of a subscription that does not ask for one.
@@ -93,8 +107,10 @@ impl Default for BrokerConfig {
             owner_uid: 0,
             max_frame: daemoneye_proto::DEFAULT_MAX_FRAME,
             max_connections: 64,
+            reserved_agent_slots: 8,
             max_subscriptions_per_connection: 256,
             handshake_timeout: Duration::from_secs(5),
+            frame_timeout: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(10),
             default_capacity: 1000,
             max_capacity: 1_000_000,
@@ -228,6 +244,15 @@ enum Phase {
     Open,
 }
 
+/// Which limit a connection counts against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    /// One of `max_connections`.
+    Ordinary,
+    /// One of the slots reserved for the agent's own clients.
+    Reserved,
+}
+
 /// Publishes a stalled connection may have waiting before the broker stops reading it.
 const MAX_DEFERRED_PUBLISHES: usize = 256;
 /// Payload bytes a stalled connection may have waiting before the broker stops reading it.
@@ -258,6 +283,14 @@ struct Connection {
     deferred: VecDeque<daemoneye_proto::frame::Publish>,
     deferred_bytes: usize,
     blocked_notified: bool,
+    /// The client said Goodbye: its frames are no longer read, and once what it has
+    /// waiting is routed the broker answers Goodbye and closes.
+    goodbye: bool,
+    /// When the frame the decoder holds in part started to arrive (while the broker reads
+    /// the connection); `None` on a frame boundary.
+    frame_started: Option<Instant>,
+    /// The limit it counts against (`None` for a connection refused at connect).
+    slot: Option<Slot>,
     /// The topic of this connection's last publish: publishers repeat topics, and a hit
     /// skips parsing and allocating it again.
     last_topic: Option<TopicName>,
@@ -286,6 +319,8 @@ struct Subscription {
     unacked: BTreeMap<u64, Entry>,
     /// Publishers stalled on this queue.
     blocked: Vec<ConnId>,
+    /// Unsubscribed: it matches nothing new and goes once its queue is handed out.
+    unsubscribed: bool,
     dropped_total: u64,
     dropped_unreported: u64,
     detached_at: Option<Instant>,
@@ -357,8 +392,10 @@ pub struct Broker {
     dedup: dedup::GroupDedup,
     /// Connections stalled on the memory budget.
     budget_blocked: BTreeSet<ConnId>,
-    /// Connections in the agent role: the agent's own, not counted against the limit.
-    agent_conns: usize,
+    /// Connections counted against `max_connections`.
+    ordinary_conns: usize,
+    /// Connections in a reserved agent slot.
+    reserved_conns: usize,
     queued_bytes: u64,
     outputs: VecDeque<Output>,
     /// Connections that may have deliveries to hand out.
@@ -377,6 +414,8 @@ pub struct Broker {
     last_rate: (Instant, u64, u64),
     rates: (f64, f64),
     shutting_down: bool,
+    /// `pump` is running: a nested call leaves the ready connections to it.
+    pumping: bool,
     scratch: Vec<u64>,
     targets: Vec<u64>,
 }
@@ -401,7 +440,8 @@ impl Broker {
             pubacks: FxHashMap::default(),
             dedup: dedup::GroupDedup::new(dedup_window),
             budget_blocked: BTreeSet::new(),
-            agent_conns: 0,
+            ordinary_conns: 0,
+            reserved_conns: 0,
             queued_bytes: 0,
             outputs: VecDeque::new(),
             ready: BTreeSet::new(),
@@ -421,6 +461,7 @@ impl Broker {
             last_rate: (Instant::ZERO, 0, 0),
             rates: (0.0, 0.0),
             shutting_down: false,
+            pumping: false,
             scratch: Vec::new(),
             targets: Vec::new(),
         }
@@ -467,6 +508,9 @@ impl Broker {
             deferred: VecDeque::new(),
             deferred_bytes: 0,
             blocked_notified: false,
+            goodbye: false,
+            frame_started: None,
+            slot: None,
             last_topic: None,
             read_paused: false,
             last_recv: now,
@@ -480,7 +524,10 @@ impl Broker {
                 pb::ErrorCode::ShuttingDown,
                 "broker is shutting down".to_string(),
             ))
-        } else if self.conns.len() - self.agent_conns >= self.config.max_connections {
+        } else if self.ordinary_conns >= self.config.max_connections
+            && !(peer.uid == self.config.owner_uid
+                && self.reserved_conns < self.config.reserved_agent_slots)
+        {
             Some((
                 pb::ErrorCode::TooManyConnections,
                 format!(
@@ -497,6 +544,18 @@ impl Broker {
         } else {
             None
         };
+        let mut conn = conn;
+        // Until its Hello says what it is, a connection takes an ordinary slot if one is
+        // free, else (the owner's uid only) a reserved one it keeps only as the agent.
+        if refusal.is_none() {
+            if self.ordinary_conns < self.config.max_connections {
+                conn.slot = Some(Slot::Ordinary);
+                self.ordinary_conns += 1;
+            } else {
+                conn.slot = Some(Slot::Reserved);
+                self.reserved_conns += 1;
+            }
+        }
         self.conns.insert(id, conn);
         if let Some((code, message)) = refusal {
             self.refuse(now, id, code, message);
@@ -511,11 +570,29 @@ impl Broker {
             return;
         };
         c.last_recv = now;
+        if c.goodbye {
+            // After its Goodbye a client's frames are not read.
+            return;
+        }
         // A framing error is reported by next_frame after the frames before it.
         let _ = c.decoder.push(data);
         self.process_frames(now, conn);
+        self.note_partial_frame(now, conn);
         self.pump(now);
         self.flush();
+    }
+
+    /// Starts or stops the frame timeout after the decoder took what it could: it runs while
+    /// a frame has arrived in part and the broker is reading the connection.
+    pub(super) fn note_partial_frame(&mut self, now: Instant, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.goodbye || c.read_paused || c.decoder.buffered() == 0 {
+            c.frame_started = None;
+        } else if c.frame_started.is_none() {
+            c.frame_started = Some(now);
+        }
     }
 
     /// The driver wrote `n` bytes of earlier Transmits to the connection.
@@ -529,16 +606,61 @@ impl Broker {
         self.flush();
     }
 
-    /// The peer closed its side or the connection failed. The broker forgets the
-    /// connection; its subscriptions end (durable ones wait for their owner) and its
-    /// unacknowledged deliveries are redelivered.
+    /// The connection failed (or the peer vanished without Goodbye). The broker forgets the
+    /// connection; its subscriptions end (durable ones wait for their owner), its
+    /// unacknowledged deliveries are redelivered, and publishes it still held for the
+    /// connection are counted in `lost_on_disconnect`.
     pub fn handle_disconnect(&mut self, now: Instant, conn: ConnId) {
-        // Frames that arrived whole before EOF are still processed; a truncated tail is
-        // discarded (never delivered in part).
-        self.process_frames(now, conn);
+        // Frames that arrived whole before the end are still processed; a truncated tail is
+        // discarded (never delivered in part) and counted.
+        if self.conns.get(&conn).is_some_and(|c| !c.goodbye) {
+            self.process_frames(now, conn);
+            self.check_truncation(conn);
+        }
         self.remove_conn(now, conn);
         self.pump(now);
         self.flush();
+    }
+
+    /// The peer closed its sending side (a read returned end of stream); it may still be
+    /// reading. Whole frames before the end are processed. A frame cut short by the end is
+    /// counted and answered with an Error before the close; otherwise this is
+    /// [`handle_disconnect`](Self::handle_disconnect). After a Goodbye, the end of stream
+    /// changes nothing: the broker still routes what it holds, then answers and closes.
+    pub fn handle_eof(&mut self, now: Instant, conn: ConnId) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        if c.goodbye {
+            return;
+        }
+        self.process_frames(now, conn);
+        match self.check_truncation(conn) {
+            Some(err) => {
+                let msg = format!("connection ended inside a frame: {err}");
+                self.protocol_error(now, conn, pb::ErrorCode::Protocol, msg);
+            }
+            None => self.remove_conn(now, conn),
+        }
+        self.pump(now);
+        self.flush();
+    }
+
+    /// At the end of a connection's stream: the truncation error if it ended inside a
+    /// frame (counted), `None` on a frame boundary or where the broker had stopped reading.
+    fn check_truncation(&mut self, conn: ConnId) -> Option<FrameError> {
+        let c = self.conns.get_mut(&conn)?;
+        if c.deferred.len() >= MAX_DEFERRED_PUBLISHES || c.deferred_bytes >= MAX_DEFERRED_BYTES {
+            // Whole frames may still wait in the decoder behind a stall: not a truncation.
+            return None;
+        }
+        if c.decoder.is_failed() {
+            return None;
+        }
+        let err = c.decoder.finish().err()?;
+        c.counters.truncated += 1;
+        self.totals.truncated += 1;
+        Some(err)
     }
 
     /// Time has reached a deadline from [`poll_timeout`](Self::poll_timeout) (calling it
@@ -548,7 +670,14 @@ impl Broker {
         let hb = self.config.heartbeat_interval;
         let mut expired = Vec::new();
         let mut pings = Vec::new();
+        let mut slow_frames = Vec::new();
         for (&id, c) in &self.conns {
+            if let Some(started) = c.frame_started
+                && started + self.config.frame_timeout <= now
+            {
+                slow_frames.push(id);
+                continue;
+            }
             match c.phase {
                 Phase::Handshaking { deadline } if deadline <= now => expired.push((id, true)),
                 Phase::Handshaking { .. } => {}
@@ -560,6 +689,14 @@ impl Broker {
                     }
                 }
             }
+        }
+        for id in slow_frames {
+            self.totals.frame_timeouts += 1;
+            let msg = format!(
+                "frame not completed within the frame timeout of {} ms",
+                self.config.frame_timeout.as_millis()
+            );
+            self.protocol_error(now, id, pb::ErrorCode::Protocol, msg);
         }
         for (id, handshake) in expired {
             let (code, msg) = if handshake {
@@ -631,6 +768,9 @@ impl Broker {
         let hb = self.config.heartbeat_interval;
         let mut next = self.next_stats;
         for c in self.conns.values() {
+            if let Some(started) = c.frame_started {
+                next = crate::time::earliest(next, Some(started + self.config.frame_timeout));
+            }
             let t = match c.phase {
                 Phase::Handshaking { deadline } => deadline,
                 Phase::Open => {
@@ -651,11 +791,17 @@ impl Broker {
 
     // ----- frames in -----
 
-    fn process_frames(&mut self, now: Instant, conn: ConnId) {
+    /// Handles the connection's whole frames in order. Each frame is handled completely,
+    /// the deliveries it makes possible included, before the next is looked at: so what the
+    /// broker sends never depends on how the peer's bytes were split into reads.
+    pub(super) fn process_frames(&mut self, now: Instant, conn: ConnId) {
         loop {
             let Some(c) = self.conns.get_mut(&conn) else {
                 return;
             };
+            if c.goodbye {
+                return;
+            }
             if c.deferred.len() >= MAX_DEFERRED_PUBLISHES || c.deferred_bytes >= MAX_DEFERRED_BYTES
             {
                 if !c.read_paused {
@@ -665,7 +811,12 @@ impl Broker {
                 return;
             }
             match c.decoder.next_frame() {
-                Ok(Some(frame)) => self.handle_frame(now, conn, frame),
+                Ok(Some(frame)) => {
+                    // The next frame's clock starts with its first byte (note_partial_frame).
+                    c.frame_started = None;
+                    self.handle_frame(now, conn, frame);
+                    self.pump(now);
+                }
                 Ok(None) => return,
                 Err(err) => {
                     let code = match err {
@@ -747,8 +898,33 @@ impl Broker {
                 self.send_frame(conn, Body::Pong(pb::Pong { nonce }))
             }
             (false, ClientFrame::Pong { .. }) => {}
-            (false, ClientFrame::Goodbye { .. }) => self.close(now, conn, CloseReason::Goodbye),
+            (false, ClientFrame::Goodbye { .. }) => self.handle_goodbye(now, conn),
         }
+    }
+
+    /// A client's Goodbye: a clean close. What the broker still holds for the connection
+    /// (publishes stalled behind a full Block queue) is routed first; no further frame is
+    /// read; then the broker answers Goodbye and closes.
+    fn handle_goodbye(&mut self, now: Instant, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.goodbye = true;
+        c.frame_started = None;
+        if c.deferred.is_empty() {
+            self.answer_goodbye(now, conn);
+        }
+    }
+
+    /// Answers a client's Goodbye once nothing it published waits, and closes.
+    pub(super) fn answer_goodbye(&mut self, now: Instant, conn: ConnId) {
+        self.send_frame(
+            conn,
+            Body::Goodbye(pb::Goodbye {
+                reason: "goodbye".into(),
+            }),
+        );
+        self.close(now, conn, CloseReason::Goodbye);
     }
 
     fn handle_hello(&mut self, now: Instant, conn: ConnId, hello: Hello) {
@@ -769,14 +945,37 @@ impl Broker {
             self.refuse(now, conn, pb::ErrorCode::PermissionDenied, msg);
             return;
         }
+        // The agent's own clients move to a reserved slot while one is free; anyone else
+        // holding one (it connected when the ordinary slots were full) must find an
+        // ordinary slot or go.
+        match (hello.role == Role::Agent, c.slot) {
+            (true, Some(Slot::Ordinary))
+                if self.reserved_conns < self.config.reserved_agent_slots =>
+            {
+                c.slot = Some(Slot::Reserved);
+                self.ordinary_conns -= 1;
+                self.reserved_conns += 1;
+            }
+            (false, Some(Slot::Reserved)) => {
+                if self.ordinary_conns >= self.config.max_connections {
+                    let msg = format!(
+                        "connection limit of {} reached",
+                        self.config.max_connections
+                    );
+                    self.refuse(now, conn, pb::ErrorCode::TooManyConnections, msg);
+                    return;
+                }
+                c.slot = Some(Slot::Ordinary);
+                self.reserved_conns -= 1;
+                self.ordinary_conns += 1;
+            }
+            _ => {}
+        }
         self.next_session += 1;
         let session_id = self.next_session;
         c.phase = Phase::Open;
         c.session_id = session_id;
         c.principal.role = hello.role;
-        if hello.role == Role::Agent {
-            self.agent_conns += 1;
-        }
         c.client_name = hello.client_name;
         c.publisher_id = Arc::from(hello.publisher_id.as_str());
         if let Some(col) = hello.collector {
@@ -860,8 +1059,28 @@ impl Broker {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
-        if c.principal.role == Role::Agent && c.session_id != 0 {
-            self.agent_conns -= 1;
+        match c.slot {
+            Some(Slot::Ordinary) => self.ordinary_conns -= 1,
+            Some(Slot::Reserved) => {
+                self.reserved_conns -= 1;
+                // An agent connection that had to take an ordinary slot moves to the freed
+                // reserved one, giving its ordinary slot back to everyone else.
+                let waiting = self.conns.values_mut().find(|o| {
+                    o.slot == Some(Slot::Ordinary)
+                        && o.principal.role == Role::Agent
+                        && o.session_id != 0
+                });
+                if let Some(o) = waiting {
+                    o.slot = Some(Slot::Reserved);
+                    self.ordinary_conns -= 1;
+                    self.reserved_conns += 1;
+                }
+            }
+            None => {}
+        }
+        if !c.deferred.is_empty() {
+            // Publishes the broker held for a connection that went without a clean close.
+            self.totals.lost_on_disconnect += c.deferred.len() as u64;
         }
         self.ready.remove(&conn);
         self.dirty.remove(&conn);
@@ -897,6 +1116,12 @@ impl Broker {
     /// Live connections.
     pub fn connection_count(&self) -> usize {
         self.conns.len()
+    }
+
+    /// Whether the broker still knows the connection (it forgets one when it closes it or
+    /// is told it is gone).
+    pub fn has_connection(&self, conn: ConnId) -> bool {
+        self.conns.contains_key(&conn)
     }
 
     /// Live subscriptions (durable ones without an owner included).
@@ -983,7 +1208,7 @@ impl Broker {
                 self.queued_bytes, budget
             ));
         }
-        if self.conns.len() - self.agent_conns >= self.config.max_connections {
+        if self.ordinary_conns >= self.config.max_connections {
             health = health.max(Health::Degraded);
             reasons.push(format!(
                 "connection limit {} reached",

@@ -162,6 +162,7 @@ impl Broker {
                 queue: Default::default(),
                 unacked: Default::default(),
                 blocked: Vec::new(),
+                unsubscribed: false,
                 dropped_total: 0,
                 dropped_unreported: 0,
                 detached_at: None,
@@ -186,7 +187,7 @@ impl Broker {
             .get(&conn)
             .and_then(|c| c.subs.get(&sub_id).copied());
         match key {
-            Some(key) => self.remove_subscription(now, key, true),
+            Some(key) => self.unsubscribe(now, key),
             None => self.send_error(
                 conn,
                 pb::ErrorCode::UnknownSubscription,
@@ -194,6 +195,49 @@ impl Broker {
                 sub_id,
                 pb::AnswerKind::Subscription,
             ),
+        }
+    }
+
+    /// An Unsubscribe takes effect after what was already queued for the subscription is
+    /// delivered (DESIGN.md section 5): it stops matching at once, and goes once its queue
+    /// has been handed out.
+    fn unsubscribe(&mut self, now: Instant, key: u64) {
+        let Some(s) = self.subs.get_mut(&key) else {
+            return;
+        };
+        if s.unsubscribed {
+            return;
+        }
+        if s.queue.len() == 0 {
+            return self.remove_subscription(now, key, true);
+        }
+        s.unsubscribed = true;
+        let filter = s.filter.clone();
+        let group = s.group.clone();
+        let durable = s.durable.take();
+        self.index.remove(&filter, key);
+        if let Some(d) = durable {
+            self.durables.remove(&d);
+        }
+        if let Some(g) = group
+            && let Some(state) = self.groups.get_mut(&g)
+        {
+            state.members.remove(&key);
+            if state.members.is_empty() {
+                self.groups.remove(&g);
+            }
+        }
+        if let Some(owner) = self.subs.get(&key).and_then(|s| s.owner) {
+            self.ready.insert(owner);
+        }
+        // Publishers stalled on it wait no longer: it takes nothing new.
+        let blocked = self
+            .subs
+            .get_mut(&key)
+            .map(|s| std::mem::take(&mut s.blocked))
+            .unwrap_or_default();
+        for conn in blocked {
+            self.retry_stalled(now, conn);
         }
     }
 
@@ -331,6 +375,10 @@ impl Broker {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
+        if c.goodbye {
+            // Everything it published before its Goodbye is routed: answer and close.
+            return self.answer_goodbye(now, conn);
+        }
         let was_paused = std::mem::replace(&mut c.read_paused, false);
         let notified = std::mem::replace(&mut c.blocked_notified, false);
         if was_paused {
@@ -347,6 +395,7 @@ impl Broker {
             );
         }
         self.process_frames(now, conn);
+        self.note_partial_frame(now, conn);
     }
 
     fn resolve_target(
@@ -379,6 +428,51 @@ impl Broker {
                 Err(())
             }
         }
+    }
+
+    /// The broker never sends a frame above the `max_frame` it advertised: a publish whose
+    /// largest Deliver would not fit is refused with an Error for that publish naming the
+    /// largest payload it could carry (see `wire::max_deliver_frame_len` for the bound). The
+    /// connection stays open.
+    fn fits_max_frame(&mut self, origin: Option<ConnId>, p: &Publish, topic: &TopicName) -> bool {
+        let publisher_id = match origin.and_then(|o| self.conns.get(&o)) {
+            Some(c) => c.publisher_id.clone(),
+            None => Arc::from(BROKER_PUBLISHER),
+        };
+        let shape = wire::DeliverShape {
+            topic: topic.as_str(),
+            payload_len: p.payload.len(),
+            publisher_id: &publisher_id,
+            sequence: p.sequence,
+            correlation: p.correlation.as_deref(),
+            reply_to: p.reply_to.as_deref(),
+            priority: p.priority,
+        };
+        let max = self.config.max_frame;
+        let len = wire::max_deliver_frame_len(&shape);
+        if len <= max as usize {
+            return true;
+        }
+        self.totals.too_large += 1;
+        if let Some(o) = origin {
+            let largest = match wire::largest_payload(&shape, max) {
+                Some(n) => format!("the largest payload accepted for it is {n} bytes"),
+                None => "its topic and metadata alone leave no room for a payload".to_string(),
+            };
+            let msg = format!(
+                "a publish of {} payload bytes to {:?} would be delivered as a frame of up to {len} bytes, above the max_frame of {max}; {largest}",
+                p.payload.len(),
+                topic.as_str()
+            );
+            self.send_error(
+                o,
+                pb::ErrorCode::FrameTooLarge,
+                msg,
+                p.sequence,
+                pb::AnswerKind::Publish,
+            );
+        }
+        false
     }
 
     /// Picks the member of `group` that gets a message among the matched keys.
@@ -449,6 +543,9 @@ impl Broker {
         topic: TopicName,
         targets: &mut Vec<u64>,
     ) -> Result<(), Box<Blocked>> {
+        if !self.fits_max_frame(origin, &p, &topic) {
+            return Ok(());
+        }
         let Ok(target) = self.resolve_target(origin, &p) else {
             return Ok(());
         };
@@ -897,6 +994,7 @@ impl Broker {
                 }
             }
             dropped += 1;
+            self.topic_counters.get_mut(e.msg.topic.as_str()).dropped += 1;
             self.discard(e, s.group.as_ref());
         }
         self.totals.dropped += dropped;
@@ -926,25 +1024,35 @@ impl Broker {
 
     /// Hands queued messages to every ready connection, within its write window.
     pub(super) fn pump(&mut self, now: Instant) {
+        if self.pumping {
+            // A frame handled while waking a stalled publisher: the outer loop goes on.
+            return;
+        }
+        self.pumping = true;
         while let Some(conn) = self.ready.pop_first() {
-            let woken = self.pump_conn(conn);
+            let (woken, drained) = self.pump_conn(conn);
             for key in woken {
                 self.wake(now, key);
             }
+            for key in drained {
+                self.remove_subscription(now, key, true);
+            }
         }
+        self.pumping = false;
     }
 
     /// Encodes deliveries for one connection; returns the subscriptions whose queues shrank
-    /// (QoS0 copies leave the queue when handed out).
-    fn pump_conn(&mut self, conn: ConnId) -> Vec<u64> {
+    /// (QoS0 copies leave the queue when handed out) and the unsubscribed ones now empty.
+    fn pump_conn(&mut self, conn: ConnId) -> (Vec<u64>, Vec<u64>) {
         let window = self.config.write_window;
         let mut woken = Vec::new();
+        let mut drained = Vec::new();
         let mut resolved = Vec::new();
         let Some(c) = self.conns.get_mut(&conn) else {
-            return woken;
+            return (woken, drained);
         };
         if matches!(c.phase, Phase::Handshaking { .. }) {
-            return woken;
+            return (woken, drained);
         }
         let keys: Vec<u64> = {
             let cursor = c.cursor;
@@ -1024,6 +1132,9 @@ impl Broker {
                 if shrank {
                     woken.push(key);
                 }
+                if s.unsubscribed && s.queue.len() == 0 {
+                    drained.push(key);
+                }
             }
             if !progress || c.in_flight + c.out.len() >= window {
                 break;
@@ -1035,7 +1146,9 @@ impl Broker {
         for id in resolved {
             self.resolve_share(id, true);
         }
-        woken
+        drained.sort_unstable();
+        drained.dedup();
+        (woken, drained)
     }
 
     fn answer_request(&mut self, now: Instant, conn: ConnId, topic: &TopicName, p: &Publish) {

@@ -25,6 +25,15 @@ pub struct Counters {
     pub no_interest: u64,
     /// Operations refused by the ACL.
     pub denied: u64,
+    /// Publishes the broker held for a connection (waiting behind a full Block queue) that
+    /// ended without a clean close: thrown away with it.
+    pub lost_on_disconnect: u64,
+    /// Connections whose stream ended inside a frame (header or body cut short).
+    pub truncated: u64,
+    /// Connections closed because a started frame did not complete within the frame timeout.
+    pub frame_timeouts: u64,
+    /// Publishes refused because their delivery would exceed the advertised `max_frame`.
+    pub too_large: u64,
     /// Queue-group copies of QoS1 resends not handed out again (the group already had them).
     pub deduplicated: u64,
 }
@@ -39,6 +48,10 @@ impl Counters {
             queued,
             no_interest: self.no_interest,
             denied: self.denied,
+            lost_on_disconnect: self.lost_on_disconnect,
+            truncated: self.truncated,
+            frame_timeouts: self.frame_timeouts,
+            too_large: self.too_large,
             deduplicated: self.deduplicated,
         }
     }

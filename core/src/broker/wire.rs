@@ -47,6 +47,90 @@ fn bytes_len(tag: u32, v: &[u8]) -> usize {
     }
 }
 
+/// What a Deliver carries from its publish.
+pub(crate) struct DeliverShape<'a> {
+    pub topic: &'a str,
+    pub payload_len: usize,
+    pub publisher_id: &'a str,
+    pub sequence: u64,
+    pub correlation: Option<&'a daemoneye_proto::pb::bus::Correlation>,
+    pub reply_to: Option<&'a str>,
+    pub priority: u8,
+}
+
+/// The body length of a Deliver message (without the Frame wrapper).
+#[allow(clippy::too_many_arguments)]
+fn deliver_body_len(
+    shape: &DeliverShape<'_>,
+    sub_id: u64,
+    delivery_id: u64,
+    qos1: bool,
+    redelivered: bool,
+    pid: u32,
+    uid: u32,
+) -> usize {
+    let corr_len = shape
+        .correlation
+        .map_or(0, |c| prost::encoding::message::encoded_len(8, c));
+    let payload_len = if shape.payload_len == 0 {
+        0
+    } else {
+        len_delimited_len(4, shape.payload_len)
+    };
+    varint_len(1, sub_id)
+        + varint_len(2, delivery_id)
+        + bytes_len(3, shape.topic.as_bytes())
+        + payload_len
+        + varint_len(5, u64::from(qos1))
+        + bytes_len(6, shape.publisher_id.as_bytes())
+        + varint_len(7, shape.sequence)
+        + corr_len
+        + bytes_len(9, shape.reply_to.unwrap_or("").as_bytes())
+        + varint_len(10, u64::from(shape.priority))
+        + varint_len(11, u64::from(redelivered))
+        + varint_len(12, u64::from(pid))
+        + varint_len(13, u64::from(uid))
+}
+
+/// The largest frame length (the `N` of the header, checked against `max_frame`) any
+/// Deliver of this message can have: every per-copy field at its largest (subscription id
+/// and delivery id `u64::MAX`, QoS1, redelivered, publisher pid and uid `u32::MAX`).
+///
+/// Over the same message's fields this adds at most 1 (Frame key) + the body length varint
+/// + 11 (sub_id) + 11 (delivery_id) + 2 (qos) + 2 (redelivered) + 6 (pid) + 6 (uid) + the
+/// publisher id field (1 + its length varint + its bytes); with the payload's own key and
+/// length, topic, sequence, priority, correlation and reply-to as the publish sent them.
+pub(crate) fn max_deliver_frame_len(shape: &DeliverShape<'_>) -> usize {
+    let body = deliver_body_len(shape, u64::MAX, u64::MAX, true, true, u32::MAX, u32::MAX);
+    len_delimited_len(FRAME_DELIVER_TAG, body)
+}
+
+/// The largest payload a message of this shape may carry for every Deliver of it to fit in
+/// `max_frame`, or `None` if not even an empty payload fits.
+pub(crate) fn largest_payload(shape: &DeliverShape<'_>, max_frame: u32) -> Option<usize> {
+    let max = max_frame as usize;
+    let with = |n: usize| {
+        max_deliver_frame_len(&DeliverShape {
+            payload_len: n,
+            ..*shape
+        })
+    };
+    let empty = with(0);
+    if empty > max {
+        return None;
+    }
+    // Shrinking the payload by the excess always fits (length varints only shrink); then
+    // step up while a byte more still fits (a shorter varint may have freed a byte or two).
+    let mut n = max.saturating_sub(with(max).saturating_sub(max));
+    while n > 0 && with(n) > max {
+        n -= 1;
+    }
+    while with(n + 1) <= max {
+        n += 1;
+    }
+    Some(n)
+}
+
 /// Appends one `Frame { deliver }` (header included) for `entry`.
 pub(crate) fn encode_deliver(
     sub_id: u64,
@@ -56,26 +140,26 @@ pub(crate) fn encode_deliver(
     out: &mut impl BufMut,
 ) -> usize {
     let m = &*entry.msg;
-    let corr_len = m
-        .correlation
-        .as_ref()
-        .map(|c| prost::encoding::message::encoded_len(8, c));
-    let body = varint_len(1, sub_id)
-        + varint_len(2, delivery_id)
-        + bytes_len(3, m.topic.as_str().as_bytes())
-        + bytes_len(4, &m.payload)
-        + varint_len(5, u64::from(qos1))
-        + bytes_len(6, m.publisher_id.as_bytes())
-        + varint_len(7, m.sequence)
-        + corr_len.unwrap_or(0)
-        + bytes_len(9, m.reply_to.as_deref().unwrap_or("").as_bytes())
-        + varint_len(10, u64::from(m.priority))
-        + varint_len(11, u64::from(entry.redelivered || m.resent))
-        + varint_len(12, u64::from(m.publisher_pid))
-        + varint_len(13, u64::from(m.publisher_uid));
+    let shape = DeliverShape {
+        topic: m.topic.as_str(),
+        payload_len: m.payload.len(),
+        publisher_id: &m.publisher_id,
+        sequence: m.sequence,
+        correlation: m.correlation.as_deref(),
+        reply_to: m.reply_to.as_deref(),
+        priority: m.priority,
+    };
+    let body = deliver_body_len(
+        &shape,
+        sub_id,
+        delivery_id,
+        qos1,
+        entry.redelivered || m.resent,
+        m.publisher_pid,
+        m.publisher_uid,
+    );
     let frame_len = len_delimited_len(FRAME_DELIVER_TAG, body);
-    // Callers only deliver messages that arrived in frames within max_frame, and a Deliver
-    // adds a few dozen bytes, so the length always fits a u32.
+    // The broker routes only messages whose largest Deliver fits max_frame (a u32).
     out.put_u32(frame_len as u32);
     encode_key(FRAME_DELIVER_TAG, WireType::LengthDelimited, out);
     encode_varint(body as u64, out);
@@ -136,6 +220,55 @@ mod tests {
             }),
             redelivered,
             tracked: false,
+        }
+    }
+
+    #[test]
+    fn the_largest_deliver_is_the_bound_and_the_largest_payload_just_fits() {
+        let corr = pb::Correlation {
+            correlation_id: "c".into(),
+            ..Default::default()
+        };
+        for (payload_len, correlation, reply_to) in [
+            (0, None, None),
+            (13, Some(corr.clone()), Some("reply.x")),
+            (70_000, None, Some("r")),
+        ] {
+            let mut e = entry(correlation.clone(), reply_to, 9, true);
+            let msg = Arc::get_mut(&mut e.msg).expect("unique");
+            msg.payload = Bytes::from(vec![7u8; payload_len]);
+            msg.publisher_pid = u32::MAX;
+            msg.publisher_uid = u32::MAX;
+            let mut out = Vec::new();
+            let n = encode_deliver(u64::MAX, u64::MAX, true, &e, &mut out);
+            let m = &*e.msg;
+            let shape = DeliverShape {
+                topic: m.topic.as_str(),
+                payload_len,
+                publisher_id: &m.publisher_id,
+                sequence: m.sequence,
+                correlation: m.correlation.as_deref(),
+                reply_to: m.reply_to.as_deref(),
+                priority: m.priority,
+            };
+            assert_eq!(max_deliver_frame_len(&shape), n - 4);
+            for max in [200u32, 16_384, 1 << 20] {
+                let Some(largest) = largest_payload(&shape, max) else {
+                    continue;
+                };
+                let at = |len| {
+                    max_deliver_frame_len(&DeliverShape {
+                        payload_len: len,
+                        ..shape
+                    })
+                };
+                assert!(at(largest) <= max as usize, "{largest} fits {max}");
+                assert!(
+                    at(largest + 1) > max as usize,
+                    "{} does not fit {max}",
+                    largest + 1
+                );
+            }
         }
     }
 

@@ -322,3 +322,60 @@ pub fn direct(p: Publish, target: Target) -> Publish {
         ..p
     }
 }
+
+/// One client frame, header included.
+pub fn frame_bytes(f: daemoneye_proto::frame::ClientFrame) -> Vec<u8> {
+    let mut out = Vec::new();
+    daemoneye_proto::encode(&f.into(), u32::MAX, &mut out).expect("encodes");
+    out
+}
+
+/// A Hello frame for a raw connection.
+pub fn hello_bytes(name: &str, role: daemoneye_proto::frame::Role) -> Vec<u8> {
+    frame_bytes(daemoneye_proto::frame::ClientFrame::Hello(
+        daemoneye_proto::frame::Hello {
+            protocol_version: daemoneye_proto::PROTOCOL_VERSION,
+            client_name: name.into(),
+            role,
+            publisher_id: name.into(),
+            collector: None,
+        },
+    ))
+}
+
+/// Every frame in a byte stream the broker sent (a truncated tail is a test failure).
+pub fn server_frames(bytes: &[u8]) -> Vec<daemoneye_proto::pb::bus::Frame> {
+    let mut d = daemoneye_proto::FrameDecoder::new(u32::MAX);
+    d.push(bytes).expect("valid frames");
+    let mut frames = Vec::new();
+    while let Some(f) = d.next_frame().expect("valid frame") {
+        frames.push(f);
+    }
+    d.finish().expect("whole frames");
+    frames
+}
+
+impl World {
+    /// A client with its own configuration.
+    pub fn connect_with(&mut self, config: ClientConfig, uid: u32) -> ConnId {
+        let conn = self.broker.handle_connect(
+            self.now,
+            PeerCreds {
+                uid,
+                gid: uid,
+                pid: Some(1),
+            },
+        );
+        let mut client = ClientSession::new(config);
+        client.connect(self.now);
+        self.clients.insert(conn, client);
+        self.run();
+        conn
+    }
+
+    /// The peer of a raw connection shuts its sending side.
+    pub fn raw_eof(&mut self, conn: ConnId) {
+        self.broker.handle_eof(self.now, conn);
+        self.run();
+    }
+}

@@ -15,8 +15,21 @@ pub struct Counters {
     pub no_interest: u64,
     #[prost(uint64, tag = "7")]
     pub denied: u64,
+    /// Publishes the broker held for a connection (waiting behind a full Block queue) that
+    /// ended without a clean close (Goodbye): thrown away with it.
+    #[prost(uint64, tag = "8")]
+    pub lost_on_disconnect: u64,
+    /// Connections whose byte stream ended inside a frame header or body.
+    #[prost(uint64, tag = "9")]
+    pub truncated: u64,
+    /// Connections closed because a started frame did not complete within the frame timeout.
+    #[prost(uint64, tag = "10")]
+    pub frame_timeouts: u64,
+    /// Publishes refused because their delivery would exceed the advertised max_frame.
+    #[prost(uint64, tag = "11")]
+    pub too_large: u64,
     /// QoS1 resends a queue group already held or acknowledged, so not handed out again.
-    #[prost(uint64, tag = "16")]
+    #[prost(uint64, tag = "12")]
     pub deduplicated: u64,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
