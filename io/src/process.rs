@@ -259,6 +259,9 @@ impl<S: Spawner> ProcessManager<S> {
                     Action::Spawn => match self.spawner.spawn(&m.spec, &self.socket) {
                         Ok((pid, exit)) => {
                             tracing::info!(collector = %m.spec.name, pid, "collector started");
+                            // A new process registers anew; until then it is judged by its
+                            // process state alone.
+                            self.registry.deregister(&m.spec.name);
                             m.sup.handle_spawned(now, pid);
                             let tx = self.exits_tx.clone();
                             let name = m.spec.name.clone();
@@ -335,7 +338,9 @@ impl<S: Spawner> ProcessManager<S> {
                         && m.sup.state() == State::Running
                     {
                         tracing::warn!(collector = %id, "restarting the unhealthy collector");
-                        let _ = m.sup.restart(now);
+                        // Counts toward max_restarts like a crash: one that keeps hanging
+                        // ends in Failed.
+                        let _ = m.sup.restart_unhealthy(now, "missed 3 heartbeats");
                     }
                 }
                 RegistryEvent::Recovered { id } => {

@@ -334,6 +334,53 @@ fn a_collector_that_stops_heartbeating_is_restarted() {
 }
 
 #[test]
+fn a_collector_that_keeps_hanging_ends_failed() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let config = procmond_config(&state).replace(
+        "backoff_initial_ms = 50\n",
+        "backoff_initial_ms = 50\nmax_restarts = 1\n",
+    );
+    let agent = Agent::start(&bins(), Some(&config));
+    // Each run registers, then freezes behind the agent's back; the second hang exceeds
+    // max_restarts = 1.
+    let mut frozen = Vec::new();
+    let deadline = Instant::now() + 3 * T;
+    while field(&agent, "procmond", "state") != "failed" {
+        assert!(
+            Instant::now() < deadline,
+            "still not failed after {frozen:?}"
+        );
+        let state = field(&agent, "procmond", "state");
+        let pid = field(&agent, "procmond", "pid").as_u64().unwrap_or(0);
+        if state == "running"
+            && pid != 0
+            && !frozen.contains(&pid)
+            && field(&agent, "procmond", "capabilities") == 65
+        {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGSTOP,
+            )
+            .expect("stop");
+            frozen.push(pid);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(frozen.len(), 2, "one restart, then failed: {frozen:?}");
+    assert_eq!(field(&agent, "procmond", "restarts"), 1);
+    assert!(
+        field(&agent, "procmond", "last_exit")
+            .as_str()
+            .is_some_and(|s| s.contains("missed 3 heartbeats")),
+        "{}",
+        field(&agent, "procmond", "last_exit")
+    );
+    for pid in frozen {
+        eventually(&format!("frozen process {pid} to be gone"), || !alive(pid));
+    }
+}
+
+#[test]
 fn a_paused_collector_is_exempt_from_heartbeat_checks() {
     let state = tempfile::tempdir().expect("tempdir");
     let agent = Agent::start(&bins(), Some(&procmond_config(&state)));

@@ -428,6 +428,12 @@ struct SpawnCtl {
     exited: BTreeSet<u32>,
     /// Pids that were sent SIGTERM: a stop or restart is under way.
     terminating: BTreeSet<u32>,
+    /// Collectors the operator has just sent a stop or restart to: the next SIGTERM for
+    /// one of them is the operator's (any other is the agent's health-driven restart).
+    operator_pending: BTreeSet<String>,
+    /// Pids whose SIGTERM came from an operator's command: their restart starts the count
+    /// afresh. A health-driven restart counts toward the policy like a crash.
+    operator_terms: BTreeSet<u32>,
     /// Collectors frozen by SIGSTOP (their link is held until SIGCONT or their exit).
     frozen: BTreeSet<String>,
 }
@@ -468,6 +474,9 @@ impl Spawner for SimSpawner {
         if signal == Signal::Term {
             // A stop or restart is under way from this moment, whenever the signal lands.
             ctl.terminating.insert(pid);
+            if ctl.operator_pending.remove(&name) {
+                ctl.operator_terms.insert(pid);
+            }
         }
         ctl.signals.push_back((name, pid, signal));
         Ok(())
@@ -549,7 +558,7 @@ async fn lifecycle(
 /// An operator at the CLI: now and then restarts, pauses or resumes a collector while
 /// faults run (and resumes whatever is paused once they stop), and asks for the status
 /// every half second, keeping the last answer.
-async fn probe(model: Shared) -> turmoil::Result {
+async fn probe(model: Shared, ctl: Ctl) -> turmoil::Result {
     let client = connect(&model, "probe", "probe").await;
     let mut rng = SeededRng::new(model.borrow().seed ^ 0x6f70);
     loop {
@@ -568,8 +577,13 @@ async fn probe(model: Shared) -> turmoil::Result {
                 let mut m = model.borrow_mut();
                 m.restarts.remove(name);
                 m.crashed_at.remove(name);
+                if op == pbc::LifecycleOp::Restart {
+                    ctl.borrow_mut().operator_pending.insert(name.to_string());
+                }
             }
             let answer = lifecycle(&client, op, name).await;
+            // Refused or done: a later SIGTERM is no longer this command's.
+            ctl.borrow_mut().operator_pending.remove(name);
             model.borrow_mut().log(format!(
                 "operator {op:?} {name}: {}",
                 answer.map_or("no answer".to_string(), |a| format!("error {}", a.error))
@@ -666,9 +680,10 @@ fn drive_processes(
         m.log(format!("spawn {name} pid {pid}"));
         let policy = collector_policy();
         let crash = m.crashed_at.remove(&name);
-        // The agent may ask for a restart (missed heartbeats) before it learns of the crash:
-        // then the crash ends a requested stop, and the count starts afresh.
-        let requested = crash.is_some_and(|(_, pid)| ctl.borrow().terminating.contains(&pid));
+        // An operator's restart may come before the agent learns of the crash: then the
+        // crash ends that stop, and the count starts afresh. A health-driven restart (missed
+        // heartbeats) counts like a crash.
+        let requested = crash.is_some_and(|(_, pid)| ctl.borrow().operator_terms.contains(&pid));
         if requested {
             m.restarts.remove(&name);
         }
@@ -714,9 +729,20 @@ fn drive_processes(
         match signal {
             Signal::Term => {
                 ctl.borrow_mut().terminating.insert(pid);
-                // A stop or restart the agent asks for starts the count afresh (the
-                // supervisor's rule for a requested restart).
-                model.borrow_mut().restarts.remove(&name);
+                if ctl.borrow().operator_terms.contains(&pid) {
+                    // An operator's stop or restart starts the count afresh (the
+                    // supervisor's rule for a requested restart).
+                    model.borrow_mut().restarts.remove(&name);
+                } else {
+                    // The agent's health-driven restart: its respawn is a restart that
+                    // counts and waits out the backoff (measured from here, before the
+                    // exit, so the check is never stricter than the supervisor).
+                    model
+                        .borrow_mut()
+                        .crashed_at
+                        .entry(name.clone())
+                        .or_insert((step, pid));
+                }
                 term.notify_one();
             }
             Signal::Kill => {
@@ -884,7 +910,8 @@ pub fn run_net(cfg: &NetConfig) -> Result<NetOutcome, Violation> {
     }
     {
         let m = model.clone();
-        sim.host("probe", move || probe(m.clone()));
+        let c = ctl.clone();
+        sim.host("probe", move || probe(m.clone(), c.clone()));
     }
     let crash_rate = [0.0, 0.0002, 0.001][rng.below(3) as usize];
     let link_rate = [0.0, 0.0005, 0.002][rng.below(3) as usize];
