@@ -99,6 +99,47 @@ pub fn default_state_dir() -> PathBuf {
     PathBuf::from(format!("/tmp/daemoneye-{uid}")).join("state")
 }
 
+/// The environment variable that gives a supervised collector its id (its
+/// `[[collectors]]` name).
+pub const COLLECTOR_ID_ENV: &str = "DAEMONEYE_COLLECTOR_ID";
+/// The environment variable that gives a supervised collector its own state directory.
+pub const COLLECTOR_STATE_DIR_ENV: &str = "DAEMONEYE_COLLECTOR_STATE_DIR";
+
+/// This agent instance's own state directory under `root`: one per socket, so that two
+/// agents on one host never share state. The name is the socket's file stem and a stable
+/// 64-bit FNV-1a hash of its absolute path (`agents/broker-1f3a...`).
+pub fn agent_state_dir(root: &Path, socket: &Path) -> PathBuf {
+    let absolute = std::path::absolute(socket).unwrap_or_else(|_| socket.to_path_buf());
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in absolute.as_os_str().as_encoded_bytes() {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    let stem: String = socket
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .take(32)
+        .collect();
+    root.join("agents").join(format!("{stem}-{hash:016x}"))
+}
+
+/// A collector's state directory inside its agent's.
+pub fn collector_state_dir(agent_state: &Path, collector_id: &str) -> PathBuf {
+    agent_state.join("collectors").join(collector_id)
+}
+
+/// Creates `dir` (and missing parents) with mode 0700.
+pub fn create_private_dir(dir: &Path) -> Result<(), SocketError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_err("cannot create state directory", dir))
+}
+
 /// An explicit path, else `DAEMONEYE_BROKER_SOCKET`, else the default.
 pub fn resolve_socket_path(explicit: Option<&Path>) -> PathBuf {
     if let Some(p) = explicit {
@@ -188,6 +229,24 @@ pub async fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, Socket
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_socket_gets_its_own_state_directory() {
+        let root = Path::new("/state");
+        let a = agent_state_dir(root, Path::new("/run/a/broker.sock"));
+        let b = agent_state_dir(root, Path::new("/run/b/broker.sock"));
+        assert_ne!(a, b);
+        assert_eq!(a, agent_state_dir(root, Path::new("/run/a/broker.sock")));
+        assert!(
+            a.to_string_lossy().starts_with("/state/agents/broker-"),
+            "{}",
+            a.display()
+        );
+        assert_eq!(
+            collector_state_dir(&a, "procmond-1"),
+            a.join("collectors").join("procmond-1")
+        );
+    }
 
     fn mode(p: &Path) -> u32 {
         std::fs::metadata(p).expect("stat").mode() & 0o7777

@@ -15,7 +15,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use daemoneye_core::Instant;
-use daemoneye_core::registry::{CollectorHealth, Registry, RegistryEvent, SourceCaps};
+use daemoneye_core::registry::{
+    self, CollectorHealth, Expected, Peer, Registry, RegistryEvent, SourceCaps,
+};
 use daemoneye_core::supervisor::{
     Action, LifecycleError, RestartPolicy, Signal, State, Supervisor,
 };
@@ -76,6 +78,15 @@ pub fn resolve_binary(name: &str) -> Result<PathBuf, String> {
     ))
 }
 
+/// The broker's peer credentials of the connection a control message came on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PeerCreds {
+    /// The publisher's pid, when the OS says.
+    pub pid: Option<u32>,
+    /// The publisher's uid.
+    pub uid: u32,
+}
+
 /// Requests to the process manager.
 #[derive(Debug)]
 pub enum Request {
@@ -92,6 +103,8 @@ pub enum Request {
     Register {
         /// What it said.
         request: pbc::RegisterRequest,
+        /// Who said it.
+        peer: PeerCreds,
         /// The answer to send back.
         reply: oneshot::Sender<pbc::RegisterResponse>,
     },
@@ -99,6 +112,15 @@ pub enum Request {
     Heartbeat {
         /// The collector's id.
         id: String,
+        /// Who sent it.
+        peer: PeerCreds,
+    },
+    /// A collector that stops cleanly deregistered.
+    Deregister {
+        /// The collector's id.
+        id: String,
+        /// Who sent it.
+        peer: PeerCreds,
     },
     /// Stop every collector (in parallel) within the budget, then answer.
     Shutdown {
@@ -125,6 +147,38 @@ pub trait Spawner: 'static {
     fn spawn(&mut self, spec: &CollectorSpec, socket: &Path) -> std::io::Result<(u32, ExitFuture)>;
     /// Sends `signal` to the collector with `pid` (and everything it started).
     fn signal(&mut self, pid: u32, signal: Signal) -> std::io::Result<()>;
+    /// The ancestors of `pid`, parent first (for the identity check of a registration).
+    /// Production reads `/proc`; a simulation has its own process tree.
+    fn ancestors(&self, pid: u32) -> Vec<u32> {
+        proc_ancestors(pid)
+    }
+}
+
+/// The ancestors of `pid` from `/proc/<pid>/stat`, parent first, up to init (at most 64).
+pub fn proc_ancestors(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut at = pid;
+    while out.len() < 64 {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{at}/stat")) else {
+            break;
+        };
+        let Some(ppid) = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            break;
+        };
+        if ppid == 0 {
+            break;
+        }
+        out.push(ppid);
+        if ppid == 1 {
+            break;
+        }
+        at = ppid;
+    }
+    out
 }
 
 /// Real processes: each collector in its own process group, started through the agent's
@@ -173,6 +227,12 @@ pub struct ProcessManager<S: Spawner = OsSpawner> {
     /// Wall-clock time of each collector's last heartbeat, for display.
     last_seen: BTreeMap<String, std::time::SystemTime>,
     socket: PathBuf,
+    /// The agent's own state directory: each collector gets one inside it.
+    state_dir: Option<PathBuf>,
+    /// Collectors started elsewhere that the config names, with their uid.
+    externals: BTreeMap<String, u32>,
+    /// Refused registrations, heartbeats and deregistrations, per claimed id.
+    refused: BTreeMap<String, u64>,
     spawner: S,
     clock: MonotonicClock,
     exits_tx: mpsc::UnboundedSender<(String, u32, String)>,
@@ -239,6 +299,9 @@ impl<S: Spawner> ProcessManager<S> {
             heartbeat_interval,
             last_seen: BTreeMap::new(),
             socket,
+            state_dir: None,
+            externals: BTreeMap::new(),
+            refused: BTreeMap::new(),
             spawner,
             clock: MonotonicClock::default(),
             exits_tx,
@@ -246,8 +309,48 @@ impl<S: Spawner> ProcessManager<S> {
         }
     }
 
+    /// Gives each collector a state directory inside `dir` (the agent's own), passed in
+    /// `DAEMONEYE_COLLECTOR_STATE_DIR`.
+    pub fn with_state_dir(mut self, dir: PathBuf) -> Self {
+        self.state_dir = Some(dir);
+        self
+    }
+
+    /// Collectors started elsewhere that may register, each only under its uid.
+    pub fn with_externals(mut self, externals: impl IntoIterator<Item = (String, u32)>) -> Self {
+        self.externals = externals.into_iter().collect();
+        self
+    }
+
     fn now(&self) -> Instant {
         self.clock.now()
+    }
+
+    /// Whether `peer` may speak for collector `id` (the core's rule, on the OS's facts);
+    /// a refusal is counted and logged.
+    fn admit(&mut self, id: &str, peer: PeerCreds, what: &str) -> bool {
+        let expected = match (self.collectors.get(id), self.externals.get(id)) {
+            (Some(m), _) => Expected::Managed { pid: m.sup.pid() },
+            (None, Some(&uid)) => Expected::External { uid },
+            (None, None) => Expected::Unknown,
+        };
+        let facts = Peer {
+            pid: peer.pid,
+            uid: peer.uid,
+            ancestors: peer
+                .pid
+                .map(|p| self.spawner.ancestors(p))
+                .unwrap_or_default(),
+        };
+        match registry::admit(&expected, &facts) {
+            Ok(()) => true,
+            Err(why) => {
+                let n = self.refused.entry(id.to_string()).or_default();
+                *n += 1;
+                tracing::warn!(collector = %id, pid = ?peer.pid, uid = peer.uid, refused = *n, %why, "{what} refused");
+                false
+            }
+        }
     }
 
     /// Carries out every pending supervisor action.
@@ -256,7 +359,10 @@ impl<S: Spawner> ProcessManager<S> {
         for m in self.collectors.values_mut() {
             while let Some(action) = m.sup.poll_action() {
                 match action {
-                    Action::Spawn => match self.spawner.spawn(&m.spec, &self.socket) {
+                    Action::Spawn => match self.spawner.spawn(
+                        &collector_env(&m.spec, self.state_dir.as_deref()),
+                        &self.socket,
+                    ) {
                         Ok((pid, exit)) => {
                             tracing::info!(collector = %m.spec.name, pid, "collector started");
                             // A new process registers anew; until then it is judged by its
@@ -295,12 +401,22 @@ impl<S: Spawner> ProcessManager<S> {
         sups.chain(self.registry.poll_timeout()).min()
     }
 
-    fn register(&mut self, r: pbc::RegisterRequest) -> pbc::RegisterResponse {
+    fn register(&mut self, r: pbc::RegisterRequest, peer: PeerCreds) -> pbc::RegisterResponse {
         let now = self.now();
         if let Err(e) = daemoneye_proto::frame::validate_name("collector_id", &r.collector_id) {
             return pbc::RegisterResponse {
                 accepted: false,
                 message: e.to_string(),
+                heartbeat_interval_ms: 0,
+            };
+        }
+        if !self.admit(&r.collector_id, peer, "registration") {
+            return pbc::RegisterResponse {
+                accepted: false,
+                message: format!(
+                    "registration as {:?} refused: not from the process the agent runs for it, nor from a configured external collector's uid",
+                    r.collector_id
+                ),
                 heartbeat_interval_ms: 0,
             };
         }
@@ -310,7 +426,7 @@ impl<S: Spawner> ProcessManager<S> {
             &r.collector_id,
             &r.collector_type,
             SourceCaps(r.capabilities),
-            r.pid,
+            peer.pid.unwrap_or(r.pid),
         );
         self.last_seen
             .insert(r.collector_id.clone(), std::time::SystemTime::now());
@@ -374,29 +490,54 @@ impl<S: Spawner> ProcessManager<S> {
             last_heartbeat_ms: self.last_heartbeat_ms(&m.spec.name),
             capabilities: reg.map_or(0, |r| r.capabilities.0),
             health: m.sup.last_exit().unwrap_or("").to_string(),
+            refused: self.refused.get(&m.spec.name).copied().unwrap_or(0),
         }
     }
 
-    /// Registered collectors that the agent does not supervise (started elsewhere).
+    /// The collectors the config names as started elsewhere: "external" while registered,
+    /// "absent" when not.
     fn external(&self) -> Vec<pbc::CollectorStatus> {
-        self.registry
-            .collectors()
-            .filter(|(id, _)| !self.collectors.contains_key(*id))
-            .map(|(id, r)| pbc::CollectorStatus {
-                name: id.clone(),
-                state: if r.health == CollectorHealth::Unhealthy {
-                    "unhealthy"
-                } else {
-                    "external"
+        self.externals
+            .keys()
+            .map(|id| {
+                let r = self.registry.get(id);
+                pbc::CollectorStatus {
+                    name: id.clone(),
+                    state: match r {
+                        None => "absent",
+                        Some(r) if r.health == CollectorHealth::Unhealthy => "unhealthy",
+                        Some(_) => "external",
+                    }
+                    .to_string(),
+                    pid: r.map_or(0, |r| r.pid),
+                    restarts: 0,
+                    last_heartbeat_ms: self.last_heartbeat_ms(id),
+                    capabilities: r.map_or(0, |r| r.capabilities.0),
+                    health: String::new(),
+                    refused: self.refused.get(id).copied().unwrap_or(0),
                 }
-                .to_string(),
-                pid: r.pid,
-                restarts: 0,
-                last_heartbeat_ms: self.last_heartbeat_ms(id),
-                capabilities: r.capabilities.0,
-                health: String::new(),
             })
             .collect()
+    }
+
+    /// Refusals under ids the config does not name, for the health report.
+    fn unknown_refusals(&self) -> String {
+        let unknown: Vec<String> = self
+            .refused
+            .iter()
+            .filter(|(id, _)| {
+                !self.collectors.contains_key(*id) && !self.externals.contains_key(*id)
+            })
+            .map(|(id, n)| format!("{id} ({n})"))
+            .collect();
+        if unknown.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "refused registrations or heartbeats for collectors the config does not name: {}",
+                unknown.join(", ")
+            )
+        }
     }
 
     fn lifecycle(&mut self, op: pbc::LifecycleOp, name: &str) -> pbc::LifecycleResponse {
@@ -406,7 +547,7 @@ impl<S: Spawner> ProcessManager<S> {
             collectors.extend(self.external());
             return pbc::LifecycleResponse {
                 error: 0,
-                message: String::new(),
+                message: self.unknown_refusals(),
                 collectors,
             };
         }
@@ -526,13 +667,23 @@ impl<S: Spawner> ProcessManager<S> {
                     Some(Request::Lifecycle { op, name, reply }) => {
                         let _ = reply.send(self.lifecycle(op, &name));
                     }
-                    Some(Request::Register { request, reply }) => {
-                        let _ = reply.send(self.register(request));
+                    Some(Request::Register { request, peer, reply }) => {
+                        let _ = reply.send(self.register(request, peer));
                     }
-                    Some(Request::Heartbeat { id }) => {
+                    Some(Request::Heartbeat { id, peer }) => {
                         let now = self.now();
-                        if self.registry.heartbeat(now, &id) {
+                        if self.registry.get(&id).is_some()
+                            && self.admit(&id, peer, "heartbeat")
+                            && self.registry.heartbeat(now, &id)
+                        {
                             self.last_seen.insert(id, std::time::SystemTime::now());
+                        }
+                    }
+                    Some(Request::Deregister { id, peer }) => {
+                        if self.registry.get(&id).is_some() && self.admit(&id, peer, "deregistration") {
+                            tracing::info!(collector = %id, "collector deregistered");
+                            self.registry.deregister(&id);
+                            self.last_seen.remove(&id);
                         }
                     }
                     Some(Request::Shutdown { budget, reply }) => {
@@ -561,6 +712,24 @@ impl<S: Spawner> ProcessManager<S> {
             self.registry_events();
         }
     }
+}
+
+/// The spec a collector is started with: its own, plus its id and state directory.
+fn collector_env(spec: &CollectorSpec, agent_state: Option<&Path>) -> CollectorSpec {
+    let mut spec = spec.clone();
+    spec.env
+        .insert(crate::paths::COLLECTOR_ID_ENV.into(), spec.name.clone());
+    if let Some(root) = agent_state {
+        let dir = crate::paths::collector_state_dir(root, &spec.name);
+        if let Err(e) = crate::paths::create_private_dir(&dir) {
+            tracing::warn!(collector = %spec.name, error = %e, "no state directory");
+        }
+        spec.env.insert(
+            crate::paths::COLLECTOR_STATE_DIR_ENV.into(),
+            dir.display().to_string(),
+        );
+    }
+    spec
 }
 
 fn spawn(

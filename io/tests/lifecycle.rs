@@ -417,3 +417,161 @@ fn procmond_without_a_broker_says_what_is_missing() {
     assert!(!out.status.success(), "interval below 5 s is refused");
     assert!(String::from_utf8_lossy(&out.stderr).contains("5..=3600"));
 }
+
+/// Every `procmond.wal` below `dir`.
+fn wal_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(wal_files(&p));
+        } else if p.file_name().is_some_and(|n| n == "procmond.wal") {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// procmond supervised as `name`, with no WAL path of its own: the agent's state directory
+/// decides where its WAL lives.
+fn procmond_named(name: &str, state_root: &std::path::Path) -> String {
+    format!(
+        "[agent]\nstate_dir = {:?}\n[broker]\nheartbeat_interval_ms = 200\n[[collectors]]\nname = {name:?}\nbinary = {:?}\nargs = [\"--interval\", \"5\"]\nstop_timeout_ms = 300\nbackoff_initial_ms = 50\n",
+        state_root.display().to_string(),
+        env!("CARGO_BIN_EXE_procmond"),
+    )
+}
+
+/// procmond started by the test, not by the agent, claiming to be `id`.
+fn outside_procmond(agent: &Agent, id: &str) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_procmond"))
+        .args([
+            "--interval",
+            "5",
+            "--log-level",
+            "warn",
+            "--no-wal",
+            "--broker",
+        ])
+        .arg(&agent.socket)
+        .env("DAEMONEYE_COLLECTOR_ID", id)
+        .env_remove("DAEMONEYE_COLLECTOR_STATE_DIR")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("procmond")
+}
+
+fn health_reasons(agent: &Agent) -> String {
+    let (status, out, err) = agent.run_cli(&["health", "--json"]);
+    assert!(status.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    v["reasons"].to_string()
+}
+
+#[test]
+fn a_collector_registers_under_its_configured_name_and_keeps_its_wal_in_its_own_directory() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let agent = Agent::start(&bins(), Some(&procmond_named("procmond-1", root.path())));
+    running_pid(&agent, "procmond-1");
+    eventually("procmond-1 registers", || {
+        field(&agent, "procmond-1", "capabilities") == 65
+    });
+    let names: Vec<serde_json::Value> = list(&agent)
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|c| c["name"].clone())
+        .collect();
+    assert_eq!(names, ["procmond-1"], "no phantom entry");
+    eventually("its WAL", || wal_files(root.path()).len() == 1);
+    let wal = &wal_files(root.path())[0];
+    assert!(
+        wal.ends_with("collectors/procmond-1/procmond.wal"),
+        "{}",
+        wal.display()
+    );
+}
+
+#[test]
+fn two_agents_on_different_sockets_never_share_state() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let config = procmond_named("procmond", root.path());
+    let a = Agent::start(&bins(), Some(&config));
+    let b = Agent::start(&bins(), Some(&config));
+    for agent in [&a, &b] {
+        running_pid(agent, "procmond");
+        eventually("procmond registers with its own agent", || {
+            field(agent, "procmond", "capabilities") == 65
+                && field(agent, "procmond", "restarts") == 0
+        });
+    }
+    eventually("two WALs", || wal_files(root.path()).len() == 2);
+    let wals = wal_files(root.path());
+    assert_ne!(
+        wals[0].parent().and_then(|p| p.parent()),
+        wals[1].parent().and_then(|p| p.parent()),
+        "{wals:?}"
+    );
+}
+
+#[test]
+fn a_registration_not_from_the_spawned_process_is_refused_and_counted() {
+    let config = collector("imp", "exec sleep 1000", "");
+    let agent = Agent::start(&bins(), Some(&config));
+    running_pid(&agent, "imp");
+    // Claims a managed collector's id, and an id the config does not name.
+    let mut impostor = outside_procmond(&agent, "imp");
+    let mut ghost = outside_procmond(&agent, "ghost");
+    eventually("the refusals to be reported", || {
+        let reasons = health_reasons(&agent);
+        reasons.contains("collector imp: ") && reasons.contains("ghost (")
+    });
+    assert_eq!(field(&agent, "imp", "capabilities"), 0, "not registered");
+    assert!(
+        !list(&agent)
+            .as_array()
+            .expect("array")
+            .iter()
+            .any(|c| c["name"] == "ghost"),
+        "no phantom entry"
+    );
+    for p in [&mut impostor, &mut ghost] {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+}
+
+#[test]
+fn an_external_collector_is_accepted_only_under_its_uid_and_deregisters_when_it_stops() {
+    let uid = nix::unistd::geteuid().as_raw();
+    let config = format!(
+        "[[collectors]]\nname = \"ext\"\nexternal = true\nuid = {uid}\n[[collectors]]\nname = \"other\"\nexternal = true\nuid = {}\n",
+        uid + 4242
+    );
+    let agent = Agent::start(&bins(), Some(&config));
+    assert_eq!(field(&agent, "ext", "state"), "absent");
+    let mut ext = outside_procmond(&agent, "ext");
+    let mut other = outside_procmond(&agent, "other");
+    eventually("ext registers", || {
+        field(&agent, "ext", "state") == "external"
+    });
+    eventually("other's refusal", || {
+        health_reasons(&agent).contains("collector other: ")
+    });
+    assert_eq!(field(&agent, "other", "state"), "absent");
+    // A clean stop deregisters: gone at once, not after three 10 s heartbeats.
+    daemoneye_tests::signal(&ext, nix::sys::signal::Signal::SIGTERM);
+    let started = Instant::now();
+    assert!(wait_exit(&mut ext, T).is_some_and(|s| s.success()));
+    eventually("ext to be dropped", || {
+        field(&agent, "ext", "state") == "absent"
+    });
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let _ = other.kill();
+    let _ = other.wait();
+}

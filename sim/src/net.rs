@@ -109,13 +109,16 @@ impl Listener for TurmoilListener {
     type Write = turmoil::net::tcp::OwnedWriteHalf;
 
     async fn accept(&mut self) -> io::Result<(Self::Read, Self::Write, PeerCreds)> {
-        let (stream, _) = self.0.accept().await?;
+        let (stream, from) = self.0.accept().await?;
         let (r, w) = stream.into_split();
-        // The simulated network has no peer credentials: every host is the owner.
+        // The simulated network has no peer credentials: every host is the owner, and a
+        // collector host has the pid the simulated spawner gave its current process.
+        let pid = turmoil::reverse_lookup(from.ip())
+            .and_then(|host| HOST_PIDS.with(|p| p.borrow().get(&host).copied()));
         let peer = PeerCreds {
             uid: UID,
             gid: UID,
-            pid: None,
+            pid,
         };
         Ok((r, w, peer))
     }
@@ -443,6 +446,12 @@ type Process = (u32, Rc<Notify>, Option<oneshot::Sender<String>>);
 
 type Ctl = Rc<RefCell<SpawnCtl>>;
 
+thread_local! {
+    /// The pid of each collector host's current process, as the broker's peer credentials
+    /// report it (the agent accepts a collector's registration only from that pid).
+    static HOST_PIDS: RefCell<BTreeMap<String, u32>> = const { RefCell::new(BTreeMap::new()) };
+}
+
 /// Starts collectors as turmoil hosts: the driver registers (or bounces) the host.
 struct SimSpawner(Ctl);
 
@@ -459,6 +468,7 @@ impl Spawner for SimSpawner {
         ctl.running
             .insert(spec.name.clone(), (pid, Rc::new(Notify::new()), Some(tx)));
         ctl.spawns.push_back((spec.name.clone(), pid));
+        HOST_PIDS.with(|p| p.borrow_mut().insert(spec.name.clone(), pid));
         let exit = async move { rx.await.unwrap_or_else(|_| "agent gone".to_string()) };
         Ok((pid, Box::pin(exit)))
     }
@@ -480,6 +490,11 @@ impl Spawner for SimSpawner {
         }
         ctl.signals.push_back((name, pid, signal));
         Ok(())
+    }
+
+    fn ancestors(&self, _pid: u32) -> Vec<u32> {
+        // Simulated processes start nothing of their own.
+        Vec::new()
     }
 }
 
@@ -582,8 +597,11 @@ async fn probe(model: Shared, ctl: Ctl) -> turmoil::Result {
                 }
             }
             let answer = lifecycle(&client, op, name).await;
-            // Refused or done: a later SIGTERM is no longer this command's.
-            ctl.borrow_mut().operator_pending.remove(name);
+            // Refused: no SIGTERM comes of this command. Unanswered, it may still be carried
+            // out (a QoS1 resend after a broker crash), so the mark stays for its SIGTERM.
+            if answer.as_ref().is_some_and(|a| a.error != 0) {
+                ctl.borrow_mut().operator_pending.remove(name);
+            }
             model.borrow_mut().log(format!(
                 "operator {op:?} {name}: {}",
                 answer.map_or("no answer".to_string(), |a| format!("error {}", a.error))
@@ -848,6 +866,7 @@ fn heal_due(
 
 /// Runs one seed of layer 2: a fault phase, then a liveness phase without faults.
 pub fn run_net(cfg: &NetConfig) -> Result<NetOutcome, Violation> {
+    HOST_PIDS.with(|p| p.borrow_mut().clear());
     let mut rng = SeededRng::new(cfg.seed ^ 0x7475_726d_6f69_6c32);
     let model: Shared = Rc::new(RefCell::new(Model {
         seed: cfg.seed,

@@ -91,6 +91,11 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let socket = args.socket.clone().or_else(|| config.broker.socket.clone());
     let socket = paths::resolve_socket_path(socket.as_deref());
     let specs = config.collector_specs()?;
+    let externals = config.external_collectors();
+    // One state directory per agent instance (named after its socket), one per collector
+    // inside it: two agents on one host never share state.
+    let state_dir = paths::agent_state_dir(&config.state_root(), &socket);
+    paths::create_private_dir(&state_dir)?;
     let shim = std::env::current_exe()?;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -102,7 +107,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         // Installed before announcing the socket: a SIGTERM right after it is a shutdown.
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         eprintln!("listening on {}", socket.display());
-        tracing::info!(socket = %socket.display(), uid, "broker started");
+        tracing::info!(socket = %socket.display(), state = %state_dir.display(), uid, "broker started");
         if specs.is_empty() {
             tracing::info!(
                 "no collectors configured and no procmond binary found: starting with no collectors"
@@ -132,7 +137,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         let (manager_tx, manager_rx) = tokio::sync::mpsc::channel(64);
         let heartbeat_interval = broker_config.heartbeat_interval;
         let manager = tokio::task::spawn_local(
-            ProcessManager::new(specs, socket.clone(), shim, heartbeat_interval).run(manager_rx),
+            ProcessManager::new(specs, socket.clone(), shim, heartbeat_interval)
+                .with_state_dir(state_dir)
+                .with_externals(externals)
+                .run(manager_rx),
         );
         let control = {
             let socket = socket.clone();
