@@ -227,6 +227,40 @@ fn a_killed_agent_leaves_no_collector_behind() {
 }
 
 #[test]
+fn a_killed_agent_leaves_nothing_of_a_forking_or_a_paused_collector_behind() {
+    let config = [
+        collector("forks", "sleep 1000 & sleep 1000 & wait", ""),
+        collector("paused", "sleep 1000 & wait", ""),
+    ]
+    .concat();
+    let mut agent = Agent::start(&bins(), Some(&config));
+    let forks = running_pid(&agent, "forks");
+    let paused = running_pid(&agent, "paused");
+    eventually("the children", || {
+        group_members(forks).len() >= 3 && group_members(paused).len() >= 2
+    });
+    let (status, _, err) = agent.run_cli(&["collectors", "pause", "paused"]);
+    assert!(status.success(), "{err}");
+    eventually("the paused group to stop", || {
+        group_members(paused)
+            .iter()
+            .all(|&p| proc_state(p) == Some('T'))
+    });
+    let members: Vec<u64> = group_members(forks)
+        .into_iter()
+        .chain(group_members(paused))
+        .collect();
+    agent.child.kill().expect("kill -9 the agent");
+    let _ = agent.child.wait();
+    for pid in members {
+        // Orphans are reaped by init (or the nearest subreaper) once they die.
+        eventually(&format!("process {pid} to be gone"), || {
+            !alive(pid) || proc_state(pid) == Some('Z')
+        });
+    }
+}
+
+#[test]
 fn lifecycle_commands_that_do_not_apply_are_clear_errors() {
     let agent = Agent::start(&bins(), Some(&collector("sleeper", "exec sleep 1000", "")));
     running_pid(&agent, "sleeper");

@@ -43,10 +43,14 @@ struct Args {
 
 #[derive(Debug, clap::Subcommand)]
 enum AgentCommand {
-    /// Internal: run in a freshly spawned collector process to set its parent-death signal
-    /// and become the collector.
+    /// Internal: the supervisor shim between the agent and a collector (it kills the
+    /// collector's whole group when the agent dies); with --exec, the step that becomes the
+    /// collector.
     #[command(hide = true)]
     ExecCollector {
+        /// Become the collector (set the parent-death signal, then exec).
+        #[arg(long)]
+        exec: bool,
         /// The collector's executable.
         binary: PathBuf,
         /// Its arguments.
@@ -57,7 +61,10 @@ enum AgentCommand {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Some(AgentCommand::ExecCollector { binary, args }) = &args.command {
+    if let Some(AgentCommand::ExecCollector { exec, binary, args }) = &args.command {
+        if !*exec {
+            return ExitCode::from(daemoneye_io::process::collector_shim(binary, args));
+        }
         let err = daemoneye_io::process::exec_collector(binary, args);
         eprintln!(
             "daemoneye-agent: cannot start collector {}: {err}",
