@@ -417,3 +417,93 @@ impl Registry {
         hb.chain(tasks).min()
     }
 }
+
+/// Who may speak for a collector id: the facts the agent has about it (DESIGN.md sections 6
+/// and 7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expected {
+    /// A collector the agent supervises: the pid of the process it spawned for it, if one
+    /// runs.
+    Managed {
+        /// The spawned process (the collector, not a shim).
+        pid: Option<u32>,
+    },
+    /// A collector the config names as started elsewhere, running as `uid`.
+    External {
+        /// The uid it must connect as.
+        uid: u32,
+    },
+    /// The config does not name it.
+    Unknown,
+}
+
+/// The OS's word on who published a registration or heartbeat: the broker's peer
+/// credentials of its connection, and the ancestry of its pid as io read it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Peer {
+    /// The publisher's pid, when the OS says.
+    pub pid: Option<u32>,
+    /// The publisher's uid.
+    pub uid: u32,
+    /// The pid's ancestors, parent first (as far as they could be read).
+    pub ancestors: Vec<u32>,
+}
+
+/// Why a registration, heartbeat or deregistration was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// No `[[collectors]]` entry has this id.
+    #[error(
+        "no collector with this id is configured (an external one needs an entry with external = true)"
+    )]
+    UnknownCollector,
+    /// A managed collector that the agent has not started (or that is not running).
+    #[error("the agent runs no process for this collector")]
+    NotRunning,
+    /// The broker knows no pid for the publisher.
+    #[error("the publisher's pid is unknown")]
+    NoPeerPid,
+    /// From a process the agent did not spawn for it (nor one of its descendants).
+    #[error(
+        "from pid {pid}, which is neither the process the agent spawned ({spawned}) nor one of its descendants"
+    )]
+    NotSpawned {
+        /// The publisher.
+        pid: u32,
+        /// The process the agent spawned.
+        spawned: u32,
+    },
+    /// An external collector connected under another uid.
+    #[error("from uid {uid}; the config names uid {expected}")]
+    WrongUid {
+        /// The publisher's uid.
+        uid: u32,
+        /// The configured one.
+        expected: u32,
+    },
+}
+
+/// Whether `peer` may speak for a collector with the `expected` facts: a managed collector
+/// only from the process the agent spawned or a descendant of it, an external one only
+/// under its configured uid, any other id never.
+pub fn admit(expected: &Expected, peer: &Peer) -> Result<(), Refusal> {
+    match *expected {
+        Expected::Unknown => Err(Refusal::UnknownCollector),
+        Expected::External { uid } if uid == peer.uid => Ok(()),
+        Expected::External { uid } => Err(Refusal::WrongUid {
+            uid: peer.uid,
+            expected: uid,
+        }),
+        Expected::Managed { pid: None } => Err(Refusal::NotRunning),
+        Expected::Managed { pid: Some(spawned) } => {
+            let Some(pid) = peer.pid else {
+                return Err(Refusal::NoPeerPid);
+            };
+            if pid == spawned || peer.ancestors.contains(&spawned) {
+                Ok(())
+            } else {
+                Err(Refusal::NotSpawned { pid, spawned })
+            }
+        }
+    }
+}

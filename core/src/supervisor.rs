@@ -7,8 +7,10 @@
 //! Restart policy: when the process exits without being asked to, and `auto_restart` is on,
 //! it is spawned again after a backoff that starts at `backoff_initial` and doubles up to
 //! `backoff_max`; more than `max_restarts` restarts within `window` end in Failed, where it
-//! stays until an operator starts it again. A run that lasted `stable_after` resets both the
-//! count and the backoff. Graceful stop is SIGTERM, then SIGKILL once `stop_timeout` passes.
+//! stays until an operator starts it again. A restart because the collector stopped
+//! heartbeating ([`Supervisor::restart_unhealthy`]) counts like a crash. A run that lasted
+//! `stable_after` resets both the count and the backoff, and so does an operator's start or
+//! restart. Graceful stop is SIGTERM, then SIGKILL once `stop_timeout` passes.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -200,6 +202,9 @@ pub struct Supervisor {
     kill_sent: bool,
     /// After the current stop completes, start again (operator restart).
     start_after_stop: bool,
+    /// The current stop is a health-driven restart: its end counts as a crash (restart
+    /// count, window and backoff), with this reason.
+    crash_after_stop: Option<String>,
     last_exit: Option<String>,
     actions: VecDeque<Action>,
 }
@@ -221,6 +226,7 @@ impl Supervisor {
             kill_at: None,
             kill_sent: false,
             start_after_stop: false,
+            crash_after_stop: None,
             last_exit: None,
             actions: VecDeque::new(),
         }
@@ -294,6 +300,13 @@ impl Supervisor {
                 self.kill_at = Some(now + self.policy.stop_timeout);
                 self.kill_sent = false;
                 self.start_after_stop = false;
+                self.crash_after_stop = None;
+                Ok(())
+            }
+            State::Stopping if self.start_after_stop || self.crash_after_stop.is_some() => {
+                // A restart under way becomes a plain stop.
+                self.start_after_stop = false;
+                self.crash_after_stop = None;
                 Ok(())
             }
             State::Starting if self.spawn_at.is_some() => {
@@ -319,6 +332,25 @@ impl Supervisor {
             State::Stopped | State::Failed => self.start(now),
             State::Starting | State::Stopping => Err(self.invalid("restart")),
         }
+    }
+
+    /// The agent found the collector unhealthy (it stopped heartbeating): stop it (SIGCONT
+    /// first, so a frozen process can act on SIGTERM; SIGKILL after the stop timeout) and
+    /// treat its end as a crash. Unlike an operator's restart this counts toward
+    /// `max_restarts` and waits out the backoff, so a collector that keeps hanging ends in
+    /// Failed. Only a Running collector is restarted (a Paused one is exempt).
+    pub fn restart_unhealthy(&mut self, now: Instant, reason: &str) -> Result<(), LifecycleError> {
+        if self.state != State::Running {
+            return Err(self.invalid("restart an unhealthy"));
+        }
+        self.actions.push_back(Action::Signal(Signal::Cont));
+        self.actions.push_back(Action::Signal(Signal::Term));
+        self.state = State::Stopping;
+        self.kill_at = Some(now + self.policy.stop_timeout);
+        self.kill_sent = false;
+        self.start_after_stop = false;
+        self.crash_after_stop = Some(reason.to_string());
+        Ok(())
     }
 
     /// Operator: SIGSTOP.
@@ -365,6 +397,10 @@ impl Supervisor {
         match self.state {
             State::Stopping => {
                 self.kill_at = None;
+                if let Some(reason) = self.crash_after_stop.take() {
+                    self.crashed(now, format!("{reason}; {how}"));
+                    return;
+                }
                 self.last_exit = Some(how.to_string());
                 self.state = State::Stopped;
                 if std::mem::take(&mut self.start_after_stop) {

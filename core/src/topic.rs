@@ -261,8 +261,10 @@ pub mod topics {
     pub const TASK_PREFIX: &str = "control.collector.task";
     /// Collector lifecycle RPC.
     pub const LIFECYCLE: &str = "control.collector.lifecycle";
-    /// Collector registration requests (RegisterRequest, Deregister) to the agent.
+    /// Collector registration requests (RegisterRequest) to the agent.
     pub const REGISTRATION: &str = "control.collector.registration";
+    /// A collector that stops cleanly deregisters here (a `Deregister`).
+    pub const DEREGISTRATION: &str = "control.collector.deregistration";
     /// Prefix of per-collector config topics: `control.collector.config.<collector_id>`.
     pub const CONFIG_PREFIX: &str = "control.collector.config";
     /// Prefix of heartbeat topics: `control.health.heartbeat.<collector_id>`.

@@ -304,3 +304,45 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn only_the_spawned_process_or_its_descendants_speak_for_a_managed_collector() {
+    use daemoneye_core::registry::{Expected, Peer, Refusal, admit};
+    let managed = Expected::Managed { pid: Some(100) };
+    let peer = |pid: Option<u32>, ancestors: &[u32]| Peer {
+        pid,
+        uid: 1000,
+        ancestors: ancestors.to_vec(),
+    };
+    assert_eq!(admit(&managed, &peer(Some(100), &[50, 1])), Ok(()));
+    assert_eq!(
+        admit(&managed, &peer(Some(200), &[100, 50, 1])),
+        Ok(()),
+        "a child"
+    );
+    assert_eq!(
+        admit(&managed, &peer(Some(300), &[50, 1])),
+        Err(Refusal::NotSpawned {
+            pid: 300,
+            spawned: 100
+        })
+    );
+    assert_eq!(admit(&managed, &peer(None, &[])), Err(Refusal::NoPeerPid));
+    assert_eq!(
+        admit(&Expected::Managed { pid: None }, &peer(Some(100), &[])),
+        Err(Refusal::NotRunning)
+    );
+    let external = Expected::External { uid: 1000 };
+    assert_eq!(admit(&external, &peer(Some(7), &[])), Ok(()));
+    assert_eq!(
+        admit(&Expected::External { uid: 1001 }, &peer(Some(7), &[])),
+        Err(Refusal::WrongUid {
+            uid: 1000,
+            expected: 1001
+        })
+    );
+    assert_eq!(
+        admit(&Expected::Unknown, &peer(Some(100), &[])),
+        Err(Refusal::UnknownCollector)
+    );
+}

@@ -184,19 +184,30 @@ fn spawn_failure_counts_as_a_crash() {
     );
 }
 
-/// Drives a supervisor through runs of the given lengths (each ending in a crash) and
-/// returns (crash time, next spawn time) pairs and the final state.
-fn drive(policy: &RestartPolicy, runs: &[u64]) -> (Vec<(u64, u64)>, Vec<u64>, State) {
+/// Drives a supervisor through runs of the given lengths, each ending in a crash or, when
+/// its flag is set, in a hang the agent answers with a health-driven restart (the process
+/// exits 200 ms after the SIGTERM). Returns (end time, next spawn time) pairs, the spawn
+/// times and the final state.
+fn drive(policy: &RestartPolicy, runs: &[(u64, bool)]) -> (Vec<(u64, u64)>, Vec<u64>, State) {
     let mut s = Supervisor::new("x", policy.clone());
     let mut now = 0u64;
     s.start(Instant::from_nanos(now)).expect("start");
     let mut gaps = Vec::new();
     let mut spawns = vec![];
-    for &run in runs {
+    for &(run, hangs) in runs {
         assert_eq!(actions(&mut s), [Action::Spawn]);
         s.handle_spawned(Instant::from_nanos(now), 1);
         spawns.push(now);
         now += run;
+        if hangs {
+            s.restart_unhealthy(Instant::from_nanos(now), "missed 3 heartbeats")
+                .expect("a running collector can be restarted");
+            assert_eq!(
+                actions(&mut s),
+                [Action::Signal(Signal::Cont), Action::Signal(Signal::Term)]
+            );
+            now += 200_000_000;
+        }
         s.handle_exited(Instant::from_nanos(now), "crash");
         let Some(at) = s.poll_timeout() else { break };
         gaps.push((now, at.as_nanos()));
@@ -206,12 +217,84 @@ fn drive(policy: &RestartPolicy, runs: &[u64]) -> (Vec<(u64, u64)>, Vec<u64>, St
     (gaps, spawns, s.state())
 }
 
+#[test]
+fn a_collector_that_keeps_hanging_ends_failed() {
+    let policy = RestartPolicy {
+        max_restarts: 2,
+        ..RestartPolicy::default()
+    };
+    let (_, spawns, state) = drive(&policy, &[(5_000_000_000, true); 4]);
+    assert_eq!(state, State::Failed);
+    assert_eq!(spawns.len(), 3, "the first run and two restarts");
+}
+
+#[test]
+fn a_health_driven_restart_waits_out_the_backoff_and_says_why() {
+    let mut s = running(RestartPolicy::default());
+    s.restart_unhealthy(t(5.0), "missed 3 heartbeats")
+        .expect("restart");
+    assert_eq!(s.state(), State::Stopping);
+    actions(&mut s);
+    // A frozen process ignores SIGTERM: SIGKILL after the stop timeout.
+    s.handle_timeout(t(15.0));
+    assert_eq!(actions(&mut s), [Action::Signal(Signal::Kill)]);
+    s.handle_exited(t(15.1), "killed by signal 9");
+    assert_eq!(s.state(), State::Starting);
+    assert_eq!(
+        s.last_exit(),
+        Some("missed 3 heartbeats; killed by signal 9")
+    );
+    let at = s.poll_timeout().expect("restart scheduled");
+    assert_eq!(at, t(16.1), "the first backoff");
+    s.handle_timeout(at);
+    assert_eq!(actions(&mut s), [Action::Spawn]);
+    assert_eq!(s.restarts(), 1);
+    // Only a running collector is restarted for its health (a paused one is exempt).
+    s.handle_spawned(at, 7);
+    s.pause(at).expect("pause");
+    assert!(s.restart_unhealthy(at, "missed").is_err());
+}
+
+#[test]
+fn an_operator_restart_resets_the_count_of_health_driven_restarts() {
+    let policy = RestartPolicy {
+        max_restarts: 1,
+        ..RestartPolicy::default()
+    };
+    let mut s = running(policy);
+    s.restart_unhealthy(t(1.0), "missed").expect("restart");
+    actions(&mut s);
+    s.handle_exited(t(1.1), "exited with status 0");
+    s.handle_timeout(t(2.1));
+    assert_eq!(actions(&mut s), [Action::Spawn]);
+    s.handle_spawned(t(2.1), 2);
+    // The operator restarts it: the budget is whole again, so one more hang is restarted.
+    s.restart(t(3.0)).expect("operator restart");
+    actions(&mut s);
+    s.handle_exited(t(3.1), "exited with status 0");
+    assert_eq!(actions(&mut s), [Action::Spawn]);
+    s.handle_spawned(t(3.1), 3);
+    s.restart_unhealthy(t(4.0), "missed").expect("restart");
+    actions(&mut s);
+    s.handle_exited(t(4.1), "exited with status 0");
+    assert_eq!(s.state(), State::Starting, "restarted, not failed");
+    // An operator's stop during a health-driven restart is a plain stop.
+    let at = s.poll_timeout().expect("scheduled");
+    s.handle_timeout(at);
+    actions(&mut s);
+    s.handle_spawned(at, 4);
+    s.restart_unhealthy(at, "missed").expect("restart");
+    s.stop(at).expect("stop");
+    s.handle_exited(at, "exited with status 0");
+    assert_eq!(s.state(), State::Stopped);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(500))]
 
     #[test]
     fn restarts_never_exceed_the_policy_and_respect_the_backoff(
-        runs in proptest::collection::vec(prop_oneof![0u64..3_000_000_000, 50_000_000_000u64..90_000_000_000], 1..40),
+        runs in proptest::collection::vec((prop_oneof![0u64..3_000_000_000, 50_000_000_000u64..90_000_000_000], any::<bool>()), 1..40),
         max_restarts in 1u32..8,
     ) {
         let policy = RestartPolicy {
@@ -232,10 +315,13 @@ proptest! {
         // The reference backoff: 1 s doubling to 8 s, reset by a run of 60 s or more.
         let mut expected = 1_000_000_000u64;
         for (k, &(crash, spawn)) in gaps.iter().enumerate() {
-            if runs[k] >= 60_000_000_000 {
+            // A run is measured from its spawn to its end (for a hang, the exit that
+            // follows the health-driven SIGTERM).
+            let lasted = runs[k].0 + if runs[k].1 { 200_000_000 } else { 0 };
+            if lasted >= 60_000_000_000 {
                 expected = 1_000_000_000;
             }
-            prop_assert_eq!(spawn - crash, expected, "restart {} after run of {} ns", k, runs[k]);
+            prop_assert_eq!(spawn - crash, expected, "restart {} after run {:?}", k, runs[k]);
             expected = (expected * 2).min(8_000_000_000);
         }
     }
@@ -246,9 +332,9 @@ proptest! {
         // `short` quick crashes, then one run, then four quick crashes: the crash ending
         // the middle run plus the four make five restarts.
         let pattern = |middle: u64| {
-            let mut runs = vec![100_000_000u64; short as usize];
-            runs.push(middle);
-            runs.extend([100_000_000u64; 4]);
+            let mut runs = vec![(100_000_000u64, false); short as usize];
+            runs.push((middle, false));
+            runs.extend([(100_000_000u64, true); 4]);
             runs
         };
         let (_, _, stable) = drive(&policy, &pattern(120_000_000_000));

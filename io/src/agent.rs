@@ -12,13 +12,21 @@ use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::client::{Client, ClientError, ClientOptions};
-use crate::process::Request;
+use crate::process::{PeerCreds, Request};
 use crate::transport::{Connector, UnixConnector};
 
 /// How often the agent publishes its health report.
 const HEALTH_EVERY: Duration = Duration::from_secs(10);
 
-async fn collectors(manager: &mpsc::Sender<Request>) -> Vec<pbc::CollectorStatus> {
+/// The broker's word on who published `d` (its connection's peer credentials).
+fn peer(d: &Deliver) -> PeerCreds {
+    PeerCreds {
+        pid: d.publisher_pid,
+        uid: d.publisher_uid,
+    }
+}
+
+async fn collectors(manager: &mpsc::Sender<Request>) -> (Vec<pbc::CollectorStatus>, String) {
     let (reply, rx) = oneshot::channel();
     let req = Request::Lifecycle {
         op: pbc::LifecycleOp::Status,
@@ -26,14 +34,16 @@ async fn collectors(manager: &mpsc::Sender<Request>) -> Vec<pbc::CollectorStatus
         reply,
     };
     if manager.send(req).await.is_err() {
-        return Vec::new();
+        return (Vec::new(), String::new());
     }
-    rx.await.map(|r| r.collectors).unwrap_or_default()
+    rx.await
+        .map(|r| (r.collectors, r.message))
+        .unwrap_or_default()
 }
 
 fn state_of(s: &pbc::CollectorStatus) -> pbc::HealthState {
     match s.state.as_str() {
-        "running" | "paused" => pbc::HealthState::Healthy,
+        "running" | "paused" | "external" => pbc::HealthState::Healthy,
         "starting" | "stopping" | "stopped" => pbc::HealthState::Degraded,
         _ => pbc::HealthState::Unhealthy,
     }
@@ -50,14 +60,23 @@ async fn health_report(client: &Client, manager: &mpsc::Sender<Request>) -> pbc:
         .ok()
         .and_then(|d| pbc::HealthReport::decode(d.payload).ok())
         .unwrap_or_default();
-    let collectors = collectors(manager).await;
+    let (collectors, refusals) = collectors(manager).await;
     let mut reasons = broker.reasons.clone();
+    if !refusals.is_empty() {
+        reasons.push(refusals);
+    }
     let mut overall =
         pbc::HealthState::try_from(broker.broker).unwrap_or(pbc::HealthState::Unhealthy);
     for c in &collectors {
         let s = state_of(c);
         if s != pbc::HealthState::Healthy {
             reasons.push(format!("collector {} is {}", c.name, c.state));
+        }
+        if c.refused > 0 {
+            reasons.push(format!(
+                "collector {}: {} registrations or heartbeats refused (not from its process)",
+                c.name, c.refused
+            ));
         }
         overall = overall.max(s);
     }
@@ -105,6 +124,9 @@ pub async fn serve_control_via<C: Connector>(
     let mut registration = client
         .subscribe(Subscribe::new(topics::REGISTRATION))
         .await?;
+    let mut deregistration = client
+        .subscribe(Subscribe::new(topics::DEREGISTRATION))
+        .await?;
     let heartbeat_filter = format!("{}.+", topics::HEARTBEAT_PREFIX);
     let mut heartbeats = client.subscribe(Subscribe::new(heartbeat_filter)).await?;
     let mut tick = tokio::time::interval(HEALTH_EVERY);
@@ -145,7 +167,8 @@ pub async fn serve_control_via<C: Connector>(
                 let Some(req) = req else { return Ok(()) };
                 if let Ok(r) = pbc::RegisterRequest::decode(req.payload.clone()) {
                     let (tx, rx) = oneshot::channel();
-                    if manager.send(Request::Register { request: r, reply: tx }).await.is_ok()
+                    let peer = peer(&req);
+                    if manager.send(Request::Register { request: r, peer, reply: tx }).await.is_ok()
                         && let Ok(answer) = rx.await
                     {
                         reply(&client, &req, answer.encode_to_vec()).await;
@@ -154,8 +177,16 @@ pub async fn serve_control_via<C: Connector>(
             }
             hb = heartbeats.recv() => {
                 let Some(hb) = hb else { return Ok(()) };
-                if let Ok(h) = pbc::Heartbeat::decode(hb.payload) {
-                    let _ = manager.send(Request::Heartbeat { id: h.collector_id }).await;
+                let peer = peer(&hb);
+                if let Ok(h) = pbc::Heartbeat::decode(hb.payload.clone()) {
+                    let _ = manager.send(Request::Heartbeat { id: h.collector_id, peer }).await;
+                }
+            }
+            d = deregistration.recv() => {
+                let Some(d) = d else { return Ok(()) };
+                let peer = peer(&d);
+                if let Ok(m) = pbc::Deregister::decode(d.payload.clone()) {
+                    let _ = manager.send(Request::Deregister { id: m.collector_id, peer }).await;
                 }
             }
             _ = tick.tick() => {

@@ -1,7 +1,9 @@
 //! The collector side of registration: drives the core [`Registration`] machine over the
 //! client library. It registers on `control.collector.registration`, heartbeats on
 //! `control.health.heartbeat.<id>`, and registers again whenever the broker session
-//! changes (the agent restarted, or the connection was re-established).
+//! changes (the agent restarted, or the connection was re-established). When it stops
+//! cleanly it deregisters on `control.collector.deregistration`, so the agent drops it at
+//! once instead of waiting out three heartbeats.
 
 use std::time::Duration;
 
@@ -15,7 +17,10 @@ use prost::Message;
 use crate::client::Client;
 use crate::clock::{Clock, MonotonicClock};
 
-/// Keeps a collector registered and heartbeating until `stop` resolves.
+/// How long a stopping collector waits for the broker to take its Deregister.
+const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Keeps a collector registered and heartbeating until `stop` resolves, then deregisters.
 pub async fn keep_registered(
     client: Client,
     identity: pbc::RegisterRequest,
@@ -68,7 +73,23 @@ pub async fn keep_registered(
                         ))
                         .await;
                 }
-                RegAction::Deregister => {}
+                RegAction::Deregister => {
+                    let d = pbc::Deregister {
+                        collector_id: identity.collector_id.clone(),
+                        reason: "stopping".into(),
+                    };
+                    let p = Publish::new(
+                        topics::DEREGISTRATION,
+                        Bytes::from(d.encode_to_vec()),
+                        QoS::AtLeastOnce,
+                    );
+                    match tokio::time::timeout(DEREGISTER_TIMEOUT, client.publish(p)).await {
+                        Ok(Ok(_)) => machine.handle_deregistered(),
+                        Ok(Err(e)) => tracing::debug!(error = %e, "deregistration not sent"),
+                        Err(_) => tracing::debug!("deregistration not acknowledged in time"),
+                    }
+                    return;
+                }
             }
         }
         if machine.state() == RegState::Failed {
@@ -81,7 +102,13 @@ pub async fn keep_registered(
         };
         tokio::select! {
             biased;
-            _ = &mut stop => return,
+            _ = &mut stop => {
+                machine.deregister(clock.now());
+                if machine.state() != RegState::Deregistering {
+                    return;
+                }
+                continue;
+            }
             _ = sleep => {}
         }
         // A new broker session: whatever the agent knew about us is gone.

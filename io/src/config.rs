@@ -19,6 +19,21 @@
 //! [logging]
 //! level = "info"
 //!
+//! [agent]
+//! # Root of the agents' state; each agent instance keeps its own directory below it,
+//! # named after its socket, and each collector one inside that.
+//! state_dir = "/var/lib/daemoneye"
+//!
+//! [[collectors]]
+//! name = "procmond"
+//! binary = "procmond"
+//!
+//! # Started elsewhere: accepted only under this uid.
+//! [[collectors]]
+//! name = "netmond"
+//! external = true
+//! uid = 1001
+//!
 //! [[acl.rules]]
 //! uid = 1001
 //! publish = ["events.#"]
@@ -140,10 +155,17 @@ impl Default for LoggingSection {
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct CollectorConfig {
-    /// Unique name (used by `daemoneye-cli collectors ...`).
+    /// Unique name (used by `daemoneye-cli collectors ...`), and the id the collector
+    /// registers under (the agent passes it in `DAEMONEYE_COLLECTOR_ID`).
     pub name: String,
     /// A path (with `/`), or a name looked up in the agent's directory, then `PATH`.
-    pub binary: String,
+    /// Required unless `external`.
+    pub binary: Option<String>,
+    /// Started elsewhere, not by the agent: its registrations are accepted only from `uid`.
+    #[serde(default)]
+    pub external: bool,
+    /// The uid an external collector runs as (required with `external`).
+    pub uid: Option<u32>,
     /// Arguments.
     #[serde(default)]
     pub args: Vec<String>,
@@ -171,6 +193,16 @@ pub struct CollectorConfig {
     pub stop_timeout_ms: Option<u64>,
 }
 
+/// `[agent]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentSection {
+    /// Root of the state directories (default: `/var/lib/daemoneye` for root, else
+    /// `$XDG_STATE_HOME/daemoneye` or `~/.local/state/daemoneye`). This agent's own
+    /// directory is `agents/<socket name>-<hash of the socket path>` below it.
+    pub state_dir: Option<PathBuf>,
+}
+
 /// The whole file.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -179,6 +211,8 @@ pub struct AgentConfig {
     pub broker: BrokerSection,
     /// Logging.
     pub logging: LoggingSection,
+    /// The agent's own settings.
+    pub agent: AgentSection,
     /// Topic ACL.
     pub acl: AclConfig,
     /// Collectors to supervise. Absent: procmond, if a procmond binary is found.
@@ -232,6 +266,10 @@ impl AgentConfig {
                 }
                 "log_level" => {
                     self.logging.level = value;
+                    continue;
+                }
+                "state_dir" => {
+                    self.agent.state_dir = Some(PathBuf::from(value));
                     continue;
                 }
                 "max_connections" => &mut b.max_connections,
@@ -298,8 +336,40 @@ impl AgentConfig {
                     "is used by another collector".into(),
                 ));
             }
-            let binary = crate::process::resolve_binary(&c.binary)
-                .map_err(|why| invalid("binary", c.binary.clone(), why))?;
+            if c.external {
+                if c.uid.is_none() {
+                    return Err(invalid(
+                        "uid",
+                        String::new(),
+                        "an external collector needs the uid it runs as".into(),
+                    ));
+                }
+                if let Some(b) = &c.binary {
+                    return Err(invalid(
+                        "binary",
+                        b.clone(),
+                        "an external collector is not started by the agent".into(),
+                    ));
+                }
+                continue;
+            }
+            if let Some(uid) = c.uid {
+                return Err(invalid(
+                    "uid",
+                    uid.to_string(),
+                    "only an external collector names its uid (a supervised one is known by its pid)".into(),
+                ));
+            }
+            let Some(binary) = &c.binary else {
+                return Err(invalid(
+                    "binary",
+                    String::new(),
+                    "missing (or set external = true and uid for a collector started elsewhere)"
+                        .into(),
+                ));
+            };
+            let binary = crate::process::resolve_binary(binary)
+                .map_err(|why| invalid("binary", binary.clone(), why))?;
             let d = RestartPolicy::default();
             // An optional duration field: the default, or the value checked against its range
             // and converted with `unit` (Duration::from_millis or from_secs).
@@ -393,6 +463,25 @@ impl AgentConfig {
             });
         }
         Ok(specs)
+    }
+
+    /// The collectors the config names as started elsewhere: (id, uid). Checked by
+    /// [`AgentConfig::collector_specs`].
+    pub fn external_collectors(&self) -> Vec<(String, u32)> {
+        self.collectors
+            .iter()
+            .flatten()
+            .filter(|c| c.external)
+            .filter_map(|c| Some((c.name.clone(), c.uid?)))
+            .collect()
+    }
+
+    /// Root of the state directories: `[agent] state_dir`, else the default.
+    pub fn state_root(&self) -> PathBuf {
+        self.agent
+            .state_dir
+            .clone()
+            .unwrap_or_else(crate::paths::default_state_dir)
     }
 
     /// Checks every value and builds the broker's configuration and ACL for `owner_uid`.

@@ -1,13 +1,20 @@
 //! The process manager: carries out the core [`Supervisor`]s' actions with real processes.
 //!
 //! Each collector runs in its own process group (signals go to the group, so a collector's
-//! children go with it) and, on Linux, with a parent-death signal, so a killed agent leaves
-//! no collector behind. The parent-death signal must be set between fork and exec; to do
-//! that without `unsafe`, the agent starts itself as a shim (`daemoneye-agent
-//! exec-collector -- BINARY ARGS...`) that sets the signal on itself with `prctl` and then
-//! `exec`s the collector, keeping its pid and group. Exits are reaped by tokio (no zombies)
-//! and reported to the supervisor. Decisions (restart, backoff, SIGKILL after the stop
-//! timeout) are all the supervisor's.
+//! children go with it), and a killed agent leaves nothing of the group behind. The agent
+//! starts itself as a small supervisor shim (`daemoneye-agent exec-collector -- BINARY
+//! ARGS...`, in a process group of its own) that asks for SIGTERM when the agent dies
+//! (`prctl(PR_SET_PDEATHSIG)`, set on itself: no `unsafe`), then starts the collector as the
+//! leader of a new group through a second step (`exec-collector --exec`) that asks for
+//! SIGKILL when the shim dies and `exec`s the collector, keeping its pid. The shim reports
+//! the collector's pid and, later, how it exited on a pipe (its stdin) and otherwise waits.
+//! When the agent dies (SIGTERM, or its parent changes) the shim sends SIGKILL and SIGCONT
+//! to the collector's whole group, so forked and stopped members die too, then exits. A
+//! stopped process cannot act and a SIGKILLed one cannot clean up: that is why the part
+//! that cleans up lives outside the collector's group and gets a catchable signal. Signals
+//! (pause, resume, stop) go to the collector's group; the shim is not in it. Exits are
+//! reaped by tokio (no zombies) and reported to the supervisor. Decisions (restart,
+//! backoff, SIGKILL after the stop timeout) are all the supervisor's.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,7 +22,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use daemoneye_core::Instant;
-use daemoneye_core::registry::{CollectorHealth, Registry, RegistryEvent, SourceCaps};
+use daemoneye_core::registry::{
+    self, CollectorHealth, Expected, Peer, Registry, RegistryEvent, SourceCaps,
+};
 use daemoneye_core::supervisor::{
     Action, LifecycleError, RestartPolicy, Signal, State, Supervisor,
 };
@@ -76,6 +85,15 @@ pub fn resolve_binary(name: &str) -> Result<PathBuf, String> {
     ))
 }
 
+/// The broker's peer credentials of the connection a control message came on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PeerCreds {
+    /// The publisher's pid, when the OS says.
+    pub pid: Option<u32>,
+    /// The publisher's uid.
+    pub uid: u32,
+}
+
 /// Requests to the process manager.
 #[derive(Debug)]
 pub enum Request {
@@ -92,6 +110,8 @@ pub enum Request {
     Register {
         /// What it said.
         request: pbc::RegisterRequest,
+        /// Who said it.
+        peer: PeerCreds,
         /// The answer to send back.
         reply: oneshot::Sender<pbc::RegisterResponse>,
     },
@@ -99,6 +119,15 @@ pub enum Request {
     Heartbeat {
         /// The collector's id.
         id: String,
+        /// Who sent it.
+        peer: PeerCreds,
+    },
+    /// A collector that stops cleanly deregistered.
+    Deregister {
+        /// The collector's id.
+        id: String,
+        /// Who sent it.
+        peer: PeerCreds,
     },
     /// Stop every collector (in parallel) within the budget, then answer.
     Shutdown {
@@ -125,6 +154,38 @@ pub trait Spawner: 'static {
     fn spawn(&mut self, spec: &CollectorSpec, socket: &Path) -> std::io::Result<(u32, ExitFuture)>;
     /// Sends `signal` to the collector with `pid` (and everything it started).
     fn signal(&mut self, pid: u32, signal: Signal) -> std::io::Result<()>;
+    /// The ancestors of `pid`, parent first (for the identity check of a registration).
+    /// Production reads `/proc`; a simulation has its own process tree.
+    fn ancestors(&self, pid: u32) -> Vec<u32> {
+        proc_ancestors(pid)
+    }
+}
+
+/// The ancestors of `pid` from `/proc/<pid>/stat`, parent first, up to init (at most 64).
+pub fn proc_ancestors(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut at = pid;
+    while out.len() < 64 {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{at}/stat")) else {
+            break;
+        };
+        let Some(ppid) = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            break;
+        };
+        if ppid == 0 {
+            break;
+        }
+        out.push(ppid);
+        if ppid == 1 {
+            break;
+        }
+        at = ppid;
+    }
+    out
 }
 
 /// Real processes: each collector in its own process group, started through the agent's
@@ -137,17 +198,43 @@ pub struct OsSpawner {
 
 impl Spawner for OsSpawner {
     fn spawn(&mut self, spec: &CollectorSpec, socket: &Path) -> std::io::Result<(u32, ExitFuture)> {
-        let mut child = spawn(&self.shim, spec, socket)?;
-        let pid = child.id().unwrap_or(0);
+        use std::io::Read;
+        use tokio::io::AsyncReadExt;
+        let (report, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let mut shim = spawn(&self.shim, spec, socket, report_w)?;
+        // The shim's first line is the collector's pid (or it exits at once: EOF). It comes
+        // after two execs of the shim; the wait is that short, and bounded by the shim.
+        let mut report = std::fs::File::from(report);
+        let mut first = Vec::new();
+        let mut byte = [0u8; 1];
+        while first.len() < 64 && report.read(&mut byte)? == 1 && byte[0] != b'\n' {
+            first.push(byte[0]);
+        }
+        let pid = String::from_utf8_lossy(&first)
+            .strip_prefix("pid ")
+            .and_then(|p| p.trim().parse::<u32>().ok());
+        let Some(pid) = pid else {
+            let _ = shim.start_kill();
+            return Err(std::io::Error::other(format!(
+                "the collector shim did not start it: {}",
+                String::from_utf8_lossy(&first)
+            )));
+        };
+        let mut report = tokio::net::unix::pipe::Receiver::from_owned_fd(report.into())?;
         let exit = Box::pin(async move {
-            let status = child.wait().await;
+            let mut text = String::new();
+            let _ = report.read_to_string(&mut text).await;
+            let status = shim.wait().await;
             // The leader is gone; what it left in its group goes too, so a crashed collector
-            // leaves no orphans behind.
+            // leaves no orphans behind (the shim did so already; this covers its own death).
             let _ = nix::sys::signal::killpg(
                 nix::unistd::Pid::from_raw(pid as i32),
                 nix::sys::signal::Signal::SIGKILL,
             );
-            exit_text(status)
+            text.lines()
+                .find_map(|l| l.strip_prefix("exit "))
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("its supervisor shim {}", exit_text(status)))
         });
         Ok((pid, exit))
     }
@@ -173,6 +260,12 @@ pub struct ProcessManager<S: Spawner = OsSpawner> {
     /// Wall-clock time of each collector's last heartbeat, for display.
     last_seen: BTreeMap<String, std::time::SystemTime>,
     socket: PathBuf,
+    /// The agent's own state directory: each collector gets one inside it.
+    state_dir: Option<PathBuf>,
+    /// Collectors started elsewhere that the config names, with their uid.
+    externals: BTreeMap<String, u32>,
+    /// Refused registrations, heartbeats and deregistrations, per claimed id.
+    refused: BTreeMap<String, u64>,
     spawner: S,
     clock: MonotonicClock,
     exits_tx: mpsc::UnboundedSender<(String, u32, String)>,
@@ -187,7 +280,8 @@ impl<S: Spawner> std::fmt::Debug for ProcessManager<S> {
     }
 }
 
-fn exit_text(status: std::io::Result<std::process::ExitStatus>) -> String {
+/// "exited with status 3", "killed by signal 9".
+pub fn exit_text(status: std::io::Result<std::process::ExitStatus>) -> String {
     use std::os::unix::process::ExitStatusExt;
     match status {
         Ok(s) => match (s.code(), s.signal()) {
@@ -239,6 +333,9 @@ impl<S: Spawner> ProcessManager<S> {
             heartbeat_interval,
             last_seen: BTreeMap::new(),
             socket,
+            state_dir: None,
+            externals: BTreeMap::new(),
+            refused: BTreeMap::new(),
             spawner,
             clock: MonotonicClock::default(),
             exits_tx,
@@ -246,8 +343,48 @@ impl<S: Spawner> ProcessManager<S> {
         }
     }
 
+    /// Gives each collector a state directory inside `dir` (the agent's own), passed in
+    /// `DAEMONEYE_COLLECTOR_STATE_DIR`.
+    pub fn with_state_dir(mut self, dir: PathBuf) -> Self {
+        self.state_dir = Some(dir);
+        self
+    }
+
+    /// Collectors started elsewhere that may register, each only under its uid.
+    pub fn with_externals(mut self, externals: impl IntoIterator<Item = (String, u32)>) -> Self {
+        self.externals = externals.into_iter().collect();
+        self
+    }
+
     fn now(&self) -> Instant {
         self.clock.now()
+    }
+
+    /// Whether `peer` may speak for collector `id` (the core's rule, on the OS's facts);
+    /// a refusal is counted and logged.
+    fn admit(&mut self, id: &str, peer: PeerCreds, what: &str) -> bool {
+        let expected = match (self.collectors.get(id), self.externals.get(id)) {
+            (Some(m), _) => Expected::Managed { pid: m.sup.pid() },
+            (None, Some(&uid)) => Expected::External { uid },
+            (None, None) => Expected::Unknown,
+        };
+        let facts = Peer {
+            pid: peer.pid,
+            uid: peer.uid,
+            ancestors: peer
+                .pid
+                .map(|p| self.spawner.ancestors(p))
+                .unwrap_or_default(),
+        };
+        match registry::admit(&expected, &facts) {
+            Ok(()) => true,
+            Err(why) => {
+                let n = self.refused.entry(id.to_string()).or_default();
+                *n += 1;
+                tracing::warn!(collector = %id, pid = ?peer.pid, uid = peer.uid, refused = *n, %why, "{what} refused");
+                false
+            }
+        }
     }
 
     /// Carries out every pending supervisor action.
@@ -256,9 +393,15 @@ impl<S: Spawner> ProcessManager<S> {
         for m in self.collectors.values_mut() {
             while let Some(action) = m.sup.poll_action() {
                 match action {
-                    Action::Spawn => match self.spawner.spawn(&m.spec, &self.socket) {
+                    Action::Spawn => match self.spawner.spawn(
+                        &collector_env(&m.spec, self.state_dir.as_deref()),
+                        &self.socket,
+                    ) {
                         Ok((pid, exit)) => {
                             tracing::info!(collector = %m.spec.name, pid, "collector started");
+                            // A new process registers anew; until then it is judged by its
+                            // process state alone.
+                            self.registry.deregister(&m.spec.name);
                             m.sup.handle_spawned(now, pid);
                             let tx = self.exits_tx.clone();
                             let name = m.spec.name.clone();
@@ -292,12 +435,22 @@ impl<S: Spawner> ProcessManager<S> {
         sups.chain(self.registry.poll_timeout()).min()
     }
 
-    fn register(&mut self, r: pbc::RegisterRequest) -> pbc::RegisterResponse {
+    fn register(&mut self, r: pbc::RegisterRequest, peer: PeerCreds) -> pbc::RegisterResponse {
         let now = self.now();
         if let Err(e) = daemoneye_proto::frame::validate_name("collector_id", &r.collector_id) {
             return pbc::RegisterResponse {
                 accepted: false,
                 message: e.to_string(),
+                heartbeat_interval_ms: 0,
+            };
+        }
+        if !self.admit(&r.collector_id, peer, "registration") {
+            return pbc::RegisterResponse {
+                accepted: false,
+                message: format!(
+                    "registration as {:?} refused: not from the process the agent runs for it, nor from a configured external collector's uid",
+                    r.collector_id
+                ),
                 heartbeat_interval_ms: 0,
             };
         }
@@ -307,7 +460,7 @@ impl<S: Spawner> ProcessManager<S> {
             &r.collector_id,
             &r.collector_type,
             SourceCaps(r.capabilities),
-            r.pid,
+            peer.pid.unwrap_or(r.pid),
         );
         self.last_seen
             .insert(r.collector_id.clone(), std::time::SystemTime::now());
@@ -335,7 +488,9 @@ impl<S: Spawner> ProcessManager<S> {
                         && m.sup.state() == State::Running
                     {
                         tracing::warn!(collector = %id, "restarting the unhealthy collector");
-                        let _ = m.sup.restart(now);
+                        // Counts toward max_restarts like a crash: one that keeps hanging
+                        // ends in Failed.
+                        let _ = m.sup.restart_unhealthy(now, "missed 3 heartbeats");
                     }
                 }
                 RegistryEvent::Recovered { id } => {
@@ -369,29 +524,54 @@ impl<S: Spawner> ProcessManager<S> {
             last_heartbeat_ms: self.last_heartbeat_ms(&m.spec.name),
             capabilities: reg.map_or(0, |r| r.capabilities.0),
             health: m.sup.last_exit().unwrap_or("").to_string(),
+            refused: self.refused.get(&m.spec.name).copied().unwrap_or(0),
         }
     }
 
-    /// Registered collectors that the agent does not supervise (started elsewhere).
+    /// The collectors the config names as started elsewhere: "external" while registered,
+    /// "absent" when not.
     fn external(&self) -> Vec<pbc::CollectorStatus> {
-        self.registry
-            .collectors()
-            .filter(|(id, _)| !self.collectors.contains_key(*id))
-            .map(|(id, r)| pbc::CollectorStatus {
-                name: id.clone(),
-                state: if r.health == CollectorHealth::Unhealthy {
-                    "unhealthy"
-                } else {
-                    "external"
+        self.externals
+            .keys()
+            .map(|id| {
+                let r = self.registry.get(id);
+                pbc::CollectorStatus {
+                    name: id.clone(),
+                    state: match r {
+                        None => "absent",
+                        Some(r) if r.health == CollectorHealth::Unhealthy => "unhealthy",
+                        Some(_) => "external",
+                    }
+                    .to_string(),
+                    pid: r.map_or(0, |r| r.pid),
+                    restarts: 0,
+                    last_heartbeat_ms: self.last_heartbeat_ms(id),
+                    capabilities: r.map_or(0, |r| r.capabilities.0),
+                    health: String::new(),
+                    refused: self.refused.get(id).copied().unwrap_or(0),
                 }
-                .to_string(),
-                pid: r.pid,
-                restarts: 0,
-                last_heartbeat_ms: self.last_heartbeat_ms(id),
-                capabilities: r.capabilities.0,
-                health: String::new(),
             })
             .collect()
+    }
+
+    /// Refusals under ids the config does not name, for the health report.
+    fn unknown_refusals(&self) -> String {
+        let unknown: Vec<String> = self
+            .refused
+            .iter()
+            .filter(|(id, _)| {
+                !self.collectors.contains_key(*id) && !self.externals.contains_key(*id)
+            })
+            .map(|(id, n)| format!("{id} ({n})"))
+            .collect();
+        if unknown.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "refused registrations or heartbeats for collectors the config does not name: {}",
+                unknown.join(", ")
+            )
+        }
     }
 
     fn lifecycle(&mut self, op: pbc::LifecycleOp, name: &str) -> pbc::LifecycleResponse {
@@ -401,7 +581,7 @@ impl<S: Spawner> ProcessManager<S> {
             collectors.extend(self.external());
             return pbc::LifecycleResponse {
                 error: 0,
-                message: String::new(),
+                message: self.unknown_refusals(),
                 collectors,
             };
         }
@@ -521,13 +701,23 @@ impl<S: Spawner> ProcessManager<S> {
                     Some(Request::Lifecycle { op, name, reply }) => {
                         let _ = reply.send(self.lifecycle(op, &name));
                     }
-                    Some(Request::Register { request, reply }) => {
-                        let _ = reply.send(self.register(request));
+                    Some(Request::Register { request, peer, reply }) => {
+                        let _ = reply.send(self.register(request, peer));
                     }
-                    Some(Request::Heartbeat { id }) => {
+                    Some(Request::Heartbeat { id, peer }) => {
                         let now = self.now();
-                        if self.registry.heartbeat(now, &id) {
+                        if self.registry.get(&id).is_some()
+                            && self.admit(&id, peer, "heartbeat")
+                            && self.registry.heartbeat(now, &id)
+                        {
                             self.last_seen.insert(id, std::time::SystemTime::now());
+                        }
+                    }
+                    Some(Request::Deregister { id, peer }) => {
+                        if self.registry.get(&id).is_some() && self.admit(&id, peer, "deregistration") {
+                            tracing::info!(collector = %id, "collector deregistered");
+                            self.registry.deregister(&id);
+                            self.last_seen.remove(&id);
                         }
                     }
                     Some(Request::Shutdown { budget, reply }) => {
@@ -558,10 +748,29 @@ impl<S: Spawner> ProcessManager<S> {
     }
 }
 
+/// The spec a collector is started with: its own, plus its id and state directory.
+fn collector_env(spec: &CollectorSpec, agent_state: Option<&Path>) -> CollectorSpec {
+    let mut spec = spec.clone();
+    spec.env
+        .insert(crate::paths::COLLECTOR_ID_ENV.into(), spec.name.clone());
+    if let Some(root) = agent_state {
+        let dir = crate::paths::collector_state_dir(root, &spec.name);
+        if let Err(e) = crate::paths::create_private_dir(&dir) {
+            tracing::warn!(collector = %spec.name, error = %e, "no state directory");
+        }
+        spec.env.insert(
+            crate::paths::COLLECTOR_STATE_DIR_ENV.into(),
+            dir.display().to_string(),
+        );
+    }
+    spec
+}
+
 fn spawn(
     shim: &Path,
     spec: &CollectorSpec,
     socket: &Path,
+    report: std::os::fd::OwnedFd,
 ) -> std::io::Result<tokio::process::Child> {
     let mut cmd = tokio::process::Command::new(shim);
     cmd.arg("exec-collector")
@@ -578,14 +787,122 @@ fn spawn(
     if let Some(dir) = &spec.working_dir {
         cmd.current_dir(dir);
     }
+    // The shim's stdin is the write end of its report pipe; it leads a group of its own,
+    // outside the collector's (which it creates).
     cmd.process_group(0)
-        .stdin(Stdio::null())
+        .stdin(Stdio::from(report))
         .kill_on_drop(false);
     cmd.spawn()
 }
 
-/// The `exec-collector` shim, run in the child: ask for SIGKILL when the agent dies, then
-/// become the collector. Returns only on failure.
+/// The `exec-collector` supervisor shim, run by the agent: starts the collector in a new
+/// process group (through `exec-collector --exec`), reports its pid and its exit on stdin
+/// (a pipe from the agent), and when the agent dies kills the collector's whole group.
+/// Returns the shim's exit code.
+pub fn collector_shim(binary: &Path, args: &[String]) -> u8 {
+    use std::io::Write;
+    use std::os::fd::AsFd;
+    let report = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(std::fs::File::from);
+    let Ok(mut report) = report else {
+        eprintln!("daemoneye-agent exec-collector: no report pipe on stdin");
+        return 127;
+    };
+    let parent = nix::unistd::getppid();
+    #[cfg(target_os = "linux")]
+    {
+        // Catchable, so the shim can take the collector's group with it.
+        if let Err(e) = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM) {
+            let _ = writeln!(report, "error cannot set the parent-death signal: {e}");
+            return 127;
+        }
+    }
+    // The agent may have died before the signal was set: then nobody would ever send it.
+    if nix::unistd::getppid() != parent {
+        return 127;
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = writeln!(report, "error {e}");
+            return 127;
+        }
+    };
+    runtime.block_on(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(e) => {
+                    let _ = writeln!(report, "error {e}");
+                    return 127;
+                }
+            };
+        let me = match std::env::current_exe() {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = writeln!(report, "error {e}");
+                return 127;
+            }
+        };
+        let mut cmd = tokio::process::Command::new(me);
+        cmd.arg("exec-collector")
+            .arg("--exec")
+            .arg("--")
+            .arg(binary)
+            .args(args)
+            .process_group(0)
+            .stdin(Stdio::null())
+            .kill_on_drop(false);
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = writeln!(report, "error {e}");
+                return 127;
+            }
+        };
+        let pid = child.id().unwrap_or(0);
+        let group = nix::unistd::Pid::from_raw(pid as i32);
+        if writeln!(report, "pid {pid}").is_err() {
+            // The agent is gone already.
+            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+            let _ = child.wait().await;
+            return 0;
+        }
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                status = child.wait() => {
+                    // What the collector left in its group goes with it.
+                    let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+                    let _ = writeln!(report, "exit {}", exit_text(status));
+                    return 0;
+                }
+                _ = term.recv() => break,
+                // Belt and braces: the parent-death signal is Linux's; a new parent means
+                // the agent died.
+                _ = tick.tick() => {
+                    if nix::unistd::getppid() != parent {
+                        break;
+                    }
+                }
+            }
+        }
+        // The agent died: the collector's whole group goes, stopped members too.
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGCONT);
+        let _ = child.wait().await;
+        0
+    })
+}
+
+/// The second step of the shim (`exec-collector --exec`), run as the new group's leader:
+/// ask for SIGKILL when the supervisor shim dies, then become the collector. Returns only
+/// on failure.
 pub fn exec_collector(binary: &Path, args: &[String]) -> std::io::Error {
     use std::os::unix::process::CommandExt;
     #[cfg(target_os = "linux")]

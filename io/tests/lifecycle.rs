@@ -227,6 +227,40 @@ fn a_killed_agent_leaves_no_collector_behind() {
 }
 
 #[test]
+fn a_killed_agent_leaves_nothing_of_a_forking_or_a_paused_collector_behind() {
+    let config = [
+        collector("forks", "sleep 1000 & sleep 1000 & wait", ""),
+        collector("paused", "sleep 1000 & wait", ""),
+    ]
+    .concat();
+    let mut agent = Agent::start(&bins(), Some(&config));
+    let forks = running_pid(&agent, "forks");
+    let paused = running_pid(&agent, "paused");
+    eventually("the children", || {
+        group_members(forks).len() >= 3 && group_members(paused).len() >= 2
+    });
+    let (status, _, err) = agent.run_cli(&["collectors", "pause", "paused"]);
+    assert!(status.success(), "{err}");
+    eventually("the paused group to stop", || {
+        group_members(paused)
+            .iter()
+            .all(|&p| proc_state(p) == Some('T'))
+    });
+    let members: Vec<u64> = group_members(forks)
+        .into_iter()
+        .chain(group_members(paused))
+        .collect();
+    agent.child.kill().expect("kill -9 the agent");
+    let _ = agent.child.wait();
+    for pid in members {
+        // Orphans are reaped by init (or the nearest subreaper) once they die.
+        eventually(&format!("process {pid} to be gone"), || {
+            !alive(pid) || proc_state(pid) == Some('Z')
+        });
+    }
+}
+
+#[test]
 fn lifecycle_commands_that_do_not_apply_are_clear_errors() {
     let agent = Agent::start(&bins(), Some(&collector("sleeper", "exec sleep 1000", "")));
     running_pid(&agent, "sleeper");
@@ -334,6 +368,53 @@ fn a_collector_that_stops_heartbeating_is_restarted() {
 }
 
 #[test]
+fn a_collector_that_keeps_hanging_ends_failed() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let config = procmond_config(&state).replace(
+        "backoff_initial_ms = 50\n",
+        "backoff_initial_ms = 50\nmax_restarts = 1\n",
+    );
+    let agent = Agent::start(&bins(), Some(&config));
+    // Each run registers, then freezes behind the agent's back; the second hang exceeds
+    // max_restarts = 1.
+    let mut frozen = Vec::new();
+    let deadline = Instant::now() + 3 * T;
+    while field(&agent, "procmond", "state") != "failed" {
+        assert!(
+            Instant::now() < deadline,
+            "still not failed after {frozen:?}"
+        );
+        let state = field(&agent, "procmond", "state");
+        let pid = field(&agent, "procmond", "pid").as_u64().unwrap_or(0);
+        if state == "running"
+            && pid != 0
+            && !frozen.contains(&pid)
+            && field(&agent, "procmond", "capabilities") == 65
+        {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGSTOP,
+            )
+            .expect("stop");
+            frozen.push(pid);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(frozen.len(), 2, "one restart, then failed: {frozen:?}");
+    assert_eq!(field(&agent, "procmond", "restarts"), 1);
+    assert!(
+        field(&agent, "procmond", "last_exit")
+            .as_str()
+            .is_some_and(|s| s.contains("missed 3 heartbeats")),
+        "{}",
+        field(&agent, "procmond", "last_exit")
+    );
+    for pid in frozen {
+        eventually(&format!("frozen process {pid} to be gone"), || !alive(pid));
+    }
+}
+
+#[test]
 fn a_paused_collector_is_exempt_from_heartbeat_checks() {
     let state = tempfile::tempdir().expect("tempdir");
     let agent = Agent::start(&bins(), Some(&procmond_config(&state)));
@@ -369,4 +450,162 @@ fn procmond_without_a_broker_says_what_is_missing() {
         .expect("procmond");
     assert!(!out.status.success(), "interval below 5 s is refused");
     assert!(String::from_utf8_lossy(&out.stderr).contains("5..=3600"));
+}
+
+/// Every `procmond.wal` below `dir`.
+fn wal_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(wal_files(&p));
+        } else if p.file_name().is_some_and(|n| n == "procmond.wal") {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// procmond supervised as `name`, with no WAL path of its own: the agent's state directory
+/// decides where its WAL lives.
+fn procmond_named(name: &str, state_root: &std::path::Path) -> String {
+    format!(
+        "[agent]\nstate_dir = {:?}\n[broker]\nheartbeat_interval_ms = 200\n[[collectors]]\nname = {name:?}\nbinary = {:?}\nargs = [\"--interval\", \"5\"]\nstop_timeout_ms = 300\nbackoff_initial_ms = 50\n",
+        state_root.display().to_string(),
+        env!("CARGO_BIN_EXE_procmond"),
+    )
+}
+
+/// procmond started by the test, not by the agent, claiming to be `id`.
+fn outside_procmond(agent: &Agent, id: &str) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_procmond"))
+        .args([
+            "--interval",
+            "5",
+            "--log-level",
+            "warn",
+            "--no-wal",
+            "--broker",
+        ])
+        .arg(&agent.socket)
+        .env("DAEMONEYE_COLLECTOR_ID", id)
+        .env_remove("DAEMONEYE_COLLECTOR_STATE_DIR")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("procmond")
+}
+
+fn health_reasons(agent: &Agent) -> String {
+    let (status, out, err) = agent.run_cli(&["health", "--json"]);
+    assert!(status.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    v["reasons"].to_string()
+}
+
+#[test]
+fn a_collector_registers_under_its_configured_name_and_keeps_its_wal_in_its_own_directory() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let agent = Agent::start(&bins(), Some(&procmond_named("procmond-1", root.path())));
+    running_pid(&agent, "procmond-1");
+    eventually("procmond-1 registers", || {
+        field(&agent, "procmond-1", "capabilities") == 65
+    });
+    let names: Vec<serde_json::Value> = list(&agent)
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|c| c["name"].clone())
+        .collect();
+    assert_eq!(names, ["procmond-1"], "no phantom entry");
+    eventually("its WAL", || wal_files(root.path()).len() == 1);
+    let wal = &wal_files(root.path())[0];
+    assert!(
+        wal.ends_with("collectors/procmond-1/procmond.wal"),
+        "{}",
+        wal.display()
+    );
+}
+
+#[test]
+fn two_agents_on_different_sockets_never_share_state() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let config = procmond_named("procmond", root.path());
+    let a = Agent::start(&bins(), Some(&config));
+    let b = Agent::start(&bins(), Some(&config));
+    for agent in [&a, &b] {
+        running_pid(agent, "procmond");
+        eventually("procmond registers with its own agent", || {
+            field(agent, "procmond", "capabilities") == 65
+                && field(agent, "procmond", "restarts") == 0
+        });
+    }
+    eventually("two WALs", || wal_files(root.path()).len() == 2);
+    let wals = wal_files(root.path());
+    assert_ne!(
+        wals[0].parent().and_then(|p| p.parent()),
+        wals[1].parent().and_then(|p| p.parent()),
+        "{wals:?}"
+    );
+}
+
+#[test]
+fn a_registration_not_from_the_spawned_process_is_refused_and_counted() {
+    let config = collector("imp", "exec sleep 1000", "");
+    let agent = Agent::start(&bins(), Some(&config));
+    running_pid(&agent, "imp");
+    // Claims a managed collector's id, and an id the config does not name.
+    let mut impostor = outside_procmond(&agent, "imp");
+    let mut ghost = outside_procmond(&agent, "ghost");
+    eventually("the refusals to be reported", || {
+        let reasons = health_reasons(&agent);
+        reasons.contains("collector imp: ") && reasons.contains("ghost (")
+    });
+    assert_eq!(field(&agent, "imp", "capabilities"), 0, "not registered");
+    assert!(
+        !list(&agent)
+            .as_array()
+            .expect("array")
+            .iter()
+            .any(|c| c["name"] == "ghost"),
+        "no phantom entry"
+    );
+    for p in [&mut impostor, &mut ghost] {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+}
+
+#[test]
+fn an_external_collector_is_accepted_only_under_its_uid_and_deregisters_when_it_stops() {
+    let uid = nix::unistd::geteuid().as_raw();
+    let config = format!(
+        "[[collectors]]\nname = \"ext\"\nexternal = true\nuid = {uid}\n[[collectors]]\nname = \"other\"\nexternal = true\nuid = {}\n",
+        uid + 4242
+    );
+    let agent = Agent::start(&bins(), Some(&config));
+    assert_eq!(field(&agent, "ext", "state"), "absent");
+    let mut ext = outside_procmond(&agent, "ext");
+    let mut other = outside_procmond(&agent, "other");
+    eventually("ext registers", || {
+        field(&agent, "ext", "state") == "external"
+    });
+    eventually("other's refusal", || {
+        health_reasons(&agent).contains("collector other: ")
+    });
+    assert_eq!(field(&agent, "other", "state"), "absent");
+    // A clean stop deregisters: gone at once, not after three 10 s heartbeats.
+    daemoneye_tests::signal(&ext, nix::sys::signal::Signal::SIGTERM);
+    let started = Instant::now();
+    assert!(wait_exit(&mut ext, T).is_some_and(|s| s.success()));
+    eventually("ext to be dropped", || {
+        field(&agent, "ext", "state") == "absent"
+    });
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let _ = other.kill();
+    let _ = other.wait();
 }

@@ -236,10 +236,17 @@ fn logged_events_and_control_traffic_never_share_a_publisher_id() {
     let wal = agent.dir.path().join("procmond.wal");
     let mut all = agent.subscriber(&["#", "--json"]);
     let mut p = procmond(&agent, &wal);
-    // The registration request and the first scan's events.
-    let lines = all.stdout.wait_count(10, T).to_vec();
+    // The registration request and the first scan's events travel on different
+    // connections, in no fixed order: wait for each of them.
+    all.stdout
+        .wait_for(r#""topic":"control.collector.registration""#, T)
+        .expect("procmond registers");
+    all.stdout
+        .wait_for(r#""topic":"events.process."#, T)
+        .expect("procmond publishes its first scan");
     signal(&p, Signal::SIGTERM);
     assert!(wait_exit(&mut p, T).is_some());
+    let lines = all.stdout.seen.clone();
     let parsed: Vec<serde_json::Value> = lines
         .iter()
         .map(|l| serde_json::from_str(l).expect("json"))

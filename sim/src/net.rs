@@ -109,13 +109,16 @@ impl Listener for TurmoilListener {
     type Write = turmoil::net::tcp::OwnedWriteHalf;
 
     async fn accept(&mut self) -> io::Result<(Self::Read, Self::Write, PeerCreds)> {
-        let (stream, _) = self.0.accept().await?;
+        let (stream, from) = self.0.accept().await?;
         let (r, w) = stream.into_split();
-        // The simulated network has no peer credentials: every host is the owner.
+        // The simulated network has no peer credentials: every host is the owner, and a
+        // collector host has the pid the simulated spawner gave its current process.
+        let pid = turmoil::reverse_lookup(from.ip())
+            .and_then(|host| HOST_PIDS.with(|p| p.borrow().get(&host).copied()));
         let peer = PeerCreds {
             uid: UID,
             gid: UID,
-            pid: None,
+            pid,
         };
         Ok((r, w, peer))
     }
@@ -428,6 +431,12 @@ struct SpawnCtl {
     exited: BTreeSet<u32>,
     /// Pids that were sent SIGTERM: a stop or restart is under way.
     terminating: BTreeSet<u32>,
+    /// Collectors the operator has just sent a stop or restart to: the next SIGTERM for
+    /// one of them is the operator's (any other is the agent's health-driven restart).
+    operator_pending: BTreeSet<String>,
+    /// Pids whose SIGTERM came from an operator's command: their restart starts the count
+    /// afresh. A health-driven restart counts toward the policy like a crash.
+    operator_terms: BTreeSet<u32>,
     /// Collectors frozen by SIGSTOP (their link is held until SIGCONT or their exit).
     frozen: BTreeSet<String>,
 }
@@ -436,6 +445,12 @@ struct SpawnCtl {
 type Process = (u32, Rc<Notify>, Option<oneshot::Sender<String>>);
 
 type Ctl = Rc<RefCell<SpawnCtl>>;
+
+thread_local! {
+    /// The pid of each collector host's current process, as the broker's peer credentials
+    /// report it (the agent accepts a collector's registration only from that pid).
+    static HOST_PIDS: RefCell<BTreeMap<String, u32>> = const { RefCell::new(BTreeMap::new()) };
+}
 
 /// Starts collectors as turmoil hosts: the driver registers (or bounces) the host.
 struct SimSpawner(Ctl);
@@ -453,6 +468,7 @@ impl Spawner for SimSpawner {
         ctl.running
             .insert(spec.name.clone(), (pid, Rc::new(Notify::new()), Some(tx)));
         ctl.spawns.push_back((spec.name.clone(), pid));
+        HOST_PIDS.with(|p| p.borrow_mut().insert(spec.name.clone(), pid));
         let exit = async move { rx.await.unwrap_or_else(|_| "agent gone".to_string()) };
         Ok((pid, Box::pin(exit)))
     }
@@ -468,9 +484,17 @@ impl Spawner for SimSpawner {
         if signal == Signal::Term {
             // A stop or restart is under way from this moment, whenever the signal lands.
             ctl.terminating.insert(pid);
+            if ctl.operator_pending.remove(&name) {
+                ctl.operator_terms.insert(pid);
+            }
         }
         ctl.signals.push_back((name, pid, signal));
         Ok(())
+    }
+
+    fn ancestors(&self, _pid: u32) -> Vec<u32> {
+        // Simulated processes start nothing of their own.
+        Vec::new()
     }
 }
 
@@ -549,7 +573,7 @@ async fn lifecycle(
 /// An operator at the CLI: now and then restarts, pauses or resumes a collector while
 /// faults run (and resumes whatever is paused once they stop), and asks for the status
 /// every half second, keeping the last answer.
-async fn probe(model: Shared) -> turmoil::Result {
+async fn probe(model: Shared, ctl: Ctl) -> turmoil::Result {
     let client = connect(&model, "probe", "probe").await;
     let mut rng = SeededRng::new(model.borrow().seed ^ 0x6f70);
     loop {
@@ -568,8 +592,16 @@ async fn probe(model: Shared) -> turmoil::Result {
                 let mut m = model.borrow_mut();
                 m.restarts.remove(name);
                 m.crashed_at.remove(name);
+                if op == pbc::LifecycleOp::Restart {
+                    ctl.borrow_mut().operator_pending.insert(name.to_string());
+                }
             }
             let answer = lifecycle(&client, op, name).await;
+            // Refused: no SIGTERM comes of this command. Unanswered, it may still be carried
+            // out (a QoS1 resend after a broker crash), so the mark stays for its SIGTERM.
+            if answer.as_ref().is_some_and(|a| a.error != 0) {
+                ctl.borrow_mut().operator_pending.remove(name);
+            }
             model.borrow_mut().log(format!(
                 "operator {op:?} {name}: {}",
                 answer.map_or("no answer".to_string(), |a| format!("error {}", a.error))
@@ -666,9 +698,10 @@ fn drive_processes(
         m.log(format!("spawn {name} pid {pid}"));
         let policy = collector_policy();
         let crash = m.crashed_at.remove(&name);
-        // The agent may ask for a restart (missed heartbeats) before it learns of the crash:
-        // then the crash ends a requested stop, and the count starts afresh.
-        let requested = crash.is_some_and(|(_, pid)| ctl.borrow().terminating.contains(&pid));
+        // An operator's restart may come before the agent learns of the crash: then the
+        // crash ends that stop, and the count starts afresh. A health-driven restart (missed
+        // heartbeats) counts like a crash.
+        let requested = crash.is_some_and(|(_, pid)| ctl.borrow().operator_terms.contains(&pid));
         if requested {
             m.restarts.remove(&name);
         }
@@ -714,9 +747,20 @@ fn drive_processes(
         match signal {
             Signal::Term => {
                 ctl.borrow_mut().terminating.insert(pid);
-                // A stop or restart the agent asks for starts the count afresh (the
-                // supervisor's rule for a requested restart).
-                model.borrow_mut().restarts.remove(&name);
+                if ctl.borrow().operator_terms.contains(&pid) {
+                    // An operator's stop or restart starts the count afresh (the
+                    // supervisor's rule for a requested restart).
+                    model.borrow_mut().restarts.remove(&name);
+                } else {
+                    // The agent's health-driven restart: its respawn is a restart that
+                    // counts and waits out the backoff (measured from here, before the
+                    // exit, so the check is never stricter than the supervisor).
+                    model
+                        .borrow_mut()
+                        .crashed_at
+                        .entry(name.clone())
+                        .or_insert((step, pid));
+                }
                 term.notify_one();
             }
             Signal::Kill => {
@@ -822,6 +866,7 @@ fn heal_due(
 
 /// Runs one seed of layer 2: a fault phase, then a liveness phase without faults.
 pub fn run_net(cfg: &NetConfig) -> Result<NetOutcome, Violation> {
+    HOST_PIDS.with(|p| p.borrow_mut().clear());
     let mut rng = SeededRng::new(cfg.seed ^ 0x7475_726d_6f69_6c32);
     let model: Shared = Rc::new(RefCell::new(Model {
         seed: cfg.seed,
@@ -884,7 +929,8 @@ pub fn run_net(cfg: &NetConfig) -> Result<NetOutcome, Violation> {
     }
     {
         let m = model.clone();
-        sim.host("probe", move || probe(m.clone()));
+        let c = ctl.clone();
+        sim.host("probe", move || probe(m.clone(), c.clone()));
     }
     let crash_rate = [0.0, 0.0002, 0.001][rng.below(3) as usize];
     let link_rate = [0.0, 0.0005, 0.002][rng.below(3) as usize];

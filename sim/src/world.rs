@@ -10,13 +10,15 @@ use daemoneye_core::acl::Acl;
 use daemoneye_core::broker::{Broker, BrokerConfig, ConnId, Output, PeerCreds};
 use daemoneye_core::client::{ClientConfig, ClientEvent, ClientSession};
 use daemoneye_core::registration::{RegAction, RegState, Registration, RegistrationConfig};
-use daemoneye_core::registry::{CollectorHealth, Registry, SourceCaps};
+use daemoneye_core::registry::{self, CollectorHealth, Expected, Peer, Registry, SourceCaps};
 use daemoneye_core::rng::SeededRng;
 use daemoneye_core::supervisor::{Action as SupAction, RestartPolicy, Supervisor};
 use daemoneye_core::topic::topics;
 use daemoneye_core::topic::{TopicFilter, TopicName};
 use daemoneye_core::wal::{self, Wal, WalAction, WalConfig};
-use daemoneye_proto::frame::{GroupSpec, Overflow, Publish, QoS, QueueStrategy, Role, Subscribe};
+use daemoneye_proto::frame::{
+    Deliver, GroupSpec, Overflow, Publish, QoS, QueueStrategy, Role, Subscribe,
+};
 use daemoneye_proto::pb::control as pbc;
 use prost::Message;
 
@@ -1131,6 +1133,34 @@ impl World {
         if !self.clients[i].session.is_connected() {
             return Ok(());
         }
+        if self.chance(0.002) {
+            // An impostor: registers as another collector from its own process.
+            let victims: Vec<usize> = (0..self.clients.len())
+                .filter(|&k| k != i && self.clients[k].registration.is_some())
+                .collect();
+            if !victims.is_empty() {
+                let k = victims[self.rng.below(victims.len() as u64) as usize];
+                let r = pbc::RegisterRequest {
+                    collector_id: format!("c{k}"),
+                    collector_type: "sim".into(),
+                    capabilities: SourceCaps::PROCESS.0,
+                    pid: 100 + k as u32,
+                    version: "impostor".into(),
+                };
+                let payload = Bytes::from(r.encode_to_vec());
+                let p = Publish::new(topics::REGISTRATION, payload.clone(), QoS::AtMostOnce);
+                if let Ok(seq) = self.clients[i].session.publish(p) {
+                    self.note_publish(
+                        (self.clients[i].publisher_id.clone(), seq),
+                        payload,
+                        QoS::AtMostOnce,
+                    )?;
+                    self.log(format!(
+                        "c{i} publish #{seq} registration as c{k} (impostor)"
+                    ));
+                }
+            }
+        }
         if self.chance(self.clients[i].publish_rate) {
             let topic = TOPICS[self.rng.below(TOPICS.len() as u64) as usize];
             let qos = if self.rng.below(2) == 0 {
@@ -1285,14 +1315,23 @@ impl World {
                 let Ok(r) = pbc::RegisterRequest::decode(d.payload.clone()) else {
                     continue;
                 };
+                // The identity rule: only the collector's own process may register it.
+                if let Err(why) = self.admit(&r.collector_id, &d) {
+                    self.log(format!(
+                        "agent refuses registration of {} from pid {:?}: {why}",
+                        r.collector_id, d.publisher_pid
+                    ));
+                    continue;
+                }
                 self.agent.registry.register(
                     now,
                     &r.collector_id,
                     &r.collector_type,
                     SourceCaps(r.capabilities),
-                    r.pid,
+                    d.publisher_pid.unwrap_or(0),
                 );
                 self.log(format!("agent registers {}", r.collector_id));
+                self.check_identity(&r.collector_id)?;
                 if let Some(to) = d.reply_to.clone() {
                     let answer = pbc::RegisterResponse {
                         accepted: true,
@@ -1311,9 +1350,57 @@ impl World {
                 }
             } else if d.topic.starts_with(topics::HEARTBEAT_PREFIX)
                 && let Ok(h) = pbc::Heartbeat::decode(d.payload.clone())
+                && self.admit(&h.collector_id, &d).is_ok()
             {
                 self.agent.registry.heartbeat(now, &h.collector_id);
             }
+        }
+        Ok(())
+    }
+
+    /// The agent's facts about collector `id` (client `cK` runs as pid 100 + K) and the
+    /// core's identity rule on the broker's peer credentials of `d`.
+    fn admit(&self, id: &str, d: &Deliver) -> Result<(), registry::Refusal> {
+        let k = id
+            .strip_prefix('c')
+            .and_then(|k| k.parse::<usize>().ok())
+            .filter(|&k| {
+                self.clients
+                    .get(k)
+                    .is_some_and(|c| c.registration.is_some())
+            });
+        let expected = match k {
+            Some(k) if self.clients[k].process_down => Expected::Managed { pid: None },
+            Some(k) => Expected::Managed {
+                pid: Some(100 + k as u32),
+            },
+            None => Expected::Unknown,
+        };
+        let peer = Peer {
+            pid: d.publisher_pid,
+            uid: d.publisher_uid,
+            ancestors: Vec::new(),
+        };
+        registry::admit(&expected, &peer)
+    }
+
+    /// The identity invariant: a registered collector's entry is its own process's.
+    fn check_identity(&self, id: &str) -> Result<(), Violation> {
+        let Some(entry) = self.agent.registry.get(id) else {
+            return Ok(());
+        };
+        let own = id
+            .strip_prefix('c')
+            .and_then(|k| k.parse::<u32>().ok())
+            .map(|k| 100 + k);
+        if own != Some(entry.pid) {
+            return Err(self.violation(
+                "identity",
+                format!(
+                    "{id} registered by pid {} (its process is {own:?})",
+                    entry.pid
+                ),
+            ));
         }
         Ok(())
     }

@@ -43,10 +43,14 @@ struct Args {
 
 #[derive(Debug, clap::Subcommand)]
 enum AgentCommand {
-    /// Internal: run in a freshly spawned collector process to set its parent-death signal
-    /// and become the collector.
+    /// Internal: the supervisor shim between the agent and a collector (it kills the
+    /// collector's whole group when the agent dies); with --exec, the step that becomes the
+    /// collector.
     #[command(hide = true)]
     ExecCollector {
+        /// Become the collector (set the parent-death signal, then exec).
+        #[arg(long)]
+        exec: bool,
         /// The collector's executable.
         binary: PathBuf,
         /// Its arguments.
@@ -57,7 +61,10 @@ enum AgentCommand {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Some(AgentCommand::ExecCollector { binary, args }) = &args.command {
+    if let Some(AgentCommand::ExecCollector { exec, binary, args }) = &args.command {
+        if !*exec {
+            return ExitCode::from(daemoneye_io::process::collector_shim(binary, args));
+        }
         let err = daemoneye_io::process::exec_collector(binary, args);
         eprintln!(
             "daemoneye-agent: cannot start collector {}: {err}",
@@ -91,6 +98,11 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let socket = args.socket.clone().or_else(|| config.broker.socket.clone());
     let socket = paths::resolve_socket_path(socket.as_deref());
     let specs = config.collector_specs()?;
+    let externals = config.external_collectors();
+    // One state directory per agent instance (named after its socket), one per collector
+    // inside it: two agents on one host never share state.
+    let state_dir = paths::agent_state_dir(&config.state_root(), &socket);
+    paths::create_private_dir(&state_dir)?;
     let shim = std::env::current_exe()?;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -102,7 +114,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         // Installed before announcing the socket: a SIGTERM right after it is a shutdown.
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         eprintln!("listening on {}", socket.display());
-        tracing::info!(socket = %socket.display(), uid, "broker started");
+        tracing::info!(socket = %socket.display(), state = %state_dir.display(), uid, "broker started");
         if specs.is_empty() {
             tracing::info!(
                 "no collectors configured and no procmond binary found: starting with no collectors"
@@ -132,7 +144,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         let (manager_tx, manager_rx) = tokio::sync::mpsc::channel(64);
         let heartbeat_interval = broker_config.heartbeat_interval;
         let manager = tokio::task::spawn_local(
-            ProcessManager::new(specs, socket.clone(), shim, heartbeat_interval).run(manager_rx),
+            ProcessManager::new(specs, socket.clone(), shim, heartbeat_interval)
+                .with_state_dir(state_dir)
+                .with_externals(externals)
+                .run(manager_rx),
         );
         let control = {
             let socket = socket.clone();

@@ -1,16 +1,19 @@
 //! procmond: the process collector (first version).
 //!
 //! Actor mode (the only mode so far): connects to the broker at `--broker` or
-//! `DAEMONEYE_BROKER_SOCKET`, registers as collector `procmond` of type `process` with the
-//! PROCESS and SYSTEM_WIDE capabilities, heartbeats, and every `--interval` seconds scans
+//! `DAEMONEYE_BROKER_SOCKET`, registers as collector `--collector-id` (given by the agent in
+//! `DAEMONEYE_COLLECTOR_ID`, its `[[collectors]]` name; default `procmond`) of type `process`
+//! with the PROCESS and SYSTEM_WIDE capabilities, heartbeats, and every `--interval` seconds scans
 //! `/proc`, publishing `events.process.new` and `events.process.exit` (ProcessEvent
 //! protobuf, QoS1).
 //!
 //! Events go through a write-ahead log (`--wal`): each scan's events are appended and
 //! synced once (group commit) before they count as accepted and are published; a record
 //! leaves the log after its PubAck. A restarted procmond replays the log and re-sends what
-//! was not acknowledged, under the stable publisher id `procmond` and the original
-//! sequences, so subscribers drop what they already saw.
+//! was not acknowledged, under the stable publisher id (the collector id) and the original
+//! sequences, so subscribers drop what they already saw. The WAL and its lock live in the
+//! collector's own state directory (`DAEMONEYE_COLLECTOR_STATE_DIR`, given by the agent),
+//! so two instances never collide.
 //!
 //! Not built yet: standalone mode with a local database, executable hashing, enhanced
 //! metadata, and the config messages (UpdateConfig and friends).
@@ -34,7 +37,8 @@ use prost::Message;
 
 /// procmond: DaemonEye's process collector.
 ///
-/// Environment: DAEMONEYE_BROKER_SOCKET (the broker), DAEMONEYE_PROCMOND_INTERVAL,
+/// Environment: DAEMONEYE_BROKER_SOCKET (the broker), DAEMONEYE_COLLECTOR_ID and
+/// DAEMONEYE_COLLECTOR_STATE_DIR (set by the agent), DAEMONEYE_PROCMOND_INTERVAL,
 /// DAEMONEYE_PROCMOND_WAL, DAEMONEYE_PROCMOND_LOG_LEVEL.
 #[derive(Debug, Parser)]
 #[command(name = "procmond", version)]
@@ -42,6 +46,12 @@ struct Args {
     /// Broker socket (actor mode). Default: DAEMONEYE_BROKER_SOCKET.
     #[arg(long, env = "DAEMONEYE_BROKER_SOCKET", value_name = "PATH")]
     broker: Option<PathBuf>,
+    /// The id to register under (the agent passes the collector's `[[collectors]]` name).
+    #[arg(long, env = "DAEMONEYE_COLLECTOR_ID", default_value = "procmond")]
+    collector_id: String,
+    /// This collector's state directory (the agent passes one inside its own).
+    #[arg(long, env = "DAEMONEYE_COLLECTOR_STATE_DIR", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
     /// Seconds between scans (5 to 3600).
     #[arg(long, env = "DAEMONEYE_PROCMOND_INTERVAL", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(5..=3600))]
@@ -56,8 +66,9 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     database: Option<PathBuf>,
     /// Write-ahead log of events not yet acknowledged by the broker. Default:
-    /// procmond.wal in the state directory (/var/lib/daemoneye for root, else
-    /// $XDG_STATE_HOME/daemoneye or ~/.local/state/daemoneye).
+    /// procmond.wal in --state-dir, else in the default state directory
+    /// (/var/lib/daemoneye for root, else $XDG_STATE_HOME/daemoneye or
+    /// ~/.local/state/daemoneye).
     #[arg(
         long,
         env = "DAEMONEYE_PROCMOND_WAL",
@@ -107,21 +118,25 @@ fn main() -> ExitCode {
 
 async fn run(args: Args, socket: PathBuf) -> Result<(), Box<dyn std::error::Error>> {
     let caps = SourceCaps(SourceCaps::PROCESS.0 | SourceCaps::SYSTEM_WIDE.0);
-    let mut options = ClientOptions::new("procmond");
+    let id = args.collector_id.clone();
+    daemoneye_proto::frame::validate_name("collector id", &id)?;
+    let mut options = ClientOptions::new(id.clone());
     options.session.role = Role::Collector;
     options.session.collector = Some(CollectorIdentity {
-        id: "procmond".into(),
+        id: id.clone(),
         kind: "process".into(),
         capabilities: caps.0,
     });
     let mut wal = if args.no_wal {
         None
     } else {
-        let path = args
-            .wal
-            .clone()
-            .unwrap_or_else(|| daemoneye_io::paths::default_state_dir().join("procmond.wal"));
-        let mut config = WalConfig::new("procmond");
+        let path = args.wal.clone().unwrap_or_else(|| {
+            args.state_dir
+                .clone()
+                .unwrap_or_else(daemoneye_io::paths::default_state_dir)
+                .join("procmond.wal")
+        });
+        let mut config = WalConfig::new(id.clone());
         config.max_pending = args.max_events_in_flight as usize;
         let (wal, replayed) = WalFile::open(&path, config)?;
         if wal.pending() > 0 || replayed.tail.is_some() {
@@ -137,8 +152,8 @@ async fn run(args: Args, socket: PathBuf) -> Result<(), Box<dyn std::error::Erro
     let events = match wal {
         Some(_) => {
             let mut o = options;
-            o.session.client_name = "procmond-events".into();
-            o.session.publisher_id = Some("procmond".into());
+            o.session.client_name = format!("{id}-events");
+            o.session.publisher_id = Some(id.clone());
             Client::connect(&socket, o).await?
         }
         None => client.clone(),
@@ -148,7 +163,7 @@ async fn run(args: Args, socket: PathBuf) -> Result<(), Box<dyn std::error::Erro
         send_accepted(&events, wal, &ack_tx).await;
     }
     let identity = pbc::RegisterRequest {
-        collector_id: "procmond".into(),
+        collector_id: id.clone(),
         collector_type: "process".into(),
         capabilities: caps.0,
         pid: std::process::id(),
@@ -185,12 +200,12 @@ async fn run(args: Args, socket: PathBuf) -> Result<(), Box<dyn std::error::Erro
                 let mut batch = Vec::new();
                 for (pid, info) in &now {
                     if !known.contains_key(pid) {
-                        batch.push((topics::PROCESS_NEW, event(pbe::ProcessEventKind::New, info)));
+                        batch.push((topics::PROCESS_NEW, event(&id, pbe::ProcessEventKind::New, info)));
                     }
                 }
                 for (pid, info) in &known {
                     if !now.contains_key(pid) {
-                        batch.push((topics::PROCESS_EXIT, event(pbe::ProcessEventKind::Exit, info)));
+                        batch.push((topics::PROCESS_EXIT, event(&id, pbe::ProcessEventKind::Exit, info)));
                     }
                 }
                 known = now;
@@ -223,13 +238,13 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn event(kind: pbe::ProcessEventKind, info: &pbe::ProcessInfo) -> Bytes {
+fn event(id: &str, kind: pbe::ProcessEventKind, info: &pbe::ProcessInfo) -> Bytes {
     let event = pbe::ProcessEvent {
         kind: kind as i32,
         process: Some(info.clone()),
         changed: Vec::new(),
         observed_at_ms: now_ms(),
-        collector_id: "procmond".into(),
+        collector_id: id.to_string(),
     };
     Bytes::from(event.encode_to_vec())
 }

@@ -22,6 +22,7 @@ pub struct RegisterResponse {
     #[prost(uint64, tag = "3")]
     pub heartbeat_interval_ms: u64,
 }
+/// `control.collector.deregistration`: a collector that stops cleanly says so.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Deregister {
     #[prost(string, tag = "1")]
@@ -143,6 +144,10 @@ pub struct CollectorStatus {
     pub capabilities: u32,
     #[prost(string, tag = "7")]
     pub health: ::prost::alloc::string::String,
+    /// Registrations, heartbeats and deregistrations under this collector's id refused
+    /// because they did not come from its process (or, for an external one, its uid).
+    #[prost(uint64, tag = "8")]
+    pub refused: u64,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct LifecycleResponse {
