@@ -97,6 +97,8 @@ pub async fn serve_control_via<C: Connector>(
 ) -> Result<(), ClientError> {
     let mut options = ClientOptions::new("daemoneye-agent");
     options.session.role = Role::Agent;
+    // The agent's shutdown budget is 500 ms: its own connection never waits longer.
+    options.close_timeout = std::time::Duration::from_millis(200);
     let client = Client::connect_via(connector, options).await?;
     let mut lifecycle = client.subscribe(Subscribe::new(topics::LIFECYCLE)).await?;
     let mut health = client
@@ -154,7 +156,7 @@ pub async fn serve_control_via<C: Connector>(
             }
             hb = heartbeats.recv() => {
                 let Some(hb) = hb else { return Ok(()) };
-                if let Ok(h) = pbc::Heartbeat::decode(hb.payload) {
+                if let Ok(h) = pbc::Heartbeat::decode(hb.payload.clone()) {
                     let _ = manager.send(Request::Heartbeat { id: h.collector_id }).await;
                 }
             }
