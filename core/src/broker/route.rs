@@ -510,7 +510,11 @@ impl Broker {
         self.next_msg += 1;
         let (publisher_id, publisher_pid, publisher_uid) =
             match origin.and_then(|o| self.conns.get(&o)) {
-                Some(c) => (c.publisher_id.clone(), c.peer.pid.unwrap_or(0), c.peer.uid),
+                Some(c) => (
+                    c.publisher_id.clone(),
+                    c.peer.pid.unwrap_or(0),
+                    c.peer.uid,
+                ),
                 None => (Arc::from(BROKER_PUBLISHER), 0, 0),
             };
         let msg = Arc::new(Message {
