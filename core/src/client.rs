@@ -4,7 +4,14 @@
 //! QoS1 publisher state (each QoS1 publish is kept until its PubAck and re-sent, with its
 //! original sequence and marked `resent`, after a reconnect) and subscriber-side
 //! deduplication by (subscription, publisher id, sequence), so that the application sees
-//! each message at most once per subscription. Duplicates are acknowledged to the broker and dropped. No IO: bytes in with
+//! each message at most once per subscription. Duplicates are acknowledged to the broker and dropped.
+//!
+//! A QoS1 delivery is acknowledged only when the application says so: each one surfaced as a
+//! [`ClientEvent::Message`] awaits an [`ack`](ClientSession::ack) on the connection it came
+//! from (or, for a subscription opened with [`AckMode::OnHandOver`], the driver's
+//! [`handed_over`](ClientSession::handed_over)). One never acked is redelivered by the broker
+//! when its subscription or connection goes away. Deliveries for a subscription the client
+//! no longer has are discarded, never acked. No IO: bytes in with
 //! [`ClientSession::handle_bytes`], bytes out with [`ClientSession::poll_transmit`], events
 //! out with [`ClientSession::poll_event`].
 
@@ -127,6 +134,17 @@ pub enum ClientError {
     Unsequenced,
 }
 
+/// When a subscription's QoS1 deliveries are acknowledged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AckMode {
+    /// Only when the application calls [`ClientSession::ack`] (the default).
+    #[default]
+    Manual,
+    /// As soon as the driver hands the message to the application
+    /// ([`ClientSession::handed_over`]).
+    OnHandOver,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Disconnected,
@@ -165,6 +183,18 @@ pub struct ClientSession {
     max_frame: u32,
     out: BytesMut,
     subs: BTreeMap<u64, Subscribe>,
+    ack_modes: BTreeMap<u64, AckMode>,
+    /// QoS1 deliveries of the current connection surfaced to the application and not yet
+    /// acknowledged: delivery id to subscription.
+    awaiting: BTreeMap<u64, u64>,
+    /// Counts transports: a delivery id means something only on the connection it came from.
+    connection: u64,
+    /// Goodbye sent: nothing more is acknowledged on this connection.
+    closing: bool,
+    /// The driver stopped reading because the application is not keeping up: silence from
+    /// the broker is then ours, not a dead link.
+    receive_paused: bool,
+    discarded: u64,
     next_sub_id: u64,
     next_sequence: u64,
     pending: BTreeMap<u64, Publish>,
@@ -187,6 +217,12 @@ impl ClientSession {
             max_frame,
             out: BytesMut::new(),
             subs: BTreeMap::new(),
+            ack_modes: BTreeMap::new(),
+            awaiting: BTreeMap::new(),
+            connection: 0,
+            closing: false,
+            receive_paused: false,
+            discarded: 0,
             next_sub_id: 0,
             next_sequence: 0,
             pending: BTreeMap::new(),
@@ -232,6 +268,23 @@ impl ClientSession {
         self.duplicates
     }
 
+    /// Deliveries discarded (unacknowledged) because their subscription was already closed
+    /// or dropped on this side.
+    pub fn discarded_deliveries(&self) -> u64 {
+        self.discarded
+    }
+
+    /// The number of the current (or last) transport; a delivery id is only meaningful
+    /// together with it.
+    pub fn connection(&self) -> u64 {
+        self.connection
+    }
+
+    /// QoS1 deliveries handed out on the current connection and not yet acknowledged.
+    pub fn awaiting_ack(&self) -> usize {
+        self.awaiting.len()
+    }
+
     fn queue(&mut self, frame: ClientFrame) -> Result<(), ClientError> {
         let frame: pb::Frame = frame.into();
         daemoneye_proto::encode(&frame, self.max_frame, &mut self.out)
@@ -246,6 +299,10 @@ impl ClientSession {
         self.max_frame = self.config.max_frame;
         self.out.clear();
         self.state = State::Handshaking;
+        self.connection += 1;
+        self.awaiting.clear();
+        self.closing = false;
+        self.receive_paused = false;
         self.last_recv = now;
         self.last_ping = now;
         let hello = Hello {
@@ -267,17 +324,26 @@ impl ClientSession {
         if self.state != State::Disconnected {
             self.state = State::Disconnected;
             self.out.clear();
+            // The broker requeues whatever was not acked; those ids are void now.
+            self.awaiting.clear();
             self.events.push_back(ClientEvent::Closed {
                 reason: reason.into(),
             });
         }
     }
 
-    /// Opens a subscription; `spec.sub_id` is assigned here. Returns the id.
-    pub fn subscribe(&mut self, mut spec: Subscribe) -> u64 {
+    /// Opens a subscription whose QoS1 deliveries the application acknowledges
+    /// ([`AckMode::Manual`]); `spec.sub_id` is assigned here. Returns the id.
+    pub fn subscribe(&mut self, spec: Subscribe) -> u64 {
+        self.subscribe_with(spec, AckMode::Manual)
+    }
+
+    /// Opens a subscription with the given acknowledgement mode. Returns the id.
+    pub fn subscribe_with(&mut self, mut spec: Subscribe, ack: AckMode) -> u64 {
         self.next_sub_id += 1;
         spec.sub_id = self.next_sub_id;
         self.subs.insert(spec.sub_id, spec.clone());
+        self.ack_modes.insert(spec.sub_id, ack);
         if self.is_connected() {
             let _ = self.queue(ClientFrame::Subscribe(spec));
         }
@@ -286,14 +352,44 @@ impl ClientSession {
 
     /// Closes a subscription.
     pub fn unsubscribe(&mut self, sub_id: u64) -> Result<(), ClientError> {
-        if self.subs.remove(&sub_id).is_none() {
+        if self.forget(sub_id).is_none() {
             return Err(ClientError::UnknownSubscription(sub_id));
         }
-        self.dedup.retain(|(s, _), _| *s != sub_id);
-        if self.is_connected() {
+        if self.is_connected() && !self.closing {
             self.queue(ClientFrame::Unsubscribe { sub_id })?;
         }
         Ok(())
+    }
+
+    /// The application let go of a subscription (dropped its handle). A plain or group
+    /// subscription is closed at the broker, which redelivers what was not acked (to another
+    /// member of a group). A durable one is only forgotten here: an Unsubscribe would delete
+    /// it, and the application dropping a handle means "stop reading", not "delete my queue".
+    /// The broker keeps it attached to this connection until the connection ends (its
+    /// deliveries in the meantime are discarded unacknowledged, at most its capacity), then
+    /// keeps its queue for the next resume.
+    pub fn drop_subscription(&mut self, sub_id: u64) -> Result<(), ClientError> {
+        let durable = self
+            .subs
+            .get(&sub_id)
+            .ok_or(ClientError::UnknownSubscription(sub_id))?
+            .durable_name
+            .is_some();
+        if durable {
+            self.forget(sub_id);
+            Ok(())
+        } else {
+            self.unsubscribe(sub_id)
+        }
+    }
+
+    fn forget(&mut self, sub_id: u64) -> Option<Subscribe> {
+        let spec = self.subs.remove(&sub_id)?;
+        self.ack_modes.remove(&sub_id);
+        self.dedup.retain(|(s, _), _| *s != sub_id);
+        // Never acked: the broker redelivers them once the subscription is gone.
+        self.awaiting.retain(|_, s| *s != sub_id);
+        Some(spec)
     }
 
     /// Publishes; the sequence is assigned here and returned. A QoS1 publish is kept until
@@ -334,16 +430,61 @@ impl ClientSession {
         self.send_publish(p)
     }
 
-    /// Acknowledges a QoS1 delivery.
+    /// Acknowledges a QoS1 delivery of the current connection.
     pub fn ack(&mut self, delivery_id: u64) {
-        if self.is_connected() && delivery_id != 0 {
-            let _ = self.queue(ClientFrame::Ack { delivery_id });
+        self.ack_on(self.connection, delivery_id);
+    }
+
+    /// Acknowledges a QoS1 delivery that arrived on connection number `connection`: only
+    /// if that is still the current one, the delivery awaits its ack (not acked yet, its
+    /// subscription still open) and no Goodbye was sent. Returns whether an Ack was sent.
+    pub fn ack_on(&mut self, connection: u64, delivery_id: u64) -> bool {
+        if connection != self.connection
+            || !self.is_connected()
+            || self.closing
+            || self.awaiting.remove(&delivery_id).is_none()
+        {
+            return false;
+        }
+        self.queue(ClientFrame::Ack { delivery_id }).is_ok()
+    }
+
+    /// The driver handed a delivery to the application: acknowledges it if its subscription
+    /// acks on hand-over. Returns whether it still awaits the application's ack.
+    pub fn handed_over(&mut self, connection: u64, delivery_id: u64) -> bool {
+        if connection != self.connection {
+            return false;
+        }
+        let Some(&sub_id) = self.awaiting.get(&delivery_id) else {
+            return false;
+        };
+        if self.ack_modes.get(&sub_id) == Some(&AckMode::OnHandOver) {
+            self.ack_on(connection, delivery_id);
+            return false;
+        }
+        true
+    }
+
+    /// The driver stopped reading from the broker because the application is not taking its
+    /// messages: until [`resume_receive`](Self::resume_receive), the broker's silence does
+    /// not end the connection (we keep pinging, so the broker sees us alive).
+    pub fn pause_receive(&mut self) {
+        self.receive_paused = true;
+    }
+
+    /// The driver reads again.
+    pub fn resume_receive(&mut self, now: Instant) {
+        if self.receive_paused {
+            self.receive_paused = false;
+            self.last_recv = now;
         }
     }
 
-    /// Says Goodbye.
+    /// Says Goodbye. The broker routes what it holds of ours, answers with its own Goodbye
+    /// and closes; no more acks are sent after it.
     pub fn close(&mut self, reason: impl Into<String>) {
-        if self.is_connected() {
+        if self.is_connected() && !self.closing {
+            self.closing = true;
             let _ = self.queue(ClientFrame::Goodbye {
                 reason: reason.into(),
             });
@@ -410,6 +551,12 @@ impl ClientSession {
                 backlog: a.resumed_backlog,
             }),
             ServerFrame::Deliver(d) => {
+                // A subscription closed or dropped on this side: nobody takes the message, and
+                // it is not acked, so the broker redelivers it (or counts it).
+                if !self.subs.contains_key(&d.sub_id) {
+                    self.discarded += 1;
+                    return;
+                }
                 // Every publish has a unique (publisher, sequence), whatever its QoS: a QoS0
                 // subscription must not see a re-sent QoS1 publish twice either.
                 if d.sequence != 0 {
@@ -420,11 +567,16 @@ impl ClientSession {
                         .or_default();
                     if !window.insert(d.sequence, cap) {
                         self.duplicates += 1;
-                        if d.qos == QoS::AtLeastOnce {
-                            self.ack(d.delivery_id);
+                        if d.qos == QoS::AtLeastOnce && d.delivery_id != 0 && !self.closing {
+                            let _ = self.queue(ClientFrame::Ack {
+                                delivery_id: d.delivery_id,
+                            });
                         }
                         return;
                     }
+                }
+                if d.qos == QoS::AtLeastOnce && d.delivery_id != 0 {
+                    self.awaiting.insert(d.delivery_id, d.sub_id);
                 }
                 self.events.push_back(ClientEvent::Message(d));
             }
@@ -470,6 +622,15 @@ impl ClientSession {
     /// that no longer carries anything). The driver then sees [`is_closed`](Self::is_closed)
     /// and reconnects.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.receive_paused {
+            if self.is_connected() && self.last_ping + self.heartbeat <= now {
+                self.last_ping = now;
+                let _ = self.queue(ClientFrame::Ping {
+                    nonce: now.as_nanos(),
+                });
+            }
+            return;
+        }
         if self.is_connected() && self.last_recv + self.heartbeat * 3 <= now {
             self.handle_disconnect("no traffic from the broker for three heartbeat intervals");
             return;
@@ -487,6 +648,9 @@ impl ClientSession {
 
     /// When [`handle_timeout`](Self::handle_timeout) wants to run.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.receive_paused {
+            return self.is_connected().then(|| self.last_ping + self.heartbeat);
+        }
         self.is_connected()
             .then(|| (self.last_recv + self.heartbeat).max(self.last_ping + self.heartbeat))
     }

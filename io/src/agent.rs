@@ -116,6 +116,8 @@ pub async fn serve_control_via<C: Connector>(
 ) -> Result<(), ClientError> {
     let mut options = ClientOptions::new("daemoneye-agent");
     options.session.role = Role::Agent;
+    // The agent's shutdown budget is 500 ms: its own connection never waits longer.
+    options.close_timeout = std::time::Duration::from_millis(200);
     let client = Client::connect_via(connector, options).await?;
     let mut lifecycle = client.subscribe(Subscribe::new(topics::LIFECYCLE)).await?;
     let mut health = client

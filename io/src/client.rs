@@ -1,20 +1,41 @@
 //! The async client library: connect (with reconnect and backoff), publish at QoS0 or QoS1
-//! (awaiting the PubAck), subscribe (a stream of messages, optionally in a queue group),
-//! request/reply with a timeout. The protocol itself (handshake, resubscribe and QoS1
-//! resend after a reconnect, deduplication, acks) is the core's
-//! [`ClientSession`]; this module moves its bytes.
+//! (awaiting the PubAck), subscribe (a stream of messages, optionally in a queue group, or
+//! one stream over several subscriptions), request/reply with a timeout, and a clean close
+//! that reports what it could not confirm. The protocol itself (handshake, resubscribe and
+//! QoS1 resend after a reconnect, deduplication, which deliveries await an ack) is the
+//! core's [`ClientSession`]; this module moves its bytes.
 //!
 //! Each connection has a reader task and a writer task, so a client blocked writing (the
 //! broker paused it) still reads and acks its deliveries.
+//!
+//! **Acknowledgement.** [`Subscription::recv`] returns a [`Delivery`]; a QoS1 one is
+//! acknowledged to the broker only by [`Delivery::ack`] (or at hand-over, for a subscription
+//! opened with [`AckMode::OnHandOver`]). A delivery dropped without `ack` is *not*
+//! acknowledged: the broker redelivers it when its subscription or connection goes away (to
+//! another member, for a queue group; to the next resume, for a durable subscription).
+//!
+//! **Backpressure.** Between the connection and each [`Subscription`] there is a bounded
+//! channel ([`ClientOptions::delivery_buffer`]). When the application does not keep up, the
+//! connection stops reading from the socket, the broker's queue for the subscription fills,
+//! and under the Block overflow strategy the publishers feeding it wait. While it waits, the
+//! connection reads nothing else either (PubAcks, replies): keep every subscription of a
+//! client read.
+//!
+//! **Handles.** Dropping a [`Subscription`] closes it at the broker (a durable one is only
+//! detached, see [`ClientSession::drop_subscription`]); dropping the last [`Client`] handle
+//! (subscriptions hold one each) says Goodbye and closes the connection, like
+//! [`Client::close`] without waiting.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 
 use crate::transport::{Connector, UnixConnector};
+use std::ops::Deref;
 use std::time::Duration;
 
 use bytes::Bytes;
 use daemoneye_core::Instant;
+pub use daemoneye_core::client::AckMode;
 use daemoneye_core::client::{ClientConfig, ClientEvent, ClientSession};
 use daemoneye_proto::frame::{Deliver, ErrorFrame, Publish, QoS, Subscribe};
 use daemoneye_proto::pb::bus::{AnswerKind, ErrorCode};
@@ -24,6 +45,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::clock::{Clock, MonotonicClock};
 use crate::handoff::{Handoff, Next};
 use crate::sync::{Arc, AtomicU64, Mutex, MutexGuard, Notify, Ordering};
+use tokio::sync::mpsc::error::TrySendError;
 
 /// Why a client call failed. Each message is one line an operator can act on.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -90,6 +112,12 @@ pub struct ClientOptions {
     pub reconnect: bool,
     /// How long `connect` waits for the broker's Welcome.
     pub connect_timeout: Duration,
+    /// How long a clean close waits for the broker's answer to our Goodbye (the broker
+    /// first routes what it still holds of ours) before giving the connection up.
+    pub close_timeout: Duration,
+    /// Messages each subscription buffers between the connection and the application
+    /// (at least 1). A full buffer stops the connection reading: backpressure.
+    pub delivery_buffer: usize,
 }
 
 impl ClientOptions {
@@ -108,6 +136,8 @@ impl ClientOptions {
             session,
             reconnect: true,
             connect_timeout: Duration::from_secs(5),
+            close_timeout: Duration::from_secs(5),
+            delivery_buffer: 256,
         }
     }
 }
@@ -123,12 +153,30 @@ pub struct PubAck {
     pub no_interest: bool,
 }
 
+/// What a [`Client::close`] achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseReport {
+    /// QoS1 publishes whose PubAck never came: the broker may or may not have them.
+    pub unconfirmed: usize,
+    /// The broker did not answer the Goodbye (nor close) within the close timeout.
+    pub timed_out: bool,
+}
+
 type Reply<T> = oneshot::Sender<Result<T, ClientError>>;
+
+/// A message on its way to a subscription, with the connection it came on.
+#[derive(Debug)]
+struct Incoming {
+    connection: u64,
+    deliver: Deliver,
+}
 
 struct Inner {
     session: ClientSession,
     clock: MonotonicClock,
-    subs: BTreeMap<u64, mpsc::UnboundedSender<Deliver>>,
+    subs: BTreeMap<u64, mpsc::Sender<Incoming>>,
+    /// Messages read from the socket and not yet in their subscription's channel.
+    inbox: VecDeque<Incoming>,
     sub_waiters: BTreeMap<u64, Reply<()>>,
     puback_waiters: BTreeMap<u64, Reply<PubAck>>,
     connect_waiters: Vec<Reply<()>>,
@@ -136,6 +184,9 @@ struct Inner {
     refused: Vec<ClientError>,
     closed: Option<String>,
     shutting_down: bool,
+    close_timeout: Duration,
+    close_timed_out: bool,
+    delivery_buffer: usize,
 }
 
 impl Inner {
@@ -157,16 +208,12 @@ impl Inner {
                         let _ = w.send(Ok(()));
                     }
                 }
-                ClientEvent::Message(d) => {
-                    let delivery_id = d.delivery_id;
-                    let delivered = self
-                        .subs
-                        .get(&d.sub_id)
-                        .is_some_and(|tx| tx.send(d).is_ok());
-                    if !delivered && delivery_id != 0 {
-                        // Nobody will read it: ack so the broker does not hold it forever.
-                        self.session.ack(delivery_id);
-                    }
+                ClientEvent::Message(deliver) => {
+                    let connection = self.session.connection();
+                    self.inbox.push_back(Incoming {
+                        connection,
+                        deliver,
+                    });
                 }
                 ClientEvent::PubAck {
                     sequence,
@@ -257,18 +304,97 @@ impl Inner {
             let _ = w.send(Err(err.clone()));
         }
         self.subs.clear();
+        self.inbox.clear();
         self.closed.get_or_insert_with(|| reason.to_string());
     }
 }
 
-/// A connection to the broker. Cheap to clone; all clones share the connection.
+/// What a client's handles and its connection task share.
+struct Shared {
+    inner: Mutex<Inner>,
+    /// Callers and the connection's writer: wake-ups, room in the send buffer, the end.
+    handoff: Handoff,
+    /// Wakes the reconnect loop's backoff when the client closes.
+    stop: Notify,
+    /// Signalled (to all) when a close begins.
+    closing: Notify,
+    reply_counter: AtomicU64,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A poisoned lock means a panic elsewhere already; keep serving what we can.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Says Goodbye and lets the connection task wind down (bounded by the close
+    /// timeout). Never blocks: called from `Drop`.
+    fn begin_close(&self, reason: &str) {
+        {
+            let mut inner = self.lock();
+            if inner.shutting_down {
+                return;
+            }
+            inner.shutting_down = true;
+            inner.session.close(reason);
+        }
+        self.handoff.encoded();
+        self.stop.notify_one();
+        self.closing.notify_waiters();
+    }
+
+    /// Resolves once a close has begun.
+    async fn wait_closing(&self) {
+        loop {
+            let signal = self.closing.notified();
+            if self.lock().shutting_down {
+                return;
+            }
+            signal.await;
+        }
+    }
+
+    fn ack_on(&self, connection: u64, delivery_id: u64) {
+        let sent = self.lock().session.ack_on(connection, delivery_id);
+        if sent {
+            self.handoff.encoded();
+        }
+    }
+
+    /// Forgets subscription `id` on this side and, per the core's rule, closes or detaches
+    /// it at the broker.
+    fn drop_subscription(&self, id: u64, delete: bool) {
+        {
+            let mut inner = self.lock();
+            inner.subs.remove(&id);
+            inner.sub_waiters.remove(&id);
+            let _ = if delete {
+                inner.session.unsubscribe(id)
+            } else {
+                inner.session.drop_subscription(id)
+            };
+        }
+        self.handoff.encoded();
+    }
+}
+
+/// Closes the connection when the last [`Client`] handle goes.
+struct Handle {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.shared.begin_close("client dropped");
+    }
+}
+
+/// A connection to the broker. Cheap to clone; all clones share the connection, which
+/// closes (Goodbye) when the last clone and the last [`Subscription`] are dropped.
 #[derive(Clone)]
 pub struct Client {
-    inner: Arc<Mutex<Inner>>,
-    /// Callers and the connection's writer: wake-ups, room in the send buffer, the end.
-    handoff: Arc<Handoff>,
-    stop: Arc<Notify>,
-    reply_counter: Arc<AtomicU64>,
+    shared: Arc<Shared>,
+    _handle: Arc<Handle>,
 }
 
 /// Bytes a client may have encoded and unsent before `publish` waits for the socket.
@@ -305,30 +431,128 @@ impl PendingAck {
     }
 }
 
-/// Messages of one subscription. QoS1 messages are acknowledged as `recv` hands them over.
-#[derive(Debug)]
+/// One message from a subscription. Its fields are the [`Deliver`]'s (through `Deref`, or
+/// [`into_inner`](Self::into_inner)). A QoS1 delivery is acknowledged only by
+/// [`ack`](Self::ack) (unless the subscription acks on hand-over): dropped without it, it is
+/// not acknowledged, and the broker redelivers it once the subscription or the connection
+/// goes away.
+pub struct Delivery {
+    deliver: Deliver,
+    ack: Option<Acker>,
+}
+
+struct Acker {
+    shared: Arc<Shared>,
+    connection: u64,
+}
+
+impl Delivery {
+    /// Acknowledges the message to the broker (QoS1; a no-op for QoS0, for one already
+    /// acknowledged, and for one whose connection has since been replaced: the broker
+    /// redelivers that one).
+    pub fn ack(&mut self) {
+        if let Some(a) = self.ack.take() {
+            a.shared.ack_on(a.connection, self.deliver.delivery_id);
+        }
+    }
+
+    /// Whether the message still waits for [`ack`](Self::ack).
+    pub fn needs_ack(&self) -> bool {
+        self.ack.is_some()
+    }
+
+    /// The message itself. An unacknowledged QoS1 message stays unacknowledged.
+    pub fn into_inner(self) -> Deliver {
+        self.deliver
+    }
+}
+
+impl Deref for Delivery {
+    type Target = Deliver;
+
+    fn deref(&self) -> &Deliver {
+        &self.deliver
+    }
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("deliver", &self.deliver)
+            .field("needs_ack", &self.needs_ack())
+            .finish()
+    }
+}
+
+/// The messages of one or more subscriptions, as one stream. Dropping it closes them at
+/// the broker (a durable one is detached and keeps its queue); unacknowledged QoS1
+/// messages are then redelivered.
 pub struct Subscription {
-    /// The client's id for it.
+    /// The client's id for it (the first, for a merged subscription).
     pub id: u64,
-    rx: mpsc::UnboundedReceiver<Deliver>,
+    ids: Vec<u64>,
+    rx: mpsc::Receiver<Incoming>,
     client: Client,
 }
 
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("ids", &self.ids)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Subscription {
-    /// The next message, or `None` once the connection is gone for good.
-    pub async fn recv(&mut self) -> Option<Deliver> {
-        let d = self.rx.recv().await?;
-        if d.delivery_id != 0 {
-            self.client.ack(d.delivery_id);
+    /// The next message, or `None` once the connection is gone for good. A QoS1 message
+    /// waits for [`Delivery::ack`] unless the subscription acks on hand-over.
+    pub async fn recv(&mut self) -> Option<Delivery> {
+        let m = self.rx.recv().await?;
+        let shared = &self.client.shared;
+        let needs_ack = if m.deliver.delivery_id == 0 {
+            false
+        } else {
+            let needs = shared
+                .lock()
+                .session
+                .handed_over(m.connection, m.deliver.delivery_id);
+            shared.handoff.encoded();
+            needs
+        };
+        Some(Delivery {
+            ack: needs_ack.then(|| Acker {
+                shared: shared.clone(),
+                connection: m.connection,
+            }),
+            deliver: m.deliver,
+        })
+    }
+
+    /// The client's ids of the subscriptions this stream merges.
+    pub fn ids(&self) -> &[u64] {
+        &self.ids
+    }
+
+    /// Closes the subscriptions at the broker, durable ones included (their queues are
+    /// deleted). Dropping the handle instead only detaches a durable subscription.
+    pub fn unsubscribe(mut self) {
+        for id in std::mem::take(&mut self.ids) {
+            self.client.shared.drop_subscription(id, true);
         }
-        Some(d)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        for id in std::mem::take(&mut self.ids) {
+            self.client.shared.drop_subscription(id, false);
+        }
     }
 }
 
 impl Client {
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A poisoned lock means a panic elsewhere already; keep serving what we can.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        self.shared.lock()
     }
 
     /// Connects to the broker at `path` and completes the handshake.
@@ -353,23 +577,35 @@ impl Client {
             session: ClientSession::new(options.session.clone()),
             clock: MonotonicClock::default(),
             subs: BTreeMap::new(),
+            inbox: VecDeque::new(),
             sub_waiters: BTreeMap::new(),
             puback_waiters: BTreeMap::new(),
             connect_waiters: Vec::new(),
             refused: Vec::new(),
             closed: None,
             shutting_down: false,
+            close_timeout: options.close_timeout,
+            close_timed_out: false,
+            delivery_buffer: options.delivery_buffer.max(1),
         };
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(inner),
+            handoff: Handoff::new(),
+            stop: Notify::new(),
+            closing: Notify::new(),
+            reply_counter: AtomicU64::new(0),
+        });
+        // On failure below the handle drops, and with it the connection task.
         let client = Client {
-            inner: Arc::new(Mutex::new(inner)),
-            handoff: Arc::new(Handoff::new()),
-            stop: Arc::new(Notify::new()),
-            reply_counter: Arc::new(AtomicU64::new(0)),
+            _handle: Arc::new(Handle {
+                shared: shared.clone(),
+            }),
+            shared,
         };
         let (tx, rx) = oneshot::channel();
         client.lock().connect_waiters.push(tx);
         tokio::spawn(supervise(
-            client.clone(),
+            client.shared.clone(),
             connector,
             options.reconnect,
             Some(stream),
@@ -385,6 +621,9 @@ impl Client {
     }
 
     fn check_open(&self, inner: &Inner) -> Result<(), ClientError> {
+        if inner.shutting_down {
+            return Err(ClientError::Closed("client closing".into()));
+        }
         match &inner.closed {
             Some(reason) if !inner.session.is_connected() => {
                 Err(ClientError::Closed(reason.clone()))
@@ -415,11 +654,13 @@ impl Client {
     }
 
     async fn send_with(&self, p: Publish, sequenced: bool) -> Result<PendingAck, ClientError> {
-        self.handoff
+        self.shared
+            .handoff
             .wait_for_room(|| {
                 let inner = self.lock();
                 // A connection gone for good has no room, but check_open says so below.
                 inner.session.buffered_bytes() < SEND_BUFFER_LIMIT
+                    || inner.shutting_down
                     || (inner.closed.is_some() && !inner.session.is_connected())
             })
             .await;
@@ -441,47 +682,72 @@ impl Client {
                 (seq, None)
             }
         };
-        self.handoff.encoded();
+        self.shared.handoff.encoded();
         Ok(PendingAck { sequence, rx })
     }
 
-    /// Opens a subscription and waits until the broker has accepted it.
+    /// Opens a subscription and waits until the broker has accepted it. Its QoS1 messages
+    /// wait for [`Delivery::ack`].
     pub async fn subscribe(&self, spec: Subscribe) -> Result<Subscription, ClientError> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let (ack_tx, ack_rx) = oneshot::channel();
-        let id = {
+        self.subscribe_all([spec], AckMode::Manual).await
+    }
+
+    /// Opens a subscription with the given acknowledgement mode ([`AckMode::OnHandOver`]
+    /// acks each QoS1 message as [`Subscription::recv`] returns it).
+    pub async fn subscribe_with(
+        &self,
+        spec: Subscribe,
+        ack: AckMode,
+    ) -> Result<Subscription, ClientError> {
+        self.subscribe_all([spec], ack).await
+    }
+
+    /// Opens several subscriptions read as one stream (one bounded channel, one receive
+    /// path), and waits until the broker has accepted them all. Each message still says
+    /// which subscription it came from (`sub_id`).
+    pub async fn subscribe_all(
+        &self,
+        specs: impl IntoIterator<Item = Subscribe>,
+        ack: AckMode,
+    ) -> Result<Subscription, ClientError> {
+        let buffer = self.lock().delivery_buffer;
+        let (tx, rx) = mpsc::channel(buffer);
+        let mut waiters = Vec::new();
+        let mut sub = Subscription {
+            id: 0,
+            ids: Vec::new(),
+            rx,
+            client: self.clone(),
+        };
+        {
             let mut inner = self.lock();
             self.check_open(&inner)?;
-            let id = inner.session.subscribe(spec);
-            inner.subs.insert(id, tx);
-            inner.sub_waiters.insert(id, ack_tx);
-            id
-        };
-        self.handoff.encoded();
-        match ack_rx.await {
-            Ok(Ok(())) => Ok(Subscription {
-                id,
-                rx,
-                client: self.clone(),
-            }),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(ClientError::Closed("client stopped".into())),
+            for spec in specs {
+                let id = inner.session.subscribe_with(spec, ack);
+                inner.subs.insert(id, tx.clone());
+                let (ack_tx, ack_rx) = oneshot::channel();
+                inner.sub_waiters.insert(id, ack_tx);
+                sub.ids.push(id);
+                waiters.push(ack_rx);
+            }
         }
+        sub.id = sub.ids.first().copied().unwrap_or(0);
+        self.shared.handoff.encoded();
+        for w in waiters {
+            // On an error, dropping `sub` closes the ones already accepted.
+            match w.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(ClientError::Closed("client stopped".into())),
+            }
+        }
+        Ok(sub)
     }
 
-    /// Closes a subscription.
+    /// Closes a subscription by id (durable ones included, deleting their queues). Its
+    /// handle then ends once the messages already buffered are read.
     pub fn unsubscribe(&self, id: u64) {
-        let mut inner = self.lock();
-        inner.subs.remove(&id);
-        let _ = inner.session.unsubscribe(id);
-        drop(inner);
-        self.handoff.encoded();
-    }
-
-    /// Acknowledges a QoS1 delivery.
-    pub fn ack(&self, delivery_id: u64) {
-        self.lock().session.ack(delivery_id);
-        self.handoff.encoded();
+        self.shared.drop_subscription(id, true);
     }
 
     /// Sends `p` with a fresh reply topic and waits for the first reply.
@@ -492,38 +758,36 @@ impl Client {
     pub async fn request(&self, mut p: Publish, timeout: Duration) -> Result<Deliver, ClientError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let session = self.lock().session.session_id().unwrap_or(0);
-        let n = self.reply_counter.fetch_add(1, Ordering::Relaxed);
+        let n = self.shared.reply_counter.fetch_add(1, Ordering::Relaxed);
         let reply_to = format!("_reply.s{session}.r{n}");
-        let mut sub = self.subscribe(plain_subscribe(&reply_to)).await?;
+        // Dropped at the end, which unsubscribes.
+        let mut sub = self
+            .subscribe_with(plain_subscribe(&reply_to), AckMode::OnHandOver)
+            .await?;
         p.reply_to = Some(reply_to);
-        let result = async {
-            loop {
-                let ack = tokio::time::timeout_at(deadline, self.publish(p.clone()))
-                    .await
-                    .map_err(|_| ClientError::Timeout(timeout))??;
-                if !ack.is_some_and(|a| a.no_interest) {
-                    break;
-                }
-                let retry = tokio::time::Instant::now() + Duration::from_millis(50);
-                if retry >= deadline {
-                    return Err(ClientError::NoResponders {
-                        topic: p.topic.clone(),
-                        waited: timeout,
-                    });
-                }
-                tokio::time::sleep_until(retry).await;
+        loop {
+            let ack = tokio::time::timeout_at(deadline, self.publish(p.clone()))
+                .await
+                .map_err(|_| ClientError::Timeout(timeout))??;
+            if !ack.is_some_and(|a| a.no_interest) {
+                break;
             }
-            match tokio::time::timeout_at(deadline, sub.recv()).await {
-                Ok(Some(d)) => Ok(d),
-                Ok(None) => Err(ClientError::Closed(
-                    "connection closed while waiting for the reply".into(),
-                )),
-                Err(_) => Err(ClientError::Timeout(timeout)),
+            let retry = tokio::time::Instant::now() + Duration::from_millis(50);
+            if retry >= deadline {
+                return Err(ClientError::NoResponders {
+                    topic: p.topic.clone(),
+                    waited: timeout,
+                });
             }
+            tokio::time::sleep_until(retry).await;
         }
-        .await;
-        self.unsubscribe(sub.id);
-        result
+        match tokio::time::timeout_at(deadline, sub.recv()).await {
+            Ok(Some(d)) => Ok(d.into_inner()),
+            Ok(None) => Err(ClientError::Closed(
+                "connection closed while waiting for the reply".into(),
+            )),
+            Err(_) => Err(ClientError::Timeout(timeout)),
+        }
     }
 
     /// Takes the refusals of QoS0 publishes received so far (a QoS1 publish gets its own
@@ -542,18 +806,33 @@ impl Client {
         self.lock().session.pending_publishes()
     }
 
-    /// Says Goodbye, flushes and stops.
-    pub async fn close(self) {
-        {
-            let mut inner = self.lock();
-            inner.shutting_down = true;
-            inner.session.close("client closing");
+    /// Says Goodbye and waits, at most [`ClientOptions::close_timeout`], for the broker to
+    /// answer it (it first routes every publish it still holds of ours) or close; then
+    /// reports the QoS1 publishes it could not confirm. Closes the connection for every
+    /// clone of this client and its subscriptions.
+    pub async fn close(self) -> CloseReport {
+        self.shared.begin_close("client closing");
+        let timeout = self.lock().close_timeout;
+        // The connection task enforces the timeout itself; the margin covers its last steps.
+        let finished = tokio::time::timeout(
+            timeout + Duration::from_millis(250),
+            self.shared.handoff.wait_finished(),
+        )
+        .await
+        .is_ok();
+        let inner = self.lock();
+        let report = CloseReport {
+            unconfirmed: inner.session.pending_publishes(),
+            timed_out: !finished || inner.close_timed_out,
+        };
+        if report.unconfirmed > 0 || report.timed_out {
+            tracing::warn!(
+                unconfirmed = report.unconfirmed,
+                timed_out = report.timed_out,
+                "close could not confirm everything"
+            );
         }
-        self.handoff.encoded();
-        self.stop.notify_one();
-        // The writer flushes the Goodbye and everything before it, then the connection
-        // task ends; a broker that stopped reading gets two seconds.
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.handoff.wait_finished()).await;
+        report
     }
 }
 
@@ -568,17 +847,17 @@ pub fn simple_publish(topic: &str, payload: Bytes, qos: QoS) -> Publish {
 }
 
 async fn supervise<C: Connector>(
-    client: Client,
+    shared: Arc<Shared>,
     connector: C,
     reconnect: bool,
     first: Option<(C::Read, C::Write)>,
 ) {
-    connect_loop(&client, &connector, reconnect, first).await;
-    client.handoff.finish();
+    connect_loop(&shared, &connector, reconnect, first).await;
+    shared.handoff.finish();
 }
 
 async fn connect_loop<C: Connector>(
-    client: &Client,
+    shared: &Arc<Shared>,
     connector: &C,
     reconnect: bool,
     mut first: Option<(C::Read, C::Write)>,
@@ -590,10 +869,14 @@ async fn connect_loop<C: Connector>(
             None => connector.connect().await,
         };
         match stream {
+            Ok(_) if shared.lock().shutting_down => {
+                shared.lock().fail_all("client closed");
+                return;
+            }
             Ok(stream) => {
                 backoff = Duration::from_millis(100);
-                let reason = run_connection(client, stream).await;
-                let mut inner = client.lock();
+                let reason = run_connection(shared, stream).await;
+                let mut inner = shared.lock();
                 inner.session.handle_disconnect(reason.clone());
                 inner.dispatch();
                 if !reconnect || inner.shutting_down || inner.closed.is_some() {
@@ -604,50 +887,86 @@ async fn connect_loop<C: Connector>(
             }
             Err(e) => {
                 tracing::debug!(error = %e, ?backoff, "reconnect failed");
-                if client.lock().shutting_down {
+                if shared.lock().shutting_down {
+                    shared.lock().fail_all("client closed");
                     return;
                 }
             }
         }
         tokio::select! {
             biased;
-            _ = client.stop.notified() => { client.lock().fail_all("client closed"); return; }
+            _ = shared.stop.notified() => { shared.lock().fail_all("client closed"); return; }
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 
+/// Moves what the reader decoded into the subscriptions' bounded channels. A full channel
+/// holds the reader (and so the socket: backpressure) until the application takes a
+/// message, the subscription goes, or a close begins (then the rest is discarded,
+/// unacknowledged, for the broker to redeliver).
+async fn forward(shared: &Arc<Shared>) {
+    loop {
+        let (tx, item, closing) = {
+            let mut inner = shared.lock();
+            let Some(item) = inner.inbox.pop_front() else {
+                return;
+            };
+            let Some(tx) = inner.subs.get(&item.deliver.sub_id).cloned() else {
+                continue;
+            };
+            (tx, item, inner.shutting_down)
+        };
+        let item = match tx.try_send(item) {
+            Ok(()) | Err(TrySendError::Closed(_)) => continue,
+            Err(TrySendError::Full(_)) if closing => continue,
+            Err(TrySendError::Full(item)) => item,
+        };
+        shared.lock().session.pause_receive();
+        // The writer's next deadline changed (pings continue while we wait).
+        shared.handoff.encoded();
+        tokio::select! {
+            biased;
+            _ = tx.send(item) => {}
+            _ = shared.wait_closing() => {}
+        }
+        let mut inner = shared.lock();
+        let now = inner.now();
+        inner.session.resume_receive(now);
+    }
+}
+
 /// Runs one connection until it ends; returns why.
-async fn run_connection<R, W>(client: &Client, (mut rd, mut wr): (R, W)) -> String
+async fn run_connection<R, W>(shared: &Arc<Shared>, (mut rd, mut wr): (R, W)) -> String
 where
     R: tokio::io::AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin,
 {
     {
-        let mut inner = client.lock();
+        let mut inner = shared.lock();
         let now = inner.now();
         inner.session.connect(now);
     }
-    let reader = {
-        let client = client.clone();
-        async move {
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                match rd.read(&mut buf).await {
-                    Ok(0) => return "broker closed the connection".to_string(),
-                    Err(e) => return format!("read failed: {e}"),
-                    Ok(n) => {
-                        let mut inner = client.lock();
+    let reader = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        // Messages left over from a previous connection go first.
+        forward(shared).await;
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) => return "broker closed the connection".to_string(),
+                Err(e) => return format!("read failed: {e}"),
+                Ok(n) => {
+                    {
+                        let mut inner = shared.lock();
                         let now = inner.now();
                         inner.session.handle_bytes(now, &buf[..n]);
                         inner.dispatch();
-                        let closed = !inner.session.is_connected() && inner.closed.is_some();
-                        drop(inner);
-                        client.handoff.encoded();
-                        if closed {
-                            return "closed by the broker".to_string();
-                        }
+                    }
+                    shared.handoff.encoded();
+                    forward(shared).await;
+                    if shared.lock().session.is_closed() {
+                        return "closed by the broker".to_string();
                     }
                 }
             }
@@ -655,7 +974,7 @@ where
     };
     let writer = async {
         let next = || {
-            let mut inner = client.lock();
+            let mut inner = shared.lock();
             let now = inner.now();
             inner.session.handle_timeout(now);
             if let Some(bytes) = inner.session.poll_transmit() {
@@ -672,30 +991,53 @@ where
                 None => std::future::pending().await,
             }
         };
-        match client.handoff.run_writer(next, &mut wr, idle).await {
-            Ok(()) => {
-                let _ = wr.shutdown().await;
-                if client.lock().shutting_down {
-                    "client closed".to_string()
-                } else {
-                    "no traffic from the broker for three heartbeat intervals".to_string()
+        let result = shared.handoff.run_writer(next, &mut wr, idle).await;
+        // Closing, our side stays open until the broker answers the Goodbye.
+        if result.is_ok() && !shared.lock().shutting_down {
+            let _ = wr.shutdown().await;
+        }
+        result
+    };
+    let connection = async {
+        tokio::pin!(reader);
+        tokio::pin!(writer);
+        tokio::select! {
+            biased;
+            r = &mut reader => r,
+            w = &mut writer => {
+                let closing = shared.lock().shutting_down;
+                match w {
+                    // Goodbye written: the broker routes what it holds of ours, answers
+                    // and closes. Our side stays open until then (the close deadline
+                    // below bounds the wait).
+                    Ok(()) if closing => (&mut reader).await,
+                    Ok(()) => {
+                        // A refusing broker says why (an Error frame) and closes; let the
+                        // reader take the reason from the receive buffer.
+                        match tokio::time::timeout(Duration::from_millis(500), &mut reader).await {
+                            Ok(r) => r,
+                            Err(_) => "no traffic from the broker for three heartbeat intervals".to_string(),
+                        }
+                    }
+                    Err(e) => match tokio::time::timeout(Duration::from_millis(500), &mut reader).await {
+                        Ok(r) => r,
+                        Err(_) => format!("write failed: {e}"),
+                    },
                 }
             }
-            Err(e) => format!("write failed: {e}"),
         }
     };
-    tokio::pin!(reader);
-    tokio::pin!(writer);
+    let deadline = async {
+        shared.wait_closing().await;
+        let timeout = shared.lock().close_timeout;
+        tokio::time::sleep(timeout).await;
+    };
     tokio::select! {
         biased;
-        r = &mut reader => r,
-        w = &mut writer => {
-            // A refusing broker says why (an Error frame) and closes; our write then fails.
-            // The reason is already in our receive buffer: let the reader take it.
-            match tokio::time::timeout(Duration::from_millis(500), &mut reader).await {
-                Ok(r) => r,
-                Err(_) => w,
-            }
+        r = connection => r,
+        () = deadline => {
+            shared.lock().close_timed_out = true;
+            "the broker did not answer our Goodbye within the close timeout".to_string()
         }
     }
 }

@@ -467,3 +467,359 @@ fn cli_failures_are_one_clear_line_and_nonzero() {
         "--timeout ending the wait is a normal exit"
     );
 }
+
+// ----- acknowledgement, handles and clean close (the client library) -----
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+async fn lib_client(agent: &Agent, name: &str) -> daemoneye_io::client::Client {
+    let mut options = daemoneye_io::client::ClientOptions::new(name);
+    options.reconnect = false;
+    daemoneye_io::client::Client::connect(&agent.socket, options)
+        .await
+        .expect("connect")
+}
+
+fn qos1_group(filter: &str, group: &str) -> daemoneye_proto::frame::Subscribe {
+    use daemoneye_proto::frame::{GroupSpec, QoS, QueueStrategy, Subscribe};
+    let mut spec = Subscribe {
+        qos: QoS::AtLeastOnce,
+        ..Subscribe::new(filter)
+    };
+    spec.group = Some(GroupSpec {
+        name: group.into(),
+        strategy: QueueStrategy::RoundRobin,
+    });
+    spec
+}
+
+/// Issue 11 item 1: `sub --count 1` of a durable QoS1 subscription resumed with five
+/// messages waiting prints one and acks one; the other four wait for the next resume (and
+/// the publisher's PubAcks with them).
+#[test]
+fn durable_sub_with_count_acks_only_what_it_printed() {
+    let agent = Agent::start(&bins(), None);
+    let args = ["orders", "--qos", "1", "--durable", "fwd", "--json"];
+    // Create the durable subscription, then leave.
+    let mut first = agent.subscriber(&[&args[..], &["--count", "1"]].concat());
+    publish(&agent, &["orders", "o0", "--qos", "1"]);
+    assert_eq!(first.stdout.wait_count(1, T).len(), 1);
+    assert!(wait_exit(&mut first.child, T).expect("exits").success());
+    let mut publisher = agent
+        .cli(&["pub", "orders", "o", "--qos", "1", "--count", "5"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("pub");
+    // Resume with --count 1 while the five wait (or arrive).
+    let mut one = agent.subscriber(&[&args[..], &["--count", "1"]].concat());
+    assert_eq!(one.stdout.wait_count(1, T).len(), 1);
+    assert!(wait_exit(&mut one.child, T).expect("exits").success());
+    let printed = one.stdout.drain(Duration::from_millis(100)).len();
+    assert_eq!(printed, 1, "--count 1 prints exactly one");
+    // The next resume gets the other four.
+    let mut rest = agent.subscriber(&[&args[..], &["--count", "4"]].concat());
+    let lines = rest.stdout.wait_count(4, T).to_vec();
+    assert_eq!(
+        lines.len(),
+        4,
+        "the four unprinted messages were kept: {lines:?}"
+    );
+    assert!(wait_exit(&mut rest.child, T).expect("exits").success());
+    assert!(
+        wait_exit(&mut publisher, T)
+            .expect("publisher gets its PubAcks once all five are printed")
+            .success()
+    );
+}
+
+/// `sub` with several filters is one stream: every message of every filter, each acked
+/// once printed (the QoS1 publisher's PubAcks all come back).
+#[test]
+fn sub_with_several_filters_is_one_acked_stream() {
+    let agent = Agent::start(&bins(), None);
+    let mut sub = agent.subscriber(&["a.x", "b.x", "--qos", "1", "--count", "6"]);
+    publish(&agent, &["a.x", "1", "--qos", "1", "--count", "3"]);
+    publish(&agent, &["b.x", "2", "--qos", "1", "--count", "3"]);
+    let lines = sub.stdout.wait_count(6, T).to_vec();
+    assert_eq!(
+        lines.iter().filter(|l| l.as_str() == "a.x 1").count(),
+        3,
+        "{lines:?}"
+    );
+    assert_eq!(
+        lines.iter().filter(|l| l.as_str() == "b.x 2").count(),
+        3,
+        "{lines:?}"
+    );
+    assert!(wait_exit(&mut sub.child, T).expect("exits").success());
+}
+
+/// Issue 11 item 3: the same three-member queue-group workload, run three times in one
+/// process, each run dropping its clients and subscriptions without `close()`: the dropped
+/// members leave the group, so every run's live members get every message.
+#[test]
+fn dropped_group_members_leave_the_group_and_every_run_gets_everything() {
+    use daemoneye_io::client::simple_publish;
+    use daemoneye_proto::frame::QoS;
+    let agent = Agent::start(&bins(), None);
+    const N: usize = 30;
+    runtime().block_on(async {
+        let publisher = lib_client(&agent, "work-pub").await;
+        for run in 0..3 {
+            let mut members = Vec::new();
+            for i in 0..3 {
+                let client = lib_client(&agent, &format!("member-{run}-{i}")).await;
+                let sub = client
+                    .subscribe(qos1_group("work.items", "workers"))
+                    .await
+                    .expect("subscribe");
+                members.push((client, sub));
+            }
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let mut tasks = Vec::new();
+            for (client, mut sub) in members {
+                let tx = tx.clone();
+                tasks.push(tokio::spawn(async move {
+                    while let Some(mut d) = sub.recv().await {
+                        d.ack();
+                        if tx.send(d.into_inner().payload).is_err() {
+                            break;
+                        }
+                    }
+                    drop(client);
+                }));
+            }
+            drop(tx);
+            for k in 0..N {
+                let ack = publisher
+                    .publish(simple_publish(
+                        "work.items",
+                        bytes::Bytes::from(format!("{run}-{k}")),
+                        QoS::AtLeastOnce,
+                    ))
+                    .await
+                    .expect("publish");
+                assert_eq!(ack.map(|a| a.delivered), Some(1), "run {run}");
+            }
+            let mut got = std::collections::BTreeSet::new();
+            while got.len() < N {
+                match tokio::time::timeout(T, rx.recv()).await {
+                    Ok(Some(p)) => {
+                        got.insert(p);
+                    }
+                    _ => panic!("run {run}: live members got {} of {N}", got.len()),
+                }
+            }
+            // Drop every handle of this run, with no close().
+            for t in &tasks {
+                t.abort();
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
+        }
+        // Nothing of the dropped members is left at the broker.
+        let stats = publisher
+            .request(
+                simple_publish("$sys.broker.stats", bytes::Bytes::new(), QoS::AtMostOnce),
+                T,
+            )
+            .await
+            .expect("stats");
+        let stats =
+            <daemoneye_proto::pb::stats::BrokerStats as prost::Message>::decode(stats.payload)
+                .expect("stats decode");
+        assert!(
+            stats
+                .subscriptions_detail
+                .iter()
+                .all(|s| s.filter != "work.items"),
+            "dropped subscriptions are gone: {:?}",
+            stats.subscriptions_detail
+        );
+        publisher.close().await;
+    });
+}
+
+/// Issue 11 item 3, QoS1: a member that received messages and dropped them (and its
+/// subscription) without acking does not lose them: the broker redelivers them to the
+/// other member, and every PubAck still says delivered.
+#[test]
+fn dropped_qos1_subscription_unacked_messages_are_redelivered_not_acked() {
+    use daemoneye_io::client::simple_publish;
+    use daemoneye_proto::frame::QoS;
+    let agent = Agent::start(&bins(), None);
+    runtime().block_on(async {
+        let client_a = lib_client(&agent, "member-a").await;
+        let client_b = lib_client(&agent, "member-b").await;
+        let publisher = lib_client(&agent, "orders-pub").await;
+        let mut a = client_a
+            .subscribe(qos1_group("orders", "g"))
+            .await
+            .expect("a");
+        let mut b = client_b
+            .subscribe(qos1_group("orders", "g"))
+            .await
+            .expect("b");
+        let mut pending = Vec::new();
+        for k in 0..4 {
+            pending.push(
+                publisher
+                    .send(simple_publish(
+                        "orders",
+                        bytes::Bytes::from(format!("o{k}")),
+                        QoS::AtLeastOnce,
+                    ))
+                    .await
+                    .expect("send"),
+            );
+        }
+        // Round robin: two each. A takes its two and drops them unacked.
+        for _ in 0..2 {
+            let d = tokio::time::timeout(T, a.recv())
+                .await
+                .expect("a receives")
+                .expect("a open");
+            assert!(d.needs_ack());
+        }
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            let mut d = tokio::time::timeout(T, b.recv())
+                .await
+                .expect("b receives")
+                .expect("b open");
+            d.ack();
+            got.push(d.into_inner());
+        }
+        // A drops its subscription (its client stays): the two come to B, redelivered.
+        drop(a);
+        for _ in 0..2 {
+            let mut d = tokio::time::timeout(T, b.recv())
+                .await
+                .expect("the unacked messages are redelivered to b")
+                .expect("b open");
+            assert!(d.redelivered, "{d:?}");
+            d.ack();
+            got.push(d.into_inner());
+        }
+        let mut payloads: Vec<_> = got.iter().map(|d| d.payload.clone()).collect();
+        payloads.sort();
+        assert_eq!(
+            payloads,
+            ["o0", "o1", "o2", "o3"].map(|s| bytes::Bytes::from_static(s.as_bytes()))
+        );
+        for p in pending {
+            let ack = tokio::time::timeout(T, p.wait())
+                .await
+                .expect("puback")
+                .expect("ok")
+                .expect("qos1");
+            assert_eq!((ack.delivered, ack.dropped), (1, 0));
+        }
+        for c in [client_a, client_b, publisher] {
+            let report = c.close().await;
+            assert_eq!(report.unconfirmed, 0);
+        }
+    });
+}
+
+/// Issue 11 item 2 and the bounded close: four publishers each publish QoS0 messages at
+/// Block into a small queue and `close()` at once; the subscriber gets every message.
+/// (This checks the broker's answer to Goodbye too: until the broker routes what it holds
+/// for a closing publisher before answering, it can fail.)
+#[test]
+#[ignore = "needs the broker side of issue 11 item 2 (a closing publisher's held publishes are routed before its Goodbye is answered); run with --ignored once it lands"]
+fn four_publishers_closing_cleanly_lose_nothing() {
+    use daemoneye_io::client::simple_publish;
+    use daemoneye_proto::frame::{Overflow, QoS, Subscribe};
+    const PUBS: usize = 4;
+    const N: usize = 5_000;
+    let agent = Agent::start(&bins(), None);
+    runtime().block_on(async {
+        let sub_client = lib_client(&agent, "drain").await;
+        let mut sub = sub_client
+            .subscribe(Subscribe {
+                capacity: Some(16),
+                overflow: Some(Overflow::Block),
+                ..Subscribe::new("bulk.#")
+            })
+            .await
+            .expect("subscribe");
+        let reader = tokio::spawn(async move {
+            let mut n = 0;
+            while n < PUBS * N {
+                match tokio::time::timeout(T, sub.recv()).await {
+                    Ok(Some(_)) => n += 1,
+                    _ => break,
+                }
+            }
+            n
+        });
+        let mut pubs = Vec::new();
+        for i in 0..PUBS {
+            let client = lib_client(&agent, &format!("bulk-{i}")).await;
+            pubs.push(tokio::spawn(async move {
+                for k in 0..N {
+                    client
+                        .publish(simple_publish(
+                            &format!("bulk.{i}"),
+                            bytes::Bytes::from(format!("{k}")),
+                            QoS::AtMostOnce,
+                        ))
+                        .await
+                        .expect("publish");
+                }
+                client.close().await
+            }));
+        }
+        for p in pubs {
+            let report = p.await.expect("publisher");
+            assert_eq!(report.unconfirmed, 0);
+        }
+        let got = reader.await.expect("reader");
+        assert_eq!(got, PUBS * N, "every message of a clean close arrives");
+        sub_client.close().await;
+    });
+}
+
+/// A clean close waits for the broker at most `close_timeout`, then reports the QoS1
+/// publishes it could not confirm.
+#[test]
+fn close_gives_up_after_its_timeout_and_counts_unconfirmed_publishes() {
+    use daemoneye_io::client::{Client, ClientOptions, simple_publish};
+    use daemoneye_proto::frame::QoS;
+    let agent = Agent::start(&bins(), None);
+    runtime().block_on(async {
+        let mut options = ClientOptions::new("impatient");
+        options.reconnect = false;
+        options.close_timeout = Duration::from_millis(300);
+        let client = Client::connect(&agent.socket, options)
+            .await
+            .expect("connect");
+        // A broker that stops answering.
+        signal(&agent.child, Signal::SIGSTOP);
+        let _pending = client
+            .send(simple_publish(
+                "nobody.listens",
+                bytes::Bytes::from_static(b"x"),
+                QoS::AtLeastOnce,
+            ))
+            .await
+            .expect("send");
+        let started = std::time::Instant::now();
+        let report = client.close().await;
+        let took = started.elapsed();
+        signal(&agent.child, Signal::SIGCONT);
+        assert!(report.timed_out, "{report:?}");
+        assert_eq!(report.unconfirmed, 1, "{report:?}");
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_millis(1500),
+            "close took {took:?}"
+        );
+    });
+}

@@ -317,7 +317,7 @@ async fn subscriber(model: Shared, j: usize) -> turmoil::Result {
             }
         }
     };
-    while let Some(d) = sub.recv().await {
+    while let Some(mut d) = sub.recv().await {
         let session = client.session_id().unwrap_or(0);
         let mut m = model.borrow_mut();
         m.delivered += 1;
@@ -348,6 +348,9 @@ async fn subscriber(model: Shared, j: usize) -> turmoil::Result {
                 );
             }
         }
+        drop(m);
+        // Recorded: now the broker may forget it.
+        d.ack();
     }
     Ok(())
 }

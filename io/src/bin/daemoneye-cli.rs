@@ -9,7 +9,9 @@ use base64::Engine;
 use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
 use daemoneye_core::topic::{TopicFilter, TopicName, topics};
-use daemoneye_io::client::{Client, ClientError, ClientOptions, plain_subscribe, simple_publish};
+use daemoneye_io::client::{
+    AckMode, Client, ClientError, ClientOptions, plain_subscribe, simple_publish,
+};
 use daemoneye_io::paths;
 use daemoneye_proto::frame::{Deliver, GroupSpec, Overflow, QoS, QueueStrategy, Subscribe};
 use daemoneye_proto::pb::{control as pbc, stats as pbs};
@@ -302,33 +304,29 @@ async fn run(cli: Cli) -> Result<()> {
                 Strategy::LeastLoaded => QueueStrategy::LeastLoaded,
                 Strategy::Random => QueueStrategy::Random,
             };
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Deliver>();
-            for f in &filters {
-                let overflow = overflow.map(|o| match o {
-                    OverflowArg::Block => Overflow::Block,
-                    OverflowArg::DropOldest => Overflow::DropOldest,
-                    OverflowArg::DropNewest => Overflow::DropNewest,
-                    OverflowArg::Error => Overflow::Error,
-                });
-                let mut spec = Subscribe {
-                    qos: qos(q),
-                    capacity,
-                    overflow,
-                    durable_name: durable.clone(),
-                    ..plain_subscribe(f)
-                };
-                spec.group = group.clone().map(|name| GroupSpec { name, strategy });
-                let mut sub = client.subscribe(spec).await?;
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    while let Some(d) = sub.recv().await {
-                        if tx.send(d).is_err() {
-                            break;
-                        }
-                    }
-                });
-            }
-            drop(tx);
+            let overflow = overflow.map(|o| match o {
+                OverflowArg::Block => Overflow::Block,
+                OverflowArg::DropOldest => Overflow::DropOldest,
+                OverflowArg::DropNewest => Overflow::DropNewest,
+                OverflowArg::Error => Overflow::Error,
+            });
+            let specs: Vec<Subscribe> = filters
+                .iter()
+                .map(|f| {
+                    let mut spec = Subscribe {
+                        qos: qos(q),
+                        capacity,
+                        overflow,
+                        durable_name: durable.clone(),
+                        ..plain_subscribe(f)
+                    };
+                    spec.group = group.clone().map(|name| GroupSpec { name, strategy });
+                    spec
+                })
+                .collect();
+            // One stream over every filter: nothing is read ahead of what is printed, and a
+            // QoS1 message is acked only once its line is written.
+            let mut sub = client.subscribe_all(specs, AckMode::Manual).await?;
             eprintln!("subscribed");
             let deadline = timeout
                 .map(secs)
@@ -338,13 +336,13 @@ async fn run(cli: Cli) -> Result<()> {
             let stdout = std::io::stdout();
             while count.is_none_or(|c| seen < c) {
                 let next = match deadline {
-                    Some(at) => match tokio::time::timeout_at(at, rx.recv()).await {
+                    Some(at) => match tokio::time::timeout_at(at, sub.recv()).await {
                         Ok(m) => m,
                         Err(_) => break,
                     },
-                    None => rx.recv().await,
+                    None => sub.recv().await,
                 };
-                let Some(d) = next else {
+                let Some(mut d) = next else {
                     return Err("connection to the broker closed".into());
                 };
                 seen += 1;
@@ -355,7 +353,11 @@ async fn run(cli: Cli) -> Result<()> {
                     writeln!(out, "{} {}", d.topic, String::from_utf8_lossy(&d.payload))?;
                 }
                 out.flush()?;
+                d.ack();
             }
+            // Whatever arrived beyond --count is not acked: the broker keeps it (a durable
+            // subscription's next resume gets it; a group's other members do).
+            drop(sub);
             client.close().await;
             Ok(())
         }
