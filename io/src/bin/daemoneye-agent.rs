@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use daemoneye_core::broker::Broker;
-use daemoneye_io::clock::MonotonicClock;
+use daemoneye_io::clock::{Clock, MonotonicClock};
+use daemoneye_io::durables::DurableStore;
+use daemoneye_io::server::ServeOptions;
 use daemoneye_io::config::AgentConfig;
 use daemoneye_io::paths;
 use daemoneye_io::process::{ProcessManager, Request};
@@ -122,14 +124,25 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
         // The seed only steers the Random queue strategy; any value is fine in production.
         let seed = std::process::id() as u64 ^ 0x9E37_79B9_7F4A_7C15;
-        let broker = Broker::new(broker_config.clone(), acl, seed);
+        let mut broker = Broker::new(broker_config.clone(), acl, seed);
+        // Durable subscriptions outlive a crash of the agent: their definitions are
+        // restored before the first connection, so a publisher's resend finds their queues.
+        let clock = MonotonicClock::default();
+        let mut durables = DurableStore::new(state_dir.join("durables.json"));
+        let restored = durables.restore_into(&mut broker, clock.now())?;
+        if restored > 0 {
+            tracing::info!(restored, file = %durables.path().display(), "durable subscriptions restored");
+        }
         let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::task::spawn_local(daemoneye_io::server::serve(
+        let server = tokio::task::spawn_local(daemoneye_io::server::serve_with(
             UnixTransport(listener),
             broker,
-            MonotonicClock::default(),
+            clock,
             async move {
                 let _ = server_stopped.await;
+            },
+            ServeOptions {
+                durables: Some(durables),
             },
         ));
         // Each collector gets its own stop timeout; the whole shutdown waits at most the
