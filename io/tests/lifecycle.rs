@@ -609,3 +609,35 @@ fn an_external_collector_is_accepted_only_under_its_uid_and_deregisters_when_it_
     let _ = other.kill();
     let _ = other.wait();
 }
+
+#[test]
+fn a_relative_socket_path_is_under_the_current_directory_and_leaves_its_mode_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let cwd = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(cwd.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mode =
+        |p: &std::path::Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o7777;
+    std::fs::write(cwd.path().join("agent.toml"), "collectors = []\n").expect("config");
+    for (socket, dir) in [
+        ("run/a.sock", cwd.path().join("run")),
+        ("b.sock", cwd.path().to_path_buf()),
+    ] {
+        let mut child = std::process::Command::new(&bins().agent)
+            .args(["--socket", socket, "--log-level", "warn", "--config"])
+            .arg(cwd.path().join("agent.toml"))
+            .current_dir(cwd.path())
+            .env_remove("DAEMONEYE_BROKER_SOCKET")
+            .env("DAEMONEYE_AGENT_STATE_DIR", cwd.path().join("state"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("agent");
+        let mut err = daemoneye_tests::Lines::follow(child.stderr.take().expect("stderr"));
+        err.wait_for("listening on", T).expect("agent listens");
+        assert!(cwd.path().join(socket).exists(), "{socket}");
+        let expected = if dir == cwd.path() { 0o755 } else { 0o700 };
+        assert_eq!(mode(&dir), expected, "{}", dir.display());
+        daemoneye_tests::signal(&child, nix::sys::signal::Signal::SIGTERM);
+        assert!(wait_exit(&mut child, T).is_some());
+    }
+}

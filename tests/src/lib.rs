@@ -143,8 +143,12 @@ impl Agent {
             format!("collectors = []\n{text}")
         };
         let path = dir.path().join("agent.toml");
-        std::fs::write(&path, text).expect("write config");
+        std::fs::write(&path, &text).expect("write config");
         cmd.arg("--config").arg(path);
+        // The agent's state stays in the test's directory unless the test names a root.
+        if !text.contains("state_dir") {
+            cmd.env("DAEMONEYE_AGENT_STATE_DIR", dir.path().join("state"));
+        }
         cmd.env_remove("DAEMONEYE_BROKER_SOCKET")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());

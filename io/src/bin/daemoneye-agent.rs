@@ -104,7 +104,6 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // One state directory per agent instance (named after its socket), one per collector
     // inside it: two agents on one host never share state.
     let state_dir = paths::agent_state_dir(&config.state_root(), &socket);
-    paths::create_private_dir(&state_dir)?;
     let shim = std::env::current_exe()?;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -113,6 +112,8 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
         let listener = paths::bind_socket(&socket).await?;
+        // Created once the socket is ours: an agent refused its socket touches no state.
+        paths::create_private_dir(&state_dir)?;
         // Installed before announcing the socket: a SIGTERM right after it is a shutdown.
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         eprintln!("listening on {}", socket.display());
