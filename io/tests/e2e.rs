@@ -729,11 +729,9 @@ fn dropped_qos1_subscription_unacked_messages_are_redelivered_not_acked() {
 }
 
 /// Issue 11 item 2 and the bounded close: four publishers each publish QoS0 messages at
-/// Block into a small queue and `close()` at once; the subscriber gets every message.
-/// (This checks the broker's answer to Goodbye too: until the broker routes what it holds
-/// for a closing publisher before answering, it can fail.)
+/// Block into a small queue and `close()` at once; the subscriber gets every message (the
+/// broker routes what it holds for a closing publisher before it answers the Goodbye).
 #[test]
-#[ignore = "needs the broker side of issue 11 item 2 (a closing publisher's held publishes are routed before its Goodbye is answered); run with --ignored once it lands"]
 fn four_publishers_closing_cleanly_lose_nothing() {
     use daemoneye_io::client::simple_publish;
     use daemoneye_proto::frame::{Overflow, QoS, Subscribe};

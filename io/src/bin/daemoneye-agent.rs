@@ -6,11 +6,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use daemoneye_core::broker::Broker;
 use daemoneye_io::clock::{Clock, MonotonicClock};
-use daemoneye_io::durables::DurableStore;
-use daemoneye_io::server::ServeOptions;
 use daemoneye_io::config::AgentConfig;
+use daemoneye_io::durables::DurableStore;
 use daemoneye_io::paths;
 use daemoneye_io::process::{ProcessManager, Request};
+use daemoneye_io::server::ServeOptions;
 use daemoneye_io::transport::UnixTransport;
 use std::time::Duration;
 
