@@ -1692,3 +1692,40 @@ fn ordinary_clients_keep_every_slot_with_the_agents_clients_connected() {
     let a = agent_client(&mut w, "agent8");
     assert!(matches!(w.closed.get(&a), Some(CloseReason::Refused(_))));
 }
+
+#[test]
+fn a_publisher_stalled_on_its_own_subscription_can_still_close_cleanly() {
+    // Its Goodbye ends its own subscriptions (it will ack nothing more), so what it holds
+    // behind its own full queue is routed to the others, then the Goodbye is answered.
+    let mut w = World::with_config(BrokerConfig {
+        owner_uid: OWNER,
+        write_window: 64,
+        ..Default::default()
+    });
+    let other = w.connect("other");
+    w.sub(other, "t");
+    let c = w.connect("self");
+    w.subscribe(
+        c,
+        with(
+            sub_spec("t"),
+            QoS::AtMostOnce,
+            Some(2),
+            Some(Overflow::Block),
+        ),
+    );
+    // It does not read what it is sent.
+    w.stalled_readers.insert(c);
+    for i in 0..6 {
+        w.client(c)
+            .publish(publish_spec("t", &i.to_string(), QoS::AtMostOnce))
+            .expect("publish");
+    }
+    w.run();
+    assert!(w.broker.totals().published < 6, "stalled on its own queue");
+    w.client(c).close("done");
+    w.run();
+    assert_eq!(w.closed.get(&c), Some(&CloseReason::Goodbye));
+    assert_eq!(w.payloads(other), ["0", "1", "2", "3", "4", "5"]);
+    assert_eq!(w.broker.totals().lost_on_disconnect, 0);
+}

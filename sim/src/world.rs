@@ -7,7 +7,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use daemoneye_core::Instant;
 use daemoneye_core::acl::Acl;
-use daemoneye_core::broker::{Broker, BrokerConfig, ConnId, Output, PeerCreds};
+use daemoneye_core::broker::stats::Counters;
+use daemoneye_core::broker::{Broker, BrokerConfig, CloseReason, ConnId, Output, PeerCreds};
 use daemoneye_core::client::{ClientConfig, ClientEvent, ClientSession};
 use daemoneye_core::registration::{RegAction, RegState, Registration, RegistrationConfig};
 use daemoneye_core::registry::{self, CollectorHealth, Expected, Peer, Registry, SourceCaps};
@@ -222,6 +223,22 @@ struct SimWal {
 struct SubModel {
     filter: TopicFilter,
     group: Option<String>,
+    /// Overflow Block.
+    block: bool,
+}
+
+/// A live subscription that must receive a message: (client, incarnation, link epoch,
+/// sub id).
+type Watcher = (usize, u32, u32, u64);
+
+/// Invariant 9: a QoS0 message of a publisher that closed cleanly, and a subscription that
+/// must get it while it stays connected.
+#[derive(Debug, Clone)]
+struct CleanCloseExpect {
+    publisher: String,
+    sequence: u64,
+    watcher: Watcher,
+    broker_epoch: u32,
 }
 
 #[derive(Debug)]
@@ -252,6 +269,15 @@ struct Client {
     registration: Option<(Registration, Option<u64>)>,
     /// Events this client produced (makes each payload unique).
     produced: u64,
+    /// Subscriptions the broker confirmed on the current link.
+    acked_subs: BTreeSet<u64>,
+    /// Said Goodbye on the current link: publishes nothing more on it.
+    closing: bool,
+    /// The broker said it holds this client's publishes behind a full queue.
+    blocked: bool,
+    /// QoS0 publishes on the current link, with the live Block subscriptions (plain, not in
+    /// a group) that matched when each was published.
+    watch: Vec<(u64, Vec<Watcher>)>,
 }
 
 /// (publisher id, sequence).
@@ -297,6 +323,83 @@ impl AgentCtl {
 /// The heartbeat interval the agent asks of collectors.
 const AGENT_HEARTBEAT: Duration = Duration::from_secs(1);
 
+/// DESIGN.md section 9, invariant 8: any split of the same input bytes gives the broker the
+/// same outputs. A second broker (same configuration and seed) gets every input the first
+/// one gets, with each chunk of bytes cut again at random points; after every drain both
+/// must have transmitted the same bytes to every connection, closed the same connections
+/// and counted the same.
+#[derive(Debug)]
+struct Shadow {
+    broker: Broker,
+    /// Cut points (its own stream: the world's draws stay as they were).
+    rng: SeededRng,
+    /// Per connection: bytes transmitted and a hash of them and of the closes, for the
+    /// first broker and for this one.
+    primary: BTreeMap<ConnId, (usize, u64)>,
+    mirror: BTreeMap<ConnId, (usize, u64)>,
+}
+
+impl Shadow {
+    fn new(config: BrokerConfig, broker_seed: u64, cut_seed: u64) -> Self {
+        Shadow {
+            broker: Broker::new(config, Acl::owner_only(UID), broker_seed),
+            rng: SeededRng::new(cut_seed),
+            primary: BTreeMap::new(),
+            mirror: BTreeMap::new(),
+        }
+    }
+
+    /// The same bytes, in other reads.
+    fn handle_bytes(&mut self, now: Instant, conn: ConnId, data: &[u8]) {
+        let mut rest = data;
+        while !rest.is_empty() {
+            let n = 1 + self.rng.below(rest.len().min(97) as u64) as usize;
+            self.broker.handle_bytes(now, conn, &rest[..n]);
+            rest = &rest[n..];
+        }
+    }
+
+    fn note(map: &mut BTreeMap<ConnId, (usize, u64)>, out: &Output) {
+        match out {
+            Output::Transmit { conn, data } => {
+                let e = map.entry(*conn).or_insert((0, 0xcbf2_9ce4_8422_2325));
+                e.0 += data.len();
+                e.1 = fnv(e.1, data);
+            }
+            Output::Close { conn, reason } => {
+                let e = map.entry(*conn).or_insert((0, 0xcbf2_9ce4_8422_2325));
+                e.1 = fnv(e.1, format!("close {reason:?}").as_bytes());
+            }
+            Output::PauseRead { .. } | Output::ResumeRead { .. } => {}
+        }
+    }
+
+    /// Drains the shadow and compares.
+    fn check(&mut self, primary_totals: Counters) -> Result<(), String> {
+        while let Some(out) = self.broker.poll_output() {
+            Self::note(&mut self.mirror, &out);
+        }
+        if self.primary != self.mirror {
+            let diff: Vec<_> = self
+                .primary
+                .iter()
+                .filter(|(c, v)| self.mirror.get(c) != Some(v))
+                .map(|(c, v)| format!("{c:?}: {v:?} vs {:?}", self.mirror.get(c)))
+                .collect();
+            return Err(format!(
+                "the same bytes in other reads gave other outputs (bytes, hash): {diff:?}"
+            ));
+        }
+        if self.broker.totals() != primary_totals {
+            return Err(format!(
+                "the same bytes in other reads gave other counters: {primary_totals:?} vs {:?}",
+                self.broker.totals()
+            ));
+        }
+        Ok(())
+    }
+}
+
 struct World {
     agent: AgentCtl,
     canary: Canary,
@@ -304,6 +407,7 @@ struct World {
     faults: Faults,
     now: Instant,
     broker: Broker,
+    shadow: Shadow,
     broker_config: BrokerConfig,
     broker_epoch: u32,
     clients: Vec<Client>,
@@ -326,6 +430,8 @@ struct World {
     published: u64,
     delivered: u64,
     pubacks: u64,
+    /// Invariant 9's expectations, from every clean close the broker answered.
+    clean_closes: Vec<CleanCloseExpect>,
 }
 
 /// The event trace of a run: its hash (equal for equal seeds, in any process), the last
@@ -408,7 +514,9 @@ impl World {
             canary_early_puback: cfg.canary == Canary::EarlyPubAck,
             ..BrokerConfig::default()
         };
-        let broker = Broker::new(broker_config.clone(), Acl::owner_only(UID), rng.next_u64());
+        let broker_seed = rng.next_u64();
+        let broker = Broker::new(broker_config.clone(), Acl::owner_only(UID), broker_seed);
+        let shadow = Shadow::new(broker_config.clone(), broker_seed, cfg.seed ^ 0x5917_5917);
         let n = 3 + rng.below(4) as usize;
         let mut clients = Vec::with_capacity(n);
         for i in 0..n {
@@ -507,6 +615,10 @@ impl World {
                 wal,
                 produced: 0,
                 registration: None,
+                acked_subs: BTreeSet::new(),
+                closing: false,
+                blocked: false,
+                watch: Vec::new(),
             });
         }
         // Clients without a WAL register with the agent as collectors and heartbeat.
@@ -530,6 +642,7 @@ impl World {
             faults,
             now: Instant::from_nanos(1_000_000_000),
             broker,
+            shadow,
             broker_config,
             broker_epoch: 0,
             clients,
@@ -544,6 +657,7 @@ impl World {
             published: 0,
             delivered: 0,
             pubacks: 0,
+            clean_closes: Vec::new(),
         }
     }
 
@@ -567,20 +681,23 @@ impl World {
     // ----- connections -----
 
     fn connect(&mut self, i: usize) {
-        let conn = self.broker.handle_connect(
-            self.now,
-            PeerCreds {
-                uid: UID,
-                gid: UID,
-                pid: Some(100 + i as u32),
-            },
-        );
+        let peer = PeerCreds {
+            uid: UID,
+            gid: UID,
+            pid: Some(100 + i as u32),
+        };
+        let conn = self.broker.handle_connect(self.now, peer);
+        self.shadow.broker.handle_connect(self.now, peer);
         let now = self.now;
         let c = &mut self.clients[i];
         c.conn = Some(conn);
         c.link = Link::default();
         c.link_epoch += 1;
         c.unacked.clear();
+        c.acked_subs.clear();
+        c.closing = false;
+        c.blocked = false;
+        c.watch.clear();
         c.session.connect(now);
         self.log(format!("connect c{i} as {conn:?}"));
     }
@@ -591,6 +708,7 @@ impl World {
             return;
         };
         self.broker.handle_disconnect(self.now, conn);
+        self.shadow.broker.handle_disconnect(self.now, conn);
         let delay = Duration::from_millis(self.rng.below(3000));
         let c = &mut self.clients[i];
         c.session.handle_disconnect(why.to_string());
@@ -827,11 +945,14 @@ impl World {
             }
         }
         self.broker_epoch += 1;
+        let broker_seed = self.rng.next_u64();
         self.broker = Broker::new(
             self.broker_config.clone(),
             Acl::owner_only(UID),
-            self.rng.next_u64(),
+            broker_seed,
         );
+        let cut_seed = self.shadow.rng.next_u64();
+        self.shadow = Shadow::new(self.broker_config.clone(), broker_seed, cut_seed);
         // The agent embeds the broker: its registry and control client start over.
         self.agent = AgentCtl::new(self.broker_epoch);
         self.log("crash broker".into());
@@ -841,7 +962,16 @@ impl World {
     // ----- moving bytes -----
 
     fn drain_broker(&mut self) -> Result<(), Violation> {
+        let result = self.drain_primary();
+        if let Err(detail) = self.shadow.check(self.broker.totals()) {
+            return Err(self.violation("byte-split", detail));
+        }
+        result
+    }
+
+    fn drain_primary(&mut self) -> Result<(), Violation> {
         while let Some(out) = self.broker.poll_output() {
+            Shadow::note(&mut self.shadow.primary, &out);
             match out {
                 Output::Transmit { conn, data } if Some(conn) == self.agent.conn => {
                     self.agent.inbox.push_back(data);
@@ -877,11 +1007,95 @@ impl World {
                     if let Some(i) = self.client_of(conn) {
                         self.clients[i].link.closing = true;
                         self.log(format!("broker closes c{i}: {reason:?}"));
+                        if reason == CloseReason::Goodbye {
+                            self.note_clean_close(i);
+                        }
                     }
                 }
             }
         }
         Ok(())
+    }
+
+    /// The broker answered a client's Goodbye: every QoS0 message it published on that link
+    /// must reach every Block subscription that was live when it was published and stays
+    /// connected (invariant 9, checked once the run has drained).
+    fn note_clean_close(&mut self, i: usize) {
+        let c = &mut self.clients[i];
+        let watch = std::mem::take(&mut c.watch);
+        if !c.closing || self.tainted.contains(&c.publisher_id) {
+            return;
+        }
+        let publisher = c.publisher_id.clone();
+        for (sequence, watchers) in watch {
+            for watcher in watchers {
+                self.clean_closes.push(CleanCloseExpect {
+                    publisher: publisher.clone(),
+                    sequence,
+                    watcher,
+                    broker_epoch: self.broker_epoch,
+                });
+            }
+        }
+    }
+
+    /// The live Block subscriptions (plain, confirmed on their current link) of other
+    /// clients that match `topic`.
+    fn live_block_watchers(&self, i: usize, topic: &str) -> Vec<Watcher> {
+        let mut out = Vec::new();
+        for (j, c) in self.clients.iter().enumerate() {
+            if j == i || c.conn.is_none() || c.process_down {
+                continue;
+            }
+            for sub_id in &c.acked_subs {
+                if let Some(m) = c.subs.get(sub_id)
+                    && m.block
+                    && m.group.is_none()
+                    && naive_match(m.filter.as_str(), topic)
+                {
+                    out.push((j, c.incarnation, c.link_epoch, *sub_id));
+                }
+            }
+        }
+        out
+    }
+
+    /// Invariant 9, once everything else has drained: what a cleanly closed publisher sent
+    /// at QoS0 reaches every Block subscription that was live then and still is.
+    fn check_clean_closes(&mut self) -> Result<(), Violation> {
+        let deadline = self.now + Duration::from_secs(60);
+        loop {
+            let missing: Vec<&CleanCloseExpect> = self
+                .clean_closes
+                .iter()
+                .filter(|e| {
+                    let (j, inc, epoch, sub_id) = e.watcher;
+                    let c = &self.clients[j];
+                    let live = e.broker_epoch == self.broker_epoch
+                        && c.conn.is_some()
+                        && c.incarnation == inc
+                        && c.link_epoch == epoch;
+                    live && !self
+                        .received
+                        .get(&(e.publisher.clone(), e.sequence))
+                        .is_some_and(|r| r.contains(&(j, inc, sub_id)))
+                })
+                .collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            if self.now >= deadline {
+                let detail = format!(
+                    "{} QoS0 message(s) of cleanly closed publishers never reached a live Block subscriber, e.g. {:?}",
+                    missing.len(),
+                    missing[0]
+                );
+                return Err(self.violation("clean-close-delivery", detail));
+            }
+            for _ in 0..200 {
+                self.step_once(false)?;
+            }
+        }
     }
 
     /// The driver's writer: moves queued Transmits into the link while it has room.
@@ -906,6 +1120,7 @@ impl World {
             }
             if written > 0 {
                 self.broker.handle_written(self.now, conn, written);
+                self.shadow.broker.handle_written(self.now, conn, written);
             }
         }
     }
@@ -979,6 +1194,7 @@ impl World {
             if corrupted { " corrupted" } else { "" }
         ));
         self.broker.handle_bytes(self.now, conn, &chunk);
+        self.shadow.handle_bytes(self.now, conn, &chunk);
         self.drain_broker()?;
         if corrupted {
             // Whatever the broker made of the flipped byte (a refused stream, or a valid but
@@ -1116,6 +1332,15 @@ impl World {
                         self.drive_wal(i)?;
                     }
                 }
+                ClientEvent::Backpressure { level, reason } => {
+                    self.clients[i].blocked =
+                        level == daemoneye_proto::pb::bus::BackpressureLevel::Blocked;
+                    self.log(format!("c{i} backpressure {level:?} {reason}"));
+                }
+                ClientEvent::Subscribed { sub_id, backlog } => {
+                    self.clients[i].acked_subs.insert(sub_id);
+                    self.log(format!("c{i} subscribed {sub_id} backlog {backlog}"));
+                }
                 other => self.log(format!("c{i} event {other:?}")),
             }
         }
@@ -1130,7 +1355,17 @@ impl World {
             // A collector appends to its WAL whether or not the broker is reachable.
             return self.collector_act(i);
         }
-        if !self.clients[i].session.is_connected() {
+        if !self.clients[i].session.is_connected() || self.clients[i].closing {
+            self.maybe_ack(i);
+            return Ok(());
+        }
+        // Most interesting while the broker holds its publishes behind a full queue.
+        let close_chance = if self.clients[i].blocked { 0.02 } else { 0.002 };
+        if self.clients[i].publish_rate > 0.0 && self.chance(close_chance) {
+            // A clean close: Goodbye after everything it published (invariant 9).
+            self.clients[i].session.close("done");
+            self.clients[i].closing = true;
+            self.log(format!("c{i} says Goodbye"));
             return Ok(());
         }
         if self.chance(0.002) {
@@ -1175,6 +1410,10 @@ impl World {
                 ..Publish::new(topic, payload.clone(), qos)
             };
             if let Ok(seq) = self.clients[i].session.publish(p) {
+                if qos == QoS::AtMostOnce {
+                    let watchers = self.live_block_watchers(i, topic);
+                    self.clients[i].watch.push((seq, watchers));
+                }
                 self.note_publish((self.clients[i].publisher_id.clone(), seq), payload, qos)?;
                 self.log(format!(
                     "c{i} publish #{seq} {topic} {qos:?} prio {priority}"
@@ -1264,14 +1503,13 @@ impl World {
 
     /// Connects the agent's (fresh) control client to the broker.
     fn agent_connect(&mut self) {
-        let conn = self.broker.handle_connect(
-            self.now,
-            PeerCreds {
-                uid: UID,
-                gid: UID,
-                pid: Some(1),
-            },
-        );
+        let peer = PeerCreds {
+            uid: UID,
+            gid: UID,
+            pid: Some(1),
+        };
+        let conn = self.broker.handle_connect(self.now, peer);
+        self.shadow.broker.handle_connect(self.now, peer);
         self.agent.session.connect(self.now);
         self.agent.conn = Some(conn);
     }
@@ -1287,6 +1525,7 @@ impl World {
             let mut moved = false;
             while let Some(b) = self.agent.inbox.pop_front() {
                 self.broker.handle_written(now, conn, b.len());
+                self.shadow.broker.handle_written(now, conn, b.len());
                 self.agent.session.handle_bytes(now, &b);
                 moved = true;
             }
@@ -1295,6 +1534,7 @@ impl World {
                 && let Some(out) = self.agent.session.poll_transmit()
             {
                 self.broker.handle_bytes(now, conn, &out);
+                self.shadow.handle_bytes(now, conn, &out);
                 moved = true;
             }
             self.drain_broker()?;
@@ -1518,6 +1758,7 @@ impl World {
                 let dt = Duration::from_millis(self.rng.below(50));
                 self.now = self.now + dt;
                 self.broker.handle_timeout(self.now);
+                self.shadow.broker.handle_timeout(self.now);
                 self.drain_broker()?;
                 self.agent_timeout();
                 for i in 0..n {
@@ -1654,6 +1895,7 @@ fn sub_model(spec: &Subscribe) -> SubModel {
         filter: TopicFilter::parse(&spec.filter)
             .unwrap_or_else(|_| unreachable!("specs come from a fixed valid list")),
         group: spec.group.as_ref().map(|g| g.name.clone()),
+        block: matches!(spec.overflow, None | Some(Overflow::Block)),
     }
 }
 
@@ -1688,6 +1930,7 @@ pub fn run(cfg: &SimConfig) -> Result<Outcome, Violation> {
         w.step_once(true)?;
     }
     w.liveness()?;
+    w.check_clean_closes()?;
     Ok(Outcome {
         seed: cfg.seed,
         steps: w.step,

@@ -416,6 +416,11 @@ pub struct Broker {
     shutting_down: bool,
     /// `pump` is running: a nested call leaves the ready connections to it.
     pumping: bool,
+    /// Connections whose frames are being handled further up the stack: a stalled
+    /// publisher woken while handling its own frames goes on in that loop, so that frames
+    /// that arrived in the same read are not handled in another order than if they had
+    /// arrived later.
+    in_frames: Vec<ConnId>,
     scratch: Vec<u64>,
     targets: Vec<u64>,
 }
@@ -462,6 +467,7 @@ impl Broker {
             rates: (0.0, 0.0),
             shutting_down: false,
             pumping: false,
+            in_frames: Vec::new(),
             scratch: Vec::new(),
             targets: Vec::new(),
         }
@@ -569,11 +575,13 @@ impl Broker {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        c.last_recv = now;
         if c.goodbye {
-            // After its Goodbye a client's frames are not read.
+            // After its Goodbye a client's frames are not read, and do not count as
+            // traffic: a Goodbye whose publishes can never be routed ends at the idle
+            // timeout (3 heartbeat intervals), and they are counted lost.
             return;
         }
+        c.last_recv = now;
         // A framing error is reported by next_frame after the frames before it.
         let _ = c.decoder.push(data);
         self.process_frames(now, conn);
@@ -795,6 +803,15 @@ impl Broker {
     /// the deliveries it makes possible included, before the next is looked at: so what the
     /// broker sends never depends on how the peer's bytes were split into reads.
     pub(super) fn process_frames(&mut self, now: Instant, conn: ConnId) {
+        if self.in_frames.contains(&conn) {
+            return;
+        }
+        self.in_frames.push(conn);
+        self.process_frames_inner(now, conn);
+        self.in_frames.retain(|c| *c != conn);
+    }
+
+    fn process_frames_inner(&mut self, now: Instant, conn: ConnId) {
         loop {
             let Some(c) = self.conns.get_mut(&conn) else {
                 return;
@@ -911,8 +928,35 @@ impl Broker {
         };
         c.goodbye = true;
         c.frame_started = None;
-        if c.deferred.is_empty() {
+        // Its subscriptions end now, as at any close: it will ack nothing more, and a
+        // publisher stalled on its own subscription must not wait on itself.
+        self.end_subscriptions(now, conn);
+        if self.conns.get(&conn).is_some_and(|c| c.deferred.is_empty()) {
             self.answer_goodbye(now, conn);
+        }
+    }
+
+    /// Ends a live connection's subscriptions: unacknowledged deliveries go back to their
+    /// queues, durable subscriptions wait for their owner, the others are removed.
+    fn end_subscriptions(&mut self, now: Instant, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let keys: Vec<u64> = std::mem::take(&mut c.subs).into_values().collect();
+        c.unacked.clear();
+        for key in &keys {
+            self.requeue_unacked(*key);
+        }
+        for key in keys {
+            match self.subs.get_mut(&key) {
+                Some(s) if s.durable.is_some() => {
+                    s.owner = None;
+                    s.detached_at = Some(now);
+                    s.blocked.retain(|b| *b != conn);
+                }
+                Some(_) => self.remove_subscription(now, key, true),
+                None => {}
+            }
         }
     }
 

@@ -96,10 +96,15 @@ fn deliver_body_len(
 /// Deliver of this message can have: every per-copy field at its largest (subscription id
 /// and delivery id `u64::MAX`, QoS1, redelivered, publisher pid and uid `u32::MAX`).
 ///
-/// Over the same message's fields this adds at most 1 (Frame key) + the body length varint
-/// + 11 (sub_id) + 11 (delivery_id) + 2 (qos) + 2 (redelivered) + 6 (pid) + 6 (uid) + the
-/// publisher id field (1 + its length varint + its bytes); with the payload's own key and
-/// length, topic, sequence, priority, correlation and reply-to as the publish sent them.
+/// The bound, for `max_frame` below 2 MiB (body length varints of 3 bytes at most): a
+/// payload of P bytes is delivered in a frame of at most P + 62 + (T + 1) + (I + 1) bytes,
+/// T and I being the topic's and the publisher id's lengths (each `+ 1` is its length
+/// varint, one byte below 128), plus the encoded correlation and reply-to if any. The 62:
+/// Frame key 1, body length 3, sub_id 11, delivery_id 11, topic key 1, payload key and
+/// length 4, qos 2, publisher id key 1, sequence 11, priority 3, redelivered 2, pid 6,
+/// uid 6. So with the default 1 MiB, a publish with a 20-byte topic and an 8-byte publisher
+/// id always fits with a payload up to 1,048,576 - 62 - 21 - 9 = 1,048,484 bytes; the
+/// exact limit of a given publish (its own sequence and priority) is named in the Error.
 pub(crate) fn max_deliver_frame_len(shape: &DeliverShape<'_>) -> usize {
     let body = deliver_body_len(shape, u64::MAX, u64::MAX, true, true, u32::MAX, u32::MAX);
     len_delimited_len(FRAME_DELIVER_TAG, body)
@@ -270,6 +275,24 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_documented_bound_holds_at_the_default_max_frame() {
+        let shape = DeliverShape {
+            topic: "events.process.new.x",
+            payload_len: 0,
+            publisher_id: "procmond",
+            sequence: u64::MAX,
+            correlation: None,
+            reply_to: None,
+            priority: 255,
+        };
+        assert_eq!(shape.topic.len(), 20);
+        assert_eq!(
+            largest_payload(&shape, daemoneye_proto::DEFAULT_MAX_FRAME),
+            Some(1_048_484)
+        );
     }
 
     #[test]

@@ -541,7 +541,9 @@ fn message_json(d: &Deliver) -> serde_json::Value {
 fn counters_json(c: &Option<pbs::Counters>) -> serde_json::Value {
     let c = c.unwrap_or_default();
     json!({"published": c.published, "delivered": c.delivered, "dropped": c.dropped, "acked": c.acked,
-           "queued": c.queued, "no_interest": c.no_interest, "denied": c.denied})
+           "queued": c.queued, "no_interest": c.no_interest, "denied": c.denied,
+           "lost_on_disconnect": c.lost_on_disconnect, "truncated": c.truncated,
+           "frame_timeouts": c.frame_timeouts, "too_large": c.too_large})
 }
 
 fn stats_json(s: &pbs::BrokerStats) -> serde_json::Value {
