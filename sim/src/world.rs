@@ -945,6 +945,9 @@ impl World {
             }
         }
         self.broker_epoch += 1;
+        // The agent writes durable subscriptions' definitions to disk whenever they change
+        // (before the SubAck leaves), so the restarted broker has every one of them back.
+        let durables = self.broker.durable_definitions();
         let broker_seed = self.rng.next_u64();
         self.broker = Broker::new(
             self.broker_config.clone(),
@@ -953,6 +956,14 @@ impl World {
         );
         let cut_seed = self.shadow.rng.next_u64();
         self.shadow = Shadow::new(self.broker_config.clone(), broker_seed, cut_seed);
+        for def in durables {
+            for broker in [&mut self.broker, &mut self.shadow.broker] {
+                // The broker's own definitions always restore: a refusal is a broker bug.
+                broker
+                    .restore_durable(self.now, def.clone())
+                    .expect("a durable definition the broker gave back restores");
+            }
+        }
         // The agent embeds the broker: its registry and control client start over.
         self.agent = AgentCtl::new(self.broker_epoch);
         self.log("crash broker".into());
