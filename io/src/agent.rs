@@ -181,6 +181,14 @@ pub async fn serve_control_via<C: Connector>(
                 let Some(hb) = hb else { return Ok(()) };
                 let peer = peer(&hb);
                 if let Ok(h) = pbc::Heartbeat::decode(hb.payload.clone()) {
+                    // The topic names the collector too: one that disagrees with the
+                    // payload would let subscribers of one collector's heartbeats see
+                    // another's, so it counts for nobody.
+                    let named = hb.topic.rsplit('.').next().unwrap_or_default();
+                    if named != h.collector_id {
+                        tracing::warn!(topic = %hb.topic, id = %h.collector_id, "heartbeat whose topic names another collector ignored");
+                        continue;
+                    }
                     let _ = manager.send(Request::Heartbeat { id: h.collector_id, peer }).await;
                 }
             }
