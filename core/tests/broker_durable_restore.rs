@@ -13,6 +13,17 @@ fn durable(filter: &str, name: &str) -> Subscribe {
     }
 }
 
+fn definition(name: &str, filter: &str) -> DurableDefinition {
+    DurableDefinition {
+        uid: OWNER,
+        name: name.into(),
+        filter: filter.into(),
+        capacity: 10,
+        overflow: Overflow::Block,
+        group: None,
+    }
+}
+
 #[test]
 fn a_restored_durable_queues_a_resend_for_its_returning_owner() {
     // First broker: the durable subscriber exists and goes away.
@@ -63,17 +74,7 @@ fn a_restored_durable_expires_like_any_detached_one() {
     let mut w = World::new();
     let now = w.now;
     w.broker
-        .restore_durable(
-            now,
-            DurableDefinition {
-                uid: OWNER,
-                name: "fwd".into(),
-                filter: "orders.#".into(),
-                capacity: 10,
-                overflow: Overflow::Block,
-                group: None,
-            },
-        )
+        .restore_durable(now, definition("fwd", "orders.#"))
         .expect("restored");
     let generation = w.broker.durables_generation();
     assert_eq!(w.broker.subscription_count(), 1);
@@ -90,26 +91,14 @@ fn a_restored_durable_expires_like_any_detached_one() {
 fn restoring_refuses_bad_or_duplicate_definitions() {
     let mut w = World::new();
     let now = w.now;
-    let def = DurableDefinition {
-        uid: OWNER,
-        name: "fwd".into(),
-        filter: "orders.#".into(),
-        capacity: 10,
-        overflow: Overflow::Block,
-        group: None,
-    };
+    let def = definition("fwd", "orders.#");
     w.broker.restore_durable(now, def.clone()).expect("first");
-    assert!(w.broker.restore_durable(now, def.clone()).is_err());
-    let bad = DurableDefinition {
-        name: "bad".into(),
-        filter: "a.#.b".into(),
-        ..def.clone()
-    };
+    assert!(w.broker.restore_durable(now, def).is_err());
+    let bad = definition("bad", "a.#.b");
     assert!(w.broker.restore_durable(now, bad).is_err());
     let huge = DurableDefinition {
-        name: "huge".into(),
         capacity: u32::MAX,
-        ..def
+        ..definition("huge", "orders.#")
     };
     assert!(w.broker.restore_durable(now, huge).is_err());
 }

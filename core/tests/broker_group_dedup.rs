@@ -4,6 +4,7 @@ mod common;
 
 use common::*;
 use daemoneye_core::broker::{ConnId, PeerCreds};
+use daemoneye_core::client::ClientSession;
 use daemoneye_proto::frame::{QoS, QueueStrategy};
 
 fn qos1_member(w: &mut World, name: &str) -> ConnId {
@@ -20,13 +21,18 @@ fn qos1_member(w: &mut World, name: &str) -> ConnId {
     c
 }
 
-/// The publisher's connection drops before its PubAck; the same client machine reconnects
-/// and re-sends what it has not had acknowledged.
-fn reconnect_publisher(w: &mut World, p: ConnId) -> ConnId {
+/// The publisher's connection drops before its PubAck: its client machine keeps what is
+/// unacknowledged.
+fn drop_publisher(w: &mut World, p: ConnId) -> ClientSession {
     let mut client = w.clients.remove(&p).expect("client");
     w.broker.handle_disconnect(w.now, p);
     client.handle_disconnect("lost");
     w.run();
+    client
+}
+
+/// The same client machine reconnects and re-sends what was not acknowledged.
+fn reconnect(w: &mut World, mut client: ClientSession) -> ConnId {
     let p2 = w.broker.handle_connect(
         w.now,
         PeerCreds {
@@ -39,6 +45,11 @@ fn reconnect_publisher(w: &mut World, p: ConnId) -> ConnId {
     w.clients.insert(p2, client);
     w.run();
     p2
+}
+
+fn reconnect_publisher(w: &mut World, p: ConnId) -> ConnId {
+    let client = drop_publisher(w, p);
+    reconnect(w, client)
 }
 
 #[test]
@@ -73,22 +84,9 @@ fn a_resend_of_a_copy_the_group_acked_is_acked_at_once_and_not_handed_out() {
     let seq = w.publish(p, "jobs", "job-1", QoS::AtLeastOnce);
     let at_a = w.take_messages(a);
     // The PubAck is lost with the publisher's connection: a acks after it dropped.
-    let mut client = w.clients.remove(&p).expect("client");
-    w.broker.handle_disconnect(w.now, p);
-    client.handle_disconnect("lost");
-    w.run();
+    let client = drop_publisher(&mut w, p);
     w.ack_all(a, &at_a);
-    let p2 = w.broker.handle_connect(
-        w.now,
-        PeerCreds {
-            uid: OWNER,
-            gid: OWNER,
-            pid: Some(7),
-        },
-    );
-    client.connect(w.now);
-    w.clients.insert(p2, client);
-    w.run();
+    let p2 = reconnect(&mut w, client);
     assert!(w.take_messages(a).is_empty());
     assert!(w.take_messages(b).is_empty(), "b never sees job-1");
     assert_eq!(w.pubacks(p2), vec![(seq, 1, 0, false)]);
@@ -102,24 +100,11 @@ fn a_resend_of_a_copy_the_group_dropped_is_handed_out_again() {
     let p = w.connect("p");
     let seq = w.publish(p, "jobs", "job-1", QoS::AtLeastOnce);
     assert_eq!(w.take_messages(a).len(), 1);
-    let mut client = w.clients.remove(&p).expect("client");
-    w.broker.handle_disconnect(w.now, p);
-    client.handle_disconnect("lost");
-    w.run();
+    let client = drop_publisher(&mut w, p);
     // The only member leaves without acking: nobody can take its copy, which is dropped.
     w.disconnect(a);
     let c = qos1_member(&mut w, "c");
-    let p2 = w.broker.handle_connect(
-        w.now,
-        PeerCreds {
-            uid: OWNER,
-            gid: OWNER,
-            pid: Some(7),
-        },
-    );
-    client.connect(w.now);
-    w.clients.insert(p2, client);
-    w.run();
+    let p2 = reconnect(&mut w, client);
     let at_c = w.take_messages(c);
     assert_eq!(at_c.len(), 1, "job-1 was never delivered, so the resend is");
     w.ack_all(c, &at_c);

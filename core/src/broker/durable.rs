@@ -9,11 +9,10 @@
 //! connections. A restored subscription waits for its owner like any detached durable one,
 //! and expires the same way, counted from the restart.
 
-use std::sync::Arc;
-
 use daemoneye_proto::frame::{GroupSpec, Overflow, QoS};
 
-use super::{Broker, GroupState, Subscription};
+use super::Broker;
+use super::route::NewSubscription;
 use crate::Instant;
 use crate::topic::TopicFilter;
 
@@ -124,48 +123,17 @@ impl Broker {
             });
         }
         self.start_clock(now);
-        self.next_sub += 1;
-        let key = self.next_sub;
-        let group = def
-            .group
-            .as_ref()
-            .map(|g| Arc::<str>::from(g.name.as_str()));
-        if let (Some(name), Some(spec)) = (&group, &def.group) {
-            self.groups
-                .entry(name.clone())
-                .or_insert_with(|| GroupState {
-                    strategy: spec.strategy,
-                    last: 0,
-                    members: Default::default(),
-                })
-                .members
-                .insert(key);
-        }
-        self.index.insert(&filter, key);
-        self.durables.insert(id.clone(), key);
-        self.durables_generation += 1;
-        self.subs.insert(
-            key,
-            Subscription {
-                key,
-                owner: None,
-                client_sub_id: 0,
-                filter,
-                group,
-                qos: QoS::AtLeastOnce,
-                capacity: def.capacity,
-                overflow: def.overflow,
-                durable: Some(id),
-                queue: Default::default(),
-                unacked: Default::default(),
-                blocked: Vec::new(),
-                dropped_total: 0,
-                dropped_unreported: 0,
-                detached_at: Some(now),
-                unsubscribed: false,
-                counters: Default::default(),
-            },
-        );
+        self.add_subscription(NewSubscription {
+            owner: None,
+            client_sub_id: 0,
+            filter,
+            group: def.group,
+            qos: QoS::AtLeastOnce,
+            capacity: def.capacity,
+            overflow: def.overflow,
+            durable: Some(id),
+            detached_at: Some(now),
+        });
         Ok(())
     }
 }

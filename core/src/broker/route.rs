@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use prost::Message as _;
 
-use daemoneye_proto::frame::{Overflow, Publish, QoS, QueueStrategy, Subscribe, Target};
+use daemoneye_proto::frame::{GroupSpec, Overflow, Publish, QoS, QueueStrategy, Subscribe, Target};
 use daemoneye_proto::pb::bus::{self as pb, frame::Body};
 use daemoneye_proto::pb::{control as pbc, stats as pbs};
 
@@ -26,6 +26,19 @@ const MESSAGE_OVERHEAD: u64 = 128;
 const SLOW_DOWN_EVERY: Duration = Duration::from_secs(1);
 /// Publisher id stamped on the broker's own messages.
 const BROKER_PUBLISHER: &str = "$broker";
+
+/// What a new subscription is made of.
+pub(super) struct NewSubscription {
+    pub owner: Option<ConnId>,
+    pub client_sub_id: u64,
+    pub filter: TopicFilter,
+    pub group: Option<GroupSpec>,
+    pub qos: QoS,
+    pub capacity: u32,
+    pub overflow: Overflow,
+    pub durable: Option<(u32, String)>,
+    pub detached_at: Option<Instant>,
+}
 
 /// A publish could not be routed yet: a Block queue (or the memory budget) has no room.
 struct Blocked {
@@ -127,48 +140,17 @@ impl Broker {
             return;
         }
 
-        self.next_sub += 1;
-        let key = self.next_sub;
-        let group = s.group.as_ref().map(|g| Arc::<str>::from(g.name.as_str()));
-        if let (Some(name), Some(spec)) = (&group, &s.group) {
-            let g = self
-                .groups
-                .entry(name.clone())
-                .or_insert_with(|| GroupState {
-                    strategy: spec.strategy,
-                    last: 0,
-                    members: Default::default(),
-                });
-            g.members.insert(key);
-        }
-        self.index.insert(&filter, key);
-        let durable = s.durable_name.map(|n| (uid, n));
-        if let Some(d) = &durable {
-            self.durables.insert(d.clone(), key);
-            self.durables_generation += 1;
-        }
-        self.subs.insert(
-            key,
-            Subscription {
-                key,
-                owner: Some(conn),
-                client_sub_id: sub_id,
-                filter,
-                group,
-                qos: s.qos,
-                capacity,
-                overflow,
-                durable,
-                queue: Default::default(),
-                unacked: Default::default(),
-                blocked: Vec::new(),
-                unsubscribed: false,
-                dropped_total: 0,
-                dropped_unreported: 0,
-                detached_at: None,
-                counters: Default::default(),
-            },
-        );
+        let key = self.add_subscription(NewSubscription {
+            owner: Some(conn),
+            client_sub_id: sub_id,
+            filter,
+            group: s.group,
+            qos: s.qos,
+            capacity,
+            overflow,
+            durable: s.durable_name.map(|n| (uid, n)),
+            detached_at: None,
+        });
         if let Some(c) = self.conns.get_mut(&conn) {
             c.subs.insert(sub_id, key);
         }
@@ -179,6 +161,55 @@ impl Broker {
             resumed_backlog: 0,
         };
         self.send_frame(conn, Body::SubAck(ack));
+    }
+
+    /// Creates a subscription: its queue-group membership, index entry and durable name.
+    pub(super) fn add_subscription(&mut self, new: NewSubscription) -> u64 {
+        self.next_sub += 1;
+        let key = self.next_sub;
+        let group = new
+            .group
+            .as_ref()
+            .map(|g| Arc::<str>::from(g.name.as_str()));
+        if let (Some(name), Some(spec)) = (&group, &new.group) {
+            self.groups
+                .entry(name.clone())
+                .or_insert_with(|| GroupState {
+                    strategy: spec.strategy,
+                    last: 0,
+                    members: Default::default(),
+                })
+                .members
+                .insert(key);
+        }
+        self.index.insert(&new.filter, key);
+        if let Some(d) = &new.durable {
+            self.durables.insert(d.clone(), key);
+            self.durables_generation += 1;
+        }
+        self.subs.insert(
+            key,
+            Subscription {
+                key,
+                owner: new.owner,
+                client_sub_id: new.client_sub_id,
+                filter: new.filter,
+                group,
+                qos: new.qos,
+                capacity: new.capacity,
+                overflow: new.overflow,
+                durable: new.durable,
+                queue: Default::default(),
+                unacked: Default::default(),
+                blocked: Vec::new(),
+                unsubscribed: false,
+                dropped_total: 0,
+                dropped_unreported: 0,
+                detached_at: new.detached_at,
+                counters: Default::default(),
+            },
+        );
+        key
     }
 
     pub(super) fn handle_unsubscribe(&mut self, now: Instant, conn: ConnId, sub_id: u64) {
