@@ -12,7 +12,7 @@
 use daemoneye_proto::frame::{GroupSpec, Overflow, QoS};
 
 use super::Broker;
-use super::route::NewSubscription;
+use super::subscribe::NewSubscription;
 use crate::Instant;
 use crate::topic::TopicFilter;
 

@@ -1,20 +1,16 @@
-//! Subscriptions, publish routing, queue groups, overflow, QoS1 acks and delivery.
+//! Publish routing, queue groups, overflow, QoS1 acks and delivery.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use prost::Message as _;
-
-use daemoneye_proto::frame::{GroupSpec, Overflow, Publish, QoS, QueueStrategy, Subscribe, Target};
+use daemoneye_proto::frame::{Overflow, Publish, QoS, QueueStrategy, Target};
 use daemoneye_proto::pb::bus::{self as pb, frame::Body};
-use daemoneye_proto::pb::{control as pbc, stats as pbs};
 
 use super::dedup::{DedupKey, Seen};
 use super::queue::Entry;
-use super::{Broker, ConnId, GroupState, Message, Output, Phase, PubAckState, Subscription, wire};
+use super::{Broker, ConnId, Message, Output, Phase, PubAckState, Subscription, wire};
 use crate::Instant;
-use crate::topic::{TopicFilter, TopicName, topics};
+use crate::topic::{TopicName, topics};
 
 /// Bytes reserved at once for a connection's outgoing frames.
 const OUT_RESERVE: usize = 64 * 1024;
@@ -27,251 +23,18 @@ const SLOW_DOWN_EVERY: Duration = Duration::from_secs(1);
 /// Publisher id stamped on the broker's own messages.
 const BROKER_PUBLISHER: &str = "$broker";
 
-/// What a new subscription is made of.
-pub(super) struct NewSubscription {
-    pub owner: Option<ConnId>,
-    pub client_sub_id: u64,
-    pub filter: TopicFilter,
-    pub group: Option<GroupSpec>,
-    pub qos: QoS,
-    pub capacity: u32,
-    pub overflow: Overflow,
-    pub durable: Option<(u32, String)>,
-    pub detached_at: Option<Instant>,
-}
-
 /// A publish could not be routed yet: a Block queue (or the memory budget) has no room.
-struct Blocked {
+pub(super) struct Blocked {
     publish: Publish,
     on: BlockedOn,
 }
 
-enum BlockedOn {
+pub(super) enum BlockedOn {
     Subscription(u64, String),
     Budget,
 }
 
 impl Broker {
-    pub(super) fn handle_subscribe(&mut self, conn: ConnId, s: Subscribe) {
-        let sub_id = s.sub_id;
-        let fail = |b: &mut Broker, code: pb::ErrorCode, msg: String| {
-            b.send_error(conn, code, msg, sub_id, pb::AnswerKind::Subscription);
-        };
-        let filter = match TopicFilter::parse(&s.filter) {
-            Ok(f) => f,
-            Err(e) => {
-                return fail(
-                    self,
-                    pb::ErrorCode::InvalidFilter,
-                    format!("invalid filter {:?}: {e}", s.filter),
-                );
-            }
-        };
-        let Some(c) = self.conns.get(&conn) else {
-            return;
-        };
-        let principal = c.principal;
-        let uid = c.peer.uid;
-        if !self.acl.allows_subscribe(principal, &filter) {
-            self.totals.denied += 1;
-            if let Some(c) = self.conns.get_mut(&conn) {
-                c.counters.denied += 1;
-            }
-            let msg = format!("uid {uid} may not subscribe to {:?}", filter.as_str());
-            return fail(self, pb::ErrorCode::PermissionDenied, msg);
-        }
-        if c.subs.contains_key(&sub_id) {
-            return fail(
-                self,
-                pb::ErrorCode::DuplicateSubscription,
-                format!("sub_id {sub_id} is already in use"),
-            );
-        }
-        if c.subs.len() >= self.config.max_subscriptions_per_connection {
-            let msg = format!(
-                "subscription limit of {} per connection reached",
-                self.config.max_subscriptions_per_connection
-            );
-            return fail(self, pb::ErrorCode::TooManySubscriptions, msg);
-        }
-        let capacity = s.capacity.unwrap_or(self.config.default_capacity);
-        if capacity > self.config.max_capacity {
-            let msg = format!(
-                "capacity {capacity} is above the maximum of {}",
-                self.config.max_capacity
-            );
-            return fail(self, pb::ErrorCode::InvalidSubscription, msg);
-        }
-        // Nothing is lost by default: a subscriber that wants loss must ask for it.
-        let overflow = s.overflow.unwrap_or(Overflow::Block);
-
-        if let Some(name) = &s.durable_name
-            && let Some(&key) = self.durables.get(&(uid, name.clone()))
-        {
-            let Some(existing) = self.subs.get_mut(&key) else {
-                return;
-            };
-            if existing.owner.is_some() {
-                let msg = format!("durable subscription {name:?} is in use by another connection");
-                return fail(self, pb::ErrorCode::DuplicateSubscription, msg);
-            }
-            if existing.filter != filter {
-                let msg = format!(
-                    "durable subscription {name:?} exists with filter {:?}",
-                    existing.filter.as_str()
-                );
-                return fail(self, pb::ErrorCode::InvalidSubscription, msg);
-            }
-            existing.owner = Some(conn);
-            existing.client_sub_id = sub_id;
-            existing.detached_at = None;
-            let backlog = existing.queue.len() as u64;
-            let ack = pb::SubAck {
-                sub_id,
-                capacity: existing.capacity,
-                overflow: existing.overflow.to_pb() as i32,
-                resumed_backlog: backlog,
-            };
-            if let Some(c) = self.conns.get_mut(&conn) {
-                c.subs.insert(sub_id, key);
-            }
-            self.send_frame(conn, Body::SubAck(ack));
-            self.ready.insert(conn);
-            return;
-        }
-
-        let key = self.add_subscription(NewSubscription {
-            owner: Some(conn),
-            client_sub_id: sub_id,
-            filter,
-            group: s.group,
-            qos: s.qos,
-            capacity,
-            overflow,
-            durable: s.durable_name.map(|n| (uid, n)),
-            detached_at: None,
-        });
-        if let Some(c) = self.conns.get_mut(&conn) {
-            c.subs.insert(sub_id, key);
-        }
-        let ack = pb::SubAck {
-            sub_id,
-            capacity,
-            overflow: overflow.to_pb() as i32,
-            resumed_backlog: 0,
-        };
-        self.send_frame(conn, Body::SubAck(ack));
-    }
-
-    /// Creates a subscription: its queue-group membership, index entry and durable name.
-    pub(super) fn add_subscription(&mut self, new: NewSubscription) -> u64 {
-        self.next_sub += 1;
-        let key = self.next_sub;
-        let group = new
-            .group
-            .as_ref()
-            .map(|g| Arc::<str>::from(g.name.as_str()));
-        if let (Some(name), Some(spec)) = (&group, &new.group) {
-            self.groups
-                .entry(name.clone())
-                .or_insert_with(|| GroupState {
-                    strategy: spec.strategy,
-                    last: 0,
-                    members: Default::default(),
-                })
-                .members
-                .insert(key);
-        }
-        self.index.insert(&new.filter, key);
-        if let Some(d) = &new.durable {
-            self.durables.insert(d.clone(), key);
-            self.durables_generation += 1;
-        }
-        self.subs.insert(
-            key,
-            Subscription {
-                key,
-                owner: new.owner,
-                client_sub_id: new.client_sub_id,
-                filter: new.filter,
-                group,
-                qos: new.qos,
-                capacity: new.capacity,
-                overflow: new.overflow,
-                durable: new.durable,
-                queue: Default::default(),
-                unacked: Default::default(),
-                blocked: Vec::new(),
-                unsubscribed: false,
-                dropped_total: 0,
-                dropped_unreported: 0,
-                detached_at: new.detached_at,
-                counters: Default::default(),
-            },
-        );
-        key
-    }
-
-    pub(super) fn handle_unsubscribe(&mut self, now: Instant, conn: ConnId, sub_id: u64) {
-        let key = self
-            .conns
-            .get(&conn)
-            .and_then(|c| c.subs.get(&sub_id).copied());
-        match key {
-            Some(key) => self.unsubscribe(now, key),
-            None => self.send_error(
-                conn,
-                pb::ErrorCode::UnknownSubscription,
-                format!("no subscription with sub_id {sub_id}"),
-                sub_id,
-                pb::AnswerKind::Subscription,
-            ),
-        }
-    }
-
-    /// An Unsubscribe takes effect after what was already queued for the subscription is
-    /// delivered (DESIGN.md section 5): it stops matching at once, and goes once its queue
-    /// has been handed out.
-    fn unsubscribe(&mut self, now: Instant, key: u64) {
-        let Some(s) = self.subs.get_mut(&key) else {
-            return;
-        };
-        if s.unsubscribed {
-            return;
-        }
-        if s.queue.len() == 0 {
-            return self.remove_subscription(now, key, true);
-        }
-        s.unsubscribed = true;
-        let filter = s.filter.clone();
-        let group = s.group.clone();
-        let durable = s.durable.take();
-        self.index.remove(&filter, key);
-        if let Some(d) = durable {
-            self.durables.remove(&d);
-        }
-        if let Some(g) = group
-            && let Some(state) = self.groups.get_mut(&g)
-        {
-            state.members.remove(&key);
-            if state.members.is_empty() {
-                self.groups.remove(&g);
-            }
-        }
-        if let Some(owner) = self.subs.get(&key).and_then(|s| s.owner) {
-            self.ready.insert(owner);
-        }
-        // Publishers stalled on it wait no longer: it takes nothing new.
-        let blocked = self
-            .subs
-            .get_mut(&key)
-            .map(|s| std::mem::take(&mut s.blocked))
-            .unwrap_or_default();
-        for conn in blocked {
-            self.retry_stalled(now, conn);
-        }
-    }
-
     pub(super) fn handle_publish(&mut self, now: Instant, conn: ConnId, p: Publish) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
@@ -388,7 +151,7 @@ impl Broker {
 
     /// Retries a stalled publisher's waiting publishes in order; once all are routed it
     /// goes on with the frames it sent after them.
-    fn retry_stalled(&mut self, now: Instant, conn: ConnId) {
+    pub(super) fn retry_stalled(&mut self, now: Instant, conn: ConnId) {
         self.budget_blocked.remove(&conn);
         loop {
             let Some(c) = self.conns.get_mut(&conn) else {
@@ -507,7 +270,7 @@ impl Broker {
     }
 
     /// Picks the member of `group` that gets a message among the matched keys.
-    fn pick_member(&mut self, group: &Arc<str>, matched: &[u64]) -> Option<u64> {
+    pub(super) fn pick_member(&mut self, group: &Arc<str>, matched: &[u64]) -> Option<u64> {
         let g = self.groups.get(group)?;
         let subs = &self.subs;
         let candidates: Vec<u64> = matched
@@ -552,7 +315,7 @@ impl Broker {
 
     /// Routes one publish. `Err` hands the publish back when a Block queue or the memory
     /// budget has no room; nothing has been queued then.
-    fn route(
+    pub(super) fn route(
         &mut self,
         now: Instant,
         origin: Option<ConnId>,
@@ -860,7 +623,7 @@ impl Broker {
 
     /// Releases a queued copy that will not be delivered: resolves its PubAck share as
     /// dropped and its memory. `group` is the queue group of the subscription that held it.
-    fn discard(&mut self, entry: Entry, group: Option<&Arc<str>>) {
+    pub(super) fn discard(&mut self, entry: Entry, group: Option<&Arc<str>>) {
         if entry.tracked {
             self.resolve_share(entry.msg.id, false);
             if let Some(g) = group {
@@ -954,85 +717,6 @@ impl Broker {
         self.release(entry);
         self.ready.insert(conn);
         self.wake(now, key);
-    }
-
-    /// Moves a subscription's unacknowledged deliveries back to the front of its queue, in
-    /// their original order, marked redelivered.
-    pub(super) fn requeue_unacked(&mut self, key: u64) {
-        let Some(s) = self.subs.get_mut(&key) else {
-            return;
-        };
-        let unacked = std::mem::take(&mut s.unacked);
-        for (_, mut e) in unacked.into_iter().rev() {
-            e.redelivered = true;
-            s.queue.push_front(e);
-        }
-    }
-
-    /// Removes a subscription. Its queued and unacknowledged copies go to another member of
-    /// its queue group when `redeliver` and one matches with room; otherwise they are
-    /// dropped, counted, and their PubAck shares resolved.
-    pub(super) fn remove_subscription(&mut self, now: Instant, key: u64, redeliver: bool) {
-        self.requeue_unacked(key);
-        let Some(mut s) = self.subs.remove(&key) else {
-            return;
-        };
-        self.index.remove(&s.filter, key);
-        if let Some(d) = &s.durable {
-            self.durables.remove(d);
-            self.durables_generation += 1;
-        }
-        if let Some(owner) = s.owner
-            && let Some(c) = self.conns.get_mut(&owner)
-        {
-            c.subs.remove(&s.client_sub_id);
-            c.unacked.retain(|_, k| *k != key);
-        }
-        if let Some(g) = &s.group
-            && let Some(state) = self.groups.get_mut(g)
-        {
-            state.members.remove(&key);
-            if state.members.is_empty() {
-                self.groups.remove(g);
-            }
-        }
-        let entries = s.queue.drain_all();
-        let mut dropped = 0u64;
-        for mut e in entries {
-            if redeliver && let Some(g) = s.group.clone() {
-                let mut matched = Vec::new();
-                self.index.matches(&e.msg.topic, &mut matched);
-                if e.tracked {
-                    // A copy that holds a PubAck share may only go where it will be acked:
-                    // a QoS0 member would count it delivered once written, even if the
-                    // connection then dies, and the PubAck would promise what never arrived.
-                    let subs = &self.subs;
-                    matched.retain(|k| subs.get(k).is_some_and(|m| m.qos == QoS::AtLeastOnce));
-                }
-                if let Some(member) = self.pick_member(&g, &matched)
-                    && let Some(m) = self.subs.get_mut(&member)
-                    && !m.is_full()
-                {
-                    e.redelivered = true;
-                    m.queue.push_back(e);
-                    if let Some(owner) = m.owner {
-                        self.ready.insert(owner);
-                    }
-                    if let Some(state) = self.groups.get_mut(&g) {
-                        state.last = member;
-                    }
-                    continue;
-                }
-            }
-            dropped += 1;
-            self.topic_counters.get_mut(e.msg.topic.as_str()).dropped += 1;
-            self.discard(e, s.group.as_ref());
-        }
-        self.totals.dropped += dropped;
-        s.dropped_total += dropped;
-        for conn in std::mem::take(&mut s.blocked) {
-            self.retry_stalled(now, conn);
-        }
     }
 
     /// A subscription's queue has room again: retry the publishers stalled on it, and those
@@ -1180,120 +864,5 @@ impl Broker {
         drained.sort_unstable();
         drained.dedup();
         (woken, drained)
-    }
-
-    fn answer_request(&mut self, now: Instant, conn: ConnId, topic: &TopicName, p: &Publish) {
-        let Some(reply_to) = p.reply_to.clone() else {
-            return;
-        };
-        let Ok(reply_topic) = TopicName::parse(&reply_to) else {
-            return;
-        };
-        let Some(session) = self.session_of(conn) else {
-            return;
-        };
-        let payload = if topic.as_str() == topics::BROKER_STATS {
-            Bytes::from(self.stats_report(now).encode_to_vec())
-        } else {
-            Bytes::from(self.health_report().encode_to_vec())
-        };
-        let reply = Publish {
-            correlation: p.correlation.clone(),
-            target: Some(Target::Session(session)),
-            ..Publish::new(reply_to, payload, QoS::AtMostOnce)
-        };
-        let _ = self.route(now, None, reply, reply_topic);
-    }
-
-    /// Publishes stats and health on their `$sys` topics.
-    pub(super) fn publish_stats(&mut self, now: Instant) {
-        let elapsed = now.saturating_since(self.last_rate.0).as_secs_f64();
-        if elapsed > 0.0 {
-            self.rates = (
-                (self.totals.published - self.last_rate.1) as f64 / elapsed,
-                (self.totals.delivered - self.last_rate.2) as f64 / elapsed,
-            );
-        }
-        self.last_rate = (now, self.totals.published, self.totals.delivered);
-        let stats = Bytes::from(self.stats_report(now).encode_to_vec());
-        let health = Bytes::from(self.health_report().encode_to_vec());
-        for (topic, payload) in [
-            (topics::BROKER_STATS, stats),
-            (topics::BROKER_HEALTH, health),
-        ] {
-            let Ok(t) = TopicName::parse(topic) else {
-                continue;
-            };
-            let p = Publish::new(topic, payload, QoS::AtMostOnce);
-            let _ = self.route(now, None, p, t);
-        }
-    }
-
-    fn health_report(&self) -> pbc::HealthReport {
-        let (health, reasons) = self.health();
-        let state = match health {
-            super::Health::Healthy => pbc::HealthState::Healthy,
-            super::Health::Degraded => pbc::HealthState::Degraded,
-            super::Health::Unhealthy => pbc::HealthState::Unhealthy,
-        } as i32;
-        pbc::HealthReport {
-            overall: state,
-            broker: state,
-            coordinator: 0,
-            collectors: Vec::new(),
-            reasons,
-        }
-    }
-
-    /// The full statistics report.
-    pub fn stats_report(&self, now: Instant) -> pbs::BrokerStats {
-        let (health, reasons) = self.health();
-        let queued: u64 = self.subs.values().map(|s| s.occupancy() as u64).sum();
-        pbs::BrokerStats {
-            uptime_ms: self
-                .started
-                .map_or(0, |s| now.saturating_since(s).as_millis() as u64),
-            totals: Some(self.totals.to_pb(queued)),
-            connections: self.conns.len() as u64,
-            subscriptions: self.subs.len() as u64,
-            queued_bytes: self.queued_bytes,
-            memory_budget_bytes: self.config.memory_budget,
-            publish_rate: self.rates.0,
-            deliver_rate: self.rates.1,
-            ack_latency: Some(self.latency.summary()),
-            topics: self.topic_counters.to_pb(),
-            subscriptions_detail: self
-                .subs
-                .values()
-                .map(|s| pbs::SubscriptionStats {
-                    session_id: s.owner.and_then(|o| self.session_of(o)).unwrap_or(0),
-                    sub_id: s.client_sub_id,
-                    filter: s.filter.as_str().to_string(),
-                    queue_group: s.group.as_deref().unwrap_or("").to_string(),
-                    durable_name: s.durable.as_ref().map_or(String::new(), |d| d.1.clone()),
-                    capacity: s.capacity,
-                    overflow: s.overflow.as_str().to_string(),
-                    counters: Some(s.counters.to_pb(s.queue.len() as u64)),
-                    unacked: s.unacked.len() as u64,
-                })
-                .collect(),
-            connections_detail: self
-                .conns
-                .values()
-                .filter(|c| c.session_id != 0)
-                .map(|c| pbs::ConnectionStats {
-                    session_id: c.session_id,
-                    client_name: c.client_name.clone(),
-                    uid: c.peer.uid,
-                    pid: c.peer.pid.unwrap_or(0),
-                    role: c.principal.role.as_str().to_string(),
-                    counters: Some(c.counters.to_pb(0)),
-                    subscriptions: c.subs.len() as u64,
-                    reading_paused: c.read_paused,
-                })
-                .collect(),
-            health: health.as_str().to_string(),
-            health_reasons: reasons,
-        }
     }
 }

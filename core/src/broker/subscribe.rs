@@ -1,0 +1,325 @@
+//! Subscriptions: creating, resuming, unsubscribing (after their queue drains) and
+//! removing them, with their queue-group membership and durable names.
+
+use std::sync::Arc;
+
+use daemoneye_proto::frame::{GroupSpec, Overflow, QoS, Subscribe};
+use daemoneye_proto::pb::bus::{self as pb, frame::Body};
+
+use super::{Broker, ConnId, GroupState, Subscription};
+use crate::Instant;
+use crate::topic::TopicFilter;
+
+/// What a new subscription is made of.
+pub(super) struct NewSubscription {
+    pub owner: Option<ConnId>,
+    pub client_sub_id: u64,
+    pub filter: TopicFilter,
+    pub group: Option<GroupSpec>,
+    pub qos: QoS,
+    pub capacity: u32,
+    pub overflow: Overflow,
+    pub durable: Option<(u32, String)>,
+    pub detached_at: Option<Instant>,
+}
+
+impl Broker {
+    pub(super) fn handle_subscribe(&mut self, conn: ConnId, s: Subscribe) {
+        let sub_id = s.sub_id;
+        let fail = |b: &mut Broker, code: pb::ErrorCode, msg: String| {
+            b.send_error(conn, code, msg, sub_id, pb::AnswerKind::Subscription);
+        };
+        let filter = match TopicFilter::parse(&s.filter) {
+            Ok(f) => f,
+            Err(e) => {
+                return fail(
+                    self,
+                    pb::ErrorCode::InvalidFilter,
+                    format!("invalid filter {:?}: {e}", s.filter),
+                );
+            }
+        };
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let principal = c.principal;
+        let uid = c.peer.uid;
+        if !self.acl.allows_subscribe(principal, &filter) {
+            self.totals.denied += 1;
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.counters.denied += 1;
+            }
+            let msg = format!("uid {uid} may not subscribe to {:?}", filter.as_str());
+            return fail(self, pb::ErrorCode::PermissionDenied, msg);
+        }
+        if c.subs.contains_key(&sub_id) {
+            return fail(
+                self,
+                pb::ErrorCode::DuplicateSubscription,
+                format!("sub_id {sub_id} is already in use"),
+            );
+        }
+        if c.subs.len() >= self.config.max_subscriptions_per_connection {
+            let msg = format!(
+                "subscription limit of {} per connection reached",
+                self.config.max_subscriptions_per_connection
+            );
+            return fail(self, pb::ErrorCode::TooManySubscriptions, msg);
+        }
+        let capacity = s.capacity.unwrap_or(self.config.default_capacity);
+        if capacity > self.config.max_capacity {
+            let msg = format!(
+                "capacity {capacity} is above the maximum of {}",
+                self.config.max_capacity
+            );
+            return fail(self, pb::ErrorCode::InvalidSubscription, msg);
+        }
+        // Nothing is lost by default: a subscriber that wants loss must ask for it.
+        let overflow = s.overflow.unwrap_or(Overflow::Block);
+
+        if let Some(name) = &s.durable_name
+            && let Some(&key) = self.durables.get(&(uid, name.clone()))
+        {
+            let Some(existing) = self.subs.get_mut(&key) else {
+                return;
+            };
+            if existing.owner.is_some() {
+                let msg = format!("durable subscription {name:?} is in use by another connection");
+                return fail(self, pb::ErrorCode::DuplicateSubscription, msg);
+            }
+            if existing.filter != filter {
+                let msg = format!(
+                    "durable subscription {name:?} exists with filter {:?}",
+                    existing.filter.as_str()
+                );
+                return fail(self, pb::ErrorCode::InvalidSubscription, msg);
+            }
+            existing.owner = Some(conn);
+            existing.client_sub_id = sub_id;
+            existing.detached_at = None;
+            let backlog = existing.queue.len() as u64;
+            let ack = pb::SubAck {
+                sub_id,
+                capacity: existing.capacity,
+                overflow: existing.overflow.to_pb() as i32,
+                resumed_backlog: backlog,
+            };
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.subs.insert(sub_id, key);
+            }
+            self.send_frame(conn, Body::SubAck(ack));
+            self.ready.insert(conn);
+            return;
+        }
+
+        let key = self.add_subscription(NewSubscription {
+            owner: Some(conn),
+            client_sub_id: sub_id,
+            filter,
+            group: s.group,
+            qos: s.qos,
+            capacity,
+            overflow,
+            durable: s.durable_name.map(|n| (uid, n)),
+            detached_at: None,
+        });
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.subs.insert(sub_id, key);
+        }
+        let ack = pb::SubAck {
+            sub_id,
+            capacity,
+            overflow: overflow.to_pb() as i32,
+            resumed_backlog: 0,
+        };
+        self.send_frame(conn, Body::SubAck(ack));
+    }
+
+    /// Creates a subscription: its queue-group membership, index entry and durable name.
+    pub(super) fn add_subscription(&mut self, new: NewSubscription) -> u64 {
+        self.next_sub += 1;
+        let key = self.next_sub;
+        let group = new
+            .group
+            .as_ref()
+            .map(|g| Arc::<str>::from(g.name.as_str()));
+        if let (Some(name), Some(spec)) = (&group, &new.group) {
+            self.groups
+                .entry(name.clone())
+                .or_insert_with(|| GroupState {
+                    strategy: spec.strategy,
+                    last: 0,
+                    members: Default::default(),
+                })
+                .members
+                .insert(key);
+        }
+        self.index.insert(&new.filter, key);
+        if let Some(d) = &new.durable {
+            self.durables.insert(d.clone(), key);
+            self.durables_generation += 1;
+        }
+        self.subs.insert(
+            key,
+            Subscription {
+                key,
+                owner: new.owner,
+                client_sub_id: new.client_sub_id,
+                filter: new.filter,
+                group,
+                qos: new.qos,
+                capacity: new.capacity,
+                overflow: new.overflow,
+                durable: new.durable,
+                queue: Default::default(),
+                unacked: Default::default(),
+                blocked: Vec::new(),
+                unsubscribed: false,
+                dropped_total: 0,
+                dropped_unreported: 0,
+                detached_at: new.detached_at,
+                counters: Default::default(),
+            },
+        );
+        key
+    }
+
+    pub(super) fn handle_unsubscribe(&mut self, now: Instant, conn: ConnId, sub_id: u64) {
+        let key = self
+            .conns
+            .get(&conn)
+            .and_then(|c| c.subs.get(&sub_id).copied());
+        match key {
+            Some(key) => self.unsubscribe(now, key),
+            None => self.send_error(
+                conn,
+                pb::ErrorCode::UnknownSubscription,
+                format!("no subscription with sub_id {sub_id}"),
+                sub_id,
+                pb::AnswerKind::Subscription,
+            ),
+        }
+    }
+
+    /// An Unsubscribe takes effect after what was already queued for the subscription is
+    /// delivered (DESIGN.md section 5): it stops matching at once, and goes once its queue
+    /// has been handed out.
+    fn unsubscribe(&mut self, now: Instant, key: u64) {
+        let Some(s) = self.subs.get_mut(&key) else {
+            return;
+        };
+        if s.unsubscribed {
+            return;
+        }
+        if s.queue.len() == 0 {
+            return self.remove_subscription(now, key, true);
+        }
+        s.unsubscribed = true;
+        let filter = s.filter.clone();
+        let group = s.group.clone();
+        let durable = s.durable.take();
+        self.index.remove(&filter, key);
+        if let Some(d) = durable {
+            self.durables.remove(&d);
+        }
+        if let Some(g) = group
+            && let Some(state) = self.groups.get_mut(&g)
+        {
+            state.members.remove(&key);
+            if state.members.is_empty() {
+                self.groups.remove(&g);
+            }
+        }
+        if let Some(owner) = self.subs.get(&key).and_then(|s| s.owner) {
+            self.ready.insert(owner);
+        }
+        // Publishers stalled on it wait no longer: it takes nothing new.
+        let blocked = self
+            .subs
+            .get_mut(&key)
+            .map(|s| std::mem::take(&mut s.blocked))
+            .unwrap_or_default();
+        for conn in blocked {
+            self.retry_stalled(now, conn);
+        }
+    }
+
+    /// Moves a subscription's unacknowledged deliveries back to the front of its queue, in
+    /// their original order, marked redelivered.
+    pub(super) fn requeue_unacked(&mut self, key: u64) {
+        let Some(s) = self.subs.get_mut(&key) else {
+            return;
+        };
+        let unacked = std::mem::take(&mut s.unacked);
+        for (_, mut e) in unacked.into_iter().rev() {
+            e.redelivered = true;
+            s.queue.push_front(e);
+        }
+    }
+
+    /// Removes a subscription. Its queued and unacknowledged copies go to another member of
+    /// its queue group when `redeliver` and one matches with room; otherwise they are
+    /// dropped, counted, and their PubAck shares resolved.
+    pub(super) fn remove_subscription(&mut self, now: Instant, key: u64, redeliver: bool) {
+        self.requeue_unacked(key);
+        let Some(mut s) = self.subs.remove(&key) else {
+            return;
+        };
+        self.index.remove(&s.filter, key);
+        if let Some(d) = &s.durable {
+            self.durables.remove(d);
+            self.durables_generation += 1;
+        }
+        if let Some(owner) = s.owner
+            && let Some(c) = self.conns.get_mut(&owner)
+        {
+            c.subs.remove(&s.client_sub_id);
+            c.unacked.retain(|_, k| *k != key);
+        }
+        if let Some(g) = &s.group
+            && let Some(state) = self.groups.get_mut(g)
+        {
+            state.members.remove(&key);
+            if state.members.is_empty() {
+                self.groups.remove(g);
+            }
+        }
+        let entries = s.queue.drain_all();
+        let mut dropped = 0u64;
+        for mut e in entries {
+            if redeliver && let Some(g) = s.group.clone() {
+                let mut matched = Vec::new();
+                self.index.matches(&e.msg.topic, &mut matched);
+                if e.tracked {
+                    // A copy that holds a PubAck share may only go where it will be acked:
+                    // a QoS0 member would count it delivered once written, even if the
+                    // connection then dies, and the PubAck would promise what never arrived.
+                    let subs = &self.subs;
+                    matched.retain(|k| subs.get(k).is_some_and(|m| m.qos == QoS::AtLeastOnce));
+                }
+                if let Some(member) = self.pick_member(&g, &matched)
+                    && let Some(m) = self.subs.get_mut(&member)
+                    && !m.is_full()
+                {
+                    e.redelivered = true;
+                    m.queue.push_back(e);
+                    if let Some(owner) = m.owner {
+                        self.ready.insert(owner);
+                    }
+                    if let Some(state) = self.groups.get_mut(&g) {
+                        state.last = member;
+                    }
+                    continue;
+                }
+            }
+            dropped += 1;
+            self.topic_counters.get_mut(e.msg.topic.as_str()).dropped += 1;
+            self.discard(e, s.group.as_ref());
+        }
+        self.totals.dropped += dropped;
+        s.dropped_total += dropped;
+        for conn in std::mem::take(&mut s.blocked) {
+            self.retry_stalled(now, conn);
+        }
+    }
+}
