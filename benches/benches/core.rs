@@ -79,7 +79,7 @@ fn exchange(broker: &mut Broker, now: Instant, conn: ConnId, client: &mut Client
                 broker.handle_written(now, c, data.len());
             }
         }
-        while client.poll_event().is_some() {}
+        while client.poll_output().is_some() {}
     }
 }
 

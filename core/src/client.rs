@@ -13,7 +13,7 @@
 //! when its subscription or connection goes away. Deliveries for a subscription the client
 //! no longer has are discarded, never acked. No IO: bytes in with
 //! [`ClientSession::handle_bytes`], bytes out with [`ClientSession::poll_transmit`], events
-//! out with [`ClientSession::poll_event`].
+//! out with [`ClientSession::poll_output`].
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
@@ -174,6 +174,13 @@ impl DedupWindow {
     }
 }
 
+/// Why a [`ClientSession`] wants [`handle_timeout`](ClientSession::handle_timeout) called.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timer {
+    /// The broker has been quiet: ping it, or give the connection up after three intervals.
+    Keepalive,
+}
+
 /// The client protocol machine.
 #[derive(Debug)]
 pub struct ClientSession {
@@ -320,7 +327,7 @@ impl ClientSession {
     }
 
     /// The transport is gone. Subscriptions and unacknowledged QoS1 publishes are kept.
-    pub fn handle_disconnect(&mut self, reason: impl Into<String>) {
+    pub fn handle_disconnect(&mut self, _now: Instant, reason: impl Into<String>) {
         if self.state != State::Disconnected {
             self.state = State::Disconnected;
             self.out.clear();
@@ -501,13 +508,16 @@ impl ClientSession {
         loop {
             match self.decoder.next_frame() {
                 Ok(Some(frame)) => match ServerFrame::try_from(frame) {
-                    Ok(f) => self.handle_frame(f),
+                    Ok(f) => self.handle_frame(now, f),
                     Err(e) => {
-                        return self.handle_disconnect(format!("invalid frame from broker: {e}"));
+                        return self
+                            .handle_disconnect(now, format!("invalid frame from broker: {e}"));
                     }
                 },
                 Ok(None) => return,
-                Err(e) => return self.handle_disconnect(format!("framing error from broker: {e}")),
+                Err(e) => {
+                    return self.handle_disconnect(now, format!("framing error from broker: {e}"));
+                }
             }
             if self.state == State::Disconnected {
                 return;
@@ -515,7 +525,7 @@ impl ClientSession {
         }
     }
 
-    fn handle_frame(&mut self, f: ServerFrame) {
+    fn handle_frame(&mut self, now: Instant, f: ServerFrame) {
         match f {
             ServerFrame::Welcome(w) => {
                 self.state = State::Open {
@@ -607,7 +617,7 @@ impl ClientSession {
                 .events
                 .push_back(ClientEvent::Backpressure { level, reason }),
             ServerFrame::Goodbye { reason } => {
-                self.handle_disconnect(format!("broker said goodbye: {reason}"))
+                self.handle_disconnect(now, format!("broker said goodbye: {reason}"))
             }
             ServerFrame::Dropped(d) => self.events.push_back(ClientEvent::Dropped {
                 sub_id: d.sub_id,
@@ -632,7 +642,10 @@ impl ClientSession {
             return;
         }
         if self.is_connected() && self.last_recv + self.heartbeat * 3 <= now {
-            self.handle_disconnect("no traffic from the broker for three heartbeat intervals");
+            self.handle_disconnect(
+                now,
+                "no traffic from the broker for three heartbeat intervals",
+            );
             return;
         }
         if self.is_connected()
@@ -646,22 +659,28 @@ impl ClientSession {
         }
     }
 
-    /// When [`handle_timeout`](Self::handle_timeout) wants to run.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.receive_paused {
-            return self.is_connected().then(|| self.last_ping + self.heartbeat);
+    /// When [`handle_timeout`](Self::handle_timeout) wants to run, and why.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<(Instant, Timer)> {
+        if !self.is_connected() {
+            return None;
         }
-        self.is_connected()
-            .then(|| (self.last_recv + self.heartbeat).max(self.last_ping + self.heartbeat))
+        if self.receive_paused {
+            return Some((self.last_ping + self.heartbeat, Timer::Keepalive));
+        }
+        let at = (self.last_recv + self.heartbeat).max(self.last_ping + self.heartbeat);
+        Some((at, Timer::Keepalive))
     }
 
     /// Bytes to write to the broker, coalesced.
+    #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
         (!self.out.is_empty()).then(|| self.out.split().freeze())
     }
 
     /// The next event.
-    pub fn poll_event(&mut self) -> Option<ClientEvent> {
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<ClientEvent> {
         self.events.pop_front()
     }
 }

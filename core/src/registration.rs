@@ -13,6 +13,18 @@ use std::time::Duration;
 
 use crate::Instant;
 use crate::rng::SeededRng;
+use crate::time::earlier;
+
+/// Why a [`Registration`] wants [`handle_timeout`](Registration::handle_timeout) called.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timer {
+    /// The agent has not answered a request in time.
+    Answer,
+    /// A registration retry's backoff has run out.
+    Retry,
+    /// The next heartbeat is due.
+    Heartbeat,
+}
 
 /// Timing of registration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,7 +142,7 @@ impl Registration {
     }
 
     /// The broker connection is gone: nothing can be sent until `start` again.
-    pub fn handle_disconnect(&mut self) {
+    pub fn handle_disconnect(&mut self, _now: Instant) {
         if self.state != RegState::Failed {
             self.state = RegState::Unregistered;
         }
@@ -193,7 +205,7 @@ impl Registration {
     }
 
     /// The agent confirmed the deregistration.
-    pub fn handle_deregistered(&mut self) {
+    pub fn handle_deregistered(&mut self, _now: Instant) {
         if self.state == RegState::Deregistering {
             self.state = RegState::Unregistered;
             self.answer_by = None;
@@ -242,15 +254,17 @@ impl Registration {
     }
 
     /// The next thing to send.
-    pub fn poll_action(&mut self) -> Option<RegAction> {
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<RegAction> {
         self.actions.pop_front()
     }
 
-    /// The next deadline.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        [self.answer_by, self.retry_at, self.next_heartbeat]
-            .into_iter()
-            .flatten()
-            .min()
+    /// The next deadline and what it is for.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<(Instant, Timer)> {
+        let answer = self.answer_by.map(|at| (at, Timer::Answer));
+        let retry = self.retry_at.map(|at| (at, Timer::Retry));
+        let heartbeat = self.next_heartbeat.map(|at| (at, Timer::Heartbeat));
+        earlier(earlier(answer, retry), heartbeat)
     }
 }

@@ -136,6 +136,15 @@ struct Task {
 /// How many completed task ids are remembered to recognise late duplicates.
 const REMEMBERED_COMPLETIONS: usize = 4096;
 
+/// Why a [`Registry`] wants [`handle_timeout`](Registry::handle_timeout) called.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timer {
+    /// A healthy collector's heartbeats stop counting as on time.
+    HeartbeatMissed,
+    /// A task's deadline passes.
+    TaskDeadline,
+}
+
 /// The registry.
 #[derive(Debug)]
 pub struct Registry {
@@ -401,20 +410,27 @@ impl Registry {
     }
 
     /// The next event for the agent.
-    pub fn poll_event(&mut self) -> Option<RegistryEvent> {
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<RegistryEvent> {
         self.events.pop_front()
     }
 
-    /// The next heartbeat check or task deadline.
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    /// The next heartbeat check or task deadline, and what it is for.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<(Instant, Timer)> {
         let limit = self.heartbeat_interval * self.missed_limit;
         let hb = self
             .collectors
             .values()
             .filter(|c| !c.paused && c.health == CollectorHealth::Healthy)
-            .map(|c| c.last_heartbeat + limit);
-        let tasks = self.tasks.values().map(|t| t.deadline);
-        hb.chain(tasks).min()
+            .map(|c| (c.last_heartbeat + limit, Timer::HeartbeatMissed))
+            .min_by_key(|(at, _)| *at);
+        let task = self
+            .tasks
+            .values()
+            .map(|t| (t.deadline, Timer::TaskDeadline))
+            .min_by_key(|(at, _)| *at);
+        crate::time::earlier(hb, task)
     }
 }
 

@@ -182,6 +182,15 @@ impl LifecycleError {
     }
 }
 
+/// Why a [`Supervisor`] wants [`handle_timeout`](Supervisor::handle_timeout) called.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timer {
+    /// A restart's backoff has run out.
+    Restart,
+    /// A graceful stop's grace period has run out: SIGKILL.
+    Kill,
+}
+
 /// The supervisor of one collector.
 #[derive(Debug)]
 pub struct Supervisor {
@@ -465,15 +474,18 @@ impl Supervisor {
     }
 
     /// The next action for the process manager.
-    pub fn poll_action(&mut self) -> Option<Action> {
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<Action> {
         self.actions.pop_front()
     }
 
-    /// The next deadline: a scheduled restart or the SIGKILL of a stop.
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    /// The next deadline and what it is for: a scheduled restart or the SIGKILL of a stop.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<(Instant, Timer)> {
         let kill = self
             .kill_at
-            .filter(|_| !self.kill_sent && self.state == State::Stopping);
-        crate::time::earliest(self.spawn_at, kill)
+            .filter(|_| !self.kill_sent && self.state == State::Stopping)
+            .map(|at| (at, Timer::Kill));
+        crate::time::earlier(self.spawn_at.map(|at| (at, Timer::Restart)), kill)
     }
 }

@@ -51,6 +51,15 @@ impl fmt::Debug for Instant {
     }
 }
 
+/// The earlier of two optional deadlines with their reasons; `a` on a tie.
+pub fn earlier<T>(a: Option<(Instant, T)>, b: Option<(Instant, T)>) -> Option<(Instant, T)> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
+        (a, None) => a,
+        (None, b) => b,
+    }
+}
+
 /// The earliest of two optional deadlines.
 pub fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     match (a, b) {

@@ -20,6 +20,8 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 
+use crate::Instant;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use daemoneye_proto::pb::wal::WalRecord;
 use prost::Message;
@@ -439,7 +441,7 @@ impl Wal {
 
     /// The log is durable up to `len`: the records inside are accepted and published.
     /// Syncs are reported in the order they were asked for.
-    pub fn handle_synced(&mut self, len: u64) {
+    pub fn handle_synced(&mut self, _now: Instant, len: u64) {
         self.syncs_in_flight = self.syncs_in_flight.saturating_sub(1);
         while let Some((end, _, _)) = self.unsynced.front() {
             if *end > len {
@@ -458,7 +460,7 @@ impl Wal {
     }
 
     /// The broker acknowledged `sequence`: the record may go. Returns whether it was held.
-    pub fn handle_puback(&mut self, sequence: u64) -> bool {
+    pub fn handle_puback(&mut self, _now: Instant, sequence: u64) -> bool {
         let Some(record) = self.pending.remove(&sequence) else {
             return false;
         };
@@ -508,7 +510,8 @@ impl Wal {
     }
 
     /// The next thing for the driver to do.
-    pub fn poll_action(&mut self) -> Option<WalAction> {
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<WalAction> {
         self.actions.pop_front()
     }
 

@@ -344,7 +344,7 @@ fn publisher_resends_unacked_qos1_after_reconnect_and_subscriber_dedups() {
     // The publisher loses its connection before the PubAck: it keeps the message.
     let mut client = w.clients.remove(&p).expect("client");
     w.broker.handle_disconnect(w.now, p);
-    client.handle_disconnect("lost");
+    client.handle_disconnect(w.now, "lost");
     assert_eq!(client.pending_publishes(), 1);
     w.run();
     // Reconnect the same client machine: it re-sends with the same sequence.

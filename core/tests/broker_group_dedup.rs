@@ -26,7 +26,7 @@ fn qos1_member(w: &mut World, name: &str) -> ConnId {
 fn drop_publisher(w: &mut World, p: ConnId) -> ClientSession {
     let mut client = w.clients.remove(&p).expect("client");
     w.broker.handle_disconnect(w.now, p);
-    client.handle_disconnect("lost");
+    client.handle_disconnect(w.now, "lost");
     w.run();
     client
 }

@@ -12,11 +12,11 @@ fn ms(n: u64) -> Instant {
 }
 
 fn acts(r: &mut Registration) -> Vec<RegAction> {
-    std::iter::from_fn(|| r.poll_action()).collect()
+    std::iter::from_fn(|| r.poll_output()).collect()
 }
 
 fn events(r: &mut Registry) -> Vec<RegistryEvent> {
-    std::iter::from_fn(|| r.poll_event()).collect()
+    std::iter::from_fn(|| r.poll_output()).collect()
 }
 
 #[test]
@@ -27,7 +27,7 @@ fn registers_on_answer_then_heartbeats_every_interval() {
     r.handle_answer(ms(10), true, Some(Duration::from_secs(2)));
     assert_eq!(r.state(), RegState::Registered);
     assert_eq!(
-        r.poll_timeout(),
+        r.poll_timeout().map(|(at, _)| at),
         Some(ms(2010)),
         "the agent's interval wins"
     );
@@ -51,7 +51,7 @@ fn unanswered_registration_retries_with_backoff_then_fails() {
     // The first Register is counted by the loop below.
     let mut sends = 0;
     let mut now = ms(0);
-    while let Some(at) = r.poll_timeout() {
+    while let Some(at) = r.poll_timeout().map(|(at, _)| at) {
         now = at;
         r.handle_timeout(now);
         sends += acts(&mut r)
@@ -71,7 +71,7 @@ fn refused_registration_is_retried() {
     acts(&mut r);
     r.handle_answer(ms(5), false, None);
     assert_eq!(r.state(), RegState::Registering { attempt: 2 });
-    let at = r.poll_timeout().expect("retry scheduled");
+    let at = r.poll_timeout().map(|(at, _)| at).expect("retry scheduled");
     r.handle_timeout(at);
     assert_eq!(acts(&mut r), [RegAction::Register]);
 }
@@ -82,9 +82,13 @@ fn registers_again_after_the_broker_comes_back() {
     r.start(ms(0));
     acts(&mut r);
     r.handle_answer(ms(1), true, None);
-    r.handle_disconnect();
+    r.handle_disconnect(ms(2));
     assert_eq!(r.state(), RegState::Unregistered);
-    assert_eq!(r.poll_timeout(), None, "nothing to send while disconnected");
+    assert_eq!(
+        r.poll_timeout().map(|(at, _)| at),
+        None,
+        "nothing to send while disconnected"
+    );
     r.start(ms(5000));
     assert_eq!(acts(&mut r), [RegAction::Register]);
 }
@@ -126,7 +130,7 @@ proptest! {
             if r.state() == RegState::Failed {
                 break;
             }
-            let at = r.poll_timeout().expect("retry");
+            let at = r.poll_timeout().map(|(at, _)| at).expect("retry");
             let delay = at.saturating_since(now).as_millis() as u64;
             let cap = (100u64 << (attempt - 1).min(20)).min(3000);
             prop_assert!(delay >= cap / 2 && delay <= cap, "attempt {attempt}: delay {delay} outside [{}, {cap}]", cap / 2);
@@ -294,7 +298,7 @@ proptest! {
                     r.handle_timeout(now);
                 }
             }
-            while r.poll_event().is_some() {}
+            while r.poll_output().is_some() {}
             for (task, cap) in &assigned {
                 if let Some(owner) = r.owner(task) {
                     let info = r.get(owner).expect("owner is registered");

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use daemoneye_core::Instant;
 use daemoneye_core::supervisor::{
-    Action, LifecycleError, RestartPolicy, Signal, State, Supervisor,
+    Action, LifecycleError, RestartPolicy, Signal, State, Supervisor, Timer,
 };
 use proptest::prelude::*;
 
@@ -13,7 +13,7 @@ fn t(secs: f64) -> Instant {
 }
 
 fn actions(s: &mut Supervisor) -> Vec<Action> {
-    std::iter::from_fn(|| s.poll_action()).collect()
+    std::iter::from_fn(|| s.poll_output()).collect()
 }
 
 fn running(policy: RestartPolicy) -> Supervisor {
@@ -31,7 +31,11 @@ fn crash_is_restarted_after_the_backoff_with_a_new_pid() {
     s.handle_exited(t(5.0), "killed by signal 9");
     assert_eq!(s.state(), State::Starting);
     assert_eq!(s.pid(), None);
-    assert_eq!(s.poll_timeout(), Some(t(6.0)), "first backoff is 1 s");
+    assert_eq!(
+        s.poll_timeout(),
+        Some((t(6.0), Timer::Restart)),
+        "first backoff is 1 s"
+    );
     s.handle_timeout(t(5.5));
     assert!(actions(&mut s).is_empty(), "not before the backoff");
     s.handle_timeout(t(6.0));
@@ -51,7 +55,10 @@ fn always_crashing_collector_ends_failed_after_max_restarts_and_stays_there() {
     for _ in 0..5 {
         now += 0.1;
         s.handle_exited(t(now), "exit 1");
-        let at = s.poll_timeout().expect("restart scheduled");
+        let at = s
+            .poll_timeout()
+            .map(|(at, _)| at)
+            .expect("restart scheduled");
         s.handle_timeout(at);
         assert_eq!(actions(&mut s), [Action::Spawn]);
         now = at.as_nanos() as f64 / 1e9;
@@ -59,7 +66,7 @@ fn always_crashing_collector_ends_failed_after_max_restarts_and_stays_there() {
     }
     s.handle_exited(t(now + 0.1), "exit 1");
     assert_eq!(s.state(), State::Failed);
-    assert_eq!(s.poll_timeout(), None);
+    assert_eq!(s.poll_timeout().map(|(at, _)| at), None);
     s.handle_timeout(t(1000.0));
     assert!(actions(&mut s).is_empty(), "Failed stays failed");
     // An operator may start it again, with a fresh history.
@@ -77,7 +84,7 @@ fn graceful_stop_sends_term_then_kill_after_the_timeout() {
     s.stop(t(10.0)).expect("stop");
     assert_eq!(actions(&mut s), [Action::Signal(Signal::Term)]);
     assert_eq!(s.state(), State::Stopping);
-    assert_eq!(s.poll_timeout(), Some(t(13.0)));
+    assert_eq!(s.poll_timeout(), Some((t(13.0), Timer::Kill)));
     s.handle_timeout(t(13.0));
     assert_eq!(actions(&mut s), [Action::Signal(Signal::Kill)]);
     s.handle_timeout(t(20.0));
@@ -168,7 +175,7 @@ fn without_auto_restart_an_exit_stops() {
     });
     s.handle_exited(t(1.0), "exit 3");
     assert_eq!(s.state(), State::Stopped);
-    assert_eq!(s.poll_timeout(), None);
+    assert_eq!(s.poll_timeout().map(|(at, _)| at), None);
 }
 
 #[test]
@@ -209,7 +216,9 @@ fn drive(policy: &RestartPolicy, runs: &[(u64, bool)]) -> (Vec<(u64, u64)>, Vec<
             now += 200_000_000;
         }
         s.handle_exited(Instant::from_nanos(now), "crash");
-        let Some(at) = s.poll_timeout() else { break };
+        let Some(at) = s.poll_timeout().map(|(at, _)| at) else {
+            break;
+        };
         gaps.push((now, at.as_nanos()));
         now = at.as_nanos();
         s.handle_timeout(at);
@@ -244,7 +253,10 @@ fn a_health_driven_restart_waits_out_the_backoff_and_says_why() {
         s.last_exit(),
         Some("missed 3 heartbeats; killed by signal 9")
     );
-    let at = s.poll_timeout().expect("restart scheduled");
+    let at = s
+        .poll_timeout()
+        .map(|(at, _)| at)
+        .expect("restart scheduled");
     assert_eq!(at, t(16.1), "the first backoff");
     s.handle_timeout(at);
     assert_eq!(actions(&mut s), [Action::Spawn]);
@@ -279,7 +291,7 @@ fn an_operator_restart_resets_the_count_of_health_driven_restarts() {
     s.handle_exited(t(4.1), "exited with status 0");
     assert_eq!(s.state(), State::Starting, "restarted, not failed");
     // An operator's stop during a health-driven restart is a plain stop.
-    let at = s.poll_timeout().expect("scheduled");
+    let at = s.poll_timeout().map(|(at, _)| at).expect("scheduled");
     s.handle_timeout(at);
     actions(&mut s);
     s.handle_spawned(at, 4);

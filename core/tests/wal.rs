@@ -4,11 +4,14 @@
 use std::collections::BTreeMap;
 
 use bytes::{Bytes, BytesMut};
+use daemoneye_core::Instant;
 use daemoneye_core::wal::{
     self, DEFAULT_MAX_RECORD, HEADER_LEN, TailError, Wal, WalAction, WalConfig, WalError, WalReader,
 };
 use daemoneye_proto::pb::wal::WalRecord;
 use proptest::prelude::*;
+
+const T0: Instant = Instant::ZERO;
 
 fn record(sequence: u64, topic: &str, payload: &[u8]) -> WalRecord {
     WalRecord {
@@ -154,11 +157,11 @@ fn garbage_with_a_valid_checksum_is_still_refused() {
 /// Runs the machine's actions against a byte vector; returns the published records.
 fn drive(wal: &mut Wal, disk: &mut Vec<u8>) -> Vec<WalRecord> {
     let mut published = Vec::new();
-    while let Some(a) = wal.poll_action() {
+    while let Some(a) = wal.poll_output() {
         match a {
             WalAction::Truncate { len } => disk.truncate(len as usize),
             WalAction::Append(b) => disk.extend_from_slice(&b),
-            WalAction::Sync { len } => wal.handle_synced(len),
+            WalAction::Sync { len } => wal.handle_synced(T0, len),
             WalAction::Rewrite(b) => *disk = b.to_vec(),
             WalAction::Publish { record, .. } => published.push(record),
         }
@@ -183,9 +186,9 @@ fn records_are_published_only_once_synced_and_leave_after_their_puback() {
         [1, 2]
     );
     assert_eq!((wal.unsynced(), wal.pending()), (0, 2));
-    assert!(wal.handle_puback(1));
+    assert!(wal.handle_puback(T0, 1));
     assert!(
-        !wal.handle_puback(1),
+        !wal.handle_puback(T0, 1),
         "a second PubAck is not a second removal"
     );
     assert!(!wal.is_pending(1) && wal.is_pending(2));
@@ -214,7 +217,7 @@ fn refuses_when_full_empty_topics_and_oversized_records() {
     let mut disk = Vec::new();
     wal.commit();
     drive(&mut wal, &mut disk);
-    wal.handle_puback(1);
+    wal.handle_puback(T0, 1);
     assert_eq!(
         wal.append(0, "t", Bytes::new()),
         Ok(3),
@@ -237,7 +240,7 @@ fn compaction_keeps_pending_records_and_never_lets_a_sequence_be_reused() {
     // Ack all but 97 and 99: most of the log is dead, so it is rewritten.
     for s in 1..=100 {
         if s != 97 && s != 99 {
-            wal.handle_puback(s);
+            wal.handle_puback(T0, s);
         }
     }
     let full = disk.len();
@@ -249,8 +252,8 @@ fn compaction_keeps_pending_records_and_never_lets_a_sequence_be_reused() {
     assert!(seqs.contains(&97) && seqs.contains(&99), "{seqs:?}");
     assert_eq!(end.last_sequence, 100);
     // Everything acknowledged: the log shrinks to the checkpoint alone.
-    wal.handle_puback(97);
-    wal.handle_puback(99);
+    wal.handle_puback(T0, 97);
+    wal.handle_puback(T0, 99);
     drive(&mut wal, &mut disk);
     let (replayed, end) = wal::replay(&disk, DEFAULT_MAX_RECORD);
     assert!(replayed.is_empty());
@@ -267,14 +270,14 @@ fn recovery_truncates_the_torn_tail_and_republishes_in_order() {
     let (records, end) = wal::replay(&log, DEFAULT_MAX_RECORD);
     let mut wal = Wal::recover(WalConfig::new("procmond"), records, &end);
     assert_eq!(
-        wal.poll_action(),
+        wal.poll_output(),
         Some(WalAction::Truncate { len: ends[1] })
     );
     // What survived is synced before it is published again.
-    assert_eq!(wal.poll_action(), Some(WalAction::Sync { len: ends[1] }));
-    assert_eq!(wal.poll_action(), None);
-    wal.handle_synced(ends[1]);
-    let published: Vec<(u64, bool)> = std::iter::from_fn(|| wal.poll_action())
+    assert_eq!(wal.poll_output(), Some(WalAction::Sync { len: ends[1] }));
+    assert_eq!(wal.poll_output(), None);
+    wal.handle_synced(T0, ends[1]);
+    let published: Vec<(u64, bool)> = std::iter::from_fn(|| wal.poll_output())
         .map(|a| match a {
             WalAction::Publish { record, replayed } => (record.sequence, replayed),
             other => panic!("unexpected {other:?}"),
@@ -339,7 +342,7 @@ proptest! {
                 Op::SyncDone => {
                     if let Some(len) = syncing.pop_front() {
                         synced = synced.max(len as usize);
-                        wal.handle_synced(len);
+                        wal.handle_synced(T0, len);
                     }
                 }
                 Op::Ack(k) => {
@@ -347,7 +350,7 @@ proptest! {
                         must_survive.keys().filter(|s| sent.contains(s)).copied().collect();
                     if !ackable.is_empty() {
                         let seq = ackable[k as usize % ackable.len()];
-                        prop_assert!(wal.handle_puback(seq));
+                        prop_assert!(wal.handle_puback(T0, seq));
                         must_survive.remove(&seq);
                         sent.remove(&seq);
                     }
@@ -369,7 +372,7 @@ proptest! {
                 }
             }
             // The driver: run every action; a Sync makes the disk durable up to its length.
-            while let Some(a) = wal.poll_action() {
+            while let Some(a) = wal.poll_output() {
                 match a {
                     WalAction::Truncate { len } => {
                         disk.truncate(len as usize);

@@ -195,7 +195,7 @@ impl Inner {
     }
 
     fn dispatch(&mut self) {
-        while let Some(ev) = self.session.poll_event() {
+        while let Some(ev) = self.session.poll_output() {
             match ev {
                 ClientEvent::Connected { session_id } => {
                     tracing::debug!(session_id, "connected");
@@ -877,7 +877,8 @@ async fn connect_loop<C: Connector>(
                 backoff = Duration::from_millis(100);
                 let reason = run_connection(shared, stream).await;
                 let mut inner = shared.lock();
-                inner.session.handle_disconnect(reason.clone());
+                let now = inner.clock.now();
+                inner.session.handle_disconnect(now, reason.clone());
                 inner.dispatch();
                 if !reconnect || inner.shutting_down || inner.closed.is_some() {
                     inner.fail_all(&reason);
@@ -983,7 +984,12 @@ where
             if inner.shutting_down || inner.session.is_closed() {
                 return Next::Stop;
             }
-            Next::Idle(inner.session.poll_timeout().map(|t| inner.clock.to_std(t)))
+            Next::Idle(
+                inner
+                    .session
+                    .poll_timeout()
+                    .map(|(at, _)| inner.clock.to_std(at)),
+            )
         };
         let idle = |deadline: Option<std::time::Instant>| async move {
             match deadline {

@@ -35,7 +35,7 @@ pub async fn keep_registered(
     machine.start(clock.now());
     tokio::pin!(stop);
     loop {
-        while let Some(action) = machine.poll_action() {
+        while let Some(action) = machine.poll_output() {
             match action {
                 RegAction::Register => {
                     let req = Publish::new(
@@ -84,7 +84,7 @@ pub async fn keep_registered(
                         QoS::AtLeastOnce,
                     );
                     match tokio::time::timeout(DEREGISTER_TIMEOUT, client.publish(p)).await {
-                        Ok(Ok(_)) => machine.handle_deregistered(),
+                        Ok(Ok(_)) => machine.handle_deregistered(clock.now()),
                         Ok(Err(e)) => tracing::debug!(error = %e, "deregistration not sent"),
                         Err(_) => tracing::debug!("deregistration not acknowledged in time"),
                     }
@@ -97,7 +97,7 @@ pub async fn keep_registered(
             return;
         }
         let sleep = match machine.poll_timeout() {
-            Some(at) => tokio::time::sleep_until(clock.to_std(at).into()),
+            Some((at, _)) => tokio::time::sleep_until(clock.to_std(at).into()),
             None => tokio::time::sleep(Duration::from_millis(200)),
         };
         tokio::select! {
@@ -115,7 +115,7 @@ pub async fn keep_registered(
         let now_session = client.session_id();
         if now_session != session && now_session.is_some() {
             session = now_session;
-            machine.handle_disconnect();
+            machine.handle_disconnect(clock.now());
             machine.start(clock.now());
         } else {
             machine.handle_timeout(clock.now());

@@ -391,7 +391,7 @@ impl<S: Spawner> ProcessManager<S> {
     fn execute(&mut self) {
         let now = self.now();
         for m in self.collectors.values_mut() {
-            while let Some(action) = m.sup.poll_action() {
+            while let Some(action) = m.sup.poll_output() {
                 match action {
                     Action::Spawn => match self.spawner.spawn(
                         &collector_env(&m.spec, self.state_dir.as_deref()),
@@ -431,8 +431,9 @@ impl<S: Spawner> ProcessManager<S> {
         let sups = self
             .collectors
             .values()
-            .filter_map(|m| m.sup.poll_timeout());
-        sups.chain(self.registry.poll_timeout()).min()
+            .filter_map(|m| m.sup.poll_timeout().map(|(at, _)| at));
+        sups.chain(self.registry.poll_timeout().map(|(at, _)| at))
+            .min()
     }
 
     fn register(&mut self, r: pbc::RegisterRequest, peer: PeerCreds) -> pbc::RegisterResponse {
@@ -480,7 +481,7 @@ impl<S: Spawner> ProcessManager<S> {
     /// Acts on the registry's findings: an unhealthy supervised collector is restarted.
     fn registry_events(&mut self) {
         let now = self.now();
-        while let Some(event) = self.registry.poll_event() {
+        while let Some(event) = self.registry.poll_output() {
             match event {
                 RegistryEvent::Unhealthy { id } => {
                     tracing::warn!(collector = %id, "missed 3 heartbeats: unhealthy");

@@ -44,6 +44,8 @@ struct Shared<C> {
     clock: C,
     conns: BTreeMap<ConnId, ConnIo>,
     timer: Rc<Notify>,
+    /// The deadline the timer task sleeps until (`None`: it waits to be woken).
+    armed: Option<daemoneye_core::Instant>,
     durables: Option<DurableStore>,
 }
 
@@ -56,7 +58,8 @@ pub struct ServeOptions {
 }
 
 impl<C: Clock> Shared<C> {
-    /// Carries out everything the core asked for.
+    /// Carries out everything the core asked for, then re-arms the timer if the core's next
+    /// deadline moved earlier than the one the timer sleeps until.
     fn dispatch(&mut self) {
         while let Some(out) = self.broker.poll_output() {
             match out {
@@ -92,6 +95,12 @@ impl<C: Clock> Shared<C> {
         {
             tracing::error!(error = %e, "durable subscriptions not saved: they will not survive a crash");
         }
+        if let Some((at, _)) = self.broker.poll_timeout()
+            && self.armed.is_none_or(|armed| at < armed)
+        {
+            self.armed = Some(at);
+            self.timer.notify_one();
+        }
     }
 
     /// A read returned end of stream: the peer closed its sending side (it may still be
@@ -118,7 +127,6 @@ impl<C: Clock> Shared<C> {
                 c.writer.notify_one();
             }
         }
-        self.timer.notify_one();
     }
 
     /// The peer went away: tell the core unless it already forgot the connection.
@@ -135,7 +143,6 @@ impl<C: Clock> Shared<C> {
                 c.reader.notify_one();
             }
         }
-        self.timer.notify_one();
     }
 }
 
@@ -166,6 +173,7 @@ pub async fn serve_with<L, C>(
         clock,
         conns: BTreeMap::new(),
         timer: timer.clone(),
+        armed: None,
         durables: options.durables,
     }));
     let timer_task = tokio::task::spawn_local(timer_loop(shared.clone(), timer));
@@ -190,7 +198,6 @@ pub async fn serve_with<L, C>(
                             closing: false,
                         });
                         s.dispatch();
-                        s.timer.notify_one();
                         tracing::debug!(conn = conn.0, uid = peer.uid, pid = ?peer.pid, "accepted");
                         (conn, reader, writer)
                     };
@@ -221,8 +228,10 @@ pub async fn serve_with<L, C>(
 async fn timer_loop<C: Clock>(shared: Rc<RefCell<Shared<C>>>, timer: Rc<Notify>) {
     loop {
         let deadline = {
-            let s = shared.borrow();
-            s.broker.poll_timeout().map(|t| s.clock.to_std(t))
+            let mut s = shared.borrow_mut();
+            let next = s.broker.poll_timeout().map(|(at, _)| at);
+            s.armed = next;
+            next.map(|at| s.clock.to_std(at))
         };
         let sleep = async {
             match deadline {

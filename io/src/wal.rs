@@ -7,6 +7,7 @@
 //! the log and syncs the directory, so a crash leaves either the old log or the new one.
 //! The calls block on the disk: a collector calls them between scans, not on a hot path.
 
+use crate::clock::{Clock, MonotonicClock};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -66,6 +67,7 @@ pub struct WalFile {
     _lock: Flock<File>,
     machine: Wal,
     outbox: Vec<ToPublish>,
+    clock: MonotonicClock,
 }
 
 impl WalFile {
@@ -125,6 +127,7 @@ impl WalFile {
             _lock: lock,
             machine,
             outbox: Vec::new(),
+            clock: MonotonicClock::default(),
         };
         wal.run()?;
         tracing::info!(wal = %path.display(), %replayed, "WAL replayed");
@@ -158,7 +161,8 @@ impl WalFile {
 
     /// The broker acknowledged `sequence`; the log may be compacted.
     pub fn handle_puback(&mut self, sequence: u64) -> Result<(), WalFileError> {
-        self.machine.handle_puback(sequence);
+        let now = self.clock.now();
+        self.machine.handle_puback(now, sequence);
         self.run()
     }
 
@@ -182,7 +186,7 @@ impl WalFile {
     }
 
     fn run(&mut self) -> Result<(), WalFileError> {
-        while let Some(action) = self.machine.poll_action() {
+        while let Some(action) = self.machine.poll_output() {
             match action {
                 WalAction::Truncate { len } => {
                     self.file.set_len(len).map_err(self.io_err("truncating"))?;
@@ -194,7 +198,8 @@ impl WalFile {
                 }
                 WalAction::Sync { len } => {
                     self.file.sync_data().map_err(self.io_err("syncing"))?;
-                    self.machine.handle_synced(len);
+                    let now = self.clock.now();
+                    self.machine.handle_synced(now, len);
                 }
                 WalAction::Rewrite(bytes) => self.rewrite(&bytes)?,
                 WalAction::Publish { record, replayed } => {

@@ -324,12 +324,12 @@ pub fn wal_replay(data: &[u8]) {
         .collect();
     let mut machine = Wal::recover(WalConfig::new("fuzz"), events.clone(), &end);
     let mut published = Vec::new();
-    while let Some(action) = machine.poll_action() {
+    while let Some(action) = machine.poll_output() {
         match action {
             WalAction::Truncate { len } => assert_eq!(len, end.valid_len),
             WalAction::Sync { len } => {
                 assert_eq!(len, end.valid_len);
-                machine.handle_synced(len);
+                machine.handle_synced(Instant::ZERO, len);
             }
             WalAction::Publish { record, replayed } => {
                 assert!(replayed);

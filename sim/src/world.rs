@@ -568,7 +568,7 @@ impl World {
             };
             let mut supervisor = Supervisor::new(format!("c{i}"), policy);
             let _ = supervisor.start(Instant::ZERO);
-            while supervisor.poll_action().is_some() {}
+            while supervisor.poll_output().is_some() {}
             supervisor.handle_spawned(Instant::ZERO, 0);
             // About a third of the clients are WAL-backed collectors.
             let wal = (rng.below(3) == 0).then(|| {
@@ -711,7 +711,7 @@ impl World {
         self.shadow.broker.handle_disconnect(self.now, conn);
         let delay = Duration::from_millis(self.rng.below(3000));
         let c = &mut self.clients[i];
-        c.session.handle_disconnect(why.to_string());
+        c.session.handle_disconnect(self.now, why.to_string());
         c.link = Link::default();
         c.unacked.clear();
         c.down_until = self.now + delay;
@@ -783,7 +783,7 @@ impl World {
             let Some(w) = c.wal.as_mut() else {
                 return Ok(());
             };
-            let Some(action) = w.machine.poll_action() else {
+            let Some(action) = w.machine.poll_output() else {
                 return Ok(());
             };
             match action {
@@ -845,7 +845,7 @@ impl World {
             if self.canary != Canary::LyingSync {
                 w.synced = w.synced.max(len as usize);
             }
-            w.machine.handle_synced(len);
+            w.machine.handle_synced(self.now, len);
         }
         self.drive_wal(i)
     }
@@ -871,7 +871,7 @@ impl World {
         for i in 0..self.clients.len() {
             let now = self.now;
             self.clients[i].supervisor.handle_timeout(now);
-            while let Some(action) = self.clients[i].supervisor.poll_action() {
+            while let Some(action) = self.clients[i].supervisor.poll_output() {
                 if action != SupAction::Spawn {
                     continue;
                 }
@@ -938,7 +938,7 @@ impl World {
             if self.clients[i].conn.is_some() {
                 let c = &mut self.clients[i];
                 c.conn = None;
-                c.session.handle_disconnect("broker crash");
+                c.session.handle_disconnect(self.now, "broker crash");
                 c.link = Link::default();
                 c.unacked.clear();
                 c.down_until = self.now + Duration::from_millis(self.rng.below(2000));
@@ -1166,7 +1166,7 @@ impl World {
             if self.clients[i].link.closing && self.clients[i].link.unsent.is_empty() {
                 let c = &mut self.clients[i];
                 c.conn = None;
-                c.session.handle_disconnect("closed by broker");
+                c.session.handle_disconnect(self.now, "closed by broker");
                 c.link = Link::default();
                 c.unacked.clear();
                 c.down_until = self.now + Duration::from_millis(500);
@@ -1229,7 +1229,7 @@ impl World {
     // ----- client behaviour and invariants on what clients see -----
 
     fn client_events(&mut self, i: usize) -> Result<(), Violation> {
-        while let Some(ev) = self.clients[i].session.poll_event() {
+        while let Some(ev) = self.clients[i].session.poll_output() {
             match ev {
                 ClientEvent::Message(d) => {
                     self.delivered += 1;
@@ -1339,7 +1339,7 @@ impl World {
                     ));
                     if let Some(w) = self.clients[i].wal.as_mut() {
                         w.must_survive.remove(&sequence);
-                        w.machine.handle_puback(sequence);
+                        w.machine.handle_puback(self.now, sequence);
                         self.drive_wal(i)?;
                     }
                 }
@@ -1558,7 +1558,7 @@ impl World {
 
     fn agent_events(&mut self) -> Result<(), Violation> {
         let now = self.now;
-        while let Some(ev) = self.agent.session.poll_event() {
+        while let Some(ev) = self.agent.session.poll_output() {
             let ClientEvent::Message(d) = ev else {
                 continue;
             };
@@ -1659,7 +1659,7 @@ impl World {
     fn agent_timeout(&mut self) {
         self.agent.session.handle_timeout(self.now);
         self.agent.registry.handle_timeout(self.now);
-        while let Some(ev) = self.agent.registry.poll_event() {
+        while let Some(ev) = self.agent.registry.poll_output() {
             self.log(format!("registry: {ev:?}"));
         }
     }
@@ -1679,12 +1679,12 @@ impl World {
         };
         if current.is_some() && current != *session {
             *session = current;
-            reg.handle_disconnect();
+            reg.handle_disconnect(now);
             reg.start(now);
         } else {
             reg.handle_timeout(now);
         }
-        let actions: Vec<RegAction> = std::iter::from_fn(|| reg.poll_action()).collect();
+        let actions: Vec<RegAction> = std::iter::from_fn(|| reg.poll_output()).collect();
         for action in actions {
             let (topic, payload, qos, reply_to) = match action {
                 RegAction::Register => {

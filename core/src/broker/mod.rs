@@ -375,6 +375,21 @@ pub struct SubscriptionInfo {
     pub dropped: u64,
 }
 
+/// Why the [`Broker`] wants [`handle_timeout`](Broker::handle_timeout) called.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timer {
+    /// The periodic `$sys` stats publish.
+    Stats,
+    /// A connection has not said Hello in time.
+    Handshake(ConnId),
+    /// A connection has been quiet: ping it, or drop it after three heartbeat intervals.
+    Keepalive(ConnId),
+    /// A connection started a frame and has not finished it within the frame timeout.
+    Frame(ConnId),
+    /// A detached durable subscription (by subscription key) has stayed away too long.
+    DurableExpiry(u64),
+}
+
 /// The broker.
 #[derive(Debug)]
 pub struct Broker {
@@ -769,32 +784,41 @@ impl Broker {
     }
 
     /// The next thing the driver must do, if any. Drain until `None` after every `handle_*`.
+    #[must_use]
     pub fn poll_output(&mut self) -> Option<Output> {
         self.outputs.pop_front()
     }
 
-    /// The next deadline: a handshake or keepalive timeout, a durable expiry or the stats
-    /// interval.
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    /// The next deadline and what it is for: a handshake, frame or keepalive timeout, a
+    /// durable expiry or the stats interval.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<(Instant, Timer)> {
+        use crate::time::earlier;
         let hb = self.config.heartbeat_interval;
-        let mut next = self.next_stats;
-        for c in self.conns.values() {
+        let mut next = self.next_stats.map(|at| (at, Timer::Stats));
+        for (&id, c) in &self.conns {
             if let Some(started) = c.frame_started {
-                next = crate::time::earliest(next, Some(started + self.config.frame_timeout));
+                next = earlier(
+                    next,
+                    Some((started + self.config.frame_timeout, Timer::Frame(id))),
+                );
             }
             let t = match c.phase {
-                Phase::Handshaking { deadline } => deadline,
+                Phase::Handshaking { deadline } => (deadline, Timer::Handshake(id)),
                 Phase::Open => {
                     let idle = c.last_recv + hb * 3;
                     let ping = (c.last_recv + hb).max(c.last_ping + hb);
-                    idle.min(ping)
+                    (idle.min(ping), Timer::Keepalive(id))
                 }
             };
-            next = crate::time::earliest(next, Some(t));
+            next = earlier(next, Some(t));
         }
         for s in self.subs.values() {
             if let Some(t) = s.detached_at {
-                next = crate::time::earliest(next, Some(t + self.config.durable_expiry));
+                next = earlier(
+                    next,
+                    Some((t + self.config.durable_expiry, Timer::DurableExpiry(s.key))),
+                );
             }
         }
         next

@@ -138,7 +138,7 @@ impl World {
                     }
                     Output::Close { conn, reason } => {
                         if let Some(c) = self.clients.get_mut(&conn) {
-                            c.handle_disconnect("closed by broker");
+                            c.handle_disconnect(self.now, "closed by broker");
                         }
                         self.closed.insert(conn, reason);
                     }
@@ -147,7 +147,7 @@ impl World {
             let ids: Vec<ConnId> = self.clients.keys().copied().collect();
             for id in ids {
                 let client = self.clients.get_mut(&id).expect("client");
-                while let Some(ev) = client.poll_event() {
+                while let Some(ev) = client.poll_output() {
                     self.events.entry(id).or_default().push(ev);
                     progress = true;
                 }
@@ -196,7 +196,7 @@ impl World {
     pub fn disconnect(&mut self, conn: ConnId) {
         self.broker.handle_disconnect(self.now, conn);
         if let Some(c) = self.clients.get_mut(&conn) {
-            c.handle_disconnect("test disconnect");
+            c.handle_disconnect(self.now, "test disconnect");
         }
         self.clients.remove(&conn);
         self.unread.remove(&conn);
