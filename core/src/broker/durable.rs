@@ -75,7 +75,7 @@ impl Broker {
                 let s = self.subs.get(key)?;
                 let group = s.group.as_ref().map(|g| GroupSpec {
                     name: g.to_string(),
-                    strategy: self.groups.get(g).map(|st| st.strategy).unwrap_or_default(),
+                    strategy: self.groups.get(g).map(|g| g.strategy()).unwrap_or_default(),
                 });
                 Some(DurableDefinition {
                     uid: *uid,

@@ -23,7 +23,7 @@ impl Broker {
 
     /// Bytes of queued messages charged to the memory budget.
     pub fn queued_bytes(&self) -> u64 {
-        self.queued_bytes
+        self.budget.queued_bytes()
     }
 
     /// Broker-wide counters.
@@ -87,17 +87,19 @@ impl Broker {
         let mut health = Health::Healthy;
         let mut reasons = Vec::new();
         let budget = self.config.memory_budget.max(1);
-        if self.queued_bytes * 100 >= budget * 95 {
+        if self.budget.queued_bytes() * 100 >= budget * 95 {
             health = Health::Unhealthy;
             reasons.push(format!(
                 "queued bytes {} at 95% of the budget {}",
-                self.queued_bytes, budget
+                self.budget.queued_bytes(),
+                budget
             ));
-        } else if self.queued_bytes * 100 >= budget * 80 {
+        } else if self.budget.queued_bytes() * 100 >= budget * 80 {
             health = Health::Degraded;
             reasons.push(format!(
                 "queued bytes {} at 80% of the budget {}",
-                self.queued_bytes, budget
+                self.budget.queued_bytes(),
+                budget
             ));
         }
         if self.ordinary_conns >= self.config.max_connections {

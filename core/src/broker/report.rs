@@ -92,7 +92,7 @@ impl Broker {
             totals: Some(self.totals.to_pb(queued)),
             connections: self.conns.len() as u64,
             subscriptions: self.subs.len() as u64,
-            queued_bytes: self.queued_bytes,
+            queued_bytes: self.budget.queued_bytes(),
             memory_budget_bytes: self.config.memory_budget,
             publish_rate: self.rates.0,
             deliver_rate: self.rates.1,

@@ -1,14 +1,65 @@
 //! Subscriptions: creating, resuming, unsubscribing (after their queue drains) and
 //! removing them, with their queue-group membership and durable names.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use daemoneye_proto::frame::{GroupSpec, Overflow, QoS, Subscribe};
 use daemoneye_proto::pb::bus::{self as pb, frame::Body};
 
-use super::{Broker, ConnId, GroupState, Subscription};
+use super::group::{MemberLoad, QueueGroup};
+use super::queue::{Entry, SubQueue};
+use super::stats::Counters;
+use super::{Broker, ConnId};
 use crate::Instant;
 use crate::topic::TopicFilter;
+
+#[derive(Debug)]
+pub(super) struct Subscription {
+    pub(super) key: u64,
+    pub(super) owner: Option<ConnId>,
+    pub(super) client_sub_id: u64,
+    pub(super) filter: TopicFilter,
+    pub(super) group: Option<Arc<str>>,
+    pub(super) qos: QoS,
+    pub(super) capacity: u32,
+    pub(super) overflow: Overflow,
+    pub(super) durable: Option<(u32, String)>,
+    pub(super) queue: SubQueue,
+    /// Delivered QoS1 copies waiting for Ack, by delivery id.
+    pub(super) unacked: BTreeMap<u64, Entry>,
+    /// Publishers stalled on this queue.
+    pub(super) blocked: Vec<ConnId>,
+    /// Unsubscribed: it matches nothing new and goes once its queue is handed out.
+    pub(super) unsubscribed: bool,
+    pub(super) dropped_total: u64,
+    pub(super) dropped_unreported: u64,
+    pub(super) detached_at: Option<Instant>,
+    pub(super) counters: Counters,
+}
+
+impl Subscription {
+    /// Copies it holds: queued and handed out unacknowledged.
+    pub(super) fn occupancy(&self) -> usize {
+        self.queue.len() + self.unacked.len()
+    }
+    /// At capacity.
+    pub(super) fn is_full(&self) -> bool {
+        self.occupancy() >= self.capacity as usize
+    }
+    /// At 80% of capacity or more.
+    pub(super) fn under_pressure(&self) -> bool {
+        self.occupancy() * 5 >= self.capacity as usize * 4
+    }
+
+    /// How loaded it is, for a queue-group pick.
+    pub(super) fn load(&self) -> MemberLoad {
+        MemberLoad {
+            occupancy: self.occupancy(),
+            full: self.is_full(),
+        }
+    }
+}
 
 /// What a new subscription is made of.
 pub(super) struct NewSubscription {
@@ -109,6 +160,7 @@ impl Broker {
             }
             self.send_frame(conn, Body::SubAck(ack));
             self.ready.insert(conn);
+            self.disarm_durable_expiry(key);
             return;
         }
 
@@ -146,13 +198,8 @@ impl Broker {
         if let (Some(name), Some(spec)) = (&group, &new.group) {
             self.groups
                 .entry(name.clone())
-                .or_insert_with(|| GroupState {
-                    strategy: spec.strategy,
-                    last: 0,
-                    members: Default::default(),
-                })
-                .members
-                .insert(key);
+                .or_insert_with(|| QueueGroup::new(spec.strategy))
+                .join(key);
         }
         self.index.insert(&new.filter, key);
         if let Some(d) = &new.durable {
@@ -181,6 +228,7 @@ impl Broker {
                 counters: Default::default(),
             },
         );
+        self.arm_durable_expiry(key);
         key
     }
 
@@ -222,13 +270,8 @@ impl Broker {
         if let Some(d) = durable {
             self.durables.remove(&d);
         }
-        if let Some(g) = group
-            && let Some(state) = self.groups.get_mut(&g)
-        {
-            state.members.remove(&key);
-            if state.members.is_empty() {
-                self.groups.remove(&g);
-            }
+        if let Some(g) = group {
+            self.leave_group(&g, key);
         }
         if let Some(owner) = self.subs.get(&key).and_then(|s| s.owner) {
             self.ready.insert(owner);
@@ -276,14 +319,10 @@ impl Broker {
             c.subs.remove(&s.client_sub_id);
             c.unacked.retain(|_, k| *k != key);
         }
-        if let Some(g) = &s.group
-            && let Some(state) = self.groups.get_mut(g)
-        {
-            state.members.remove(&key);
-            if state.members.is_empty() {
-                self.groups.remove(g);
-            }
+        if let Some(g) = &s.group {
+            self.leave_group(g, key);
         }
+        self.disarm_durable_expiry(key);
         let entries = s.queue.drain_all();
         let mut dropped = 0u64;
         for mut e in entries {
@@ -306,8 +345,8 @@ impl Broker {
                     if let Some(owner) = m.owner {
                         self.ready.insert(owner);
                     }
-                    if let Some(state) = self.groups.get_mut(&g) {
-                        state.last = member;
+                    if let Some(group) = self.groups.get_mut(&g) {
+                        group.served(member);
                     }
                     continue;
                 }
@@ -320,6 +359,15 @@ impl Broker {
         s.dropped_total += dropped;
         for conn in std::mem::take(&mut s.blocked) {
             self.retry_stalled(now, conn);
+        }
+    }
+
+    /// Subscription `key` leaves its queue group, which goes with its last member.
+    fn leave_group(&mut self, group: &Arc<str>, key: u64) {
+        if let Some(g) = self.groups.get_mut(group)
+            && g.leave(key)
+        {
+            self.groups.remove(group);
         }
     }
 }

@@ -222,6 +222,7 @@ mod tests {
                 resent: false,
                 published_at: Instant::ZERO,
                 size: 0,
+                copies: Default::default(),
             }),
             redelivered,
             tracked: false,
