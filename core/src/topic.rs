@@ -4,7 +4,8 @@
 //! and must be a whole level; `#` matches zero or more trailing levels and must be the whole
 //! last level (`events.#` matches `events`); no level is empty; no NUL; at most 65,535 bytes
 //! and 64 levels. A name whose first level starts with `$` is reserved for the broker and is
-//! not matched by a filter whose first level is a wildcard.
+//! not matched by a filter whose first level is a wildcard. A filter level that is exactly
+//! `*` or `>` (NATS's wildcards) is refused with a hint to use `+` or `#`.
 //!
 //! This module owns the grammar and the single-filter match; the routing index is
 //! [`crate::index`].
@@ -46,6 +47,19 @@ pub enum TopicError {
     /// `#` is not the last level.
     #[error("'#' must be the last level (found at level {0})")]
     MultiLevelNotLast(usize),
+    /// A filter level is exactly `*` or `>`, NATS's wildcards: here they would match only
+    /// that literal text, which is never what was meant.
+    #[error(
+        "level {level} is '{found}', a NATS wildcard; DaemonEye filters use '{instead}' ('+' matches one level, '#' all remaining levels)"
+    )]
+    NatsWildcard {
+        /// The level's index.
+        level: usize,
+        /// `*` or `>`.
+        found: char,
+        /// The wildcard meant: `+` for `*`, `#` for `>`.
+        instead: char,
+    },
 }
 
 /// Checks the rules shared by names and filters; returns the level count.
@@ -149,6 +163,7 @@ impl TopicFilter {
                 "+" => FilterLevel::Single,
                 "#" if i + 1 == count => FilterLevel::Multi,
                 "#" => return Err(TopicError::MultiLevelNotLast(i)),
+                "*" | ">" => return Err(nats_wildcard(i, level)),
                 l if l.contains(['+', '#']) => return Err(TopicError::WildcardNotWholeLevel(i)),
                 l => FilterLevel::Literal(l.into()),
             };
@@ -222,6 +237,15 @@ impl TopicFilter {
             }
         }
         inner.len() == outer.levels.len()
+    }
+}
+
+fn nats_wildcard(level: usize, text: &str) -> TopicError {
+    let (found, instead) = if text == "*" { ('*', '+') } else { ('>', '#') };
+    TopicError::NatsWildcard {
+        level,
+        found,
+        instead,
     }
 }
 

@@ -68,6 +68,41 @@ fn invalid_filters_are_rejected_with_the_rule_they_break() {
 }
 
 #[test]
+fn nats_wildcards_in_a_filter_are_refused_with_a_hint_to_use_mqtt_ones() {
+    assert_eq!(
+        TopicFilter::parse("events.*.new"),
+        Err(TopicError::NatsWildcard {
+            level: 1,
+            found: '*',
+            instead: '+'
+        })
+    );
+    let err = TopicFilter::parse("events.>").expect_err("'>' is refused");
+    assert_eq!(
+        err,
+        TopicError::NatsWildcard {
+            level: 1,
+            found: '>',
+            instead: '#'
+        }
+    );
+    let msg = err.to_string();
+    assert!(msg.contains("use '#'") && msg.contains("NATS"), "{msg}");
+    assert!(
+        TopicFilter::parse("*")
+            .expect_err("'*' alone")
+            .to_string()
+            .contains("use '+'")
+    );
+    // Only a whole level is NATS syntax; inside a level they are ordinary characters, and
+    // topic names may use them.
+    for ok in ["a.b*", "a.>b", "x*y.#"] {
+        assert!(TopicFilter::parse(ok).is_ok(), "{ok}");
+    }
+    assert!(TopicName::parse("events.*.>").is_ok());
+}
+
+#[test]
 fn multi_level_wildcard_matches_the_parent_level() {
     let f = TopicFilter::parse("events.#").expect("filter");
     for (name, want) in [

@@ -12,7 +12,7 @@ use daemoneye_proto::pb::bus::{self as pb, frame::Body};
 
 use super::{Broker, ConnId, Output};
 use crate::Instant;
-use crate::topic::{TopicName, topics};
+use crate::topic::{TopicError, TopicName, topics};
 
 /// Least time between two SlowDown notices to one publisher.
 const SLOW_DOWN_EVERY: Duration = Duration::from_secs(1);
@@ -45,6 +45,55 @@ pub(super) enum BlockedOn {
     },
 }
 
+/// Why a publish is refused before routing; answered with an Error for it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(super) enum PublishRefusal {
+    /// The topic does not parse.
+    #[error("invalid topic {topic:?}: {source}")]
+    InvalidTopic {
+        /// The topic text.
+        topic: String,
+        /// The rule it breaks.
+        source: TopicError,
+    },
+    /// The reply-to topic does not parse.
+    #[error("invalid reply_to {reply_to:?}: {source}")]
+    InvalidReplyTo {
+        /// The reply-to text.
+        reply_to: String,
+        /// The rule it breaks.
+        source: TopicError,
+    },
+    /// `$` topics belong to the broker.
+    #[error("topic {topic:?} is reserved for the broker")]
+    Reserved {
+        /// The topic.
+        topic: String,
+    },
+    /// The ACL does not let this uid publish there.
+    #[error("uid {uid} may not publish to {topic:?}")]
+    Denied {
+        /// The publisher's uid.
+        uid: u32,
+        /// The topic.
+        topic: String,
+    },
+}
+
+impl PublishRefusal {
+    /// The error code the refusal is answered with.
+    fn code(&self) -> pb::ErrorCode {
+        match self {
+            PublishRefusal::InvalidTopic { .. } | PublishRefusal::InvalidReplyTo { .. } => {
+                pb::ErrorCode::InvalidTopic
+            }
+            PublishRefusal::Reserved { .. } | PublishRefusal::Denied { .. } => {
+                pb::ErrorCode::PermissionDenied
+            }
+        }
+    }
+}
+
 impl Broker {
     pub(super) fn handle_publish(&mut self, now: Instant, conn: ConnId, p: Publish) {
         let Some(c) = self.conns.get_mut(&conn) else {
@@ -67,11 +116,26 @@ impl Broker {
         conn: ConnId,
         p: Publish,
     ) -> Result<(), Box<Blocked>> {
-        let seq = p.sequence;
-        let fail = |b: &mut Broker, code: pb::ErrorCode, msg: String| {
-            b.send_error(conn, code, msg, seq, pb::AnswerKind::Publish);
-            Ok(())
-        };
+        match self.check_publish(now, conn, &p) {
+            Ok(Some(topic)) => self.route(now, Some(conn), p, topic),
+            Ok(None) => Ok(()),
+            Err(refusal) => {
+                let code = refusal.code();
+                let msg = refusal.to_string();
+                self.send_error(conn, code, msg, p.sequence, pb::AnswerKind::Publish);
+                Ok(())
+            }
+        }
+    }
+
+    /// The topic a publish goes to, if it may be routed; `Ok(None)` when it needs no
+    /// routing (a `$sys` request, answered here; a connection already gone).
+    fn check_publish(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        p: &Publish,
+    ) -> Result<Option<TopicName>, PublishRefusal> {
         let cached = self
             .conns
             .get(&conn)
@@ -80,30 +144,28 @@ impl Broker {
             .cloned();
         let topic = match cached {
             Some(t) => t,
-            None => match TopicName::parse(&p.topic) {
-                Ok(t) => {
-                    if let Some(c) = self.conns.get_mut(&conn) {
-                        c.last_topic = Some(t.clone());
-                    }
-                    t
+            None => {
+                let t =
+                    TopicName::parse(&p.topic).map_err(|source| PublishRefusal::InvalidTopic {
+                        topic: p.topic.clone(),
+                        source,
+                    })?;
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.last_topic = Some(t.clone());
                 }
-                Err(e) => {
-                    let msg = format!("invalid topic {:?}: {e}", p.topic);
-                    return fail(self, pb::ErrorCode::InvalidTopic, msg);
-                }
-            },
+                t
+            }
         };
         if let Some(reply_to) = &p.reply_to
-            && let Err(e) = TopicName::parse(reply_to)
+            && let Err(source) = TopicName::parse(reply_to)
         {
-            return fail(
-                self,
-                pb::ErrorCode::InvalidTopic,
-                format!("invalid reply_to {reply_to:?}: {e}"),
-            );
+            return Err(PublishRefusal::InvalidReplyTo {
+                reply_to: reply_to.clone(),
+                source,
+            });
         }
         let Some(c) = self.conns.get(&conn) else {
-            return Ok(());
+            return Ok(None);
         };
         let principal = c.principal;
         if topic.is_reserved() {
@@ -112,26 +174,25 @@ impl Broker {
                 && (topic.as_str() == topics::BROKER_STATS
                     || topic.as_str() == topics::BROKER_HEALTH);
             if is_request && self.acl.allows_publish(principal, &topic) {
-                self.answer_request(now, conn, &topic, &p);
-                return Ok(());
+                self.answer_request(now, conn, &topic, p);
+                return Ok(None);
             }
             self.totals.denied += 1;
-            let msg = format!("topic {:?} is reserved for the broker", topic.as_str());
-            return fail(self, pb::ErrorCode::PermissionDenied, msg);
+            return Err(PublishRefusal::Reserved {
+                topic: topic.as_str().to_string(),
+            });
         }
         if !self.acl.allows_publish(principal, &topic) {
             self.totals.denied += 1;
             if let Some(c) = self.conns.get_mut(&conn) {
                 c.counters.denied += 1;
             }
-            let msg = format!(
-                "uid {} may not publish to {:?}",
-                principal.uid,
-                topic.as_str()
-            );
-            return fail(self, pb::ErrorCode::PermissionDenied, msg);
+            return Err(PublishRefusal::Denied {
+                uid: principal.uid,
+                topic: topic.as_str().to_string(),
+            });
         }
-        self.route(now, Some(conn), p, topic)
+        Ok(Some(topic))
     }
 
     /// Puts a blocked publish at the front of the connection's waiting publishes.

@@ -12,7 +12,7 @@ use super::queue::{Entry, SubQueue};
 use super::stats::Counters;
 use super::{Broker, ConnId};
 use crate::Instant;
-use crate::topic::TopicFilter;
+use crate::topic::{TopicError, TopicFilter};
 
 #[derive(Debug)]
 pub(super) struct Subscription {
@@ -74,24 +74,99 @@ pub(super) struct NewSubscription {
     pub detached_at: Option<Instant>,
 }
 
+/// Why a Subscribe is refused (the connection stays); answered with an Error for it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(super) enum SubscribeRefusal {
+    /// The filter does not parse.
+    #[error("invalid filter {filter:?}: {source}")]
+    InvalidFilter {
+        /// The filter text.
+        filter: String,
+        /// The rule it breaks.
+        source: TopicError,
+    },
+    /// The ACL does not let this uid read what the filter matches.
+    #[error("uid {uid} may not subscribe to {filter:?}")]
+    Denied {
+        /// The subscriber's uid.
+        uid: u32,
+        /// The filter.
+        filter: String,
+    },
+    /// The connection already has a subscription with this id.
+    #[error("sub_id {0} is already in use")]
+    SubIdInUse(u64),
+    /// The connection holds `max_subscriptions_per_connection` already.
+    #[error("subscription limit of {limit} per connection reached")]
+    TooMany {
+        /// The limit.
+        limit: usize,
+    },
+    /// The capacity asked for is above `max_capacity`.
+    #[error("capacity {capacity} is above the maximum of {max}")]
+    CapacityTooLarge {
+        /// Asked for.
+        capacity: u32,
+        /// The broker's maximum.
+        max: u32,
+    },
+    /// The durable subscription is held by another live connection.
+    #[error("durable subscription {name:?} is in use by another connection")]
+    DurableInUse {
+        /// The durable name.
+        name: String,
+    },
+    /// The durable subscription exists with another filter.
+    #[error("durable subscription {name:?} exists with filter {filter:?}")]
+    DurableFilterMismatch {
+        /// The durable name.
+        name: String,
+        /// Its filter.
+        filter: String,
+    },
+}
+
+impl SubscribeRefusal {
+    /// The error code the refusal is answered with.
+    pub(super) fn code(&self) -> pb::ErrorCode {
+        match self {
+            SubscribeRefusal::InvalidFilter { .. } => pb::ErrorCode::InvalidFilter,
+            SubscribeRefusal::Denied { .. } => pb::ErrorCode::PermissionDenied,
+            SubscribeRefusal::SubIdInUse(_) | SubscribeRefusal::DurableInUse { .. } => {
+                pb::ErrorCode::DuplicateSubscription
+            }
+            SubscribeRefusal::TooMany { .. } => pb::ErrorCode::TooManySubscriptions,
+            SubscribeRefusal::CapacityTooLarge { .. }
+            | SubscribeRefusal::DurableFilterMismatch { .. } => pb::ErrorCode::InvalidSubscription,
+        }
+    }
+}
+
 impl Broker {
     pub(super) fn handle_subscribe(&mut self, conn: ConnId, s: Subscribe) {
         let sub_id = s.sub_id;
-        let fail = |b: &mut Broker, code: pb::ErrorCode, msg: String| {
-            b.send_error(conn, code, msg, sub_id, pb::AnswerKind::Subscription);
-        };
-        let filter = match TopicFilter::parse(&s.filter) {
-            Ok(f) => f,
-            Err(e) => {
-                return fail(
-                    self,
-                    pb::ErrorCode::InvalidFilter,
-                    format!("invalid filter {:?}: {e}", s.filter),
-                );
-            }
-        };
+        if let Err(refusal) = self.subscribe(conn, s) {
+            self.send_error(
+                conn,
+                refusal.code(),
+                refusal.to_string(),
+                sub_id,
+                pb::AnswerKind::Subscription,
+            );
+        }
+    }
+
+    /// Creates the subscription a Subscribe asks for, or resumes the durable one it names,
+    /// and answers SubAck; `Err` says why it is refused (the connection stays).
+    fn subscribe(&mut self, conn: ConnId, s: Subscribe) -> Result<(), SubscribeRefusal> {
+        let sub_id = s.sub_id;
+        let filter =
+            TopicFilter::parse(&s.filter).map_err(|source| SubscribeRefusal::InvalidFilter {
+                filter: s.filter.clone(),
+                source,
+            })?;
         let Some(c) = self.conns.get(&conn) else {
-            return;
+            return Ok(());
         };
         let principal = c.principal;
         let uid = c.peer.uid;
@@ -100,30 +175,25 @@ impl Broker {
             if let Some(c) = self.conns.get_mut(&conn) {
                 c.counters.denied += 1;
             }
-            let msg = format!("uid {uid} may not subscribe to {:?}", filter.as_str());
-            return fail(self, pb::ErrorCode::PermissionDenied, msg);
+            return Err(SubscribeRefusal::Denied {
+                uid,
+                filter: filter.as_str().to_string(),
+            });
         }
         if c.subs.contains_key(&sub_id) {
-            return fail(
-                self,
-                pb::ErrorCode::DuplicateSubscription,
-                format!("sub_id {sub_id} is already in use"),
-            );
+            return Err(SubscribeRefusal::SubIdInUse(sub_id));
         }
         if c.subs.len() >= self.config.max_subscriptions_per_connection {
-            let msg = format!(
-                "subscription limit of {} per connection reached",
-                self.config.max_subscriptions_per_connection
-            );
-            return fail(self, pb::ErrorCode::TooManySubscriptions, msg);
+            return Err(SubscribeRefusal::TooMany {
+                limit: self.config.max_subscriptions_per_connection,
+            });
         }
         let capacity = s.capacity.unwrap_or(self.config.default_capacity);
         if capacity > self.config.max_capacity {
-            let msg = format!(
-                "capacity {capacity} is above the maximum of {}",
-                self.config.max_capacity
-            );
-            return fail(self, pb::ErrorCode::InvalidSubscription, msg);
+            return Err(SubscribeRefusal::CapacityTooLarge {
+                capacity,
+                max: self.config.max_capacity,
+            });
         }
         // Nothing is lost by default: a subscriber that wants loss must ask for it.
         let overflow = s.overflow.unwrap_or(Overflow::Block);
@@ -132,18 +202,16 @@ impl Broker {
             && let Some(&key) = self.durables.get(&(uid, name.clone()))
         {
             let Some(existing) = self.subs.get_mut(&key) else {
-                return;
+                return Ok(());
             };
             if existing.owner.is_some() {
-                let msg = format!("durable subscription {name:?} is in use by another connection");
-                return fail(self, pb::ErrorCode::DuplicateSubscription, msg);
+                return Err(SubscribeRefusal::DurableInUse { name: name.clone() });
             }
             if existing.filter != filter {
-                let msg = format!(
-                    "durable subscription {name:?} exists with filter {:?}",
-                    existing.filter.as_str()
-                );
-                return fail(self, pb::ErrorCode::InvalidSubscription, msg);
+                return Err(SubscribeRefusal::DurableFilterMismatch {
+                    name: name.clone(),
+                    filter: existing.filter.as_str().to_string(),
+                });
             }
             existing.owner = Some(conn);
             existing.client_sub_id = sub_id;
@@ -161,7 +229,7 @@ impl Broker {
             self.send_frame(conn, Body::SubAck(ack));
             self.ready.insert(conn);
             self.disarm_durable_expiry(key);
-            return;
+            return Ok(());
         }
 
         let key = self.add_subscription(NewSubscription {
@@ -185,6 +253,7 @@ impl Broker {
             resumed_backlog: 0,
         };
         self.send_frame(conn, Body::SubAck(ack));
+        Ok(())
     }
 
     /// Creates a subscription: its queue-group membership, index entry and durable name.

@@ -188,13 +188,18 @@ impl Broker {
             (at, timer)
         });
         let answer = earlier(self.next_stats.map(|at| (at, Timer::Stats)), next);
-        debug_assert_eq!(answer, self.scan_timeout(), "deadline structure disagrees");
+        debug_assert_eq!(
+            answer,
+            self.poll_timeout_by_scan(),
+            "deadline structure disagrees"
+        );
         answer
     }
 
     /// `poll_timeout` by scanning every connection and subscription: the reference the
-    /// deadline structure must agree with (checked in debug builds).
-    fn scan_timeout(&self) -> Option<(Instant, Timer)> {
+    /// deadline structure must agree with (checked in debug builds and by the tests).
+    #[doc(hidden)]
+    pub fn poll_timeout_by_scan(&self) -> Option<(Instant, Timer)> {
         let mut next = self.next_stats.map(|at| (at, Timer::Stats));
         for (&id, c) in &self.conns {
             let frame = frame_deadline(&self.config, c).map(|at| (at, Timer::Frame(id)));
