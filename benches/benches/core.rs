@@ -1,5 +1,6 @@
-//! Core benchmarks: topic matching against 10,000 subscriptions, and routing 256-byte
-//! publishes through the broker machine from bytes in to bytes out.
+//! Core benchmarks: topic matching against 10,000 subscriptions, routing 256-byte
+//! publishes through the broker machine from bytes in to bytes out, and asking the broker
+//! for its next deadline after every read with 1,000 connections open.
 //!
 //! `cargo bench -p daemoneye-benches --bench core`
 
@@ -13,7 +14,7 @@ use daemoneye_core::broker::{Broker, BrokerConfig, ConnId, Output, PeerCreds};
 use daemoneye_core::client::{ClientConfig, ClientSession};
 use daemoneye_core::index::SubscriptionIndex;
 use daemoneye_core::topic::{TopicFilter, TopicName};
-use daemoneye_proto::frame::{Overflow, Publish, QoS, Subscribe};
+use daemoneye_proto::frame::{ClientFrame, Overflow, Publish, QoS, Subscribe};
 
 // The agent runs on mimalloc; measure with the allocator it uses.
 #[global_allocator]
@@ -128,5 +129,39 @@ fn route(c: &mut Criterion) {
     assert_eq!(broker.totals().dropped, 0);
 }
 
-criterion_group!(benches, topic_match, route);
+/// The io server asks `poll_timeout` after every dispatch: a frame from one of many
+/// connections (which moves that connection's keepalive later) and then the question.
+fn poll_timeout_after_each_read(c: &mut Criterion) {
+    const CONNECTIONS: usize = 1000;
+    let mut now = Instant::from_nanos(1);
+    let config = BrokerConfig {
+        owner_uid: 1000,
+        max_connections: CONNECTIONS + 1,
+        ..Default::default()
+    };
+    let mut broker = Broker::new(config, Acl::owner_only(1000), 1);
+    let conns: Vec<ConnId> = (0..CONNECTIONS)
+        .map(|i| handshake(&mut broker, now, &format!("c{i}")).0)
+        .collect();
+    let mut ping = Vec::new();
+    daemoneye_proto::encode(&ClientFrame::Ping { nonce: 1 }.into(), u32::MAX, &mut ping)
+        .expect("encodes");
+    let mut next = 0;
+    c.bench_function("poll_timeout_after_a_frame_1k_connections", |b| {
+        b.iter(|| {
+            now = now + std::time::Duration::from_micros(10);
+            let conn = conns[next % CONNECTIONS];
+            next += 1;
+            broker.handle_bytes(now, conn, black_box(&ping));
+            while let Some(out) = broker.poll_output() {
+                if let Output::Transmit { conn, data } = out {
+                    broker.handle_written(now, conn, data.len());
+                }
+            }
+            black_box(broker.poll_timeout())
+        })
+    });
+}
+
+criterion_group!(benches, topic_match, route, poll_timeout_after_each_read);
 criterion_main!(benches);

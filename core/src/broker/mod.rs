@@ -25,20 +25,20 @@
 //! | file | owns |
 //! |---|---|
 //! | `mod.rs` | the public types, the [`Broker`] struct and its constructor |
-//! | `config.rs` | [`BrokerConfig`]: limits and defaults |
+//! | `config.rs` | [`BrokerConfig`]: limits and defaults (the canary behind the `canary` feature) |
 //! | `connection.rs` | a connection's lifecycle: connect, Hello, limits and reserved slots, Goodbye, close |
 //! | `frames.rs` | bytes in: decoding, each frame handled whole and in order, end of stream |
 //! | `timers.rs` | [`Timer`], `poll_timeout` and `handle_timeout` (handshake, keepalive, frame, durable expiry, stats) |
-//! | `deadlines.rs` | the deadline structure behind `poll_timeout` (lazy re-arming) |
-//! | `subscribe.rs` | subscriptions: create, resume, unsubscribe, remove, redistribute within a group |
+//! | `deadlines.rs` | `Deadlines`: the structure behind `poll_timeout`, with lazy re-arming |
+//! | `subscribe.rs` | subscriptions: create, resume, unsubscribe, remove, hand-over within a group; `SubscribeRefusal` |
 //! | `durable.rs` | durable subscriptions' definitions across restarts |
-//! | `publish.rs` | publish admission: validation, ACL, stalls on a full Block queue or the budget, waking stalled publishers, SlowDown |
-//! | `route.rs` | fan-out of one publish: targets, the max-frame bound, dedup of resends, copies into queues |
-//! | `group.rs` | a [`QueueGroup`](group::QueueGroup) and its `pick` (round robin, least loaded, random) |
-//! | `overflow.rs` | `admit`: what a full queue does with a new copy (the one place for a new overflow strategy) |
+//! | `publish.rs` | publish admission (`PublishRefusal`), stalls on a full Block queue or the budget, waking stalled publishers, SlowDown |
+//! | `route.rs` | fan-out of one publish: targets, the max-frame bound, resends a group has, a copy offered to each queue |
+//! | `group.rs` | `QueueGroup` and its `pick`: round robin, least loaded, random (a new strategy goes here) |
+//! | `overflow.rs` | `admit`: what a full queue does with a new copy, as an `Admission` (a new overflow strategy goes here) |
 //! | `queue.rs` | a subscription's bounded queue: priority lanes, FIFO within a lane |
-//! | `budget.rs` | the memory budget and each message's count of held copies |
-//! | `puback.rs` | the PubAck ledger: which QoS1 publishes await how many copies |
+//! | `budget.rs` | `MemoryBudget` and each message's count of the copies held |
+//! | `puback.rs` | `PubAckLedger`: which QoS1 publishes await how many copies, and the PubAck each is owed |
 //! | `dedup.rs` | exactly-once hand-out of QoS1 resends to queue groups |
 //! | `deliver.rs` | delivery within each connection's write window, acks, releasing copies |
 //! | `wire.rs` | the hand-written Deliver encoder and its size bounds |

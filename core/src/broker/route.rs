@@ -41,6 +41,15 @@ struct QueueFull {
     filter: String,
 }
 
+/// What the queue groups a publish matched came to.
+#[derive(Debug)]
+struct GroupChoices {
+    /// The member each group picked, recorded as served once the publish is routed.
+    picks: Vec<(Arc<str>, u64)>,
+    /// Groups that already hold or acknowledged this resend: they get no second copy.
+    skipped: Vec<(DedupKey, Seen)>,
+}
+
 /// What one message's copies came to.
 #[derive(Debug, Default)]
 struct FanOut {
@@ -189,7 +198,7 @@ impl Broker {
             }
             _ => None,
         };
-        let (picks, skipped) =
+        let GroupChoices { picks, skipped } =
             self.choose_targets(&p, &topic, target, dedup_publisher.as_ref(), targets);
 
         let size = p.payload.len() as u64 + topic.as_str().len() as u64 + MESSAGE_OVERHEAD;
@@ -317,8 +326,7 @@ impl Broker {
 
     /// Fills `targets` with the subscriptions that get a copy: every matching plain
     /// subscription (of the direct target only, if any) and one member per matching queue
-    /// group. Returns the group picks (recorded as served once the publish is routed) and
-    /// the groups skipped because they already hold or acknowledged this resend.
+    /// group, and says what each group came to.
     fn choose_targets(
         &mut self,
         p: &Publish,
@@ -326,7 +334,7 @@ impl Broker {
         target: Option<ConnId>,
         dedup_publisher: Option<&Arc<str>>,
         targets: &mut Vec<u64>,
-    ) -> (Vec<(Arc<str>, u64)>, Vec<(DedupKey, Seen)>) {
+    ) -> GroupChoices {
         let mut matched = std::mem::take(&mut self.scratch);
         matched.clear();
         self.index.matches(topic, &mut matched);
@@ -361,7 +369,7 @@ impl Broker {
             }
         }
         self.scratch = matched;
-        (picks, skipped)
+        GroupChoices { picks, skipped }
     }
 
     /// What a publisher's publish must wait for before any copy is queued: the first Block
