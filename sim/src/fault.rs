@@ -5,6 +5,8 @@
 //! [`FaultRates::inject_step`] and/or [`NetFaultRates::inject_step`] (after the existing
 //! draws, or every trace changes), and its arm in both [`FaultLayer`] impls below.
 
+#[cfg(test)]
+use std::collections::BTreeSet;
 use std::fmt;
 use std::time::Duration;
 
@@ -361,5 +363,130 @@ impl FaultLayer for Driver<'_> {
             }
             | Fault::Reset { .. } => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer1::{Canary, SimConfig};
+    use crate::link::LinkTimer;
+
+    fn world(seed: u64) -> World {
+        World::new(&SimConfig {
+            seed,
+            steps: 0,
+            verbose: false,
+            canary: Canary::None,
+        })
+    }
+
+    fn stall(i: usize, ms: u64) -> Fault {
+        Fault::Stall {
+            target: Target::Client(i),
+            duration: Duration::from_millis(ms),
+        }
+    }
+
+    #[test]
+    fn a_layer1_stall_holds_the_client_link_until_healed() {
+        let mut w = world(1);
+        let now = w.now();
+        assert!(w.inject(stall(0, 1500)));
+        assert_eq!(
+            w.link_mut(0).poll_timeout(),
+            Some((now + Duration::from_millis(1500), LinkTimer::StallEnds))
+        );
+        assert_eq!(w.link_mut(1).poll_timeout(), None, "only its target");
+        w.heal(stall(0, 1500));
+        assert_eq!(w.link_mut(0).poll_timeout(), None);
+    }
+
+    #[test]
+    fn layer1_refuses_the_faults_of_layer2_alone() {
+        let mut w = world(2);
+        let partition = Fault::Partition {
+            target: Target::Client(0),
+            duration: Duration::from_secs(1),
+        };
+        assert!(!w.inject(partition));
+        assert!(!w.inject(Fault::Stall {
+            target: Target::Broker,
+            duration: Duration::from_secs(1),
+        }));
+    }
+
+    fn no_faults() -> FaultRates {
+        FaultRates {
+            partial: 0.0,
+            stall: 0.0,
+            reset: 0.0,
+            corrupt: 0.0,
+            broker_crash: 0.0,
+            client_crash: 0.0,
+            wal_garbage: 0.0,
+            link_capacity: 512,
+        }
+    }
+
+    #[test]
+    fn with_every_rate_zero_a_step_draws_nothing_and_injects_nothing() {
+        let mut w = world(3);
+        let before = w.rng().clone();
+        no_faults().inject_step(&mut w, 0);
+        assert_eq!(w.rng().next_u64(), before.clone().next_u64());
+        assert_eq!(w.link_mut(0).poll_timeout(), None);
+    }
+
+    #[test]
+    fn with_a_certain_stall_a_step_stalls_the_steps_client() {
+        let mut w = world(4);
+        let rates = FaultRates {
+            stall: 1.0,
+            ..no_faults()
+        };
+        rates.inject_step(&mut w, 1);
+        assert!(w.link_mut(1).poll_timeout().is_some());
+        assert_eq!(w.link_mut(0).poll_timeout(), None);
+    }
+
+    #[test]
+    fn swarm_rates_are_a_function_of_the_seed() {
+        let rates = |seed| FaultRates::swarm(&mut SeededRng::new(seed)).to_string();
+        assert_eq!(rates(5), rates(5));
+        let mixes: BTreeSet<String> = (0..50).map(rates).collect();
+        assert!(mixes.len() > 10, "seeds choose different mixes");
+    }
+
+    #[test]
+    fn heals_due_together_run_crashes_then_partitions_then_holds_broker_first() {
+        let crash = |target| Fault::Crash {
+            target,
+            restart_after: Some(Duration::from_millis(70)),
+        };
+        let partition = Fault::Partition {
+            target: Target::Client(1),
+            duration: Duration::from_secs(5),
+        };
+        let due: BTreeSet<(u64, Fault)> = [
+            (9, stall(2, 10)),
+            (9, partition),
+            (9, crash(Target::Client(3))),
+            (9, crash(Target::Broker)),
+            (8, stall(6, 10)),
+        ]
+        .into_iter()
+        .collect();
+        let order: Vec<Fault> = due.into_iter().map(|(_, f)| f).collect();
+        assert_eq!(
+            order,
+            [
+                stall(6, 10),
+                crash(Target::Broker),
+                crash(Target::Client(3)),
+                partition,
+                stall(2, 10)
+            ]
+        );
     }
 }

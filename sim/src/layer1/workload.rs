@@ -48,7 +48,7 @@ const FILTERS: &[&str] = &[
 const GROUPS: &[&str] = &["workers", "scanners"];
 
 impl World {
-    pub(super) fn new(cfg: &SimConfig) -> World {
+    pub(crate) fn new(cfg: &SimConfig) -> World {
         let mut rng = SeededRng::new(cfg.seed);
         let faults = FaultRates::swarm(&mut rng);
         let broker_config = BrokerConfig {
