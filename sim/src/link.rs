@@ -1,7 +1,9 @@
 //! A fake byte-stream link between the broker and one client (layer 1), as a sans-IO
 //! machine in the core's contract (`handle_*(now, ..)`, `poll_output`, `poll_timeout`),
 //! after str0m's `Netem`: the link decides how bytes move (chunking, corruption, stalls,
-//! a bounded send buffer), the scheduler decides when each end reads.
+//! a bounded send buffer), the scheduler decides when each end reads. Each link draws from
+//! its own seeded stream, so what one link does never shifts another's draws or the
+//! workload's.
 //!
 //! Two directions: towards the broker, the client's writes go straight into the link
 //! (unbounded) and the broker end reads them unless the broker paused reading; towards the
@@ -84,11 +86,13 @@ pub struct Link {
     /// The broker closed the connection: deliver what is buffered, then EOF.
     closing: bool,
     outputs: VecDeque<LinkOutput>,
+    /// The link's own stream: chunking and corruption.
+    rng: SeededRng,
 }
 
 impl Link {
-    /// An empty, open link.
-    pub fn new(config: LinkConfig) -> Self {
+    /// An empty, open link; `seed` replays its every decision.
+    pub fn new(config: LinkConfig, seed: u64) -> Self {
         Link {
             config,
             to_broker: VecDeque::new(),
@@ -98,6 +102,7 @@ impl Link {
             read_paused: false,
             closing: false,
             outputs: VecDeque::new(),
+            rng: SeededRng::new(seed),
         }
     }
 
@@ -153,14 +158,13 @@ impl Link {
     /// stalled or the broker paused reading, else a chunk (all of what is buffered up to
     /// 16 KiB, or with probability `partial` a random shorter piece), bytes towards the
     /// broker possibly corrupted. The client end reads EOF once a closed link is empty.
-    /// Randomness comes from `rng`, in a fixed order, so a seed replays the same reads.
-    pub fn handle_read(&mut self, now: Instant, end: End, rng: &mut SeededRng) {
+    pub fn handle_read(&mut self, now: Instant, end: End) {
         match end {
             End::Client => {
                 if self.stalled_until > now {
                     return;
                 }
-                let n = self.take_chunk(self.to_client.len(), rng);
+                let n = self.take_chunk(self.to_client.len());
                 if n == 0 {
                     if self.closing && self.unsent.is_empty() {
                         self.outputs.push_back(LinkOutput::Eof);
@@ -178,15 +182,15 @@ impl Link {
                 if self.read_paused {
                     return;
                 }
-                let n = self.take_chunk(self.to_broker.len(), rng);
+                let n = self.take_chunk(self.to_broker.len());
                 if n == 0 {
                     return;
                 }
                 let mut data: Vec<u8> = self.to_broker.drain(..n).collect();
-                let corrupted = chance(rng, self.config.corrupt);
+                let corrupted = chance(&mut self.rng, self.config.corrupt);
                 if corrupted {
-                    let at = rng.below(data.len() as u64) as usize;
-                    data[at] ^= 1 << rng.below(8);
+                    let at = self.rng.below(data.len() as u64) as usize;
+                    data[at] ^= 1 << self.rng.below(8);
                 }
                 self.outputs.push_back(LinkOutput::Read {
                     end,
@@ -246,12 +250,12 @@ impl Link {
         self.unsent.iter().map(Bytes::len).sum()
     }
 
-    fn take_chunk(&self, len: usize, rng: &mut SeededRng) -> usize {
+    fn take_chunk(&mut self, len: usize) -> usize {
         if len == 0 {
             return 0;
         }
-        if chance(rng, self.config.partial) {
-            1 + rng.below(len as u64) as usize
+        if chance(&mut self.rng, self.config.partial) {
+            1 + self.rng.below(len as u64) as usize
         } else {
             len.min(MAX_READ)
         }
@@ -281,11 +285,11 @@ mod tests {
     }
 
     /// Reads at `end` until the link gives nothing more, returning the bytes and EOF.
-    fn read_all(link: &mut Link, now: Instant, end: End, rng: &mut SeededRng) -> (Vec<u8>, bool) {
+    fn read_all(link: &mut Link, now: Instant, end: End) -> (Vec<u8>, bool) {
         let mut got = Vec::new();
         let mut eof = false;
         for _ in 0..10_000 {
-            link.handle_read(now, end, rng);
+            link.handle_read(now, end);
             let mut any = false;
             while let Some(out) = link.poll_output() {
                 any = true;
@@ -304,8 +308,7 @@ mod tests {
 
     #[test]
     fn partial_reads_deliver_every_byte_once_in_order() {
-        let mut rng = SeededRng::new(9);
-        let mut link = Link::new(config(0.9, 0.0, 1 << 20));
+        let mut link = Link::new(config(0.9, 0.0, 1 << 20), 9);
         let sent: Vec<u8> = (0..5000u32).map(|n| (n % 251) as u8).collect();
         for piece in sent.chunks(333) {
             link.handle_client_write(at(0), piece);
@@ -313,7 +316,7 @@ mod tests {
         let mut chunks = 0;
         let mut got = Vec::new();
         while link.buffered(End::Broker) > 0 {
-            link.handle_read(at(0), End::Broker, &mut rng);
+            link.handle_read(at(0), End::Broker);
             while let Some(out) = link.poll_output() {
                 let LinkOutput::Read {
                     end,
@@ -335,25 +338,24 @@ mod tests {
 
     #[test]
     fn broker_writes_wait_for_room_and_are_reported_written_in_order() {
-        let mut rng = SeededRng::new(1);
-        let mut link = Link::new(config(0.0, 0.0, 10));
+        let mut link = Link::new(config(0.0, 0.0, 10), 1);
         link.handle_broker_write(at(0), Bytes::from_static(b"abcdef"));
         link.handle_broker_write(at(0), Bytes::from_static(b"ghijkl"));
         link.handle_flush(at(0));
         assert_eq!(link.poll_output(), Some(LinkOutput::Written(6)));
         assert_eq!(link.poll_output(), None);
         assert_eq!(link.queued(), 6, "the second write does not fit");
-        let (got, _) = read_all(&mut link, at(0), End::Client, &mut rng);
+        let (got, _) = read_all(&mut link, at(0), End::Client);
         assert_eq!(got, b"abcdef");
         link.handle_flush(at(0));
         assert_eq!(link.poll_output(), Some(LinkOutput::Written(6)));
-        let (got, eof) = read_all(&mut link, at(0), End::Client, &mut rng);
+        let (got, eof) = read_all(&mut link, at(0), End::Client);
         assert_eq!((got.as_slice(), eof), (&b"ghijkl"[..], false));
     }
 
     #[test]
     fn a_write_larger_than_the_capacity_fits_an_empty_link() {
-        let mut link = Link::new(config(0.0, 0.0, 4));
+        let mut link = Link::new(config(0.0, 0.0, 4), 7);
         link.handle_broker_write(at(0), Bytes::from(vec![7u8; 100]));
         link.handle_flush(at(0));
         assert_eq!(link.poll_output(), Some(LinkOutput::Written(100)));
@@ -361,70 +363,56 @@ mod tests {
 
     #[test]
     fn a_closed_link_delivers_everything_then_eof() {
-        let mut rng = SeededRng::new(2);
-        let mut link = Link::new(config(0.5, 0.0, 4));
+        let mut link = Link::new(config(0.5, 0.0, 4), 2);
         link.handle_broker_write(at(0), Bytes::from_static(b"0123456789"));
         link.handle_broker_write(at(0), Bytes::from_static(b"abc"));
         link.handle_broker_close(at(0));
         link.handle_flush(at(0));
         assert_eq!(link.poll_output(), Some(LinkOutput::Written(13)));
-        let (got, eof) = read_all(&mut link, at(0), End::Client, &mut rng);
+        let (got, eof) = read_all(&mut link, at(0), End::Client);
         assert_eq!(got, b"0123456789abc");
         assert!(eof);
     }
 
     #[test]
     fn a_stall_holds_the_client_end_then_heals() {
-        let mut rng = SeededRng::new(3);
-        let mut link = Link::new(config(0.0, 0.0, 1024));
+        let mut link = Link::new(config(0.0, 0.0, 1024), 3);
         link.handle_broker_write(at(0), Bytes::from_static(b"held"));
         link.handle_flush(at(0));
         let _ = link.poll_output();
         link.stall(at(0), Duration::from_millis(100));
         assert_eq!(link.poll_timeout(), Some((at(100), LinkTimer::StallEnds)));
-        let (got, _) = read_all(&mut link, at(99), End::Client, &mut rng);
+        let (got, _) = read_all(&mut link, at(99), End::Client);
         assert!(got.is_empty(), "a stalled end reads nothing");
         assert_eq!(link.buffered(End::Client), 4);
         link.handle_timeout(at(100));
         assert_eq!(link.poll_timeout(), None);
-        let (got, _) = read_all(&mut link, at(100), End::Client, &mut rng);
+        let (got, _) = read_all(&mut link, at(100), End::Client);
         assert_eq!(got, b"held");
         link.stall(at(200), Duration::from_secs(5));
         link.heal_stall();
         link.handle_broker_write(at(200), Bytes::from_static(b"more"));
         link.handle_flush(at(200));
         let _ = link.poll_output();
-        assert_eq!(
-            read_all(&mut link, at(200), End::Client, &mut rng).0,
-            b"more"
-        );
+        assert_eq!(read_all(&mut link, at(200), End::Client).0, b"more");
     }
 
     #[test]
     fn a_paused_broker_end_reads_nothing_until_resumed() {
-        let mut rng = SeededRng::new(4);
-        let mut link = Link::new(config(0.0, 0.0, 1024));
+        let mut link = Link::new(config(0.0, 0.0, 1024), 4);
         link.handle_client_write(at(0), b"hello");
         link.handle_broker_paused(at(0), true);
-        assert!(
-            read_all(&mut link, at(0), End::Broker, &mut rng)
-                .0
-                .is_empty()
-        );
+        assert!(read_all(&mut link, at(0), End::Broker).0.is_empty());
         link.handle_broker_paused(at(0), false);
-        assert_eq!(
-            read_all(&mut link, at(0), End::Broker, &mut rng).0,
-            b"hello"
-        );
+        assert_eq!(read_all(&mut link, at(0), End::Broker).0, b"hello");
     }
 
     #[test]
     fn corruption_flips_exactly_one_bit_towards_the_broker_only() {
-        let mut rng = SeededRng::new(5);
-        let mut link = Link::new(config(0.0, 1.0, 1 << 20));
+        let mut link = Link::new(config(0.0, 1.0, 1 << 20), 5);
         let sent = vec![0u8; 64];
         link.handle_client_write(at(0), &sent);
-        link.handle_read(at(0), End::Broker, &mut rng);
+        link.handle_read(at(0), End::Broker);
         let Some(LinkOutput::Read {
             data, corrupted, ..
         }) = link.poll_output()
@@ -437,19 +425,18 @@ mod tests {
         link.handle_broker_write(at(0), Bytes::from(sent.clone()));
         link.handle_flush(at(0));
         let _ = link.poll_output();
-        let (got, _) = read_all(&mut link, at(0), End::Client, &mut rng);
+        let (got, _) = read_all(&mut link, at(0), End::Client);
         assert_eq!(got, sent, "bytes towards the client are never corrupted");
     }
 
     #[test]
     fn the_same_seed_gives_the_same_reads_and_another_seed_other_reads() {
         let reads = |seed: u64| {
-            let mut rng = SeededRng::new(seed);
-            let mut link = Link::new(config(0.7, 0.1, 1 << 20));
+            let mut link = Link::new(config(0.7, 0.1, 1 << 20), seed);
             link.handle_client_write(at(0), &[0x55; 4000]);
             let mut seen = Vec::new();
             while link.buffered(End::Broker) > 0 {
-                link.handle_read(at(0), End::Broker, &mut rng);
+                link.handle_read(at(0), End::Broker);
                 while let Some(out) = link.poll_output() {
                     seen.push(out);
                 }
@@ -461,12 +448,23 @@ mod tests {
     }
 
     #[test]
-    fn an_off_fault_draws_nothing() {
-        let mut rng = SeededRng::new(6);
-        let mut link = Link::new(config(0.0, 0.0, 1024));
-        link.handle_client_write(at(0), b"abc");
-        link.handle_read(at(0), End::Broker, &mut rng);
-        let _ = link.poll_output();
-        assert_eq!(rng.next_u64(), SeededRng::new(6).next_u64());
+    fn with_its_faults_off_a_link_reads_the_same_whatever_its_seed() {
+        let reads = |seed: u64| {
+            let mut link = Link::new(config(0.0, 0.0, 1024), seed);
+            link.handle_client_write(at(0), &[1; 3000]);
+            link.handle_broker_write(at(0), Bytes::from(vec![2; 3000]));
+            link.handle_flush(at(0));
+            let mut seen: Vec<LinkOutput> = std::iter::from_fn(|| link.poll_output()).collect();
+            link.handle_read(at(0), End::Broker);
+            link.handle_read(at(0), End::Client);
+            seen.extend(std::iter::from_fn(|| link.poll_output()));
+            seen
+        };
+        assert_eq!(reads(1), reads(2));
+        assert_eq!(
+            reads(1).len(),
+            3,
+            "written, then one whole read at each end"
+        );
     }
 }

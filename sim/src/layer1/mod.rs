@@ -41,6 +41,8 @@ use shadow::Shadow;
 
 const UID: u32 = 1000;
 const MAX_FRAME: u32 = 64 * 1024;
+/// Mixed into the run's seed for the stream the links' seeds come from.
+const LINK_STREAM: u64 = 0x6c69_6e6b_7365_6564;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -144,8 +146,10 @@ struct Client {
 pub(crate) struct World {
     agent: AgentCtl,
     canary: Canary,
-    /// The one stream every draw of the run comes from (faults, workload, links).
+    /// The stream the scheduler, the workload and the faults draw from.
     rng: SeededRng,
+    /// The seed of each new link (every link then draws from its own stream).
+    link_seeds: SeededRng,
     faults: FaultRates,
     now: Instant,
     broker: Broker,
@@ -204,9 +208,9 @@ impl World {
         &mut self.clients[i].link
     }
 
-    /// A new link, misbehaving as the run's fault rates say.
-    fn new_link(&self) -> Link {
-        Link::new(self.faults.link_config())
+    /// A new link, misbehaving as the run's fault rates say, with its own stream.
+    fn new_link(&mut self) -> Link {
+        Link::new(self.faults.link_config(), self.link_seeds.next_u64())
     }
 
     fn client_of(&self, conn: ConnId) -> Option<usize> {

@@ -138,9 +138,7 @@ impl World {
             return Ok(());
         }
         let now = self.now;
-        self.clients[i]
-            .link
-            .handle_read(now, End::Client, &mut self.rng);
+        self.clients[i].link.handle_read(now, End::Client);
         let Some(out) = self.clients[i].link.poll_output() else {
             return Ok(());
         };
@@ -176,9 +174,7 @@ impl World {
             return Ok(());
         };
         let now = self.now;
-        self.clients[i]
-            .link
-            .handle_read(now, End::Broker, &mut self.rng);
+        self.clients[i].link.handle_read(now, End::Broker);
         let Some(out) = self.clients[i].link.poll_output() else {
             return Ok(());
         };

@@ -25,7 +25,7 @@ use super::agent::{AgentCtl, registration_config};
 use super::disk::SimWal;
 use super::model::sub_model;
 use super::shadow::Shadow;
-use super::{Canary, Client, MAX_FRAME, SimConfig, UID, World};
+use super::{Canary, Client, LINK_STREAM, MAX_FRAME, SimConfig, UID, World};
 use crate::fault::FaultRates;
 use crate::link::Link;
 use crate::report::{EventLog, Violation};
@@ -51,6 +51,7 @@ impl World {
     pub(crate) fn new(cfg: &SimConfig) -> World {
         let mut rng = SeededRng::new(cfg.seed);
         let faults = FaultRates::swarm(&mut rng);
+        let mut link_seeds = SeededRng::new(cfg.seed ^ LINK_STREAM);
         let broker_config = BrokerConfig {
             owner_uid: UID,
             max_frame: MAX_FRAME,
@@ -150,7 +151,7 @@ impl World {
                 specs,
                 subs,
                 conn: None,
-                link: Link::new(faults.link_config()),
+                link: Link::new(faults.link_config(), link_seeds.next_u64()),
                 incarnation: 0,
                 link_epoch: 0,
                 down_until: Instant::ZERO,
@@ -188,6 +189,7 @@ impl World {
             agent: AgentCtl::new(0),
             canary: cfg.canary,
             rng,
+            link_seeds,
             faults,
             now: Instant::from_nanos(1_000_000_000),
             broker,
