@@ -83,7 +83,7 @@ pub fn topic(data: &[u8]) {
     if let (Ok(f), Ok(n)) = (&filter, &name) {
         assert_eq!(
             f.matches(n),
-            crate::world::naive_match(f.as_str(), n.as_str()),
+            crate::reference::naive_match(f.as_str(), n.as_str()),
             "{f} vs {n}"
         );
     }

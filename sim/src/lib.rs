@@ -1,24 +1,65 @@
-//! Deterministic simulation of DaemonEye's bus: the real broker and client state machines
-//! from `daemoneye-core`, connected by seeded fake byte-stream links, in virtual time, with
-//! faults and crashes injected and DESIGN.md section 9's invariants checked after every step.
+//! Deterministic simulations of DaemonEye, in virtual time, with faults and crashes
+//! injected and DESIGN.md section 9's invariants checked as they run.
 //!
 //! The seed is everything: it chooses the fault rates (swarm testing), the workload and
 //! every fault, so `daemoneye-sim --seed N` replays a run exactly. A run is a safety phase
 //! with faults, then a liveness phase without, which must drain everything.
 //!
-//! Links inject: partial reads (any chunking), stalls (a reader stops for a while), bounded
-//! send buffers counted in bytes (the broker's writes are reported only once they fit),
-//! resets (both ends see the connection die), and corruption (a flipped byte, which the
-//! receiving decoder must refuse without panicking). Crashes drop a component's whole
-//! state: the broker (every link resets, a fresh broker starts) or a client (it comes back
-//! as a new process with the same role and subscriptions, but no memory, once its
-//! supervisor says Spawn). About a third of the clients are WAL-backed collectors: their
-//! log file survives a crash with its synced prefix and a random torn piece of the rest
-//! (sometimes followed by garbage), and a restarted collector replays it.
+//! Two layers. Layer 1 ([`layer1`], [`run`]) drives the real broker and client state
+//! machines from `daemoneye-core` over seeded fake byte-stream links: partial reads (any
+//! chunking), stalls, bounded send buffers counted in bytes (the broker's writes are
+//! reported only once they fit), resets, corruption (a flipped bit the broker's decoder must
+//! refuse without panicking), and crashes of the broker (every link resets, a fresh broker
+//! starts) or of a client (it comes back as a new process with the same role and
+//! subscriptions, but no memory, once its supervisor says Spawn). About a third of the
+//! clients are WAL-backed collectors: their log file survives a crash with its synced
+//! prefix and a random torn piece of the rest (sometimes followed by garbage), and a
+//! restarted collector replays it. Layer 2 ([`layer2`], [`run_net`]) runs the real io crate
+//! (broker server, process manager, client library) over turmoil's network.
+//!
+//! # Where things are
+//!
+//! | concern | file |
+//! |---|---|
+//! | every fault: the [`Fault`] type, sampling per layer, inject and heal per layer | `fault.rs` |
+//! | layer 1's link, a seeded sans-IO machine ([`link::Link`]) | `link.rs` |
+//! | the trace, its hash, [`Violation`] | `report.rs` |
+//! | reference implementations (MQTT matching) | `reference.rs` |
+//! | fuzz entry points | `fuzz.rs` |
+//! | layer 1: config, the world's state, [`run`] | `layer1/mod.rs` |
+//! | layer 1: the step and the liveness phase | `layer1/scheduler.rs` |
+//! | layer 1: the clients' behaviour and the seed's choices of it | `layer1/workload.rs` |
+//! | layer 1: connecting, resetting, moving bytes over the links | `layer1/wire.rs` |
+//! | layer 1: what a crash does (client, broker) | `layer1/crash.rs` |
+//! | layer 1: the collectors' WAL files and device | `layer1/disk.rs` |
+//! | layer 1: the agent (control client, registry, supervisors) | `layer1/agent.rs` |
+//! | layer 1: the reference model and the invariants | `layer1/model.rs` |
+//! | layer 1: invariant 8, the byte-split shadow broker | `layer1/shadow.rs` |
+//! | layer 2: config, outcome | `layer2/mod.rs` |
+//! | layer 2: turmoil, the fault phase, liveness, [`run_net`] | `layer2/scheduler.rs` |
+//! | layer 2: the agent host and the processes it supervises | `layer2/agent.rs` |
+//! | layer 2: publishers, subscribers, the operator's probe | `layer2/workload.rs` |
+//! | layer 2: what hosts report and the invariants over it | `layer2/model.rs` |
+//! | layer 2: turmoil behind the io crate's transport traits | `layer2/transport.rs` |
+//!
+//! A new fault touches `fault.rs` (and, if it needs new mechanics, the file of the concern
+//! it hits); a new invariant the layer's `model.rs`; a new kind of client behaviour the
+//! layer's `workload.rs`.
 
+pub mod fault;
 pub mod fuzz;
-pub mod net;
-pub mod world;
+pub mod layer1;
+pub mod layer2;
+pub mod link;
+pub mod reference;
+mod report;
 
-pub use net::{NetConfig, NetOutcome, run_net};
-pub use world::{Canary, Faults, Outcome, SimConfig, Violation, run};
+pub use fault::{Fault, FaultRates, Target};
+pub use layer1::{Canary, Outcome, SimConfig, run};
+pub use layer2::{NetConfig, NetOutcome, run_net};
+pub use report::Violation;
+
+/// The reference matcher under its former path (`daemoneye_sim::world::naive_match`).
+pub mod world {
+    pub use crate::reference::naive_match;
+}
