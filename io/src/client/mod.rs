@@ -43,7 +43,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::{Clock, MonotonicClock};
-use crate::handoff::{Handoff, Next};
+mod handoff;
+
+use handoff::{Handoff, Next};
 use crate::sync::{Arc, AtomicU64, Mutex, MutexGuard, Notify, Ordering};
 use tokio::sync::mpsc::error::TrySendError;
 
