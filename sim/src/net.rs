@@ -37,7 +37,7 @@ use daemoneye_core::registry::SourceCaps;
 use daemoneye_core::rng::SeededRng;
 use daemoneye_core::supervisor::{RestartPolicy, Signal};
 use daemoneye_core::topic::topics;
-use daemoneye_io::client::{Client, ClientOptions};
+use daemoneye_io::client::{Client, ClientOptions, ReconnectPolicy};
 use daemoneye_io::clock::MonotonicClock;
 use daemoneye_io::process::{CollectorSpec, ExitFuture, ProcessManager, Request, Spawner};
 use daemoneye_io::transport::{Connector, Listener};
@@ -192,7 +192,8 @@ impl Model {
 fn options(name: &str, publisher_id: &str) -> ClientOptions {
     let mut o = ClientOptions::new(name);
     o.session.publisher_id = Some(publisher_id.to_string());
-    o.reconnect = true;
+    // A fixed seed: the reconnect waits replay with the run.
+    o.session.reconnect = Some(ReconnectPolicy::default());
     o
 }
 

@@ -194,6 +194,12 @@ impl ClientSession {
         self.owner_closed
     }
 
+    /// The broker's refusal that rules out another connection, once one came (the session
+    /// gives up when this connection ends).
+    pub fn refusal(&self) -> Option<&ErrorFrame> {
+        self.refusal.as_ref()
+    }
+
     /// Why the last connection ended, once one has.
     pub fn last_disconnect(&self) -> Option<&Disconnect> {
         self.last_disconnect.as_ref()
