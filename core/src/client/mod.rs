@@ -4,7 +4,8 @@
 //! QoS1 publisher state (each QoS1 publish is kept until its PubAck and re-sent, with its
 //! original sequence and marked `resent`, after a reconnect) and subscriber-side
 //! deduplication by (subscription, publisher id, sequence), so that the application sees
-//! each message at most once per subscription. Duplicates are acknowledged to the broker and dropped.
+//! each message at most once per subscription. Duplicates are acknowledged to the broker
+//! and dropped.
 //!
 //! A QoS1 delivery is acknowledged only when the application says so: each one surfaced as a
 //! [`ClientEvent::Message`] awaits an [`ack`](ClientSession::ack) on the connection it came

@@ -44,8 +44,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-pub use daemoneye_core::client::{AckMode, ReconnectPolicy};
 use daemoneye_core::client::ClientSession;
+pub use daemoneye_core::client::{AckMode, Disconnect, ReconnectPolicy};
 use daemoneye_proto::frame::{Deliver, Publish, QoS, Subscribe};
 use tokio::sync::{mpsc, oneshot};
 
@@ -53,11 +53,11 @@ pub use error::{ClientError, ClosedReason};
 pub use options::{ClientOptions, CloseReport, PendingAck, PubAck};
 pub use subscription::{Delivery, Subscription};
 
-use handoff::Handoff;
-use shared::{Handle, Inner, Shared};
 use crate::clock::MonotonicClock;
 use crate::sync::{Arc, AtomicU64, Mutex, MutexGuard, Notify, Ordering};
 use crate::transport::{Connector, UnixConnector};
+use handoff::Handoff;
+use shared::{Handle, Inner, Shared};
 
 /// A connection to the broker. Cheap to clone; all clones share the connection, which
 /// closes (Goodbye) when the last clone and the last [`Subscription`] are dropped.
@@ -353,4 +353,3 @@ pub fn plain_subscribe(filter: &str) -> Subscribe {
 pub fn simple_publish(topic: &str, payload: Bytes, qos: QoS) -> Publish {
     Publish::new(topic, payload, qos)
 }
-

@@ -41,9 +41,10 @@ async fn keep_connected<C: Connector>(
             let now = inner.now();
             inner.session.handle_disconnect(now, reason);
             inner.dispatch();
-            if let Some(Reconnect::At(_)) = inner.session.reconnect() {
-                let reason = inner.session.last_disconnect().cloned();
-                tracing::info!(reason = ?reason.map(|r| r.to_string()), "connection lost; reconnecting");
+            if let (Some(Reconnect::At(_)), Some(reason)) =
+                (inner.session.reconnect(), inner.session.last_disconnect())
+            {
+                tracing::info!(%reason, "connection lost; reconnecting");
             }
         }
         // Until the instant the session names; a close wakes the wait, and the session
