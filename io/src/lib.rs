@@ -20,7 +20,6 @@ pub mod clock;
 pub mod collector;
 pub mod config;
 pub mod durables;
-mod handoff;
 pub mod paths;
 pub mod process;
 

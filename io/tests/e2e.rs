@@ -479,7 +479,7 @@ fn runtime() -> tokio::runtime::Runtime {
 
 async fn lib_client(agent: &Agent, name: &str) -> daemoneye_io::client::Client {
     let mut options = daemoneye_io::client::ClientOptions::new(name);
-    options.reconnect = false;
+    options.session.reconnect = None;
     daemoneye_io::client::Client::connect(&agent.socket, options)
         .await
         .expect("connect")
@@ -794,7 +794,7 @@ fn close_gives_up_after_its_timeout_and_counts_unconfirmed_publishes() {
     let agent = Agent::start(&bins(), None);
     runtime().block_on(async {
         let mut options = ClientOptions::new("impatient");
-        options.reconnect = false;
+        options.session.reconnect = None;
         options.close_timeout = Duration::from_millis(300);
         let client = Client::connect(&agent.socket, options)
             .await

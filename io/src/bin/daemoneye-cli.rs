@@ -198,7 +198,7 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 async fn connect(socket: &Option<PathBuf>, name: &str) -> std::result::Result<Client, ClientError> {
     let path = paths::resolve_socket_path(socket.as_deref());
     let mut options = ClientOptions::new(name);
-    options.reconnect = false;
+    options.session.reconnect = None;
     Client::connect(&path, options).await
 }
 

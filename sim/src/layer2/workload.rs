@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use daemoneye_core::rng::SeededRng;
 use daemoneye_core::topic::topics;
-use daemoneye_io::client::{Client, ClientOptions};
+use daemoneye_io::client::{Client, ClientOptions, ReconnectPolicy};
 use daemoneye_proto::frame::{Publish, QoS, Subscribe};
 use daemoneye_proto::pb::control as pbc;
 use prost::Message;
@@ -22,7 +22,8 @@ use crate::reference::naive_match;
 pub(super) fn options(name: &str, publisher_id: &str) -> ClientOptions {
     let mut o = ClientOptions::new(name);
     o.session.publisher_id = Some(publisher_id.to_string());
-    o.reconnect = true;
+    // A fixed seed: the reconnect waits replay with the run.
+    o.session.reconnect = Some(ReconnectPolicy::default());
     o
 }
 

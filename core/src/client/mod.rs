@@ -4,7 +4,8 @@
 //! QoS1 publisher state (each QoS1 publish is kept until its PubAck and re-sent, with its
 //! original sequence and marked `resent`, after a reconnect) and subscriber-side
 //! deduplication by (subscription, publisher id, sequence), so that the application sees
-//! each message at most once per subscription. Duplicates are acknowledged to the broker and dropped.
+//! each message at most once per subscription. Duplicates are acknowledged to the broker
+//! and dropped.
 //!
 //! A QoS1 delivery is acknowledged only when the application says so: each one surfaced as a
 //! [`ClientEvent::Message`] awaits an [`ack`](ClientSession::ack) on the connection it came
@@ -14,136 +15,30 @@
 //! no longer has are discarded, never acked. No IO: bytes in with
 //! [`ClientSession::handle_bytes`], bytes out with [`ClientSession::poll_transmit`], events
 //! out with [`ClientSession::poll_output`].
+//!
+//! It also decides what follows a lost connection ([`reconnect`](ClientSession::reconnect)):
+//! dial again after a backoff, or give up (closed by the owner, reconnecting off, refused
+//! by the broker for good); the rule is [`ReconnectPolicy`] and [`Backoff`].
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+mod config;
+mod dedup;
+mod reconnect;
+
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
 use daemoneye_proto::frame::{
-    ClientFrame, CollectorIdentity, Deliver, ErrorFrame, Hello, Publish, QoS, Role, ServerFrame,
-    Subscribe,
+    ClientFrame, ErrorFrame, Hello, Publish, QoS, ServerFrame, Subscribe,
 };
 use daemoneye_proto::pb::bus as pb;
 use daemoneye_proto::{FrameDecoder, PROTOCOL_VERSION};
 
 use crate::Instant;
-
-/// Who the client says it is.
-#[derive(Debug, Clone)]
-pub struct ClientConfig {
-    /// Name for the broker's logs and stats.
-    pub client_name: String,
-    /// Stable publisher id (defaults to the client name); must survive restarts for
-    /// deduplication of re-sent QoS1 messages to work.
-    pub publisher_id: Option<String>,
-    /// Role.
-    pub role: Role,
-    /// Collector identity, for collectors.
-    pub collector: Option<CollectorIdentity>,
-    /// Largest frame accepted.
-    pub max_frame: u32,
-    /// Sequences remembered per (subscription, publisher) for deduplication.
-    pub dedup_window: usize,
-}
-
-impl ClientConfig {
-    /// A plain client named `name`.
-    pub fn new(name: impl Into<String>) -> Self {
-        Self {
-            client_name: name.into(),
-            publisher_id: None,
-            role: Role::Client,
-            collector: None,
-            max_frame: daemoneye_proto::DEFAULT_MAX_FRAME,
-            dedup_window: 4096,
-        }
-    }
-}
-
-/// Something the application should know.
-// Events are drained as they come, so boxing the large Message variant would only add an
-// allocation per message.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClientEvent {
-    /// Handshake done.
-    Connected {
-        /// The broker's session id.
-        session_id: u64,
-    },
-    /// The broker accepted a subscription.
-    Subscribed {
-        /// The subscription.
-        sub_id: u64,
-        /// Messages waiting for a resumed durable subscription.
-        backlog: u64,
-    },
-    /// A message (QoS1 ones already deduplicated; ack them with [`ClientSession::ack`]).
-    Message(Deliver),
-    /// A QoS1 publish is resolved.
-    PubAck {
-        /// Its sequence.
-        sequence: u64,
-        /// Subscriptions that acked it.
-        delivered: u32,
-        /// Subscriptions that dropped it.
-        dropped: u32,
-        /// Nobody subscribed.
-        no_interest: bool,
-    },
-    /// The broker refused something.
-    Error(ErrorFrame),
-    /// The broker asks to slow down, or stopped / resumed reading us.
-    Backpressure {
-        /// How urgent.
-        level: pb::BackpressureLevel,
-        /// Why.
-        reason: String,
-    },
-    /// A subscription lost messages to its overflow strategy.
-    Dropped {
-        /// The subscription.
-        sub_id: u64,
-        /// Lost since the last notice.
-        count: u64,
-        /// Lost in all.
-        total: u64,
-    },
-    /// The connection is over (protocol error, Goodbye, or the driver's disconnect).
-    Closed {
-        /// Why.
-        reason: String,
-    },
-}
-
-/// Why a client call failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ClientError {
-    /// A QoS0 publish needs a live connection (QoS1 ones wait for the reconnect).
-    #[error("not connected to the broker")]
-    NotConnected,
-    /// The frame would exceed the broker's maximum.
-    #[error("message too large: {0}")]
-    TooLarge(String),
-    /// No such subscription.
-    #[error("no subscription with id {0}")]
-    UnknownSubscription(u64),
-    /// A caller-sequenced publish needs a non-zero sequence and QoS1.
-    #[error("a sequenced publish needs a non-zero sequence and QoS1")]
-    Unsequenced,
-}
-
-/// When a subscription's QoS1 deliveries are acknowledged.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum AckMode {
-    /// Only when the application calls [`ClientSession::ack`] (the default).
-    #[default]
-    Manual,
-    /// As soon as the driver hands the message to the application
-    /// ([`ClientSession::handed_over`]).
-    OnHandOver,
-}
+pub use config::{AckMode, ClientConfig, ClientEvent, SessionError};
+use dedup::DedupWindow;
+pub use reconnect::{Backoff, Disconnect, GiveUp, Reconnect, ReconnectPolicy};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -152,33 +47,14 @@ enum State {
     Open { session_id: u64 },
 }
 
-/// Remembers recent sequences of one publisher on one subscription.
-#[derive(Debug, Default)]
-struct DedupWindow {
-    seen: BTreeSet<u64>,
-}
-
-impl DedupWindow {
-    /// Records `seq`; returns whether it was new.
-    fn insert(&mut self, seq: u64, cap: usize) -> bool {
-        if self.seen.len() >= cap && self.seen.first().is_some_and(|&lo| seq < lo) {
-            return false;
-        }
-        if !self.seen.insert(seq) {
-            return false;
-        }
-        while self.seen.len() > cap {
-            self.seen.pop_first();
-        }
-        true
-    }
-}
-
 /// Why a [`ClientSession`] wants [`handle_timeout`](ClientSession::handle_timeout) called.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Timer {
     /// The broker has been quiet: ping it, or give the connection up after three intervals.
     Keepalive,
+    /// The transport is gone and its backoff has run out: the driver dials the broker (see
+    /// [`ClientSession::reconnect`]); `handle_timeout` has nothing to do for it.
+    Reconnect,
 }
 
 /// The client protocol machine.
@@ -211,12 +87,27 @@ pub struct ClientSession {
     last_recv: Instant,
     last_ping: Instant,
     duplicates: u64,
+    /// The driver holds a transport (from `connect` to `handle_disconnect`), even one this
+    /// side already gave up.
+    transport: bool,
+    /// What follows the loss of the last transport.
+    next: Option<Reconnect>,
+    backoff: Option<Backoff>,
+    /// Why the last connection ended.
+    last_disconnect: Option<Disconnect>,
+    /// The broker's refusal that rules out another connection.
+    refusal: Option<ErrorFrame>,
+    /// A Welcome came on some connection: later refusals may be transient.
+    welcomed_before: bool,
+    /// The owner closed the session: no more connections.
+    owner_closed: bool,
 }
 
 impl ClientSession {
     /// A disconnected session.
     pub fn new(config: ClientConfig) -> Self {
         let max_frame = config.max_frame;
+        let backoff = config.reconnect.clone().map(Backoff::new);
         Self {
             config,
             state: State::Disconnected,
@@ -239,6 +130,13 @@ impl ClientSession {
             last_recv: Instant::ZERO,
             last_ping: Instant::ZERO,
             duplicates: 0,
+            transport: false,
+            next: None,
+            backoff,
+            last_disconnect: None,
+            refusal: None,
+            welcomed_before: false,
+            owner_closed: false,
         }
     }
 
@@ -292,11 +190,33 @@ impl ClientSession {
         self.awaiting.len()
     }
 
-    fn queue(&mut self, frame: ClientFrame) -> Result<(), ClientError> {
+    /// Whether the owner closed the session: a transport that comes up now is not used.
+    pub fn closed_by_owner(&self) -> bool {
+        self.owner_closed
+    }
+
+    /// The broker's refusal that rules out another connection, once one came (the session
+    /// gives up when this connection ends).
+    pub fn refusal(&self) -> Option<&ErrorFrame> {
+        self.refusal.as_ref()
+    }
+
+    /// Why the last connection ended, once one has.
+    pub fn last_disconnect(&self) -> Option<&Disconnect> {
+        self.last_disconnect.as_ref()
+    }
+
+    /// What follows the loss of the transport: dial again at an instant, or give up. `None`
+    /// while the driver holds a transport (or before the first one).
+    pub fn reconnect(&self) -> Option<&Reconnect> {
+        self.next.as_ref()
+    }
+
+    fn queue(&mut self, frame: ClientFrame) -> Result<(), SessionError> {
         let frame: pb::Frame = frame.into();
         daemoneye_proto::encode(&frame, self.max_frame, &mut self.out)
             .map(|_| ())
-            .map_err(|e| ClientError::TooLarge(e.to_string()))
+            .map_err(SessionError::TooLarge)
     }
 
     /// A transport is up: start the handshake. Subscriptions and pending QoS1 publishes are
@@ -306,6 +226,12 @@ impl ClientSession {
         self.max_frame = self.config.max_frame;
         self.out.clear();
         self.state = State::Handshaking;
+        self.transport = true;
+        self.next = None;
+        self.refusal = None;
+        if let Some(b) = self.backoff.as_mut() {
+            b.reset();
+        }
         self.connection += 1;
         self.awaiting.clear();
         self.closing = false;
@@ -327,15 +253,46 @@ impl ClientSession {
     }
 
     /// The transport is gone. Subscriptions and unacknowledged QoS1 publishes are kept.
-    pub fn handle_disconnect(&mut self, _now: Instant, reason: impl Into<String>) {
+    /// Decides what follows ([`reconnect`](Self::reconnect)): the backoff starts now.
+    pub fn handle_disconnect(&mut self, now: Instant, reason: impl Into<Disconnect>) {
+        self.end_connection(reason.into());
+        if std::mem::take(&mut self.transport) {
+            self.next = Some(self.after_loss(now));
+        }
+    }
+
+    /// A dial the session asked for ([`Reconnect::At`]) failed: the next one waits longer.
+    pub fn handle_dial_failed(&mut self, now: Instant) {
+        if matches!(self.next, Some(Reconnect::At(_))) {
+            self.next = Some(self.after_loss(now));
+        }
+    }
+
+    /// This side is done with the connection (the driver may still hold its transport).
+    fn end_connection(&mut self, reason: Disconnect) {
         if self.state != State::Disconnected {
             self.state = State::Disconnected;
             self.out.clear();
             // The broker requeues whatever was not acked; those ids are void now.
             self.awaiting.clear();
             self.events.push_back(ClientEvent::Closed {
-                reason: reason.into(),
+                reason: reason.to_string(),
             });
+            self.last_disconnect = Some(reason);
+        }
+    }
+
+    /// The rule after a lost transport or a failed dial.
+    fn after_loss(&mut self, now: Instant) -> Reconnect {
+        if self.owner_closed {
+            return Reconnect::GiveUp(GiveUp::Closed);
+        }
+        if let Some(refusal) = &self.refusal {
+            return Reconnect::GiveUp(GiveUp::Refused(refusal.clone()));
+        }
+        match self.backoff.as_mut() {
+            Some(b) => Reconnect::At(now + b.next_wait()),
+            None => Reconnect::GiveUp(GiveUp::Disabled),
         }
     }
 
@@ -358,9 +315,9 @@ impl ClientSession {
     }
 
     /// Closes a subscription.
-    pub fn unsubscribe(&mut self, sub_id: u64) -> Result<(), ClientError> {
+    pub fn unsubscribe(&mut self, sub_id: u64) -> Result<(), SessionError> {
         if self.forget(sub_id).is_none() {
-            return Err(ClientError::UnknownSubscription(sub_id));
+            return Err(SessionError::UnknownSubscription(sub_id));
         }
         if self.is_connected() && !self.closing {
             self.queue(ClientFrame::Unsubscribe { sub_id })?;
@@ -375,11 +332,11 @@ impl ClientSession {
     /// The broker keeps it attached to this connection until the connection ends (its
     /// deliveries in the meantime are discarded unacknowledged, at most its capacity), then
     /// keeps its queue for the next resume.
-    pub fn drop_subscription(&mut self, sub_id: u64) -> Result<(), ClientError> {
+    pub fn drop_subscription(&mut self, sub_id: u64) -> Result<(), SessionError> {
         let durable = self
             .subs
             .get(&sub_id)
-            .ok_or(ClientError::UnknownSubscription(sub_id))?
+            .ok_or(SessionError::UnknownSubscription(sub_id))?
             .durable_name
             .is_some();
         if durable {
@@ -401,9 +358,9 @@ impl ClientSession {
 
     /// Publishes; the sequence is assigned here and returned. A QoS1 publish is kept until
     /// its PubAck (and re-sent after a reconnect); a QoS0 publish needs a connection.
-    pub fn publish(&mut self, mut p: Publish) -> Result<u64, ClientError> {
+    pub fn publish(&mut self, mut p: Publish) -> Result<u64, SessionError> {
         if p.qos == QoS::AtMostOnce && !self.is_connected() {
-            return Err(ClientError::NotConnected);
+            return Err(SessionError::NotConnected);
         }
         self.next_sequence += 1;
         p.sequence = self.next_sequence;
@@ -411,7 +368,7 @@ impl ClientSession {
     }
 
     /// Keeps a QoS1 publish until its PubAck and sends it if connected.
-    fn send_publish(&mut self, p: Publish) -> Result<u64, ClientError> {
+    fn send_publish(&mut self, p: Publish) -> Result<u64, SessionError> {
         let sequence = p.sequence;
         if p.qos == QoS::AtLeastOnce {
             self.pending.insert(sequence, p.clone());
@@ -429,9 +386,9 @@ impl ClientSession {
     /// given: a record replayed from a log is sent as a resend. QoS1 only, since the
     /// sequence exists so that the record can be re-sent. Later [`publish`](Self::publish)
     /// calls continue after the highest sequence seen.
-    pub fn publish_sequenced(&mut self, p: Publish) -> Result<u64, ClientError> {
+    pub fn publish_sequenced(&mut self, p: Publish) -> Result<u64, SessionError> {
         if p.sequence == 0 || p.qos != QoS::AtLeastOnce {
-            return Err(ClientError::Unsequenced);
+            return Err(SessionError::Unsequenced);
         }
         self.next_sequence = self.next_sequence.max(p.sequence);
         self.send_publish(p)
@@ -488,8 +445,12 @@ impl ClientSession {
     }
 
     /// Says Goodbye. The broker routes what it holds of ours, answers with its own Goodbye
-    /// and closes; no more acks are sent after it.
+    /// and closes; no more acks are sent after it, and no connection follows this one.
     pub fn close(&mut self, reason: impl Into<String>) {
+        self.owner_closed = true;
+        if matches!(self.next, Some(Reconnect::At(_))) {
+            self.next = Some(Reconnect::GiveUp(GiveUp::Closed));
+        }
         if self.is_connected() && !self.closing {
             self.closing = true;
             let _ = self.queue(ClientFrame::Goodbye {
@@ -508,16 +469,11 @@ impl ClientSession {
         loop {
             match self.decoder.next_frame() {
                 Ok(Some(frame)) => match ServerFrame::try_from(frame) {
-                    Ok(f) => self.handle_frame(now, f),
-                    Err(e) => {
-                        return self
-                            .handle_disconnect(now, format!("invalid frame from broker: {e}"));
-                    }
+                    Ok(f) => self.handle_frame(f),
+                    Err(e) => return self.end_connection(Disconnect::InvalidFrame(e)),
                 },
                 Ok(None) => return,
-                Err(e) => {
-                    return self.handle_disconnect(now, format!("framing error from broker: {e}"));
-                }
+                Err(e) => return self.end_connection(Disconnect::Framing(e)),
             }
             if self.state == State::Disconnected {
                 return;
@@ -525,12 +481,13 @@ impl ClientSession {
         }
     }
 
-    fn handle_frame(&mut self, now: Instant, f: ServerFrame) {
+    fn handle_frame(&mut self, f: ServerFrame) {
         match f {
             ServerFrame::Welcome(w) => {
                 self.state = State::Open {
                     session_id: w.session_id,
                 };
+                self.welcomed_before = true;
                 self.max_frame = w.max_frame.min(self.config.max_frame).max(1);
                 if w.heartbeat_interval_ms > 0 {
                     self.heartbeat = Duration::from_millis(w.heartbeat_interval_ms);
@@ -607,6 +564,16 @@ impl ClientSession {
                 if e.answers_kind == pb::AnswerKind::Subscription {
                     self.subs.remove(&e.answers);
                 }
+                let answers_one_call = matches!(
+                    e.answers_kind,
+                    pb::AnswerKind::Publish | pb::AnswerKind::Subscription
+                );
+                if !answers_one_call
+                    && self.refusal.is_none()
+                    && reconnect::refusal_is_final(e.code, self.welcomed_before)
+                {
+                    self.refusal = Some(e.clone());
+                }
                 self.events.push_back(ClientEvent::Error(e));
             }
             ServerFrame::Ping { nonce } => {
@@ -616,9 +583,7 @@ impl ClientSession {
             ServerFrame::Backpressure { level, reason } => self
                 .events
                 .push_back(ClientEvent::Backpressure { level, reason }),
-            ServerFrame::Goodbye { reason } => {
-                self.handle_disconnect(now, format!("broker said goodbye: {reason}"))
-            }
+            ServerFrame::Goodbye { reason } => self.end_connection(Disconnect::Goodbye(reason)),
             ServerFrame::Dropped(d) => self.events.push_back(ClientEvent::Dropped {
                 sub_id: d.sub_id,
                 count: d.count,
@@ -642,10 +607,7 @@ impl ClientSession {
             return;
         }
         if self.is_connected() && self.last_recv + self.heartbeat * 3 <= now {
-            self.handle_disconnect(
-                now,
-                "no traffic from the broker for three heartbeat intervals",
-            );
+            self.end_connection(Disconnect::BrokerSilent);
             return;
         }
         if self.is_connected()
@@ -662,6 +624,9 @@ impl ClientSession {
     /// When [`handle_timeout`](Self::handle_timeout) wants to run, and why.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<(Instant, Timer)> {
+        if let Some(Reconnect::At(at)) = self.next {
+            return Some((at, Timer::Reconnect));
+        }
         if !self.is_connected() {
             return None;
         }
