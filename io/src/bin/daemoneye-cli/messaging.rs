@@ -276,3 +276,86 @@ impl<'a> From<&'a Deliver> for MessageJson<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[test]
+    fn every_protocol_name_is_accepted_where_a_flag_takes_it() {
+        let parses = |args: &[&str]| {
+            crate::Cli::try_parse_from([&["daemoneye-cli"], args].concat())
+                .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+        };
+        for o in Overflow::ALL {
+            parses(&["sub", "t", "--overflow", o.as_str()]);
+        }
+        for q in QueueStrategy::ALL {
+            parses(&["sub", "t", "--group", "g", "--strategy", q.as_str()]);
+        }
+        for q in QoS::ALL {
+            parses(&["sub", "t", "--qos", q.as_str()]);
+            parses(&["pub", "t", "m", "--qos", q.as_str()]);
+        }
+        let crate::Command::Sub(sub) = parses(&[
+            "sub",
+            "t",
+            "--strategy",
+            "least-loaded",
+            "--overflow",
+            "drop-newest",
+            "--qos",
+            "1",
+        ])
+        .command
+        else {
+            panic!("not sub");
+        };
+        assert_eq!(
+            (sub.strategy, sub.overflow, sub.qos),
+            (
+                QueueStrategy::LeastLoaded,
+                Some(Overflow::DropNewest),
+                QoS::AtLeastOnce
+            )
+        );
+        assert!(crate::Cli::try_parse_from(["daemoneye-cli", "sub", "t", "--qos", "2"]).is_err());
+        assert!(
+            crate::Cli::try_parse_from(["daemoneye-cli", "sub", "t", "--overflow", "drop"])
+                .is_err()
+        );
+    }
+
+    fn deliver(payload: &'static [u8]) -> Deliver {
+        Deliver {
+            sub_id: 1,
+            delivery_id: 0,
+            topic: "a.b".into(),
+            payload: Bytes::from_static(payload),
+            qos: QoS::AtLeastOnce,
+            publisher_id: "p".into(),
+            sequence: 7,
+            correlation: None,
+            reply_to: Some("r".into()),
+            priority: 0,
+            redelivered: false,
+            publisher_pid: None,
+            publisher_uid: 0,
+        }
+    }
+
+    #[test]
+    fn a_message_line_has_text_or_base64_and_only_the_metadata_present() {
+        let text = serde_json::to_value(MessageJson::from(&deliver(b"hi"))).expect("json");
+        assert_eq!(
+            text,
+            serde_json::json!({"topic": "a.b", "qos": 1, "publisher_id": "p", "sequence": 7,
+                               "redelivered": false, "payload": "hi", "reply_to": "r"})
+        );
+        let binary =
+            serde_json::to_value(MessageJson::from(&deliver(&[0xff, 0, 0xfe]))).expect("json");
+        assert_eq!(binary["payload_b64"], "/wD+");
+        assert!(binary.get("payload").is_none() && binary.get("correlation_id").is_none());
+    }
+}
