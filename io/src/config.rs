@@ -1,5 +1,11 @@
-//! The agent's configuration: TOML, every key known and checked, with
-//! `DAEMONEYE_AGENT_<KEY>` environment overrides for the broker keys.
+//! The agent's configuration: TOML, every key known and checked.
+//!
+//! Every key of a section of plain values (`[broker]`, `[logging]`, `[agent]`) has an
+//! environment override, derived from the section's own fields (see [`env_overrides`]):
+//! `DAEMONEYE_AGENT_<SECTION>_<KEY>` (e.g. `DAEMONEYE_AGENT_BROKER_MAX_CONNECTIONS`), and
+//! `DAEMONEYE_AGENT_<KEY>` where no other section has that key (`DAEMONEYE_AGENT_MAX_CONNECTIONS`).
+//! A new key gets its variables by being declared; a new section is added to
+//! `AgentConfig::value_sections`.
 //!
 //! ```toml
 //! [broker]
@@ -45,10 +51,11 @@ use std::time::Duration;
 
 use daemoneye_core::acl::{Acl, AclConfig};
 use daemoneye_core::broker::BrokerConfig;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-/// Prefix of the agent's environment overrides.
-pub const ENV_PREFIX: &str = "DAEMONEYE_AGENT_";
+mod env;
+
+pub use env::{ENV_PREFIX, EnvOverride, env_overrides};
 
 /// Why the configuration is unusable; the message names the key.
 #[derive(Debug, thiserror::Error)]
@@ -79,13 +86,23 @@ pub enum ConfigError {
         /// The allowed range.
         why: String,
     },
+    /// An environment override names no key, or its value does not fit the key.
+    #[error("environment variable {variable} = {value:?}: {reason}")]
+    Environment {
+        /// The variable.
+        variable: String,
+        /// Its value.
+        value: String,
+        /// Why it was refused.
+        reason: String,
+    },
     /// The ACL section is invalid.
     #[error("config [acl]: {0}")]
     Acl(#[from] daemoneye_core::acl::AclError),
 }
 
 /// `[broker]`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerSection {
     /// Socket path (else `DAEMONEYE_BROKER_SOCKET`, else the default).
@@ -136,7 +153,7 @@ impl Default for BrokerSection {
 }
 
 /// `[logging]`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoggingSection {
     /// A tracing filter: `error`, `warn`, `info`, `debug`, `trace`, or directives.
@@ -194,7 +211,7 @@ pub struct CollectorConfig {
 }
 
 /// `[agent]`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AgentSection {
     /// Root of the state directories (default: `/var/lib/daemoneye` for root, else
@@ -248,56 +265,13 @@ impl AgentConfig {
         })
     }
 
-    /// Applies `DAEMONEYE_AGENT_<KEY>` overrides from `env` (e.g. `DAEMONEYE_AGENT_MAX_CONNECTIONS`).
+    /// Applies the `DAEMONEYE_AGENT_*` overrides found in `env` (see [`env_overrides`]);
+    /// other variables are ignored, an unknown `DAEMONEYE_AGENT_*` one is an error.
     pub fn apply_env(
         &mut self,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<(), ConfigError> {
-        for (name, value) in env {
-            let Some(key) = name.strip_prefix(ENV_PREFIX) else {
-                continue;
-            };
-            let key = key.to_ascii_lowercase();
-            let b = &mut self.broker;
-            let slot: &mut u64 = match key.as_str() {
-                "socket" => {
-                    b.socket = Some(PathBuf::from(value));
-                    continue;
-                }
-                "log_level" => {
-                    self.logging.level = value;
-                    continue;
-                }
-                "state_dir" => {
-                    self.agent.state_dir = Some(PathBuf::from(value));
-                    continue;
-                }
-                "max_connections" => &mut b.max_connections,
-                "max_frame" => &mut b.max_frame,
-                "max_subscriptions_per_connection" => &mut b.max_subscriptions_per_connection,
-                "handshake_timeout_ms" => &mut b.handshake_timeout_ms,
-                "frame_timeout_ms" => &mut b.frame_timeout_ms,
-                "heartbeat_interval_ms" => &mut b.heartbeat_interval_ms,
-                "default_capacity" => &mut b.default_capacity,
-                "max_capacity" => &mut b.max_capacity,
-                "memory_budget_bytes" => &mut b.memory_budget_bytes,
-                "durable_expiry_secs" => &mut b.durable_expiry_secs,
-                "stats_interval_secs" => &mut b.stats_interval_secs,
-                _ => {
-                    return Err(ConfigError::Invalid {
-                        key: name.clone(),
-                        value,
-                        why: "unknown variable (see daemoneye-agent --help)".into(),
-                    });
-                }
-            };
-            *slot = value.trim().parse().map_err(|_| ConfigError::Invalid {
-                key: name.clone(),
-                value: value.clone(),
-                why: "must be a non-negative integer".into(),
-            })?;
-        }
-        Ok(())
+        env::apply(self, env)
     }
 
     /// Checks every collector entry and resolves its binary. With no `[[collectors]]` at

@@ -1,42 +1,36 @@
-//! DaemonEye runtime: drives the core's state machines with real sockets and time.
-//!
-//! - [`paths`]: where the broker socket lives, its directory and file permissions, and
-//!   claiming a stale socket without ever taking over a live broker;
-//! - [`transport`]: the listener and stream behind a small trait (Unix domain sockets here;
-//!   a simulated transport plugs in for deterministic tests);
-//! - [`server`]: the broker server: one reader and one writer task per connection, all on
-//!   one thread with the core, feeding it bytes and writing what it returns;
-//! - [`client`]: the async client library used by the CLI and collectors;
-//! - [`config`]: the agent's TOML configuration, validated key by key;
-//! - [`durables`]: durable subscription definitions kept on disk across broker crashes;
-//! - [`process`]: the process manager that executes the core supervisors' actions;
-//! - [`agent`]: the agent's own bus client (lifecycle RPC, health report).
-//!
+//! DaemonEye runtime: drives the core's state machines with real sockets, files and time.
 //! No decision lives here: routing, limits, timeouts and access control are the core's.
+//!
+//! By role:
+//! - broker server, [`broker`]: the agent's side of the bus ([`broker::server`]) and
+//!   durable subscriptions on disk ([`broker::durables`]);
+//! - client library, [`client`]: the async client the CLI, collectors and applications use;
+//! - agent, [`agent`] and [`process`]: the agent's own bus client (lifecycle RPC, health
+//!   report) and the process manager that executes the core supervisors' actions;
+//! - collectors, [`collector`]: registration, the write-ahead log and publishing through
+//!   it, and the process source;
+//! - shared: [`transport`] (listener and connector traits, Unix sockets here, simulated
+//!   ones in the simulation), [`clock`], [`paths`] (the broker socket and state
+//!   directories), [`config`] (the agent's TOML configuration and its environment
+//!   overrides) and [`init_logging`].
+//!
+//! The binaries (`src/bin/`) only parse their flags and wire these together.
 
 pub mod agent;
+pub mod broker;
 pub mod client;
 pub mod clock;
 pub mod collector;
 pub mod config;
-pub mod durables;
+mod logging;
 pub mod paths;
 pub mod process;
-
-/// Logs to stderr with `tracing` at `level` (a filter such as `info` or `daemoneye_io=debug`),
-/// with colours only on a terminal.
-pub fn init_logging(level: &str) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .map_err(|e| format!("invalid log level {level:?}: {e}"))?;
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .init();
-    Ok(())
-}
-pub mod server;
 mod sync;
 pub mod transport;
-pub mod wal;
+
+pub use logging::{LoggingError, init_logging};
+
+// The paths these modules had before the crate was grouped by role (the simulation, the
+// agent and the tests import them).
+pub use broker::{durables, server};
+pub use collector::wal;

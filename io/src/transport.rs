@@ -1,6 +1,6 @@
-//! The transport behind the server: a listener that yields byte streams with the peer's
-//! OS credentials. Production uses Unix domain sockets; a simulated transport (turmoil)
-//! implements the same trait so the server runs unchanged under simulation.
+//! The transports under the broker server ([`Listener`]: byte streams with the peer's OS
+//! credentials) and the client library ([`Connector`]). Production uses Unix domain
+//! sockets; the simulation implements the same traits over turmoil, so both run unchanged.
 
 use std::future::Future;
 use std::io;

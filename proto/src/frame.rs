@@ -112,14 +112,6 @@ impl Role {
             Role::Agent => pb::Role::Agent,
         }
     }
-    /// Stable lowercase name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Client => "client",
-            Role::Collector => "collector",
-            Role::Agent => "agent",
-        }
-    }
 }
 
 /// Delivery guarantee.
@@ -170,14 +162,6 @@ impl QueueStrategy {
             QueueStrategy::Random => pb::QueueStrategy::Random,
         }
     }
-    /// Stable kebab-case name, as the CLI spells it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            QueueStrategy::RoundRobin => "round-robin",
-            QueueStrategy::LeastLoaded => "least-loaded",
-            QueueStrategy::Random => "random",
-        }
-    }
 }
 
 /// What a full subscription queue does with one more message.
@@ -201,15 +185,6 @@ impl Overflow {
             Overflow::DropOldest => pb::OverflowStrategy::DropOldest,
             Overflow::DropNewest => pb::OverflowStrategy::DropNewest,
             Overflow::Error => pb::OverflowStrategy::Error,
-        }
-    }
-    /// Stable kebab-case name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Overflow::Block => "block",
-            Overflow::DropOldest => "drop-oldest",
-            Overflow::DropNewest => "drop-newest",
-            Overflow::Error => "error",
         }
     }
     fn from_pb(value: i32) -> Result<Option<Self>, ProtocolError> {

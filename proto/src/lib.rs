@@ -8,7 +8,10 @@
 //!   [`pb::bus::Frame`], with the maximum checked from the header alone;
 //! - [`frame`]: validated domain types ([`frame::ClientFrame`], [`frame::ServerFrame`]) built
 //!   with `TryFrom` from decoded frames, so that structurally invalid frames never reach the
-//!   core.
+//!   core;
+//! - [`names`]: the one canonical name of each protocol enum a person types or reads (CLI
+//!   flags, state files, JSON), with `FromStr`, `Display` and, with the `clap` feature,
+//!   `clap::ValueEnum`.
 //!
 //! It performs no IO: bytes in, frames out.
 #![forbid(unsafe_code)]
@@ -16,6 +19,7 @@
 pub mod codec;
 mod fast;
 pub mod frame;
+pub mod names;
 
 /// Generated protobuf types, one module per package.
 #[allow(

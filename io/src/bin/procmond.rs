@@ -30,10 +30,10 @@ use daemoneye_core::registry::SourceCaps;
 use daemoneye_core::topic::topics;
 use daemoneye_core::wal::WalConfig;
 use daemoneye_io::client::{Client, ClientOptions};
-use daemoneye_io::wal::{ToPublish, WalFile};
+use daemoneye_io::collector::wal::WalFile;
+use daemoneye_io::collector::{procfs, publisher};
 use daemoneye_proto::frame::{CollectorIdentity, Publish, QoS, Role};
 use daemoneye_proto::pb::{control as pbc, events as pbe};
-use prost::Message;
 
 /// procmond: DaemonEye's process collector.
 ///
@@ -160,7 +160,7 @@ async fn run(args: Args, socket: PathBuf) -> Result<(), Box<dyn std::error::Erro
     };
     let (ack_tx, mut ack_rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
     if let Some(wal) = wal.as_mut() {
-        send_accepted(&events, wal, &ack_tx).await;
+        publisher::publish_accepted(&events, wal, &ack_tx).await;
     }
     let identity = pbc::RegisterRequest {
         collector_id: id.clone(),
@@ -196,7 +196,7 @@ async fn run(args: Args, socket: PathBuf) -> Result<(), Box<dyn std::error::Erro
                 }
             }
             _ = tick.tick() => {
-                let now = scan(args.max_processes);
+                let now = procfs::scan(args.max_processes);
                 let mut batch = Vec::new();
                 for (pid, info) in &now {
                     if !known.contains_key(pid) {
@@ -210,7 +210,7 @@ async fn run(args: Args, socket: PathBuf) -> Result<(), Box<dyn std::error::Erro
                 }
                 known = now;
                 match wal.as_mut() {
-                    Some(wal) => log_events(&events, wal, &ack_tx, batch).await?,
+                    Some(wal) => publisher::log_and_publish(&events, wal, &ack_tx, batch, now_ms).await?,
                     None => {
                         for (topic, payload) in batch {
                             let p = Publish::new(topic, payload, QoS::AtLeastOnce);
@@ -239,135 +239,5 @@ fn now_ms() -> u64 {
 }
 
 fn event(id: &str, kind: pbe::ProcessEventKind, info: &pbe::ProcessInfo) -> Bytes {
-    let event = pbe::ProcessEvent {
-        kind: kind as i32,
-        process: Some(info.clone()),
-        changed: Vec::new(),
-        observed_at_ms: now_ms(),
-        collector_id: id.to_string(),
-    };
-    Bytes::from(event.encode_to_vec())
-}
-
-/// One scan's events into the WAL, one sync for all of them, then published.
-async fn log_events(
-    client: &Client,
-    wal: &mut WalFile,
-    acks: &tokio::sync::mpsc::UnboundedSender<u64>,
-    events: Vec<(&str, Bytes)>,
-) -> Result<(), Box<dyn std::error::Error>> {
-    let mut refused = 0u64;
-    for (topic, payload) in events {
-        match wal.append(now_ms(), topic, payload) {
-            Ok(_) => {}
-            Err(daemoneye_io::wal::WalFileError::Refused(e)) => {
-                refused += 1;
-                tracing::debug!(error = %e, "event not logged");
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "WAL failed");
-                return Err(e.into());
-            }
-        }
-    }
-    if refused > 0 {
-        tracing::warn!(
-            dropped = refused,
-            pending = wal.pending(),
-            "WAL full: events dropped until the broker acknowledges what is held"
-        );
-    }
-    wal.commit()?;
-    send_accepted(client, wal, acks).await;
-    Ok(())
-}
-
-/// Publishes what the WAL accepted; each PubAck comes back on `acks`.
-async fn send_accepted(
-    client: &Client,
-    wal: &mut WalFile,
-    acks: &tokio::sync::mpsc::UnboundedSender<u64>,
-) {
-    for ToPublish { record, replayed } in wal.take_publishes() {
-        let sequence = record.sequence;
-        let p = Publish {
-            sequence,
-            resent: replayed,
-            ..Publish::new(record.topic, record.payload, QoS::AtLeastOnce)
-        };
-        match client.send_sequenced(p).await {
-            Ok(pending) => {
-                let acks = acks.clone();
-                tokio::spawn(async move {
-                    if let Ok(Some(_)) = pending.wait().await {
-                        let _ = acks.send(sequence);
-                    }
-                });
-            }
-            // The record stays in the WAL and is re-sent by the next procmond.
-            Err(e) => tracing::warn!(error = %e, sequence, "could not publish a logged event"),
-        }
-    }
-}
-
-/// One pass over `/proc`.
-fn scan(max: usize) -> BTreeMap<u32, pbe::ProcessInfo> {
-    let mut out = BTreeMap::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in dir.flatten() {
-        if out.len() >= max {
-            break;
-        }
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if let Some(info) = read_process(pid) {
-            out.insert(pid, info);
-        }
-    }
-    out
-}
-
-fn read_process(pid: u32) -> Option<pbe::ProcessInfo> {
-    let base = PathBuf::from(format!("/proc/{pid}"));
-    let stat = std::fs::read_to_string(base.join("stat")).ok()?;
-    let (head, rest) = stat.rsplit_once(") ")?;
-    let name = head.split_once(" (").map(|(_, n)| n.to_string())?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ppid = fields.get(1)?.parse().ok()?;
-    let cmdline = std::fs::read(base.join("cmdline"))
-        .map(|b| {
-            b.split(|c| *c == 0)
-                .filter(|s| !s.is_empty())
-                .map(|s| String::from_utf8_lossy(s).into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    let exe = std::fs::read_link(base.join("exe"))
-        .map(|p| p.display().to_string())
-        .unwrap_or_default();
-    let uid = std::fs::read_to_string(base.join("status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0);
-    Some(pbe::ProcessInfo {
-        pid,
-        ppid,
-        name,
-        exe,
-        cmdline,
-        uid,
-        status: fields.first().map(|s| s.to_string()).unwrap_or_default(),
-        ..Default::default()
-    })
+    procfs::process_event(id, kind, info, now_ms())
 }

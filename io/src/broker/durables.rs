@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use daemoneye_core::Instant;
 use daemoneye_core::broker::{Broker, DurableDefinition};
 use daemoneye_proto::frame::{GroupSpec, Overflow, QueueStrategy};
+use daemoneye_proto::names::UnknownName;
 use serde::{Deserialize, Serialize};
 
 /// File format version; a file of another version is refused, not misread.
@@ -57,27 +58,6 @@ struct Record {
     strategy: Option<String>,
 }
 
-fn overflow_from(s: &str) -> Option<Overflow> {
-    [
-        Overflow::Block,
-        Overflow::DropOldest,
-        Overflow::DropNewest,
-        Overflow::Error,
-    ]
-    .into_iter()
-    .find(|o| o.as_str() == s)
-}
-
-fn strategy_from(s: &str) -> Option<QueueStrategy> {
-    [
-        QueueStrategy::RoundRobin,
-        QueueStrategy::LeastLoaded,
-        QueueStrategy::Random,
-    ]
-    .into_iter()
-    .find(|q| q.as_str() == s)
-}
-
 impl From<&DurableDefinition> for Record {
     fn from(d: &DurableDefinition) -> Self {
         Record {
@@ -94,24 +74,13 @@ impl From<&DurableDefinition> for Record {
 
 impl Record {
     fn into_definition(self) -> Result<DurableDefinition, String> {
-        let overflow = overflow_from(&self.overflow).ok_or_else(|| {
-            format!(
-                "durable {:?}: unknown overflow strategy {:?}",
-                self.name, self.overflow
-            )
-        })?;
-        let group = match self.group {
-            None => None,
-            Some(name) => {
-                let strategy = match self.strategy.as_deref() {
-                    None => QueueStrategy::default(),
-                    Some(s) => strategy_from(s).ok_or_else(|| {
-                        format!("durable {:?}: unknown queue strategy {s:?}", self.name)
-                    })?,
-                };
-                Some(GroupSpec { name, strategy })
-            }
+        let unknown = |e: UnknownName| format!("durable {:?}: {e}", self.name);
+        let overflow: Overflow = self.overflow.parse().map_err(unknown)?;
+        let strategy = match self.strategy.as_deref() {
+            None => QueueStrategy::default(),
+            Some(s) => s.parse().map_err(unknown)?,
         };
+        let group = self.group.map(|name| GroupSpec { name, strategy });
         Ok(DurableDefinition {
             uid: self.uid,
             name: self.name,
@@ -312,5 +281,44 @@ mod tests {
         std::fs::write(&path, br#"{"version": 9, "durables": []}"#).expect("write");
         let err = DurableStore::new(&path).load().expect_err("version");
         assert!(err.to_string().contains("version 9"), "{err}");
+    }
+
+    #[test]
+    fn a_stored_strategy_name_is_the_canonical_one_and_an_unknown_one_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("durables.json");
+        let file = |overflow: &str, strategy: &str| {
+            format!(
+                r#"{{"version": 1, "durables": [{{"uid": 1, "name": "d", "filter": "a", "capacity": 5,
+                    "overflow": "{overflow}", "group": "g", "strategy": "{strategy}"}}]}}"#
+            )
+        };
+        std::fs::write(&path, file("drop-newest", "least-loaded")).expect("write");
+        let defs = DurableStore::new(&path)
+            .load()
+            .expect("canonical names load");
+        assert_eq!(defs[0].overflow, Overflow::DropNewest);
+        assert_eq!(
+            defs[0].group.as_ref().map(|g| g.strategy),
+            Some(QueueStrategy::LeastLoaded)
+        );
+        std::fs::write(&path, file("drop-all", "random")).expect("write");
+        let err = DurableStore::new(&path)
+            .load()
+            .expect_err("unknown overflow");
+        assert!(
+            err.to_string()
+                .contains(r#"durable "d": unknown overflow strategy "drop-all""#),
+            "{err}"
+        );
+        std::fs::write(&path, file("block", "fastest")).expect("write");
+        let err = DurableStore::new(&path)
+            .load()
+            .expect_err("unknown strategy");
+        assert!(
+            err.to_string()
+                .contains(r#"unknown queue strategy "fastest""#),
+            "{err}"
+        );
     }
 }

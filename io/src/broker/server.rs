@@ -19,8 +19,8 @@ use daemoneye_core::broker::{Broker, ConnId, Output};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 
+use super::durables::DurableStore;
 use crate::clock::Clock;
-use crate::durables::DurableStore;
 use crate::transport::Listener;
 
 /// Bytes read from a socket per call.

@@ -1,0 +1,67 @@
+//! What can go wrong in a command, each said in one line on stderr.
+
+use daemoneye_core::topic::TopicError;
+use daemoneye_io::client::ClientError;
+use daemoneye_proto::frame::ProtocolError;
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A topic name does not parse.
+    #[error("invalid topic {topic:?}: {source}")]
+    InvalidTopic {
+        /// The text given.
+        topic: String,
+        /// Why.
+        source: TopicError,
+    },
+    /// A topic filter does not parse.
+    #[error("invalid filter {filter:?}: {source}")]
+    InvalidFilter {
+        /// The text given.
+        filter: String,
+        /// Why.
+        source: TopicError,
+    },
+    /// A name flag (queue group) is not a valid name.
+    #[error(transparent)]
+    InvalidName(#[from] ProtocolError),
+    /// A flag's value is out of its range.
+    #[error("{0}")]
+    InvalidArgument(&'static str),
+    /// A number of seconds that is not a duration.
+    #[error("invalid duration {0} seconds")]
+    InvalidDuration(f64),
+    /// The broker connection failed or refused something.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The agent's process manager did not answer a lifecycle request.
+    #[error("no answer from the agent's process manager: {0}")]
+    NoLifecycleAnswer(#[source] ClientError),
+    /// The agent did not answer a health request.
+    #[error("no health report from the agent: {0}")]
+    NoHealthReport(#[source] ClientError),
+    /// A reply does not decode.
+    #[error("malformed {what} reply: {source}")]
+    MalformedReply {
+        /// What the reply was.
+        what: &'static str,
+        /// Why.
+        source: prost::DecodeError,
+    },
+    /// The agent refused a request; its message says why.
+    #[error("{0}")]
+    Refused(String),
+    /// The broker closed the connection while we waited.
+    #[error("connection to the broker closed")]
+    Closed,
+    /// Reading standard input or writing standard output failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// JSON output could not be written.
+    #[error("cannot write JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// A benchmark task panicked or was cancelled.
+    #[error("benchmark task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}

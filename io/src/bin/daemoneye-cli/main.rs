@@ -1,0 +1,105 @@
+//! daemoneye-cli: the operator's tool for the DaemonEye broker.
+//!
+//! One module per command family: [`messaging`] (`pub`, `sub`, `req`), [`collectors`]
+//! (`collectors list|start|stop|restart|pause|resume`), [`status`] (`stats`, `health`) and
+//! [`bench`]; [`connection`] opens the broker connection they share and [`error`] says
+//! what can go wrong. To add a command: an `#[derive(clap::Args)]` struct and an
+//! `async fn run` in its family's module (or a new module), then one variant of
+//! [`Command`] and its arm in [`Command::run`] below. Flags that name a protocol value
+//! (QoS, queue strategy, overflow) take the protocol's own names (`daemoneye_proto::names`).
+
+mod bench;
+mod collectors;
+mod connection;
+mod error;
+mod messaging;
+mod status;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::error::CliError;
+
+/// DaemonEye command-line client: publish, subscribe, request, and inspect the broker.
+///
+/// The broker socket is --socket (before or after the command), else
+/// DAEMONEYE_BROKER_SOCKET, else the agent's default path for this user.
+#[derive(Debug, Parser)]
+#[command(name = "daemoneye-cli", version)]
+struct Cli {
+    /// Broker socket path.
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Publish a message (from MESSAGE, or standard input when it is absent).
+    Pub(messaging::PubArgs),
+    /// Subscribe and print messages until --count or --timeout (a normal exit).
+    Sub(messaging::SubArgs),
+    /// Send a request and print the first reply.
+    Req(messaging::ReqArgs),
+    /// Broker statistics.
+    Stats(status::StatsArgs),
+    /// Supervised collectors: list them, or start, stop, restart, pause or resume one.
+    Collectors {
+        #[command(subcommand)]
+        command: collectors::CollectorsCommand,
+    },
+    /// Agent health: broker and collectors.
+    Health(status::HealthArgs),
+    /// Measure throughput and latency with separate publisher and subscriber connections.
+    Bench(bench::BenchArgs),
+}
+
+impl Command {
+    async fn run(self, socket: Option<PathBuf>) -> Result<(), CliError> {
+        let socket = socket.as_deref();
+        match self {
+            Command::Pub(args) => messaging::publish(socket, args).await,
+            Command::Sub(args) => messaging::subscribe(socket, args).await,
+            Command::Req(args) => messaging::request(socket, args).await,
+            Command::Stats(args) => status::stats(socket, args).await,
+            Command::Collectors { command } => collectors::run(socket, command).await,
+            Command::Health(args) => status::health(socket, args).await,
+            Command::Bench(args) => bench::run(socket, args).await,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("daemoneye-cli: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli.command.run(cli.socket)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("daemoneye-cli: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

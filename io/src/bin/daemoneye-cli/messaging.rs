@@ -1,0 +1,361 @@
+//! `pub`, `sub` and `req`: messages in and out of the bus.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, Read, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use daemoneye_core::topic::{TopicFilter, TopicName};
+use daemoneye_io::client::AckMode;
+use daemoneye_proto::frame::{
+    Deliver, GroupSpec, Overflow, Publish, QoS, QueueStrategy, Subscribe,
+};
+use serde::Serialize;
+
+use crate::connection::{connect, round_trip, seconds};
+use crate::error::CliError;
+
+/// QoS1 publishes in flight at once; their PubAcks are checked in order.
+const PUBLISH_WINDOW: usize = 1024;
+
+/// `pub`.
+#[derive(Debug, clap::Args)]
+pub struct PubArgs {
+    /// Topic name, e.g. events.process.new.
+    topic: String,
+    /// The payload; read from standard input when absent.
+    message: Option<String>,
+    /// 0: at most once; 1: wait for the broker's PubAck.
+    #[arg(long, value_enum, default_value_t = QoS::AtMostOnce)]
+    qos: QoS,
+    /// Publish the message this many times.
+    #[arg(long, default_value_t = 1)]
+    count: u64,
+    /// With standard input: one message per line.
+    #[arg(long)]
+    lines: bool,
+}
+
+/// `sub`.
+#[derive(Debug, clap::Args)]
+pub struct SubArgs {
+    /// Topic filters (`+` one level, `#` the rest).
+    #[arg(required = true)]
+    filters: Vec<String>,
+    /// Join this queue group: each message goes to one member.
+    #[arg(long)]
+    group: Option<String>,
+    /// How the group picks a member.
+    #[arg(long, value_enum, default_value_t = QueueStrategy::RoundRobin)]
+    strategy: QueueStrategy,
+    /// Subscribe at QoS 1 (messages are acknowledged as printed).
+    #[arg(long, value_enum, default_value_t = QoS::AtMostOnce)]
+    qos: QoS,
+    /// Queue capacity at the broker (messages); default: the broker's.
+    #[arg(long)]
+    capacity: Option<u32>,
+    /// What the broker does when the queue is full.
+    #[arg(long, value_enum)]
+    overflow: Option<Overflow>,
+    /// Keep this subscription's queue at the broker while this client is away, for
+    /// the next `sub --durable NAME` of the same user (needs --qos 1).
+    #[arg(long, value_name = "NAME")]
+    durable: Option<String>,
+    /// Exit after this many messages.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Exit after this many seconds.
+    #[arg(long)]
+    timeout: Option<f64>,
+    /// One JSON object per message: topic, payload (or payload_b64), and metadata.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `req`.
+#[derive(Debug, clap::Args)]
+pub struct ReqArgs {
+    /// Topic the responder listens on.
+    topic: String,
+    /// Request payload.
+    message: String,
+    /// Seconds to wait for the reply.
+    #[arg(long, default_value_t = 5.0)]
+    timeout: f64,
+}
+
+fn topic_name(topic: &str) -> Result<(), CliError> {
+    TopicName::parse(topic)
+        .map(drop)
+        .map_err(|source| CliError::InvalidTopic {
+            topic: topic.to_string(),
+            source,
+        })
+}
+
+/// The payloads `pub` sends: MESSAGE, else standard input (whole, or one per line).
+fn payloads(message: Option<String>, lines: bool) -> Result<Vec<Vec<u8>>, CliError> {
+    Ok(match message {
+        Some(m) => vec![m.into_bytes()],
+        None if lines => std::io::stdin()
+            .lock()
+            .lines()
+            .map(|l| l.map(String::into_bytes))
+            .collect::<std::io::Result<_>>()?,
+        None => {
+            let mut buf = Vec::new();
+            std::io::stdin().read_to_end(&mut buf)?;
+            vec![buf]
+        }
+    })
+}
+
+/// `pub`: sends every payload `--count` times; at QoS1 waits for every PubAck and warns if
+/// overflow dropped copies.
+pub async fn publish(socket: Option<&Path>, args: PubArgs) -> Result<(), CliError> {
+    topic_name(&args.topic)?;
+    let client = connect(socket, "daemoneye-cli").await?;
+    let payloads = payloads(args.message, args.lines)?;
+    let mut in_flight = VecDeque::new();
+    let mut dropped = 0u64;
+    for _ in 0..args.count {
+        for p in &payloads {
+            let pending = client
+                .send(Publish::new(&args.topic, Bytes::from(p.clone()), args.qos))
+                .await?;
+            in_flight.push_back(pending);
+            if in_flight.len() >= PUBLISH_WINDOW
+                && let Some(first) = in_flight.pop_front()
+                && let Some(a) = first.wait().await?
+            {
+                dropped += u64::from(a.dropped);
+            }
+        }
+    }
+    for pending in in_flight {
+        if let Some(a) = pending.wait().await? {
+            dropped += u64::from(a.dropped);
+        }
+    }
+    if dropped > 0 {
+        eprintln!(
+            "warning: {dropped} subscription cop(ies) of the messages were dropped by overflow"
+        );
+    }
+    // A QoS0 publish has no answer: a round trip makes sure an error (bad topic,
+    // permission) reaches us before we exit.
+    round_trip(&client, Duration::from_secs(5)).await?;
+    if let Some(e) = client.take_refusals().into_iter().next() {
+        return Err(e.into());
+    }
+    client.close().await;
+    Ok(())
+}
+
+/// `sub`: prints each message as it arrives (a QoS1 one is acked once its line is written)
+/// until `--count` or `--timeout`.
+pub async fn subscribe(socket: Option<&Path>, args: SubArgs) -> Result<(), CliError> {
+    for f in &args.filters {
+        TopicFilter::parse(f).map_err(|source| CliError::InvalidFilter {
+            filter: f.clone(),
+            source,
+        })?;
+    }
+    if let Some(g) = &args.group {
+        daemoneye_proto::frame::validate_name("--group", g)?;
+    }
+    let client = connect(socket, "daemoneye-cli").await?;
+    let specs: Vec<Subscribe> = args
+        .filters
+        .iter()
+        .map(|f| Subscribe {
+            qos: args.qos,
+            capacity: args.capacity,
+            overflow: args.overflow,
+            durable_name: args.durable.clone(),
+            group: args.group.clone().map(|name| GroupSpec {
+                name,
+                strategy: args.strategy,
+            }),
+            ..Subscribe::new(f)
+        })
+        .collect();
+    // One stream over every filter: nothing is read ahead of what is printed, and a
+    // QoS1 message is acked only once its line is written.
+    let mut sub = client.subscribe_all(specs, AckMode::Manual).await?;
+    eprintln!("subscribed");
+    let deadline = args
+        .timeout
+        .map(seconds)
+        .transpose()?
+        .map(|d| tokio::time::Instant::now() + d);
+    let mut seen = 0u64;
+    let stdout = std::io::stdout();
+    while args.count.is_none_or(|c| seen < c) {
+        let next = match deadline {
+            Some(at) => match tokio::time::timeout_at(at, sub.recv()).await {
+                Ok(m) => m,
+                Err(_) => break,
+            },
+            None => sub.recv().await,
+        };
+        let Some(mut d) = next else {
+            return Err(CliError::Closed);
+        };
+        seen += 1;
+        let mut out = stdout.lock();
+        if args.json {
+            serde_json::to_writer(&mut out, &MessageJson::from(&*d))?;
+            writeln!(out)?;
+        } else {
+            writeln!(out, "{} {}", d.topic, String::from_utf8_lossy(&d.payload))?;
+        }
+        out.flush()?;
+        d.ack();
+    }
+    // Whatever arrived beyond --count is not acked: the broker keeps it (a durable
+    // subscription's next resume gets it; a group's other members do).
+    drop(sub);
+    client.close().await;
+    Ok(())
+}
+
+/// `req`: prints the first reply's payload.
+pub async fn request(socket: Option<&Path>, args: ReqArgs) -> Result<(), CliError> {
+    topic_name(&args.topic)?;
+    let client = connect(socket, "daemoneye-cli").await?;
+    let request = Publish::new(
+        &args.topic,
+        Bytes::from(args.message.into_bytes()),
+        QoS::AtLeastOnce,
+    );
+    let reply = client.request(request, seconds(args.timeout)?).await?;
+    println!("{}", String::from_utf8_lossy(&reply.payload));
+    client.close().await;
+    Ok(())
+}
+
+/// One line of `sub --json`.
+#[derive(Debug, Serialize)]
+struct MessageJson<'a> {
+    topic: &'a str,
+    qos: u8,
+    publisher_id: &'a str,
+    sequence: u64,
+    redelivered: bool,
+    /// The payload when it is UTF-8 text...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload: Option<&'a str>,
+    /// ...else base64.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload_b64: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    correlation_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reply_to: Option<&'a str>,
+}
+
+impl<'a> From<&'a Deliver> for MessageJson<'a> {
+    fn from(d: &'a Deliver) -> Self {
+        let text = std::str::from_utf8(&d.payload).ok();
+        MessageJson {
+            topic: &d.topic,
+            qos: d.qos.level(),
+            publisher_id: &d.publisher_id,
+            sequence: d.sequence,
+            redelivered: d.redelivered,
+            payload: text,
+            payload_b64: match text {
+                Some(_) => None,
+                None => Some(base64::engine::general_purpose::STANDARD.encode(&d.payload)),
+            },
+            correlation_id: d.correlation.as_ref().map(|c| c.correlation_id.as_str()),
+            reply_to: d.reply_to.as_deref(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[test]
+    fn every_protocol_name_is_accepted_where_a_flag_takes_it() {
+        let parses = |args: &[&str]| {
+            crate::Cli::try_parse_from([&["daemoneye-cli"], args].concat())
+                .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+        };
+        for o in Overflow::ALL {
+            parses(&["sub", "t", "--overflow", o.as_str()]);
+        }
+        for q in QueueStrategy::ALL {
+            parses(&["sub", "t", "--group", "g", "--strategy", q.as_str()]);
+        }
+        for q in QoS::ALL {
+            parses(&["sub", "t", "--qos", q.as_str()]);
+            parses(&["pub", "t", "m", "--qos", q.as_str()]);
+        }
+        let crate::Command::Sub(sub) = parses(&[
+            "sub",
+            "t",
+            "--strategy",
+            "least-loaded",
+            "--overflow",
+            "drop-newest",
+            "--qos",
+            "1",
+        ])
+        .command
+        else {
+            panic!("not sub");
+        };
+        assert_eq!(
+            (sub.strategy, sub.overflow, sub.qos),
+            (
+                QueueStrategy::LeastLoaded,
+                Some(Overflow::DropNewest),
+                QoS::AtLeastOnce
+            )
+        );
+        assert!(crate::Cli::try_parse_from(["daemoneye-cli", "sub", "t", "--qos", "2"]).is_err());
+        assert!(
+            crate::Cli::try_parse_from(["daemoneye-cli", "sub", "t", "--overflow", "drop"])
+                .is_err()
+        );
+    }
+
+    fn deliver(payload: &'static [u8]) -> Deliver {
+        Deliver {
+            sub_id: 1,
+            delivery_id: 0,
+            topic: "a.b".into(),
+            payload: Bytes::from_static(payload),
+            qos: QoS::AtLeastOnce,
+            publisher_id: "p".into(),
+            sequence: 7,
+            correlation: None,
+            reply_to: Some("r".into()),
+            priority: 0,
+            redelivered: false,
+            publisher_pid: None,
+            publisher_uid: 0,
+        }
+    }
+
+    #[test]
+    fn a_message_line_has_text_or_base64_and_only_the_metadata_present() {
+        let text = serde_json::to_value(MessageJson::from(&deliver(b"hi"))).expect("json");
+        assert_eq!(
+            text,
+            serde_json::json!({"topic": "a.b", "qos": 1, "publisher_id": "p", "sequence": 7,
+                               "redelivered": false, "payload": "hi", "reply_to": "r"})
+        );
+        let binary =
+            serde_json::to_value(MessageJson::from(&deliver(&[0xff, 0, 0xfe]))).expect("json");
+        assert_eq!(binary["payload_b64"], "/wD+");
+        assert!(binary.get("payload").is_none() && binary.get("correlation_id").is_none());
+    }
+}

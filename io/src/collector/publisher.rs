@@ -1,0 +1,71 @@
+//! Publishing through the write-ahead log: a batch of events is appended and synced once
+//! (group commit) before it counts as accepted, then published at QoS1 under the WAL's
+//! sequences; each PubAck comes back on a channel so the caller can release the record.
+
+use bytes::Bytes;
+use daemoneye_proto::frame::{Publish, QoS};
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::wal::{ToPublish, WalFile, WalFileError};
+use crate::client::Client;
+
+/// Appends `events` (topic, payload) to the WAL, each stamped with `wall_clock_ms` (Unix
+/// ms), syncs once, then publishes what it accepted. An event the WAL refuses (it is full) is dropped and counted in the log; a
+/// failing disk is an error.
+pub async fn log_and_publish(
+    client: &Client,
+    wal: &mut WalFile,
+    acks: &UnboundedSender<u64>,
+    events: Vec<(&str, Bytes)>,
+    wall_clock_ms: impl Fn() -> u64,
+) -> Result<(), WalFileError> {
+    let mut refused = 0u64;
+    for (topic, payload) in events {
+        match wal.append(wall_clock_ms(), topic, payload) {
+            Ok(_) => {}
+            Err(WalFileError::Refused(e)) => {
+                refused += 1;
+                tracing::debug!(error = %e, "event not logged");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "WAL failed");
+                return Err(e);
+            }
+        }
+    }
+    if refused > 0 {
+        tracing::warn!(
+            dropped = refused,
+            pending = wal.pending(),
+            "WAL full: events dropped until the broker acknowledges what is held"
+        );
+    }
+    wal.commit()?;
+    publish_accepted(client, wal, acks).await;
+    Ok(())
+}
+
+/// Publishes what the WAL accepted (and, after a restart, what it replayed); each PubAck's
+/// sequence comes back on `acks`.
+pub async fn publish_accepted(client: &Client, wal: &mut WalFile, acks: &UnboundedSender<u64>) {
+    for ToPublish { record, replayed } in wal.take_publishes() {
+        let sequence = record.sequence;
+        let p = Publish {
+            sequence,
+            resent: replayed,
+            ..Publish::new(record.topic, record.payload, QoS::AtLeastOnce)
+        };
+        match client.send_sequenced(p).await {
+            Ok(pending) => {
+                let acks = acks.clone();
+                tokio::spawn(async move {
+                    if let Ok(Some(_)) = pending.wait().await {
+                        let _ = acks.send(sequence);
+                    }
+                });
+            }
+            // The record stays in the WAL and is re-sent by the next run.
+            Err(e) => tracing::warn!(error = %e, sequence, "could not publish a logged event"),
+        }
+    }
+}
