@@ -10,8 +10,28 @@
 //! driver to spawn and signal ([`Output`]) and is told what happened (`handle_*`); it never
 //! touches a process itself, so a simulation "spawns" a collector by starting a simulated
 //! client.
+//!
+//! # Driving it
+//!
+//! 1. [`Fleet::new`], then [`supervise`](Fleet::supervise) each collector the agent starts
+//!    and [`accept_external`](Fleet::accept_external) each one started elsewhere;
+//!    [`start_all`](Fleet::start_all).
+//! 2. After every input, drain [`poll_output`](Fleet::poll_output): on [`Output::Spawn`]
+//!    start the process (or a simulated client) and report
+//!    [`handle_spawned`](Fleet::handle_spawned) (or `handle_spawn_failed`) before polling
+//!    again; on [`Output::Signal`] signal that pid's process group; send moved tasks; log
+//!    events.
+//! 3. Feed it what happens: exits ([`handle_exited`](Fleet::handle_exited)); registrations,
+//!    heartbeats and deregistrations with the OS's word on their sender as a
+//!    [`Peer`] (a registration's answer is returned, to be sent back); operators'
+//!    [`command`](Fleet::command)s (drain, then build the answer with
+//!    [`command_response`](Fleet::command_response), so that it shows their effect).
+//! 4. Sleep until [`poll_timeout`](Fleet::poll_timeout), then call
+//!    [`handle_timeout`](Fleet::handle_timeout).
 
+mod output;
 mod view;
+mod wire;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -21,12 +41,14 @@ use daemoneye_proto::pb::control as pbc;
 use crate::Instant;
 use crate::broker::Health;
 use crate::registry::{
-    self, CollectorHealth, Completion, Expected, Peer, Refusal, Registry, RegistryEvent, SourceCaps,
+    self, CollectorHealth, Completion, Expected, Peer, Registry, RegistryEvent, SourceCaps,
 };
 use crate::supervisor::{self, Action, LifecycleError, RestartPolicy, Signal, State, Supervisor};
 use crate::time::earlier;
 
+pub use output::{Claim, Event, Output};
 pub use view::{AgentHealth, CollectorState, CollectorView};
+pub use wire::{broker_health, wire_state};
 
 /// Heartbeat expectations of the agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,138 +96,6 @@ impl From<pbc::LifecycleOp> for Command {
             pbc::LifecycleOp::Status | pbc::LifecycleOp::Unspecified => Command::Status,
         }
     }
-}
-
-/// What a collector's process claimed when it was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Claim {
-    /// A registration.
-    Registration,
-    /// A heartbeat.
-    Heartbeat,
-    /// A deregistration.
-    Deregistration,
-}
-
-impl Claim {
-    /// Stable lowercase name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Claim::Registration => "registration",
-            Claim::Heartbeat => "heartbeat",
-            Claim::Deregistration => "deregistration",
-        }
-    }
-}
-
-/// Something worth a log line; nothing to execute.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
-    /// A collector registered (or registered again).
-    Registered {
-        /// The collector.
-        collector: String,
-        /// Its type.
-        kind: String,
-        /// The pid it claims.
-        pid: u32,
-    },
-    /// A collector that stops cleanly deregistered.
-    Deregistered {
-        /// The collector.
-        collector: String,
-    },
-    /// A registration, heartbeat or deregistration not from the collector's own process.
-    Refused {
-        /// The id it claimed.
-        collector: String,
-        /// What it sent.
-        claim: Claim,
-        /// Who sent it.
-        pid: Option<u32>,
-        /// Its uid.
-        uid: u32,
-        /// Refusals under this id so far.
-        count: u64,
-        /// Why.
-        why: Refusal,
-    },
-    /// A heartbeat whose topic names another collector than its payload: it counts for
-    /// nobody (subscribers of one collector's heartbeats would see another's).
-    MisaddressedHeartbeat {
-        /// The topic it came on.
-        topic: String,
-        /// The collector its payload names.
-        collector: String,
-    },
-    /// A registered collector missed its heartbeats.
-    Unhealthy {
-        /// The collector.
-        collector: String,
-        /// How many it missed.
-        missed: u32,
-    },
-    /// An unhealthy supervised collector is being restarted.
-    RestartingUnhealthy {
-        /// The collector.
-        collector: String,
-    },
-    /// An unhealthy collector heartbeats again.
-    Recovered {
-        /// The collector.
-        collector: String,
-    },
-    /// A supervised collector's process exited.
-    Exited {
-        /// The collector.
-        collector: String,
-        /// Its pid.
-        pid: u32,
-        /// How it ended.
-        how: String,
-    },
-}
-
-/// What the driver must do, in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Output {
-    /// Start the collector's process; report [`Fleet::handle_spawned`] or
-    /// [`Fleet::handle_spawn_failed`].
-    Spawn {
-        /// The collector.
-        collector: String,
-    },
-    /// Send a signal to the collector's process group.
-    Signal {
-        /// The collector.
-        collector: String,
-        /// Its process (the group's leader).
-        pid: u32,
-        /// The signal.
-        signal: Signal,
-    },
-    /// A task moved to another collector (its owner stopped heartbeating, left, or lost
-    /// the capability): send it there.
-    Reassign {
-        /// The task.
-        task: String,
-        /// Its old owner (empty when it waited for one).
-        from: String,
-        /// Its new owner.
-        to: String,
-    },
-    /// No healthy collector has the task's capability: it waits for one.
-    TaskWaiting {
-        /// The task.
-        task: String,
-    },
-    /// The task's deadline passed without a result.
-    TaskExpired {
-        /// The task.
-        task: String,
-    },
-    /// Worth a log line.
-    Event(Event),
 }
 
 /// Why a [`Fleet`] wants [`handle_timeout`](Fleet::handle_timeout) called.

@@ -632,6 +632,62 @@ fn health_is_the_worst_of_the_broker_and_each_collector() {
     );
 }
 
+#[test]
+fn lifecycle_answers_and_the_health_report_carry_the_fleet_state() {
+    let mut d = Driver::new(&["a"], quick_policy(5));
+    d.start(t(0.0));
+    let pid = d.pid("a");
+    d.register(t(1.0), "a");
+    d.fleet
+        .handle_registration(t(1.0), &register_request("ghost", 5), &peer(Some(5)));
+    d.drain(t(1.0));
+    let list = d.fleet.list_response(t(3.0), 1_000_000);
+    assert_eq!(list.error, 0);
+    assert!(list.message.ends_with("ghost (1)"), "{}", list.message);
+    let a = &list.collectors[0];
+    assert_eq!(
+        (
+            a.name.as_str(),
+            a.state.as_str(),
+            a.pid,
+            a.capabilities,
+            a.restarts
+        ),
+        ("a", "running", pid, SourceCaps::PROCESS.0, 0)
+    );
+    assert_eq!(
+        a.last_heartbeat_ms, 998_000,
+        "two seconds before the wall clock's now"
+    );
+    let refused = d.fleet.command(t(3.0), "a", Command::Start);
+    let answer = d.fleet.command_response("a", refused, t(3.0), 0);
+    assert_eq!(answer.error, pbc::LifecycleErrorCode::AlreadyRunning as i32);
+    assert_eq!(answer.collectors.len(), 1);
+    let unknown = d.fleet.command(t(3.0), "x", Command::Stop);
+    let answer = d.fleet.command_response("x", unknown, t(3.0), 0);
+    assert_eq!(
+        answer.error,
+        pbc::LifecycleErrorCode::ProcessNotFound as i32
+    );
+    assert!(answer.collectors.is_empty());
+
+    let broker = pbc::HealthReport {
+        broker: pbc::HealthState::Degraded as i32,
+        reasons: vec!["a queue at 80%".into()],
+        ..Default::default()
+    };
+    let report = d.fleet.health_report(&broker, t(3.0), 0);
+    assert_eq!(report.overall, pbc::HealthState::Degraded as i32);
+    assert_eq!(report.broker, broker.broker);
+    assert_eq!(report.coordinator, pbc::HealthState::Healthy as i32);
+    assert_eq!(report.collectors.len(), 1);
+    assert_eq!(report.reasons[0], "a queue at 80%");
+    assert!(report.reasons[1].ends_with("ghost (1)"));
+    let silent =
+        Fleet::new(FleetConfig::default()).health_report(&pbc::HealthReport::default(), t(0.0), 0);
+    assert_eq!(silent.overall, pbc::HealthState::Unspecified as i32);
+}
+
 #[derive(Debug, Clone)]
 enum Step {
     Wait(u8),

@@ -9,8 +9,9 @@
 //! - [`client`]: the async client library used by the CLI and collectors;
 //! - [`config`]: the agent's TOML configuration, validated key by key;
 //! - [`durables`]: durable subscription definitions kept on disk across broker crashes;
-//! - [`process`]: the process manager that executes the core supervisors' actions;
-//! - [`agent`]: the agent's own bus client (lifecycle RPC, health report).
+//! - [`agent`]: the agent's side of its collectors: its own bus client (lifecycle RPC,
+//!   registrations, health report), the process manager that carries out the core fleet's
+//!   actions, and the `exec-collector` shim that real collectors run under.
 //!
 //! No decision lives here: routing, limits, timeouts and access control are the core's.
 
@@ -22,7 +23,6 @@ pub mod config;
 pub mod durables;
 mod handoff;
 pub mod paths;
-pub mod process;
 
 /// Logs to stderr with `tracing` at `level` (a filter such as `info` or `daemoneye_io=debug`),
 /// with colours only on a terminal.

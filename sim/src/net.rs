@@ -37,9 +37,9 @@ use daemoneye_core::registry::SourceCaps;
 use daemoneye_core::rng::SeededRng;
 use daemoneye_core::supervisor::{RestartPolicy, Signal};
 use daemoneye_core::topic::topics;
+use daemoneye_io::agent::process::{CollectorSpec, ExitFuture, ProcessManager, Request, Spawner};
 use daemoneye_io::client::{Client, ClientOptions};
 use daemoneye_io::clock::MonotonicClock;
-use daemoneye_io::process::{CollectorSpec, ExitFuture, ProcessManager, Request, Spawner};
 use daemoneye_io::transport::{Connector, Listener};
 use daemoneye_proto::frame::{CollectorIdentity, Publish, QoS, Role, Subscribe};
 use daemoneye_proto::pb::control as pbc;
@@ -372,7 +372,7 @@ async fn agent(model: Shared, seed: u64, canary: bool, ctl: Ctl) -> turmoil::Res
         })
         .collect();
     let (tx, rx) = mpsc::channel::<Request>(64);
-    let manager = ProcessManager::with_spawner(
+    let manager = ProcessManager::new(
         specs,
         PathBuf::from(format!("broker:{PORT}")),
         SimSpawner(ctl),
@@ -380,7 +380,7 @@ async fn agent(model: Shared, seed: u64, canary: bool, ctl: Ctl) -> turmoil::Res
     );
     tokio::task::spawn_local(manager.run(rx));
     tokio::task::spawn_local(async move {
-        if let Err(e) = daemoneye_io::agent::serve_control_via(TurmoilConnector, tx).await {
+        if let Err(e) = daemoneye_io::agent::serve_control(TurmoilConnector, tx).await {
             eprintln!("control client ended: {e}");
         }
     });
