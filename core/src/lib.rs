@@ -54,6 +54,8 @@
 //!
 //! - [`broker`]: the message broker (topics, queue groups, flow control, QoS1, ACL);
 //! - [`client`]: one client's session with the broker (handshake, resend, deduplication);
+//! - [`fleet`]: the agent's collectors as one machine: their supervisors and the registry
+//!   together (unhealthy means restart, pause and resume, the agent's health roll-up);
 //! - [`supervisor`]: one collector process's lifecycle and restart policy;
 //! - [`registry`]: registered collectors, their heartbeats and their tasks;
 //! - [`registration`]: a collector's side of registering and heartbeating;
@@ -63,7 +65,7 @@
 pub mod acl;
 pub mod broker;
 pub mod client;
-
+pub mod fleet;
 pub mod index;
 pub mod registration;
 pub mod registry;

@@ -276,11 +276,13 @@ impl AgentConfig {
 
     /// Checks every collector entry and resolves its binary. With no `[[collectors]]` at
     /// all, procmond is supervised if a procmond binary is found, else nothing.
-    pub fn collector_specs(&self) -> Result<Vec<crate::process::CollectorSpec>, ConfigError> {
+    pub fn collector_specs(
+        &self,
+    ) -> Result<Vec<crate::agent::process::CollectorSpec>, ConfigError> {
         use daemoneye_core::supervisor::RestartPolicy;
         let Some(list) = &self.collectors else {
-            return Ok(match crate::process::resolve_binary("procmond") {
-                Ok(binary) => vec![crate::process::CollectorSpec {
+            return Ok(match crate::agent::process::resolve_binary("procmond") {
+                Ok(binary) => vec![crate::agent::process::CollectorSpec {
                     name: "procmond".into(),
                     binary,
                     args: Vec::new(),
@@ -342,8 +344,8 @@ impl AgentConfig {
                         .into(),
                 ));
             };
-            let binary = crate::process::resolve_binary(binary)
-                .map_err(|why| invalid("binary", binary.clone(), why))?;
+            let binary = crate::agent::process::resolve_binary(binary)
+                .map_err(|why| invalid("binary", binary.clone(), why.to_string()))?;
             let d = RestartPolicy::default();
             // An optional duration field: the default, or the value checked against its range
             // and converted with `unit` (Duration::from_millis or from_secs).
@@ -426,7 +428,7 @@ impl AgentConfig {
                     "must not exceed backoff_max_ms".into(),
                 ));
             }
-            specs.push(crate::process::CollectorSpec {
+            specs.push(crate::agent::process::CollectorSpec {
                 name: c.name.clone(),
                 binary,
                 args: c.args.clone(),

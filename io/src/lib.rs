@@ -5,8 +5,9 @@
 //! - broker server, [`broker`]: the agent's side of the bus ([`broker::server`]) and
 //!   durable subscriptions on disk ([`broker::durables`]);
 //! - client library, [`client`]: the async client the CLI, collectors and applications use;
-//! - agent, [`agent`] and [`process`]: the agent's own bus client (lifecycle RPC, health
-//!   report) and the process manager that executes the core supervisors' actions;
+//! - agent, [`agent`]: the agent's own bus client (lifecycle RPC, registrations, health
+//!   report), the process manager that carries out the core fleet's actions, and the
+//!   `exec-collector` shim that real collectors run under;
 //! - collectors, [`collector`]: registration, the write-ahead log and publishing through
 //!   it, and the process source;
 //! - shared: [`transport`] (listener and connector traits, Unix sockets here, simulated
@@ -24,7 +25,6 @@ pub mod collector;
 pub mod config;
 mod logging;
 pub mod paths;
-pub mod process;
 mod sync;
 pub mod transport;
 

@@ -5,13 +5,14 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use daemoneye_core::broker::Broker;
+use daemoneye_io::agent::process::{ProcessManager, Request};
+use daemoneye_io::agent::shim::OsSpawner;
 use daemoneye_io::clock::{Clock, MonotonicClock};
 use daemoneye_io::config::AgentConfig;
 use daemoneye_io::durables::DurableStore;
 use daemoneye_io::paths;
-use daemoneye_io::process::{ProcessManager, Request};
 use daemoneye_io::server::ServeOptions;
-use daemoneye_io::transport::UnixTransport;
+use daemoneye_io::transport::{UnixConnector, UnixTransport};
 use std::time::Duration;
 
 // The broker allocates a few small objects per message; mimalloc's thread-local free lists
@@ -65,9 +66,9 @@ fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(AgentCommand::ExecCollector { exec, binary, args }) = &args.command {
         if !*exec {
-            return ExitCode::from(daemoneye_io::process::collector_shim(binary, args));
+            return ExitCode::from(daemoneye_io::agent::shim::collector_shim(binary, args));
         }
-        let err = daemoneye_io::process::exec_collector(binary, args);
+        let err = daemoneye_io::agent::shim::exec_collector(binary, args);
         eprintln!(
             "daemoneye-agent: cannot start collector {}: {err}",
             binary.display()
@@ -158,7 +159,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         let (manager_tx, manager_rx) = tokio::sync::mpsc::channel(64);
         let heartbeat_interval = broker_config.heartbeat_interval;
         let manager = tokio::task::spawn_local(
-            ProcessManager::new(specs, socket.clone(), shim, heartbeat_interval)
+            ProcessManager::new(specs, socket.clone(), OsSpawner { shim }, heartbeat_interval)
                 .with_state_dir(state_dir)
                 .with_externals(externals)
                 .run(manager_rx),
@@ -167,7 +168,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             let socket = socket.clone();
             let manager_tx = manager_tx.clone();
             tokio::task::spawn_local(async move {
-                if let Err(e) = daemoneye_io::agent::serve_control(socket, manager_tx).await {
+                if let Err(e) = daemoneye_io::agent::serve_control(UnixConnector(socket), manager_tx).await {
                     tracing::error!(error = %e, "lifecycle control unavailable");
                 }
             })

@@ -18,9 +18,9 @@ use daemoneye_core::broker::{Broker, BrokerConfig};
 use daemoneye_core::registration::RegistrationConfig;
 use daemoneye_core::registry::SourceCaps;
 use daemoneye_core::supervisor::{RestartPolicy, Signal};
+use daemoneye_io::agent::process::{CollectorSpec, ExitFuture, ProcessManager, Request, Spawner};
 use daemoneye_io::client::Client;
 use daemoneye_io::clock::MonotonicClock;
-use daemoneye_io::process::{CollectorSpec, ExitFuture, ProcessManager, Request, Spawner};
 use daemoneye_proto::frame::{CollectorIdentity, Role};
 use daemoneye_proto::pb::control as pbc;
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -47,7 +47,7 @@ pub(super) async fn agent(model: Shared, seed: u64, canary: bool, ctl: Ctl) -> t
         })
         .collect();
     let (tx, rx) = mpsc::channel::<Request>(64);
-    let manager = ProcessManager::with_spawner(
+    let manager = ProcessManager::new(
         specs,
         PathBuf::from(format!("broker:{PORT}")),
         SimSpawner(ctl),
@@ -55,7 +55,7 @@ pub(super) async fn agent(model: Shared, seed: u64, canary: bool, ctl: Ctl) -> t
     );
     tokio::task::spawn_local(manager.run(rx));
     tokio::task::spawn_local(async move {
-        if let Err(e) = daemoneye_io::agent::serve_control_via(TurmoilConnector, tx).await {
+        if let Err(e) = daemoneye_io::agent::serve_control(TurmoilConnector, tx).await {
             eprintln!("control client ended: {e}");
         }
     });

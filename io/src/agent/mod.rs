@@ -1,7 +1,14 @@
-//! The agent's own bus client: lifecycle RPC on `control.collector.lifecycle` and the health
-//! report on `control.health.status`, answered from the process manager and the broker.
+//! The agent's own bus client: lifecycle RPC on `control.collector.lifecycle`, collectors'
+//! registrations, heartbeats and deregistrations, and the health report on
+//! `control.health.status`, all answered by the process manager ([`process`]) from the core
+//! fleet's state.
+//!
+//! - [`process`]: the process manager, which runs the fleet and carries out its actions;
+//! - [`shim`]: real collector processes, started through the `exec-collector` shim.
 
-use std::path::PathBuf;
+pub mod process;
+pub mod shim;
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,8 +19,8 @@ use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::client::{Client, ClientError, ClientOptions};
-use crate::process::{PeerCreds, Request};
-use crate::transport::{Connector, UnixConnector};
+use crate::transport::Connector;
+use process::{PeerCreds, Request};
 
 /// How often the agent publishes its health report.
 const HEALTH_EVERY: Duration = Duration::from_secs(10);
@@ -26,30 +33,8 @@ fn peer(d: &Deliver) -> PeerCreds {
     }
 }
 
-async fn collectors(manager: &mpsc::Sender<Request>) -> (Vec<pbc::CollectorStatus>, String) {
-    let (reply, rx) = oneshot::channel();
-    let req = Request::Lifecycle {
-        op: pbc::LifecycleOp::Status,
-        name: String::new(),
-        reply,
-    };
-    if manager.send(req).await.is_err() {
-        return (Vec::new(), String::new());
-    }
-    rx.await
-        .map(|r| (r.collectors, r.message))
-        .unwrap_or_default()
-}
-
-fn state_of(s: &pbc::CollectorStatus) -> pbc::HealthState {
-    match s.state.as_str() {
-        "running" | "paused" | "external" => pbc::HealthState::Healthy,
-        "starting" | "stopping" | "stopped" => pbc::HealthState::Degraded,
-        _ => pbc::HealthState::Unhealthy,
-    }
-}
-
-/// The worst of broker and collectors.
+/// The agent's health: the broker's own report, rolled up with the collectors' by the
+/// process manager.
 async fn health_report(client: &Client, manager: &mpsc::Sender<Request>) -> pbc::HealthReport {
     let broker = client
         .request(
@@ -60,33 +45,20 @@ async fn health_report(client: &Client, manager: &mpsc::Sender<Request>) -> pbc:
         .ok()
         .and_then(|d| pbc::HealthReport::decode(d.payload).ok())
         .unwrap_or_default();
-    let (collectors, refusals) = collectors(manager).await;
-    let mut reasons = broker.reasons.clone();
-    if !refusals.is_empty() {
-        reasons.push(refusals);
-    }
-    let mut overall =
-        pbc::HealthState::try_from(broker.broker).unwrap_or(pbc::HealthState::Unhealthy);
-    for c in &collectors {
-        let s = state_of(c);
-        if s != pbc::HealthState::Healthy {
-            reasons.push(format!("collector {} is {}", c.name, c.state));
-        }
-        if c.refused > 0 {
-            reasons.push(format!(
-                "collector {}: {} registrations or heartbeats refused (not from its process)",
-                c.name, c.refused
-            ));
-        }
-        overall = overall.max(s);
-    }
-    pbc::HealthReport {
-        overall: overall as i32,
-        broker: broker.broker,
+    let (reply, rx) = oneshot::channel();
+    let fallback = pbc::HealthReport {
+        overall: broker.broker,
         coordinator: pbc::HealthState::Healthy as i32,
-        collectors,
-        reasons,
+        ..broker.clone()
+    };
+    if manager
+        .send(Request::Health { broker, reply })
+        .await
+        .is_err()
+    {
+        return fallback;
     }
+    rx.await.unwrap_or(fallback)
 }
 
 async fn reply(client: &Client, req: &Deliver, payload: Vec<u8>) {
@@ -100,17 +72,10 @@ async fn reply(client: &Client, req: &Deliver, payload: Vec<u8>) {
     }
 }
 
-/// Connects to the broker at `socket` as the agent and serves lifecycle and health requests
-/// until the connection ends for good.
-pub async fn serve_control(
-    socket: PathBuf,
-    manager: mpsc::Sender<Request>,
-) -> Result<(), ClientError> {
-    serve_control_via(UnixConnector(socket), manager).await
-}
-
-/// [`serve_control`] through any connector (the simulation's network, for one).
-pub async fn serve_control_via<C: Connector>(
+/// Connects to the broker through `connector` (a [`crate::transport::UnixConnector`] in
+/// production, the simulation's network in a simulation) as the agent, and serves
+/// lifecycle, registration and health requests until the connection ends for good.
+pub async fn serve_control<C: Connector>(
     connector: C,
     manager: mpsc::Sender<Request>,
 ) -> Result<(), ClientError> {
@@ -180,16 +145,8 @@ pub async fn serve_control_via<C: Connector>(
             hb = heartbeats.recv() => {
                 let Some(hb) = hb else { return Ok(()) };
                 let peer = peer(&hb);
-                if let Ok(h) = pbc::Heartbeat::decode(hb.payload.clone()) {
-                    // The topic names the collector too: one that disagrees with the
-                    // payload would let subscribers of one collector's heartbeats see
-                    // another's, so it counts for nobody.
-                    let named = hb.topic.rsplit('.').next().unwrap_or_default();
-                    if named != h.collector_id {
-                        tracing::warn!(topic = %hb.topic, id = %h.collector_id, "heartbeat whose topic names another collector ignored");
-                        continue;
-                    }
-                    let _ = manager.send(Request::Heartbeat { id: h.collector_id, peer }).await;
+                if let Ok(heartbeat) = pbc::Heartbeat::decode(hb.payload.clone()) {
+                    let _ = manager.send(Request::Heartbeat { topic: hb.topic.clone(), heartbeat, peer }).await;
                 }
             }
             d = deregistration.recv() => {

@@ -1,0 +1,137 @@
+//! What the fleet asks of its driver: outputs to carry out (spawn, signal, moved tasks)
+//! and events to log.
+
+use crate::registry::Refusal;
+use crate::supervisor::Signal;
+
+/// What a collector's process claimed when it was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// A registration.
+    Registration,
+    /// A heartbeat.
+    Heartbeat,
+    /// A deregistration.
+    Deregistration,
+}
+
+impl Claim {
+    /// Stable lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Claim::Registration => "registration",
+            Claim::Heartbeat => "heartbeat",
+            Claim::Deregistration => "deregistration",
+        }
+    }
+}
+
+/// Something worth a log line; nothing to execute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A collector registered (or registered again).
+    Registered {
+        /// The collector.
+        collector: String,
+        /// Its type.
+        kind: String,
+        /// The pid it claims.
+        pid: u32,
+    },
+    /// A collector that stops cleanly deregistered.
+    Deregistered {
+        /// The collector.
+        collector: String,
+    },
+    /// A registration, heartbeat or deregistration not from the collector's own process.
+    Refused {
+        /// The id it claimed.
+        collector: String,
+        /// What it sent.
+        claim: Claim,
+        /// Who sent it.
+        pid: Option<u32>,
+        /// Its uid.
+        uid: u32,
+        /// Refusals under this id so far.
+        count: u64,
+        /// Why.
+        why: Refusal,
+    },
+    /// A heartbeat whose topic names another collector than its payload: it counts for
+    /// nobody (subscribers of one collector's heartbeats would see another's).
+    MisaddressedHeartbeat {
+        /// The topic it came on.
+        topic: String,
+        /// The collector its payload names.
+        collector: String,
+    },
+    /// A registered collector missed its heartbeats.
+    Unhealthy {
+        /// The collector.
+        collector: String,
+        /// How many it missed.
+        missed: u32,
+    },
+    /// An unhealthy supervised collector is being restarted.
+    RestartingUnhealthy {
+        /// The collector.
+        collector: String,
+    },
+    /// An unhealthy collector heartbeats again.
+    Recovered {
+        /// The collector.
+        collector: String,
+    },
+    /// A supervised collector's process exited.
+    Exited {
+        /// The collector.
+        collector: String,
+        /// Its pid.
+        pid: u32,
+        /// How it ended.
+        how: String,
+    },
+}
+
+/// What the driver must do, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Start the collector's process; report [`Fleet::handle_spawned`](super::Fleet::handle_spawned) or
+    /// [`Fleet::handle_spawn_failed`](super::Fleet::handle_spawn_failed).
+    Spawn {
+        /// The collector.
+        collector: String,
+    },
+    /// Send a signal to the collector's process group.
+    Signal {
+        /// The collector.
+        collector: String,
+        /// Its process (the group's leader).
+        pid: u32,
+        /// The signal.
+        signal: Signal,
+    },
+    /// A task moved to another collector (its owner stopped heartbeating, left, or lost
+    /// the capability): send it there.
+    Reassign {
+        /// The task.
+        task: String,
+        /// Its old owner (empty when it waited for one).
+        from: String,
+        /// Its new owner.
+        to: String,
+    },
+    /// No healthy collector has the task's capability: it waits for one.
+    TaskWaiting {
+        /// The task.
+        task: String,
+    },
+    /// The task's deadline passed without a result.
+    TaskExpired {
+        /// The task.
+        task: String,
+    },
+    /// Worth a log line.
+    Event(Event),
+}
