@@ -1,10 +1,11 @@
 //! The agent's side of layer 1: its control client (in the agent's process beside the
-//! broker, over an in-process link that never fails), the registry it keeps of collectors
-//! and their heartbeats, its identity rule for registrations, and the per-client
-//! supervisors that decide when a crashed client's process comes back.
+//! broker, over an in-process link that never fails) and the core's fleet machine, the
+//! same one the production agent runs: every client's supervisor (when a crashed or
+//! unhealthy client's process comes back), the registry of collectors and their
+//! heartbeats, and the identity rule for registrations.
 //!
-//! All of the agent's glue is here, so that driving a single fleet machine instead of
-//! these parts touches this file alone.
+//! Client `cK` runs as pid `100 + K` in every incarnation; the fleet's Spawn brings it
+//! back as a new process and its Signal ends the current one.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -12,9 +13,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use daemoneye_core::broker::{ConnId, PeerCreds};
 use daemoneye_core::client::{ClientEvent, ClientSession};
+use daemoneye_core::fleet::{FleetConfig, Output as FleetOutput};
 use daemoneye_core::registration::{RegState, Registration, RegistrationConfig};
-use daemoneye_core::registry::{self, CollectorHealth, Expected, Peer, Registry, SourceCaps};
-use daemoneye_core::supervisor::Action as SupAction;
+use daemoneye_core::registry::{CollectorHealth, Peer};
 use daemoneye_core::topic::topics;
 use daemoneye_proto::frame::{Deliver, Publish, QoS, Role, Subscribe};
 use daemoneye_proto::pb::control as pbc;
@@ -27,7 +28,7 @@ use crate::report::Violation;
 
 /// The agent's control client: in the agent's process beside the broker (so it dies with
 /// it), over a link that never fails. It answers registrations and tracks heartbeats in
-/// the registry.
+/// the fleet.
 #[derive(Debug)]
 pub(super) struct AgentCtl {
     /// `agent.<broker epoch>`: each agent process has its own publisher id.
@@ -36,7 +37,6 @@ pub(super) struct AgentCtl {
     pub(super) conn: Option<ConnId>,
     pub(super) inbox: VecDeque<Bytes>,
     pub(super) paused: bool,
-    pub(super) registry: Registry,
 }
 
 impl AgentCtl {
@@ -53,7 +53,6 @@ impl AgentCtl {
             conn: None,
             inbox: VecDeque::new(),
             paused: false,
-            registry: Registry::new(AGENT_HEARTBEAT, 3),
         }
     }
 }
@@ -61,50 +60,97 @@ impl AgentCtl {
 /// The heartbeat interval the agent asks of collectors.
 const AGENT_HEARTBEAT: Duration = Duration::from_secs(1);
 
+/// The agent's heartbeat expectations.
+pub(super) fn fleet_config() -> FleetConfig {
+    FleetConfig {
+        heartbeat_interval: AGENT_HEARTBEAT,
+        missed_heartbeats: 3,
+    }
+}
+
+/// Client `cK`'s process id, in every incarnation.
+pub(super) fn pid_of(i: usize) -> u32 {
+    100 + i as u32
+}
+
+/// The client a fleet name `cK` stands for.
+pub(super) fn client_index(collector: &str) -> usize {
+    collector
+        .strip_prefix('c')
+        .and_then(|k| k.parse().ok())
+        .unwrap_or_else(|| unreachable!("the fleet supervises only the clients c0..cN"))
+}
+
+/// The OS's word on who sent `d` (the broker's peer credentials of its connection).
+fn peer_of(d: &Deliver) -> Peer {
+    Peer {
+        pid: d.publisher_pid,
+        uid: d.publisher_uid,
+        ancestors: Vec::new(),
+    }
+}
+
 impl World {
-    /// The supervisor's decisions for crashed clients: a Spawn brings the client back as a
-    /// new process (same role and subscriptions, no memory, a new publisher id).
+    /// The fleet's decisions: a Spawn brings a client back as a new process (same role
+    /// and subscriptions, no memory, a new publisher id); a Signal ends its process (a
+    /// collector restarted for missing its heartbeats).
     pub(super) fn supervise(&mut self) -> Result<(), Violation> {
-        for i in 0..self.clients.len() {
-            let now = self.now;
-            self.clients[i].supervisor.handle_timeout(now);
-            while let Some(action) = self.clients[i].supervisor.poll_output() {
-                if action != SupAction::Spawn {
-                    continue;
+        self.fleet.handle_timeout(self.now);
+        self.drive_fleet()
+    }
+
+    /// Carries out everything the fleet asked for.
+    fn drive_fleet(&mut self) -> Result<(), Violation> {
+        while let Some(out) = self.fleet.poll_output() {
+            match out {
+                FleetOutput::Spawn { collector } => self.spawn(&collector)?,
+                FleetOutput::Signal {
+                    collector, signal, ..
+                } => {
+                    let i = client_index(&collector);
+                    self.log(format!("fleet signals {collector}: {signal:?}"));
+                    // Every signal the fleet sends here (SIGTERM of a restart, SIGKILL after
+                    // it) ends the process; pause and resume are never asked for.
+                    self.crash_client(i);
                 }
-                if !self.clients[i].process_down {
-                    return Err(self.violation(
-                        "restart-policy",
-                        format!("c{i} spawned while its process runs"),
-                    ));
-                }
-                let reg_seed = self.rng.next_u64();
-                let c = &mut self.clients[i];
-                c.incarnation += 1;
-                if c.wal.is_none() {
-                    c.publisher_id = format!("c{i}.{}", c.incarnation);
-                }
-                c.session = ClientSession::new(client_config(&c.publisher_id));
-                c.subs.clear();
-                for spec in c.specs.clone() {
-                    let id = c.session.subscribe(spec.clone());
-                    c.subs.insert(id, sub_model(&spec));
-                }
-                c.process_down = false;
-                c.down_until = now;
-                c.spawns.push(now);
-                c.supervisor.handle_spawned(now, c.incarnation);
-                if c.registration.is_some() {
-                    // A new process: its registration starts from nothing.
-                    c.registration =
-                        Some((Registration::new(registration_config(), reg_seed), None));
-                }
-                self.log(format!("supervisor spawns c{i}"));
-                self.check_restart_policy(i)?;
-                self.recover_wal(i)?;
+                other => self.log(format!("fleet: {other:?}")),
             }
         }
         Ok(())
+    }
+
+    fn spawn(&mut self, collector: &str) -> Result<(), Violation> {
+        let now = self.now;
+        let i = client_index(collector);
+        if !self.clients[i].process_down {
+            return Err(self.violation(
+                "restart-policy",
+                format!("c{i} spawned while its process runs"),
+            ));
+        }
+        let reg_seed = self.rng.next_u64();
+        let c = &mut self.clients[i];
+        c.incarnation += 1;
+        if c.wal.is_none() {
+            c.publisher_id = format!("c{i}.{}", c.incarnation);
+        }
+        c.session = ClientSession::new(client_config(&c.publisher_id));
+        c.subs.clear();
+        for spec in c.specs.clone() {
+            let id = c.session.subscribe(spec.clone());
+            c.subs.insert(id, sub_model(&spec));
+        }
+        c.process_down = false;
+        c.down_until = now;
+        c.spawns.push(now);
+        if c.registration.is_some() {
+            // A new process: its registration starts from nothing.
+            c.registration = Some((Registration::new(registration_config(), reg_seed), None));
+        }
+        self.fleet.handle_spawned(now, collector, pid_of(i));
+        self.log(format!("supervisor spawns c{i}"));
+        self.check_restart_policy(i)?;
+        self.recover_wal(i)
     }
 
     // ----- the agent's control client and the collectors' registration -----
@@ -164,28 +210,19 @@ impl World {
                     continue;
                 };
                 // The identity rule: only the collector's own process may register it.
-                if let Err(why) = self.admit(&r.collector_id, &d) {
+                let answer = self.fleet.handle_registration(now, &r, &peer_of(&d));
+                if !answer.accepted {
                     self.log(format!(
-                        "agent refuses registration of {} from pid {:?}: {why}",
-                        r.collector_id, d.publisher_pid
+                        "agent refuses registration of {} from pid {:?}: {}",
+                        r.collector_id, d.publisher_pid, answer.message
                     ));
+                    self.drive_fleet()?;
                     continue;
                 }
-                self.agent.registry.register(
-                    now,
-                    &r.collector_id,
-                    &r.collector_type,
-                    SourceCaps(r.capabilities),
-                    d.publisher_pid.unwrap_or(0),
-                );
                 self.log(format!("agent registers {}", r.collector_id));
                 self.check_identity(&r.collector_id)?;
+                self.drive_fleet()?;
                 if let Some(to) = d.reply_to.clone() {
-                    let answer = pbc::RegisterResponse {
-                        accepted: true,
-                        message: String::new(),
-                        heartbeat_interval_ms: AGENT_HEARTBEAT.as_millis() as u64,
-                    };
                     let payload = Bytes::from(answer.encode_to_vec());
                     let p = Publish {
                         correlation: d.correlation.clone(),
@@ -198,46 +235,17 @@ impl World {
                 }
             } else if d.topic.starts_with(topics::HEARTBEAT_PREFIX)
                 && let Ok(h) = pbc::Heartbeat::decode(d.payload.clone())
-                && self.admit(&h.collector_id, &d).is_ok()
             {
-                self.agent.registry.heartbeat(now, &h.collector_id);
+                self.fleet.handle_heartbeat(now, &d.topic, &h, &peer_of(&d));
+                self.drive_fleet()?;
             }
         }
         Ok(())
     }
 
-    /// The agent's facts about collector `id` (client `cK` runs as pid 100 + K) and the
-    /// core's identity rule on the broker's peer credentials of `d`.
-    fn admit(&self, id: &str, d: &Deliver) -> Result<(), registry::Refusal> {
-        let k = id
-            .strip_prefix('c')
-            .and_then(|k| k.parse::<usize>().ok())
-            .filter(|&k| {
-                self.clients
-                    .get(k)
-                    .is_some_and(|c| c.registration.is_some())
-            });
-        let expected = match k {
-            Some(k) if self.clients[k].process_down => Expected::Managed { pid: None },
-            Some(k) => Expected::Managed {
-                pid: Some(100 + k as u32),
-            },
-            None => Expected::Unknown,
-        };
-        let peer = Peer {
-            pid: d.publisher_pid,
-            uid: d.publisher_uid,
-            ancestors: Vec::new(),
-        };
-        registry::admit(&expected, &peer)
-    }
-
-    pub(super) fn agent_timeout(&mut self) {
+    pub(super) fn agent_timeout(&mut self) -> Result<(), Violation> {
         self.agent.session.handle_timeout(self.now);
-        self.agent.registry.handle_timeout(self.now);
-        while let Some(ev) = self.agent.registry.poll_output() {
-            self.log(format!("registry: {ev:?}"));
-        }
+        self.supervise()
     }
 
     /// Live collectors not (yet) registered and healthy in the agent's registry.
@@ -250,8 +258,8 @@ impl World {
                 let (reg, _) = c.registration.as_ref()?;
                 let id = format!("c{i}");
                 let healthy = self
-                    .agent
-                    .registry
+                    .fleet
+                    .registry()
                     .get(&id)
                     .is_some_and(|r| r.health == CollectorHealth::Healthy);
                 (reg.state() != RegState::Registered || !healthy).then(|| {

@@ -21,10 +21,15 @@ impl World {
         self.reset(i, "client crash");
         self.crash_wal(i);
         let now = self.now;
-        let c = &mut self.clients[i];
-        c.process_down = true;
-        c.supervisor.handle_exited(now, "crash");
-        let state = c.supervisor.state();
+        self.clients[i].process_down = true;
+        let name = format!("c{i}");
+        self.fleet
+            .handle_exited(now, &name, super::agent::pid_of(i), "crash");
+        let state = self
+            .fleet
+            .supervisor(&name)
+            .map(|s| s.state().to_string())
+            .unwrap_or_default();
         self.log(format!("crash c{i}; supervisor {state}"));
     }
 
@@ -60,7 +65,8 @@ impl World {
                     .expect("a durable definition the broker gave back restores");
             }
         }
-        // The agent embeds the broker: its registry and control client start over.
+        // The agent embeds the broker: its control client starts over. Its fleet (the process
+        // manager's side) carries on; every collector registers anew in the new session.
         self.agent = AgentCtl::new(self.broker_epoch);
         self.log("crash broker".into());
         self.agent_connect();

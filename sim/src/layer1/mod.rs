@@ -6,7 +6,7 @@
 //! This file holds the world's state and [`run`]; the rest of the world's behaviour is
 //! split by concern: `workload` (what the clients do, and the seed's choices of them),
 //! `wire` (connections and moving bytes), `disk` (the collectors' WAL files), `agent`
-//! (the agent's supervisors, registry and control client), `model` (the reference model
+//! (the agent's fleet machine of supervisors and registry, and its control client), `model` (the reference model
 //! and the invariants on what clients see), `shadow` (invariant 8, byte splits) and
 //! `scheduler` (the step, and the liveness phase).
 
@@ -16,9 +16,10 @@ use bytes::Bytes;
 use daemoneye_core::Instant;
 use daemoneye_core::broker::{Broker, BrokerConfig, ConnId};
 use daemoneye_core::client::ClientSession;
+use daemoneye_core::fleet::Fleet;
 use daemoneye_core::registration::Registration;
 use daemoneye_core::rng::SeededRng;
-use daemoneye_core::supervisor::Supervisor;
+use daemoneye_core::supervisor::RestartPolicy;
 use daemoneye_proto::frame::{QoS, Subscribe};
 
 use crate::fault::FaultRates;
@@ -116,9 +117,9 @@ struct Client {
     publish_rate: f64,
     ack_rate: f64,
     publisher_id: String,
-    /// The agent-side supervisor of this client's process: after a crash, the client
-    /// comes back only when it says Spawn.
-    supervisor: Supervisor,
+    /// The agent's policy for this client's process (its supervisor is in the agent's
+    /// [`Fleet`](daemoneye_core::fleet::Fleet), under the name `c<i>`).
+    policy: RestartPolicy,
     /// The process is down (crashed, waiting for the supervisor, or Failed).
     process_down: bool,
     /// When the supervisor spawned this client, for the restart-policy invariant.
@@ -144,6 +145,9 @@ struct Client {
 /// The simulated world: one broker (and its shadow), the agent, several clients, their
 /// links, virtual time, and the reference model the invariants check against.
 pub(crate) struct World {
+    /// The agent's collectors: every client's supervisor and the registry, one machine
+    /// (the agent's process manager, which outlives the broker's crashes here).
+    fleet: Fleet,
     agent: AgentCtl,
     canary: Canary,
     /// The stream the scheduler, the workload and the faults draw from.

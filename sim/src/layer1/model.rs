@@ -72,7 +72,7 @@ impl World {
     /// its window.
     pub(super) fn check_restart_policy(&self, i: usize) -> Result<(), Violation> {
         let c = &self.clients[i];
-        let policy = c.supervisor.policy();
+        let policy = &c.policy;
         for (k, &a) in c.spawns.iter().enumerate() {
             let within = c.spawns[k..]
                 .iter()
@@ -330,7 +330,7 @@ impl World {
 
     /// The identity invariant: a registered collector's entry is its own process's.
     pub(super) fn check_identity(&self, id: &str) -> Result<(), Violation> {
-        let Some(entry) = self.agent.registry.get(id) else {
+        let Some(entry) = self.fleet.registry().get(id) else {
             return Ok(());
         };
         let own = id

@@ -25,7 +25,7 @@ impl World {
                 self.broker.handle_timeout(self.now);
                 self.shadow.broker.handle_timeout(self.now);
                 self.drain_broker()?;
-                self.agent_timeout();
+                self.agent_timeout()?;
                 for i in 0..n {
                     self.clients[i].session.handle_timeout(self.now);
                     if self.clients[i].conn.is_some() && self.clients[i].session.is_closed() {

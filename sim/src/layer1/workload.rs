@@ -11,10 +11,11 @@ use daemoneye_core::Instant;
 use daemoneye_core::acl::Acl;
 use daemoneye_core::broker::{Broker, BrokerConfig};
 use daemoneye_core::client::{ClientConfig, ClientSession};
+use daemoneye_core::fleet::{Fleet, Output as FleetOutput};
 use daemoneye_core::registration::{RegAction, Registration};
 use daemoneye_core::registry::SourceCaps;
 use daemoneye_core::rng::SeededRng;
-use daemoneye_core::supervisor::{RestartPolicy, Supervisor};
+use daemoneye_core::supervisor::RestartPolicy;
 use daemoneye_core::topic::topics;
 use daemoneye_core::wal::{Wal, WalConfig};
 use daemoneye_proto::frame::{GroupSpec, Overflow, Publish, QoS, QueueStrategy, Subscribe};
@@ -116,10 +117,6 @@ impl World {
                 stable_after: Duration::from_secs(10),
                 stop_timeout: Duration::from_secs(1),
             };
-            let mut supervisor = Supervisor::new(format!("c{i}"), policy);
-            let _ = supervisor.start(Instant::ZERO);
-            while supervisor.poll_output().is_some() {}
-            supervisor.handle_spawned(Instant::ZERO, 0);
             // About a third of the clients are WAL-backed collectors.
             let wal = (rng.below(3) == 0).then(|| {
                 let mut config = WalConfig::new(format!("c{i}"));
@@ -159,7 +156,7 @@ impl World {
                 publish_rate,
                 ack_rate,
                 publisher_id,
-                supervisor,
+                policy,
                 process_down: false,
                 spawns: Vec::new(),
                 wal,
@@ -185,7 +182,20 @@ impl World {
                 ));
             }
         }
+        let mut fleet = Fleet::new(super::agent::fleet_config());
+        for (i, c) in clients.iter().enumerate() {
+            fleet.supervise(format!("c{i}"), c.policy.clone());
+        }
+        fleet.start_all(Instant::ZERO);
+        while let Some(out) = fleet.poll_output() {
+            // Every client's process is already running at the start.
+            if let FleetOutput::Spawn { collector } = out {
+                let i = super::agent::client_index(&collector);
+                fleet.handle_spawned(Instant::ZERO, &collector, super::agent::pid_of(i));
+            }
+        }
         World {
+            fleet,
             agent: AgentCtl::new(0),
             canary: cfg.canary,
             rng,
