@@ -18,9 +18,12 @@ use crate::Instant;
 use crate::acl::Principal;
 use crate::topic::TopicName;
 
+/// Where a connection is in its handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Phase {
+    /// Waiting for Hello until `deadline`.
     Handshaking { deadline: Instant },
+    /// Hello answered with Welcome.
     Open,
 }
 
@@ -38,6 +41,7 @@ pub(super) const MAX_DEFERRED_PUBLISHES: usize = 256;
 /// Payload bytes a stalled connection may have waiting before the broker stops reading it.
 pub(super) const MAX_DEFERRED_BYTES: usize = 1 << 20;
 
+/// One connection's protocol state.
 #[derive(Debug)]
 pub(super) struct Connection {
     pub(super) peer: PeerCreds,
