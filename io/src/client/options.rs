@@ -25,7 +25,8 @@ pub struct ClientOptions {
 }
 
 impl ClientOptions {
-    /// A plain client named `name` that reconnects. Its publisher id is unique to this
+    /// A plain client named `name` that reconnects (100 ms doubling to 5 s, each wait
+    /// jittered by up to half). Its publisher id is unique to this
     /// process (`name.pid.start-time`), so that subscribers' deduplication never mistakes two
     /// processes' messages for each other; a publisher that resends from a WAL across
     /// restarts sets a stable id in `session.publisher_id` instead. The same pair seeds the
@@ -38,7 +39,9 @@ impl ClientOptions {
             .map_or(0, |d| d.as_nanos());
         let pid = std::process::id();
         session.publisher_id = Some(format!("{name}.{pid}.{started:x}"));
+        // Half of each wait at random: the clients of a restarted agent spread their dials.
         session.reconnect = Some(ReconnectPolicy {
+            jitter: 0.5,
             seed: (started as u64) ^ (u64::from(pid) << 32),
             ..ReconnectPolicy::default()
         });
