@@ -50,6 +50,11 @@ pub use output::{Claim, Event, Output};
 pub use view::{AgentHealth, CollectorState, CollectorView};
 pub use wire::{broker_health, wire_state};
 
+/// The longest the agent's shutdown waits for its collectors' stop timeouts.
+const MAX_STOP_BUDGET: Duration = Duration::from_secs(30);
+/// Added to the stop budget for the exits to be reaped.
+const REAP_MARGIN: Duration = Duration::from_millis(100);
+
 /// Heartbeat expectations of the agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FleetConfig {
@@ -170,6 +175,18 @@ impl Fleet {
             // One already down needs nothing.
             let _ = sup.stop(now);
         }
+    }
+
+    /// How long the agent's shutdown waits for its collectors: each gets its own stop
+    /// timeout in parallel, so the longest of them (capped at 30 s), plus a moment to reap.
+    pub fn stop_budget(&self) -> Duration {
+        self.supervisors
+            .values()
+            .map(|s| s.policy().stop_timeout)
+            .max()
+            .unwrap_or_default()
+            .min(MAX_STOP_BUDGET)
+            + REAP_MARGIN
     }
 
     /// SIGKILL to every supervised process still running (a shutdown past its budget).

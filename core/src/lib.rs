@@ -44,7 +44,9 @@
 //! is harmless (the machine acts on whatever is due). Because any input can move the next
 //! deadline earlier, the driver asks `poll_timeout` again after every drain and re-arms its
 //! timer when the answer changed. Machines with many timers (the broker) keep them in a
-//! deadline structure, so that asking is cheap after every input.
+//! deadline structure, so that asking is cheap after every input; the broker's
+//! `poll_timeout` takes `&mut self` because it re-files, when asked, the entries that
+//! traffic made stale (a keepalive that moved later costs nothing until it surfaces).
 //!
 //! ## Queries
 //!

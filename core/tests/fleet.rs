@@ -801,3 +801,31 @@ proptest! {
         prop_assert_eq!(d.fleet.health(broker, Vec::new()).overall, expected);
     }
 }
+
+#[test]
+fn the_stop_budget_is_the_longest_stop_timeout_capped_plus_a_reap_margin() {
+    let mut fleet = Fleet::new(FleetConfig::default());
+    assert_eq!(
+        fleet.stop_budget(),
+        Duration::from_millis(100),
+        "no collector: only the reap margin"
+    );
+    for (name, secs) in [("a", 2), ("b", 7), ("c", 3)] {
+        fleet.supervise(
+            name,
+            RestartPolicy {
+                stop_timeout: Duration::from_secs(secs),
+                ..RestartPolicy::default()
+            },
+        );
+    }
+    assert_eq!(fleet.stop_budget(), Duration::from_millis(7_100));
+    fleet.supervise(
+        "slow",
+        RestartPolicy {
+            stop_timeout: Duration::from_secs(600),
+            ..RestartPolicy::default()
+        },
+    );
+    assert_eq!(fleet.stop_budget(), Duration::from_millis(30_100), "capped");
+}

@@ -370,7 +370,7 @@ impl FaultLayer for Driver<'_> {
 mod tests {
     use super::*;
     use crate::layer1::{Canary, SimConfig};
-    use crate::link::LinkTimer;
+    use crate::link::Timer as LinkTimer;
 
     fn world(seed: u64) -> World {
         World::new(&SimConfig {

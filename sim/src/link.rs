@@ -66,7 +66,7 @@ pub enum LinkOutput {
 
 /// Why the link wants to be woken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LinkTimer {
+pub enum Timer {
     /// The client end's stall ends: it reads again.
     StallEnds,
 }
@@ -230,8 +230,8 @@ impl Link {
 
     /// When the link changes on its own, and why.
     #[must_use]
-    pub fn poll_timeout(&self) -> Option<(Instant, LinkTimer)> {
-        (self.stalled_until > Instant::ZERO).then_some((self.stalled_until, LinkTimer::StallEnds))
+    pub fn poll_timeout(&self) -> Option<(Instant, Timer)> {
+        (self.stalled_until > Instant::ZERO).then_some((self.stalled_until, Timer::StallEnds))
     }
 
     // ----- queries -----
@@ -381,7 +381,7 @@ mod tests {
         link.handle_flush(at(0));
         let _ = link.poll_output();
         link.stall(at(0), Duration::from_millis(100));
-        assert_eq!(link.poll_timeout(), Some((at(100), LinkTimer::StallEnds)));
+        assert_eq!(link.poll_timeout(), Some((at(100), Timer::StallEnds)));
         let (got, _) = read_all(&mut link, at(99), End::Client);
         assert!(got.is_empty(), "a stalled end reads nothing");
         assert_eq!(link.buffered(End::Client), 4);

@@ -72,17 +72,24 @@ async fn reply(client: &Client, req: &Deliver, payload: Vec<u8>) {
     }
 }
 
+/// The options of the agent's own control client: role Agent, and a close that fits the
+/// agent's 500 ms shutdown budget.
+pub fn control_options() -> ClientOptions {
+    let mut options = ClientOptions::new("daemoneye-agent");
+    options.session.role = Role::Agent;
+    options.close_timeout = std::time::Duration::from_millis(200);
+    options
+}
+
 /// Connects to the broker through `connector` (a [`crate::transport::UnixConnector`] in
-/// production, the simulation's network in a simulation) as the agent, and serves
+/// production, the simulation's network in a simulation) as the agent, with `options`
+/// (normally [`control_options`]; a simulation replaces its reconnect seed), and serves
 /// lifecycle, registration and health requests until the connection ends for good.
 pub async fn serve_control<C: Connector>(
     connector: C,
+    options: ClientOptions,
     manager: mpsc::Sender<Request>,
 ) -> Result<(), ClientError> {
-    let mut options = ClientOptions::new("daemoneye-agent");
-    options.session.role = Role::Agent;
-    // The agent's shutdown budget is 500 ms: its own connection never waits longer.
-    options.close_timeout = std::time::Duration::from_millis(200);
     let client = Client::connect_via(connector, options).await?;
     let mut lifecycle = client.subscribe(Subscribe::new(topics::LIFECYCLE)).await?;
     let mut health = client

@@ -131,10 +131,8 @@ pub enum Request {
         /// The agent's report.
         reply: oneshot::Sender<pbc::HealthReport>,
     },
-    /// Stop every collector (in parallel) within the budget, then answer.
+    /// Stop every collector (in parallel) within the fleet's stop budget, then answer.
     Shutdown {
-        /// Longest wait before SIGKILL.
-        budget: Duration,
         /// Answered once all are gone.
         reply: oneshot::Sender<()>,
     },
@@ -405,13 +403,13 @@ impl<S: Spawner> ProcessManager<S> {
                     Some(Request::Health { broker, reply }) => {
                         let _ = reply.send(self.fleet.health_report(&broker, self.now(), unix_ms()));
                     }
-                    Some(Request::Shutdown { budget, reply }) => {
-                        self.shutdown(budget).await;
+                    Some(Request::Shutdown { reply }) => {
+                        self.shutdown(self.fleet.stop_budget()).await;
                         let _ = reply.send(());
                         return;
                     }
                     None => {
-                        self.shutdown(Duration::from_secs(5)).await;
+                        self.shutdown(self.fleet.stop_budget()).await;
                         return;
                     }
                 },

@@ -13,7 +13,6 @@ use daemoneye_io::durables::DurableStore;
 use daemoneye_io::paths;
 use daemoneye_io::server::ServeOptions;
 use daemoneye_io::transport::{UnixConnector, UnixTransport};
-use std::time::Duration;
 
 // The broker allocates a few small objects per message; mimalloc's thread-local free lists
 // cost a fraction of glibc malloc's on this path (measured with the peers bench).
@@ -147,15 +146,6 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 durables: Some(durables),
             },
         ));
-        // Each collector gets its own stop timeout; the whole shutdown waits at most the
-        // longest of them (capped), plus a moment to reap.
-        let stop_budget = specs
-            .iter()
-            .map(|s| s.policy.stop_timeout)
-            .max()
-            .unwrap_or_default()
-            .min(Duration::from_secs(30))
-            + Duration::from_millis(100);
         let (manager_tx, manager_rx) = tokio::sync::mpsc::channel(64);
         let heartbeat_interval = broker_config.heartbeat_interval;
         let manager = tokio::task::spawn_local(
@@ -168,7 +158,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             let socket = socket.clone();
             let manager_tx = manager_tx.clone();
             tokio::task::spawn_local(async move {
-                if let Err(e) = daemoneye_io::agent::serve_control(UnixConnector(socket), manager_tx).await {
+                if let Err(e) = daemoneye_io::agent::serve_control(UnixConnector(socket), daemoneye_io::agent::control_options(), manager_tx).await {
                     tracing::error!(error = %e, "lifecycle control unavailable");
                 }
             })
@@ -181,10 +171,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         // Collectors first (in parallel, SIGKILL after their stop timeout), then the broker.
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         if manager_tx
-            .send(Request::Shutdown {
-                budget: stop_budget,
-                reply: done_tx,
-            })
+            .send(Request::Shutdown { reply: done_tx })
             .await
             .is_ok()
         {

@@ -19,7 +19,7 @@ use daemoneye_core::registration::RegistrationConfig;
 use daemoneye_core::registry::SourceCaps;
 use daemoneye_core::supervisor::{RestartPolicy, Signal};
 use daemoneye_io::agent::process::{CollectorSpec, ExitFuture, ProcessManager, Request, Spawner};
-use daemoneye_io::client::Client;
+use daemoneye_io::client::{Client, ReconnectPolicy};
 use daemoneye_io::clock::MonotonicClock;
 use daemoneye_proto::frame::{CollectorIdentity, Role};
 use daemoneye_proto::pb::control as pbc;
@@ -55,7 +55,10 @@ pub(super) async fn agent(model: Shared, seed: u64, canary: bool, ctl: Ctl) -> t
     );
     tokio::task::spawn_local(manager.run(rx));
     tokio::task::spawn_local(async move {
-        if let Err(e) = daemoneye_io::agent::serve_control(TurmoilConnector, tx).await {
+        // Reconnect waits from a fixed seed, without jitter: the run replays.
+        let mut options = daemoneye_io::agent::control_options();
+        options.session.reconnect = Some(ReconnectPolicy::default());
+        if let Err(e) = daemoneye_io::agent::serve_control(TurmoilConnector, options, tx).await {
             eprintln!("control client ended: {e}");
         }
     });
