@@ -157,7 +157,9 @@ fn collector_ignoring_sigterm_is_killed_after_the_stop_timeout() {
         "stop_timeout_ms = 300",
     );
     let agent = Agent::start(&bins(), Some(&config));
-    running_pid(&agent, "stubborn");
+    let pid = running_pid(&agent, "stubborn");
+    // Running is not yet stubborn: the shell must have set its trap first.
+    eventually("the collector ignores SIGTERM", || ignores_sigterm(pid));
     let started = Instant::now();
     let (status, _, err) = agent.run_cli(&["collectors", "stop", "stubborn"]);
     assert!(status.success(), "{err}");
@@ -169,6 +171,17 @@ fn collector_ignoring_sigterm_is_killed_after_the_stop_timeout() {
         "not before the stop timeout"
     );
     assert_eq!(field(&agent, "stubborn", "last_exit"), "killed by signal 9");
+}
+
+/// Whether process `pid` ignores SIGTERM (bit 15 of the `SigIgn` mask in its status).
+fn ignores_sigterm(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let mask = s.lines().find_map(|l| l.strip_prefix("SigIgn:"))?.trim();
+            u64::from_str_radix(mask, 16).ok()
+        })
+        .is_some_and(|mask| mask & (1 << (15 - 1)) != 0)
 }
 
 fn alive(pid: u64) -> bool {
