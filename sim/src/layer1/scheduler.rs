@@ -11,6 +11,26 @@ use crate::report::Violation;
 impl World {
     // ----- the step -----
 
+    /// The timer contract: once a machine has handled the time `now`, nothing it reports
+    /// is still due (a deadline it forgot to clear, or one the broker's deadline structure
+    /// kept stale, would otherwise show up here).
+    fn check_nothing_due<T: std::fmt::Debug>(
+        &self,
+        machine: &str,
+        next: Option<(daemoneye_core::Instant, T)>,
+    ) -> Result<(), Violation> {
+        match next {
+            Some((at, why)) if at <= self.now => Err(self.violation(
+                "timer-contract",
+                format!(
+                    "{machine} still has {why:?} due at {at:?} after handling {:?}",
+                    self.now
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     pub(super) fn step_once(&mut self, faults_on: bool) -> Result<(), Violation> {
         self.step += 1;
         let n = self.clients.len();
@@ -24,8 +44,12 @@ impl World {
                 self.now = self.now + dt;
                 self.broker.handle_timeout(self.now);
                 self.shadow.broker.handle_timeout(self.now);
+                let next = self.broker.poll_timeout();
+                self.check_nothing_due("broker", next)?;
                 self.drain_broker()?;
                 self.agent_timeout()?;
+                let next = self.fleet.poll_timeout();
+                self.check_nothing_due("fleet", next)?;
                 for i in 0..n {
                     self.clients[i].session.handle_timeout(self.now);
                     if self.clients[i].conn.is_some() && self.clients[i].session.is_closed() {
