@@ -21,8 +21,8 @@ pub struct BenchArgs {
     /// Subscriber connections.
     #[arg(long, default_value_t = 1)]
     subs: u32,
-    /// Messages in all (split among publishers).
-    #[arg(long, default_value_t = 100_000)]
+    /// Messages in all (split among publishers; at least 1).
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     msgs: u64,
     /// Payload bytes (at least 8: the send time travels in the payload).
     #[arg(long, default_value_t = 256)]

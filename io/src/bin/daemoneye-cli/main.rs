@@ -13,6 +13,7 @@ mod collectors;
 mod connection;
 mod error;
 mod messaging;
+mod publish;
 mod status;
 
 use std::path::PathBuf;
@@ -27,7 +28,12 @@ use crate::error::CliError;
 /// The broker socket is --socket (before or after the command), else
 /// DAEMONEYE_BROKER_SOCKET, else the agent's default path for this user.
 #[derive(Debug, Parser)]
-#[command(name = "daemoneye-cli", version)]
+#[command(
+    name = "daemoneye-cli",
+    version,
+    after_help = "Exit status: 0 on success, 1 on an error, 2 on a usage error; `pub` and \
+        `health` say in their --help what else they return."
+)]
 struct Cli {
     /// Broker socket path.
     #[arg(long, global = true, value_name = "PATH")]
@@ -39,7 +45,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Publish a message (from MESSAGE, or standard input when it is absent).
-    Pub(messaging::PubArgs),
+    Pub(publish::PubArgs),
     /// Subscribe and print messages until --count or --timeout (a normal exit).
     Sub(messaging::SubArgs),
     /// Send a request and print the first reply.
@@ -61,7 +67,7 @@ impl Command {
     async fn run(self, socket: Option<PathBuf>) -> Result<(), CliError> {
         let socket = socket.as_deref();
         match self {
-            Command::Pub(args) => messaging::publish(socket, args).await,
+            Command::Pub(args) => publish::publish(socket, args).await,
             Command::Sub(args) => messaging::subscribe(socket, args).await,
             Command::Req(args) => messaging::request(socket, args).await,
             Command::Stats(args) => status::stats(socket, args).await,
@@ -88,7 +94,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("daemoneye-cli: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(e.exit_code())
         }
     }
 }

@@ -1,9 +1,7 @@
 //! `pub`, `sub` and `req`: messages in and out of the bus.
 
-use std::collections::VecDeque;
-use std::io::{BufRead, Read, Write};
+use std::io::Write;
 use std::path::Path;
-use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
@@ -14,29 +12,8 @@ use daemoneye_proto::frame::{
 };
 use serde::Serialize;
 
-use crate::connection::{connect, round_trip, seconds};
+use crate::connection::{connect, seconds};
 use crate::error::CliError;
-
-/// QoS1 publishes in flight at once; their PubAcks are checked in order.
-const PUBLISH_WINDOW: usize = 1024;
-
-/// `pub`.
-#[derive(Debug, clap::Args)]
-pub struct PubArgs {
-    /// Topic name, e.g. events.process.new.
-    topic: String,
-    /// The payload; read from standard input when absent.
-    message: Option<String>,
-    /// 0: at most once; 1: wait for the broker's PubAck.
-    #[arg(long, value_enum, default_value_t = QoS::AtMostOnce)]
-    qos: QoS,
-    /// Publish the message this many times.
-    #[arg(long, default_value_t = 1)]
-    count: u64,
-    /// With standard input: one message per line.
-    #[arg(long)]
-    lines: bool,
-}
 
 /// `sub`.
 #[derive(Debug, clap::Args)]
@@ -93,65 +70,6 @@ fn topic_name(topic: &str) -> Result<(), CliError> {
             topic: topic.to_string(),
             source,
         })
-}
-
-/// The payloads `pub` sends: MESSAGE, else standard input (whole, or one per line).
-fn payloads(message: Option<String>, lines: bool) -> Result<Vec<Vec<u8>>, CliError> {
-    Ok(match message {
-        Some(m) => vec![m.into_bytes()],
-        None if lines => std::io::stdin()
-            .lock()
-            .lines()
-            .map(|l| l.map(String::into_bytes))
-            .collect::<std::io::Result<_>>()?,
-        None => {
-            let mut buf = Vec::new();
-            std::io::stdin().read_to_end(&mut buf)?;
-            vec![buf]
-        }
-    })
-}
-
-/// `pub`: sends every payload `--count` times; at QoS1 waits for every PubAck and warns if
-/// overflow dropped copies.
-pub async fn publish(socket: Option<&Path>, args: PubArgs) -> Result<(), CliError> {
-    topic_name(&args.topic)?;
-    let client = connect(socket, "daemoneye-cli").await?;
-    let payloads = payloads(args.message, args.lines)?;
-    let mut in_flight = VecDeque::new();
-    let mut dropped = 0u64;
-    for _ in 0..args.count {
-        for p in &payloads {
-            let pending = client
-                .send(Publish::new(&args.topic, Bytes::from(p.clone()), args.qos))
-                .await?;
-            in_flight.push_back(pending);
-            if in_flight.len() >= PUBLISH_WINDOW
-                && let Some(first) = in_flight.pop_front()
-                && let Some(a) = first.wait().await?
-            {
-                dropped += u64::from(a.dropped);
-            }
-        }
-    }
-    for pending in in_flight {
-        if let Some(a) = pending.wait().await? {
-            dropped += u64::from(a.dropped);
-        }
-    }
-    if dropped > 0 {
-        eprintln!(
-            "warning: {dropped} subscription cop(ies) of the messages were dropped by overflow"
-        );
-    }
-    // A QoS0 publish has no answer: a round trip makes sure an error (bad topic,
-    // permission) reaches us before we exit.
-    round_trip(&client, Duration::from_secs(5)).await?;
-    if let Some(e) = client.take_refusals().into_iter().next() {
-        return Err(e.into());
-    }
-    client.close().await;
-    Ok(())
 }
 
 /// `sub`: prints each message as it arrives (a QoS1 one is acked once its line is written)

@@ -4,6 +4,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use daemoneye_core::topic::topics;
+use daemoneye_io::client::Client;
 use daemoneye_proto::frame::QoS;
 use daemoneye_proto::pb::{control as pbc, stats as pbs};
 use prost::Message as _;
@@ -11,7 +12,7 @@ use serde::Serialize;
 
 use crate::collectors::{CollectorJson, print_table};
 use crate::connection::{ask, connect};
-use crate::error::CliError;
+use crate::error::{CliError, EXIT_DEGRADED, EXIT_UNHEALTHY};
 
 /// `stats`.
 #[derive(Debug, clap::Args)]
@@ -23,27 +24,36 @@ pub struct StatsArgs {
 
 /// `health`.
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Exit status: 0 healthy; 3 degraded; 4 unhealthy (or a state this \
+    version does not know); 1 when the agent could not be asked; 2 on a usage error. The \
+    report is printed in every case."
+)]
 pub struct HealthArgs {
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
 }
 
-/// `stats`: the broker's `$sys.broker.stats`, as a summary or as JSON.
-pub async fn stats(socket: Option<&Path>, args: StatsArgs) -> Result<(), CliError> {
-    let client = connect(socket, "daemoneye-cli").await?;
+/// The broker's `$sys.broker.stats`.
+pub async fn broker_stats(client: &Client) -> Result<pbs::BrokerStats, CliError> {
     let reply = ask(
-        &client,
+        client,
         "$sys.broker.stats",
         QoS::AtMostOnce,
         Duration::from_secs(5),
     )
     .await?;
-    let stats =
-        pbs::BrokerStats::decode(reply.payload).map_err(|source| CliError::MalformedReply {
-            what: "stats",
-            source,
-        })?;
+    pbs::BrokerStats::decode(reply.payload).map_err(|source| CliError::MalformedReply {
+        what: "stats",
+        source,
+    })
+}
+
+/// `stats`: the broker's `$sys.broker.stats`, as a summary or as JSON.
+pub async fn stats(socket: Option<&Path>, args: StatsArgs) -> Result<(), CliError> {
+    let client = connect(socket, "daemoneye-cli").await?;
+    let stats = broker_stats(&client).await?;
     if args.json {
         println!("{}", serde_json::to_string(&StatsJson::from(&stats))?);
     } else {
@@ -85,7 +95,17 @@ pub async fn health(socket: Option<&Path>, args: HealthArgs) -> Result<(), CliEr
         }
     }
     client.close().await;
-    Ok(())
+    match pbc::HealthState::try_from(h.overall) {
+        Ok(pbc::HealthState::Healthy) => Ok(()),
+        Ok(pbc::HealthState::Degraded) => Err(CliError::NotHealthy {
+            state: report.overall,
+            code: EXIT_DEGRADED,
+        }),
+        _ => Err(CliError::NotHealthy {
+            state: report.overall,
+            code: EXIT_UNHEALTHY,
+        }),
+    }
 }
 
 /// The canonical name of a health state on the wire, or "unknown" for a value this

@@ -1,0 +1,152 @@
+//! The CLI as an operator meets it, with the real binaries: exit statuses scripts can
+//! trust, QoS1 `pub` that never hangs silently, and the errors a user sees.
+
+use std::time::{Duration, Instant};
+
+use daemoneye_tests::{Agent, Bins, wait_exit};
+
+const T: Duration = Duration::from_secs(10);
+
+fn bins() -> Bins {
+    Bins {
+        agent: env!("CARGO_BIN_EXE_daemoneye-agent").into(),
+        cli: env!("CARGO_BIN_EXE_daemoneye-cli").into(),
+    }
+}
+
+/// Polls `cond` until it holds or the deadline passes.
+fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + T;
+    while Instant::now() < deadline {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[test]
+fn qos1_pub_to_an_away_durable_gives_up_after_its_timeout_and_names_the_holder() {
+    let agent = Agent::start(&bins(), None);
+    // The README's order: a durable subscriber that has gone away...
+    let (status, _, err) = agent.run_cli(&[
+        "sub",
+        "orders",
+        "--qos",
+        "1",
+        "--durable",
+        "order-forwarder",
+        "--timeout",
+        "0.2",
+    ]);
+    assert!(status.success(), "{err}");
+    // ...holds a QoS1 publish: `pub` says so and fails after its timeout, not ten minutes.
+    let started = Instant::now();
+    let (status, _, err) = agent.run_cli(&[
+        "pub",
+        "orders",
+        "o",
+        "--qos",
+        "1",
+        "--count",
+        "5",
+        "--timeout",
+        "1",
+    ]);
+    assert_eq!(status.code(), Some(3), "{err}");
+    assert!(started.elapsed() < T, "took {:?}", started.elapsed());
+    assert!(
+        err.contains("5 of 5 message(s) not acknowledged")
+            && err.contains(r#"durable "order-forwarder" (orders), its subscriber away: 5 queued"#),
+        "{err}"
+    );
+}
+
+#[test]
+fn qos1_pub_names_an_expired_durable_as_the_reason_for_loss() {
+    let agent = Agent::start(&bins(), Some("[broker]\ndurable_expiry_secs = 1\n"));
+    // A durable subscriber takes one message and leaves; the rest wait in its queue until
+    // the durable expires.
+    let mut sub = agent.subscriber(&["orders", "--qos", "1", "--durable", "fwd", "--count", "1"]);
+    let (status, _, err) = agent.run_cli(&[
+        "pub",
+        "orders",
+        "o",
+        "--qos",
+        "1",
+        "--count",
+        "3",
+        "--timeout",
+        "30",
+    ]);
+    assert!(wait_exit(&mut sub.child, T).expect("sub exits").success());
+    assert_eq!(status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("2 subscription cop(ies) dropped")
+            && err.contains(r#"durable "fwd" (orders) expired while its subscriber was away"#),
+        "{err}"
+    );
+    assert!(!err.contains("overflow"), "{err}");
+}
+
+#[test]
+fn qos1_pub_that_every_subscriber_acknowledges_succeeds() {
+    let agent = Agent::start(&bins(), None);
+    let mut sub = agent.subscriber(&["orders", "--qos", "1", "--count", "3"]);
+    let (status, _, err) = agent.run_cli(&["pub", "orders", "o", "--qos", "1", "--count", "3"]);
+    assert!(status.success(), "{err}");
+    assert_eq!(sub.stdout.wait_count(3, T).len(), 3);
+    assert!(wait_exit(&mut sub.child, T).expect("sub exits").success());
+    // With nobody listening it is still a success, with a note.
+    let (status, _, err) = agent.run_cli(&["pub", "nobody.here", "o", "--qos", "1"]);
+    assert!(status.success(), "{err}");
+    assert!(err.contains("no subscription matched 1 of 1"), "{err}");
+}
+
+#[test]
+fn zero_counts_are_usage_errors() {
+    let agent = Agent::start(&bins(), None);
+    for args in [
+        &["pub", "t", "m", "--count", "0"][..],
+        &["bench", "--msgs", "0"][..],
+    ] {
+        let (status, _, err) = agent.run_cli(args);
+        assert_eq!(status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("0"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn health_exit_status_says_healthy_degraded_or_unhealthy() {
+    let (status, out, _) = {
+        let out = std::process::Command::new(bins().cli)
+            .args(["health", "--help"])
+            .output()
+            .expect("help");
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            (),
+        )
+    };
+    assert!(status.success());
+    assert!(
+        out.contains("Exit status: 0 healthy; 3 degraded; 4 unhealthy"),
+        "{out}"
+    );
+    let config = "[[collectors]]\nname = \"napper\"\nbinary = \"/bin/sh\"\nargs = [\"-c\", \"exec sleep 1000\"]\n";
+    let agent = Agent::start(&bins(), Some(config));
+    eventually("a healthy agent", || {
+        agent.run_cli(&["health"]).0.code() == Some(0)
+    });
+    let (status, _, err) = agent.run_cli(&["collectors", "stop", "napper"]);
+    assert!(status.success(), "{err}");
+    // A stopped collector is degraded.
+    let (status, out, err) = agent.run_cli(&["health"]);
+    assert_eq!(status.code(), Some(3), "{out}{err}");
+    assert!(
+        out.contains("overall  degraded") && err.contains("agent is degraded"),
+        "{out}{err}"
+    );
+}
