@@ -28,7 +28,7 @@ pub mod paths;
 mod sync;
 pub mod transport;
 
-pub use logging::{LoggingError, init_logging};
+pub use logging::{LevelError, LogFilter, LoggingError, init_logging, parse_filter};
 
 // The paths these modules had before the crate was grouped by role (the simulation, the
 // agent and the tests import them).

@@ -3,7 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use daemoneye_tests::{Agent, Bins, wait_exit};
+use daemoneye_tests::{Agent, Bins, Lines, signal, wait_exit};
+use nix::sys::signal::Signal;
 
 const T: Duration = Duration::from_secs(10);
 
@@ -149,4 +150,69 @@ fn health_exit_status_says_healthy_degraded_or_unhealthy() {
         out.contains("overall  degraded") && err.contains("agent is degraded"),
         "{out}{err}"
     );
+}
+
+/// Runs the agent with `args` and `env` until it exits (it must refuse to start).
+fn agent_refuses(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = std::process::Command::new(bins().agent)
+        .args(args)
+        .arg("--socket")
+        .arg(dir.path().join("broker.sock"))
+        .current_dir(dir.path())
+        .envs(env.iter().copied())
+        .env("DAEMONEYE_AGENT_STATE_DIR", dir.path().join("state"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn agent");
+    let status = wait_exit(&mut child, T).expect("the agent refuses to start");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
+        .expect("stderr");
+    (status.code(), err)
+}
+
+#[test]
+fn a_log_level_must_be_a_level_name_or_a_target_directive() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, "collectors = []\n[logging]\nlevel = \"verbose\"\n").expect("write");
+    let (code, err) = agent_refuses(&["--config", config.to_str().expect("utf-8")], &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("level = \"verbose\"") && err.contains("\"verbose\" is not a level"),
+        "{err}"
+    );
+    let (code, err) = agent_refuses(&["--log-level", "loud"], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("'--log-level <LEVEL>'") && err.contains("\"loud\" is not a level"),
+        "{err}"
+    );
+    let (code, err) = agent_refuses(&[], &[("DAEMONEYE_AGENT_LOG_LEVEL", "debug,chatty")]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("DAEMONEYE_AGENT_LOG_LEVEL") && err.contains("\"chatty\" is not a level"),
+        "{err}"
+    );
+    // A directive with a target is a filter, and the agent logs with it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, "collectors = []\n").expect("write");
+    let mut child = std::process::Command::new(bins().agent)
+        .args(["--log-level", "warn,daemoneye_agent=info", "--config"])
+        .arg(&config)
+        .arg("--socket")
+        .arg(dir.path().join("broker.sock"))
+        .env("DAEMONEYE_AGENT_STATE_DIR", dir.path().join("state"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn agent");
+    let mut stderr = Lines::follow(child.stderr.take().expect("stderr"));
+    let started = stderr.wait_for("broker started", T);
+    signal(&child, Signal::SIGTERM);
+    wait_exit(&mut child, T).expect("the agent stops");
+    started.expect("the agent logs at info for its own target");
 }

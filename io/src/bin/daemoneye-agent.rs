@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use daemoneye_core::broker::Broker;
+use daemoneye_io::LogFilter;
 use daemoneye_io::agent::process::{ProcessManager, Request};
 use daemoneye_io::agent::shim::OsSpawner;
 use daemoneye_io::clock::{Clock, MonotonicClock};
@@ -39,9 +40,10 @@ struct Args {
     /// Socket path to listen on (its directory is created with mode 0700 if missing).
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
-    /// Log filter (error, warn, info, debug, trace), overriding the config.
+    /// Log level (error, warn, info, debug, trace, off) or directives such as
+    /// `warn,daemoneye_io=debug`, overriding the config.
     #[arg(long, value_name = "LEVEL")]
-    log_level: Option<String>,
+    log_level: Option<LogFilter>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -94,7 +96,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .log_level
         .clone()
         .unwrap_or_else(|| config.logging.level.clone());
-    daemoneye_io::init_logging(&level)?;
+    daemoneye_io::init_logging(level.as_str())?;
 
     let uid = paths::current_uid();
     let (broker_config, acl) = config.broker_config(uid)?;
