@@ -216,3 +216,74 @@ fn a_log_level_must_be_a_level_name_or_a_target_directive() {
     wait_exit(&mut child, T).expect("the agent stops");
     started.expect("the agent logs at info for its own target");
 }
+
+/// Starts a long-running CLI command that says "subscribed" on stderr once it is ready.
+fn ready(agent: &Agent, args: &[&str]) -> daemoneye_tests::Subscriber {
+    let mut child = agent
+        .cli(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn cli");
+    let stdout = Lines::follow(child.stdout.take().expect("stdout"));
+    let mut stderr = Lines::follow(child.stderr.take().expect("stderr"));
+    stderr.wait_for("subscribed", T).expect("ready");
+    daemoneye_tests::Subscriber {
+        child,
+        stdout,
+        stderr,
+    }
+}
+
+#[test]
+fn reply_answers_req_with_a_body_the_request_or_a_command() {
+    let agent = Agent::start(&bins(), None);
+    let mut echo = ready(&agent, &["reply", "svc.echo", "--echo", "--count", "1"]);
+    let (status, out, err) = agent.run_cli(&["req", "svc.echo", "hello", "--timeout", "5"]);
+    assert!(status.success(), "{err}");
+    assert_eq!(out, "hello\n");
+    assert!(
+        wait_exit(&mut echo.child, T)
+            .expect("exits after --count")
+            .success()
+    );
+    echo.stderr
+        .wait_for("[1] answered a request on svc.echo (5 bytes)", T)
+        .expect("says what it answered");
+
+    let _fixed = ready(&agent, &["reply", "svc.time", "noon"]);
+    let _upper = ready(&agent, &["reply", "svc.upper", "--command", "tr a-z A-Z"]);
+    for _ in 0..2 {
+        let (status, out, err) = agent.run_cli(&["req", "svc.time", "?"]);
+        assert!(status.success(), "{err}");
+        assert_eq!(out, "noon\n");
+    }
+    let (status, out, err) = agent.run_cli(&["req", "svc.upper", "shout"]);
+    assert!(status.success(), "{err}");
+    assert_eq!(out, "SHOUT\n");
+
+    // One answer is required.
+    let (status, _, err) = agent.run_cli(&["reply", "svc.x"]);
+    assert_eq!(status.code(), Some(2), "{err}");
+}
+
+#[test]
+fn no_responders_hints_at_a_starting_agent_only_while_it_is_young() {
+    let agent = Agent::start(&bins(), None);
+    // Just started: the agent's age is within the wait.
+    let (status, _, err) = agent.run_cli(&["req", "svc.nobody", "x", "--timeout", "3"]);
+    assert!(!status.success());
+    assert!(
+        err.contains("no responders on svc.nobody") && err.contains("is it still starting?"),
+        "{err}"
+    );
+    // Older than the wait by more than a moment: no such hint, but how to start one.
+    let (status, _, err) = agent.run_cli(&["req", "svc.nobody", "x", "--timeout", "0.3"]);
+    assert!(!status.success());
+    assert!(!err.contains("still starting"), "{err}");
+    assert!(
+        err.contains("is a responder running? e.g. `daemoneye-cli reply svc.nobody --echo`"),
+        "{err}"
+    );
+}

@@ -61,6 +61,14 @@ pub enum CliError {
     /// JSON output could not be written.
     #[error("cannot write JSON: {0}")]
     Json(#[from] serde_json::Error),
+    /// Nobody answered a request: with the agent's age when it had just started.
+    #[error("{source}{}", hint.as_deref().map(|h| format!(" ({h})")).unwrap_or_default())]
+    NoResponders {
+        /// The client's error.
+        source: ClientError,
+        /// What might explain it.
+        hint: Option<String>,
+    },
     /// A QoS1 `pub` could not confirm every copy: dropped, or no PubAck in time.
     #[error("not delivered: {0}")]
     NotDelivered(String),

@@ -1,6 +1,7 @@
 //! daemoneye-cli: the operator's tool for the DaemonEye broker.
 //!
-//! One module per command family: [`messaging`] (`pub`, `sub`, `req`), [`collectors`]
+//! One module per command family: [`publish`] (`pub`), [`messaging`] (`sub`, `req`),
+//! [`reply`], [`collectors`]
 //! (`collectors list|start|stop|restart|pause|resume`), [`status`] (`stats`, `health`) and
 //! [`bench`]; [`connection`] opens the broker connection they share and [`error`] says
 //! what can go wrong. To add a command: an `#[derive(clap::Args)]` struct and an
@@ -14,6 +15,7 @@ mod connection;
 mod error;
 mod messaging;
 mod publish;
+mod reply;
 mod status;
 
 use std::path::PathBuf;
@@ -50,6 +52,8 @@ enum Command {
     Sub(messaging::SubArgs),
     /// Send a request and print the first reply.
     Req(messaging::ReqArgs),
+    /// Answer requests on a topic (a responder for `req`): with BODY, --echo or --command.
+    Reply(reply::ReplyArgs),
     /// Broker statistics.
     Stats(status::StatsArgs),
     /// Supervised collectors: list them, or start, stop, restart, pause or resume one.
@@ -70,6 +74,7 @@ impl Command {
             Command::Pub(args) => publish::publish(socket, args).await,
             Command::Sub(args) => messaging::subscribe(socket, args).await,
             Command::Req(args) => messaging::request(socket, args).await,
+            Command::Reply(args) => reply::run(socket, args).await,
             Command::Stats(args) => status::stats(socket, args).await,
             Command::Collectors { command } => collectors::run(socket, command).await,
             Command::Health(args) => status::health(socket, args).await,

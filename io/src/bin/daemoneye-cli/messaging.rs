@@ -6,7 +6,7 @@ use std::path::Path;
 use base64::Engine;
 use bytes::Bytes;
 use daemoneye_core::topic::{TopicFilter, TopicName};
-use daemoneye_io::client::AckMode;
+use daemoneye_io::client::{AckMode, Client, ClientError};
 use daemoneye_proto::frame::{
     Deliver, GroupSpec, Overflow, Publish, QoS, QueueStrategy, Subscribe,
 };
@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::connection::{connect, seconds};
 use crate::error::CliError;
+use crate::status::broker_stats;
 
 /// `sub`.
 #[derive(Debug, clap::Args)]
@@ -149,11 +150,39 @@ pub async fn request(socket: Option<&Path>, args: ReqArgs) -> Result<(), CliErro
         Bytes::from(args.message.into_bytes()),
         QoS::AtLeastOnce,
     );
-    let reply = client.request(request, seconds(args.timeout)?).await?;
+    let reply = match client.request(request, seconds(args.timeout)?).await {
+        Ok(reply) => reply,
+        Err(source @ ClientError::NoResponders { .. }) => {
+            let hint = no_responders_hint(&client, &args.topic, args.timeout).await;
+            return Err(CliError::NoResponders { source, hint });
+        }
+        Err(e) => return Err(e.into()),
+    };
     println!("{}", String::from_utf8_lossy(&reply.payload));
     client.close().await;
     Ok(())
 }
+
+/// Why nobody may have answered: the agent started only moments ago (its own responders
+/// may not be up yet), or, for a user topic, that nothing runs `reply` on it.
+async fn no_responders_hint(client: &Client, topic: &str, waited: f64) -> Option<String> {
+    let uptime_ms = broker_stats(client).await.ok()?.uptime_ms;
+    let uptime = uptime_ms as f64 / 1000.0;
+    if uptime < waited + STARTING_SECS {
+        Some(format!(
+            "the agent started {uptime:.1} s ago: is it still starting?"
+        ))
+    } else if topic.starts_with("control.") || topic.starts_with('$') {
+        None
+    } else {
+        Some(format!(
+            "is a responder running? e.g. `daemoneye-cli reply {topic} --echo`"
+        ))
+    }
+}
+
+/// An agent younger than this (beyond the request's own wait) may still be starting.
+const STARTING_SECS: f64 = 2.0;
 
 /// One line of `sub --json`.
 #[derive(Debug, Serialize)]
