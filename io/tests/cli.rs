@@ -287,3 +287,111 @@ fn no_responders_hints_at_a_starting_agent_only_while_it_is_young() {
         "{err}"
     );
 }
+
+#[test]
+fn sub_survives_an_agent_restart_unless_told_not_to() {
+    let mut agent = Agent::start(&bins(), None);
+    let mut sub = agent.subscriber(&["restart.t"]);
+    let mut once = agent.subscriber(&["restart.t", "--no-reconnect"]);
+    let (status, _, err) = agent.run_cli(&["pub", "restart.t", "one"]);
+    assert!(status.success(), "{err}");
+    sub.stdout.wait_for("restart.t one", T).expect("before");
+    once.stdout.wait_for("restart.t one", T).expect("before");
+
+    agent.terminate();
+    sub.stderr
+        .wait_for("connection lost", T)
+        .expect("says it lost the agent");
+    let status = wait_exit(&mut once.child, T).expect("--no-reconnect exits");
+    assert!(!status.success());
+    once.stderr
+        .wait_for("connection lost: ", T)
+        .expect("--no-reconnect says why it ended");
+    once.stderr
+        .wait_for("connection to the broker closed", T)
+        .expect("and fails");
+
+    // The same socket, a new agent: the subscriber comes back by itself.
+    let dir = std::mem::replace(&mut agent.dir, tempfile::tempdir().expect("tempdir"));
+    let agent = Agent::start_at(&bins(), None, dir, agent.socket.clone());
+    sub.stderr
+        .wait_for("reconnected", T)
+        .expect("says it is back");
+    eventually("the renewed subscription", || {
+        let (status, _, err) = agent.run_cli(&["pub", "restart.t", "two", "--qos", "1"]);
+        status.success() && !err.contains("no subscription matched")
+    });
+    sub.stdout.wait_for("restart.t two", T).expect("after");
+    assert_eq!(
+        sub.child.try_wait().expect("try_wait"),
+        None,
+        "still running"
+    );
+}
+
+#[test]
+fn sub_prints_one_line_per_message_and_previews_binary() {
+    let agent = Agent::start(&bins(), None);
+    let mut text = agent.subscriber(&["bin.t", "--count", "3"]);
+    let mut raw = agent
+        .cli(&["sub", "bin.t", "--count", "3", "--raw"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn sub --raw");
+    let mut raw_stdout = raw.stdout.take().expect("stdout");
+    let mut raw_stderr = Lines::follow(raw.stderr.take().expect("stderr"));
+    raw_stderr.wait_for("subscribed", T).expect("ready");
+    for payload in [
+        &b"plain text"[..],
+        &[0xff, 0x00, 0xfe][..],
+        &b"two\nlines"[..],
+    ] {
+        let mut p = agent
+            .cli(&["pub", "bin.t"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("pub");
+        std::io::Write::write_all(&mut p.stdin.take().expect("stdin"), payload).expect("write");
+        assert!(p.wait().expect("wait").success());
+    }
+    assert!(wait_exit(&mut text.child, T).expect("exits").success());
+    assert_eq!(
+        text.stdout.drain(T),
+        [
+            "bin.t plain text",
+            "bin.t base64:/wD+ (3 bytes)",
+            "bin.t base64:dHdvCmxpbmVz (9 bytes)"
+        ]
+    );
+    // --raw: the bytes as they are, each followed by a newline.
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut raw_stdout, &mut out).expect("read");
+    assert!(wait_exit(&mut raw, T).expect("exits").success());
+    assert_eq!(out, b"plain text\n\xff\x00\xfe\ntwo\nlines\n");
+}
+
+#[test]
+fn sub_says_on_stderr_when_its_queue_drops_messages() {
+    let agent = Agent::start(&bins(), None);
+    let mut sub = agent.subscriber(&["flood.t", "--capacity", "1", "--overflow", "drop-newest"]);
+    // Stopped, it reads nothing: its socket fills and its one-message queue overflows.
+    signal(&sub.child, Signal::SIGSTOP);
+    let big = "x".repeat(60_000);
+    let (status, _, err) = agent.run_cli(&["pub", "flood.t", &big, "--count", "200"]);
+    signal(&sub.child, Signal::SIGCONT);
+    assert!(status.success(), "{err}");
+    let line = sub
+        .stderr
+        .wait_for("dropped: ", T)
+        .expect("a drop notice on stderr");
+    assert!(
+        line.contains("message(s) for flood.t lost to the queue's overflow strategy"),
+        "{line}"
+    );
+    assert!(
+        !sub.stdout.seen.iter().any(|l| l.contains("dropped")),
+        "notices stay off stdout"
+    );
+}

@@ -6,13 +6,13 @@ use std::path::Path;
 use base64::Engine;
 use bytes::Bytes;
 use daemoneye_core::topic::{TopicFilter, TopicName};
-use daemoneye_io::client::{AckMode, Client, ClientError};
+use daemoneye_io::client::{AckMode, Client, ClientError, Notice};
 use daemoneye_proto::frame::{
     Deliver, GroupSpec, Overflow, Publish, QoS, QueueStrategy, Subscribe,
 };
 use serde::Serialize;
 
-use crate::connection::{connect, seconds};
+use crate::connection::{connect, connect_reconnecting, seconds};
 use crate::error::CliError;
 use crate::status::broker_stats;
 
@@ -48,8 +48,15 @@ pub struct SubArgs {
     #[arg(long)]
     timeout: Option<f64>,
     /// One JSON object per message: topic, payload (or payload_b64), and metadata.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "raw")]
     json: bool,
+    /// Each payload's bytes as they are, followed by a newline (no topic).
+    #[arg(long)]
+    raw: bool,
+    /// Exit when the connection to the agent is lost, instead of reconnecting and
+    /// renewing the subscriptions.
+    #[arg(long)]
+    no_reconnect: bool,
 }
 
 /// `req`.
@@ -85,7 +92,12 @@ pub async fn subscribe(socket: Option<&Path>, args: SubArgs) -> Result<(), CliEr
     if let Some(g) = &args.group {
         daemoneye_proto::frame::validate_name("--group", g)?;
     }
-    let client = connect(socket, "daemoneye-cli").await?;
+    let client = if args.no_reconnect {
+        connect(socket, "daemoneye-cli").await?
+    } else {
+        connect_reconnecting(socket, "daemoneye-cli").await?
+    };
+    let mut notices = client.notices();
     let specs: Vec<Subscribe> = args
         .filters
         .iter()
@@ -104,6 +116,7 @@ pub async fn subscribe(socket: Option<&Path>, args: SubArgs) -> Result<(), CliEr
     // One stream over every filter: nothing is read ahead of what is printed, and a
     // QoS1 message is acked only once its line is written.
     let mut sub = client.subscribe_all(specs, AckMode::Manual).await?;
+    let filters: Vec<(u64, String)> = sub.ids().iter().copied().zip(args.filters).collect();
     eprintln!("subscribed");
     let deadline = args
         .timeout
@@ -113,14 +126,25 @@ pub async fn subscribe(socket: Option<&Path>, args: SubArgs) -> Result<(), CliEr
     let mut seen = 0u64;
     let stdout = std::io::stdout();
     while args.count.is_none_or(|c| seen < c) {
-        let next = match deadline {
-            Some(at) => match tokio::time::timeout_at(at, sub.recv()).await {
-                Ok(m) => m,
-                Err(_) => break,
-            },
-            None => sub.recv().await,
+        let until = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let next = tokio::select! {
+            m = sub.recv() => m,
+            Some(n) = notices.recv() => {
+                eprintln!("{}", notice_line(&n, &filters, args.no_reconnect));
+                continue;
+            }
+            () = until => break,
         };
         let Some(mut d) = next else {
+            // Gone for good: first say why.
+            while let Ok(n) = notices.try_recv() {
+                eprintln!("{}", notice_line(&n, &filters, args.no_reconnect));
+            }
             return Err(CliError::Closed);
         };
         seen += 1;
@@ -128,8 +152,11 @@ pub async fn subscribe(socket: Option<&Path>, args: SubArgs) -> Result<(), CliEr
         if args.json {
             serde_json::to_writer(&mut out, &MessageJson::from(&*d))?;
             writeln!(out)?;
+        } else if args.raw {
+            out.write_all(&d.payload)?;
+            writeln!(out)?;
         } else {
-            writeln!(out, "{} {}", d.topic, String::from_utf8_lossy(&d.payload))?;
+            writeln!(out, "{} {}", d.topic, payload_text(&d.payload))?;
         }
         out.flush()?;
         d.ack();
@@ -139,6 +166,54 @@ pub async fn subscribe(socket: Option<&Path>, args: SubArgs) -> Result<(), CliEr
     drop(sub);
     client.close().await;
     Ok(())
+}
+
+/// A notice about the connection or a subscription, for stderr.
+fn notice_line(notice: &Notice, filters: &[(u64, String)], no_reconnect: bool) -> String {
+    match notice {
+        Notice::Connected { .. } => "reconnected; renewing the subscriptions".to_string(),
+        Notice::Disconnected { reason } if no_reconnect => format!("connection lost: {reason}"),
+        Notice::Disconnected { reason } => format!("connection lost: {reason}; reconnecting"),
+        Notice::Dropped {
+            sub_id,
+            count,
+            total,
+        } => {
+            let filter = filters
+                .iter()
+                .find(|(id, _)| id == sub_id)
+                .map_or("?", |(_, f)| f.as_str());
+            format!(
+                "dropped: {count} message(s) for {filter} lost to the queue's overflow \
+                 strategy ({total} in all)"
+            )
+        }
+    }
+}
+
+/// Bytes of a binary payload shown in text mode.
+const PREVIEW_BYTES: usize = 32;
+
+/// A payload on one line: printable UTF-8 text as it is; anything else (binary, control
+/// characters, line breaks) as a short base64 preview and its size.
+fn payload_text(payload: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(payload) {
+        Ok(text) if !text.chars().any(|c| c.is_control() && c != '\t') => text.into(),
+        _ => {
+            let shown = &payload[..payload.len().min(PREVIEW_BYTES)];
+            let more = if payload.len() > PREVIEW_BYTES {
+                "..."
+            } else {
+                ""
+            };
+            format!(
+                "base64:{}{more} ({} bytes)",
+                base64::engine::general_purpose::STANDARD.encode(shown),
+                payload.len()
+            )
+            .into()
+        }
+    }
 }
 
 /// `req`: prints the first reply's payload.
@@ -290,6 +365,18 @@ mod tests {
             publisher_pid: None,
             publisher_uid: 0,
         }
+    }
+
+    #[test]
+    fn a_text_line_shows_printable_text_and_previews_anything_else() {
+        assert_eq!(payload_text(b"pid=42\tok"), "pid=42\tok");
+        assert_eq!(payload_text(&[0xff, 0, 0xfe]), "base64:/wD+ (3 bytes)");
+        assert_eq!(payload_text(b"two\nlines"), "base64:dHdvCmxpbmVz (9 bytes)");
+        let long = payload_text(&[0u8; 100]);
+        assert!(
+            long.starts_with("base64:AAAA") && long.ends_with("... (100 bytes)"),
+            "{long}"
+        );
     }
 
     #[test]
