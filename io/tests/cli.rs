@@ -395,3 +395,69 @@ fn sub_says_on_stderr_when_its_queue_drops_messages() {
         "notices stay off stdout"
     );
 }
+
+#[test]
+fn collector_crashes_are_warnings_and_a_normal_shutdown_is_quiet() {
+    let mut empty = Agent::start_logging(&bins(), None, "info");
+    empty
+        .stderr
+        .wait_for("collectors = []: starting with no collectors", T)
+        .expect("says the list is empty");
+    assert!(!empty.stderr.seen.iter().any(|l| l.contains("procmond")));
+    drop(empty);
+
+    let config = "[[collectors]]\nname = \"napper\"\nbinary = \"/bin/sh\"\nargs = [\"-c\", \"exec sleep 1000\"]\nbackoff_initial_ms = 20\n";
+    let mut agent = Agent::start_logging(&bins(), Some(config), "info");
+    let started = agent
+        .stderr
+        .wait_for("collector started", T)
+        .expect("started");
+    let pid: i32 = started
+        .split("pid=")
+        .nth(1)
+        .and_then(|p| p.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{started}"));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).expect("kill");
+    let crash = agent
+        .stderr
+        .wait_for("exited unexpectedly", T)
+        .expect("the kill is logged");
+    assert!(
+        crash.contains("WARN") && crash.contains("killed by signal 9"),
+        "{crash}"
+    );
+    // Restarted: a second start after the crash.
+    let mark = agent.stderr.seen.len();
+    let deadline = Instant::now() + T;
+    while !agent.stderr.seen[mark..]
+        .iter()
+        .any(|l| l.contains("collector started"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no restart: {:?}",
+            agent.stderr.seen
+        );
+        let n = agent.stderr.seen.len() + 1;
+        agent.stderr.wait_count(n, T);
+    }
+    let (status, _, err) = agent.run_cli(&["collectors", "stop", "napper"]);
+    assert!(status.success(), "{err}");
+    let stopped = agent
+        .stderr
+        .wait_for("collector stopped", T)
+        .expect("an asked-for stop is logged");
+    assert!(stopped.contains("INFO"), "{stopped}");
+    let mark = agent.stderr.seen.len();
+    let (status, _) = agent.terminate();
+    assert!(status.success());
+    let after = agent.stderr.drain(Duration::from_millis(200))[mark..].to_vec();
+    assert!(after.iter().any(|l| l.contains("stopped")), "{after:?}");
+    assert!(
+        !after
+            .iter()
+            .any(|l| l.contains("WARN") || l.contains("reconnecting")),
+        "{after:?}"
+    );
+}

@@ -103,6 +103,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let socket = args.socket.clone().or_else(|| config.broker.socket.clone());
     let socket = paths::resolve_socket_path(socket.as_deref());
     let specs = config.collector_specs()?;
+    let configured_collectors = config.collectors.is_some();
     let externals = config.external_collectors();
     // One state directory per agent instance (named after its socket), one per collector
     // inside it: two agents on one host never share state.
@@ -121,10 +122,12 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         eprintln!("listening on {}", socket.display());
         tracing::info!(socket = %socket.display(), state = %state_dir.display(), uid, "broker started");
-        if specs.is_empty() {
-            tracing::info!(
-                "no collectors configured and no procmond binary found: starting with no collectors"
-            );
+        match (&configured_collectors, specs.is_empty()) {
+            (true, true) => tracing::info!("collectors = []: starting with no collectors"),
+            (false, true) => tracing::info!(
+                "no [[collectors]] configured and no procmond binary beside the agent: starting with no collectors"
+            ),
+            (_, false) => {}
         }
         // The seed only steers the Random queue strategy; any value is fine in production.
         let seed = std::process::id() as u64 ^ 0x9E37_79B9_7F4A_7C15;
