@@ -461,3 +461,110 @@ fn collector_crashes_are_warnings_and_a_normal_shutdown_is_quiet() {
         "{after:?}"
     );
 }
+
+/// Runs a binary to completion without an agent: (status, stdout, stderr).
+fn run(bin: &std::path::Path, args: &[&str]) -> (std::process::ExitStatus, String, String) {
+    let out = std::process::Command::new(bin)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn help_lists_the_environment_and_version_names_the_revision() {
+    let b = bins();
+    let (status, help, _) = run(&b.agent, &["--help"]);
+    assert!(status.success());
+    for variable in [
+        "DAEMONEYE_BROKER_SOCKET",
+        "DAEMONEYE_AGENT_LOG_LEVEL",
+        "DAEMONEYE_AGENT_BROKER_MAX_CONNECTIONS",
+        "DAEMONEYE_AGENT_BROKER_DURABLE_EXPIRY_SECS",
+    ] {
+        assert!(help.contains(variable), "{variable} missing from:\n{help}");
+    }
+    for bin in [&b.agent, &b.cli] {
+        let (status, version, _) = run(bin, &["--version"]);
+        assert!(status.success());
+        // "daemoneye-x 0.1.0 (git 0123abcd...)", or "(git unknown)" outside a checkout.
+        let revision = version
+            .split("(git ")
+            .nth(1)
+            .and_then(|r| r.strip_suffix(")\n"))
+            .unwrap_or_else(|| panic!("{version}"));
+        assert!(
+            revision == "unknown" || revision.chars().all(|c| c.is_ascii_hexdigit()),
+            "{version}"
+        );
+    }
+}
+
+#[test]
+fn the_cli_prints_completion_scripts() {
+    let cli = bins().cli;
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef daemoneye-cli"),
+        ("fish", "complete -c daemoneye-cli"),
+    ] {
+        let (status, script, err) = run(&cli, &["completions", shell]);
+        assert!(status.success(), "{shell}: {err}");
+        assert!(
+            script.contains(marker) && script.contains("collectors"),
+            "{shell}"
+        );
+    }
+    let (status, _, _) = run(&cli, &["completions", "tcsh"]);
+    assert_eq!(status.code(), Some(2));
+}
+
+#[test]
+fn stats_watch_refreshes_and_bench_paces() {
+    let agent = Agent::start(&bins(), None);
+    let mut watch = agent
+        .cli(&["stats", "--watch", "0.1", "--json"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("stats --watch");
+    let mut lines = Lines::follow(watch.stdout.take().expect("stdout"));
+    let seen = lines.wait_count(3, T).to_vec();
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    for l in &seen {
+        let v: serde_json::Value = serde_json::from_str(l).expect("one JSON object a line");
+        assert!(v["uptime_ms"].as_u64().is_some(), "{l}");
+    }
+    let uptimes: Vec<u64> = seen
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("json")["uptime_ms"]
+                .as_u64()
+                .expect("uptime")
+        })
+        .collect();
+    assert!(uptimes.windows(2).all(|w| w[0] <= w[1]), "{uptimes:?}");
+
+    // 20 messages at 100 per second take at least 190 ms (the first goes at once).
+    let started = Instant::now();
+    let (status, out, err) = agent.run_cli(&[
+        "bench", "--msgs", "20", "--rate", "100", "--size", "16", "--json",
+    ]);
+    assert!(status.success(), "{err}");
+    assert!(started.elapsed() >= Duration::from_millis(190));
+    let report: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(
+        (report["sent"].clone(), report["rate"].clone()),
+        (20.into(), 100.0.into())
+    );
+    let (status, _, err) = agent.run_cli(&["bench", "--msgs", "5", "--rate", "0"]);
+    assert_eq!(status.code(), Some(2), "{err}");
+}

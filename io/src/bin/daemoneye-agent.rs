@@ -25,12 +25,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// to.
 ///
 /// Configuration: --config FILE (TOML; every key is checked and a bad one is named), then
-/// DAEMONEYE_AGENT_<KEY> environment variables (for example DAEMONEYE_AGENT_MAX_CONNECTIONS),
-/// then the flags below. The socket path is --socket, else [broker] socket, else
+/// the DAEMONEYE_AGENT_<SECTION>_<KEY> environment variables listed below, then the flags. The socket path is --socket, else [broker] socket, else
 /// DAEMONEYE_BROKER_SOCKET, else $XDG_RUNTIME_DIR/daemoneye/broker.sock, else
 /// /tmp/daemoneye-<uid>/broker.sock. SIGINT or SIGTERM shuts down within 500 ms.
 #[derive(Debug, Parser)]
-#[command(name = "daemoneye-agent", version)]
+#[command(name = "daemoneye-agent", version = daemoneye_io::VERSION)]
 struct Args {
     #[command(subcommand)]
     command: Option<AgentCommand>,
@@ -64,8 +63,32 @@ enum AgentCommand {
     },
 }
 
+/// The environment variables the agent reads, for `--help`.
+fn environment_help() -> String {
+    let mut text = String::from("Environment:\n");
+    let mut line = |name: &str, what: &str| text.push_str(&format!("  {name:<56} {what}\n"));
+    line(
+        "DAEMONEYE_BROKER_SOCKET",
+        "socket path when neither --socket nor [broker] socket is given",
+    );
+    line("XDG_RUNTIME_DIR", "directory of the default socket");
+    line(
+        "XDG_STATE_HOME",
+        "root of the default state directory (not as root)",
+    );
+    for o in daemoneye_io::config::env_overrides() {
+        line(&o.variable, &format!("sets {}", o.dotted_key()));
+    }
+    text
+}
+
 fn main() -> ExitCode {
-    let args = Args::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Args::command().after_help(environment_help()).get_matches();
+    let args = match Args::from_arg_matches(&matches) {
+        Ok(args) => args,
+        Err(e) => e.exit(),
+    };
     if let Some(AgentCommand::ExecCollector { exec, binary, args }) = &args.command {
         if !*exec {
             return ExitCode::from(daemoneye_io::agent::shim::collector_shim(binary, args));

@@ -32,7 +32,7 @@ use crate::error::CliError;
 #[derive(Debug, Parser)]
 #[command(
     name = "daemoneye-cli",
-    version,
+    version = daemoneye_io::VERSION,
     after_help = "Exit status: 0 on success, 1 on an error, 2 on a usage error; `pub` and \
         `health` say in their --help what else they return."
 )]
@@ -65,6 +65,13 @@ enum Command {
     Health(status::HealthArgs),
     /// Measure throughput and latency with separate publisher and subscriber connections.
     Bench(bench::BenchArgs),
+    /// Print a shell completion script, e.g. `daemoneye-cli completions bash >
+    /// /etc/bash_completion.d/daemoneye-cli`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 impl Command {
@@ -79,6 +86,16 @@ impl Command {
             Command::Collectors { command } => collectors::run(socket, command).await,
             Command::Health(args) => status::health(socket, args).await,
             Command::Bench(args) => bench::run(socket, args).await,
+            Command::Completions { shell } => {
+                use clap::CommandFactory;
+                clap_complete::generate(
+                    shell,
+                    &mut Cli::command(),
+                    "daemoneye-cli",
+                    &mut std::io::stdout(),
+                );
+                Ok(())
+            }
         }
     }
 }

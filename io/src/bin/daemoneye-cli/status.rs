@@ -1,5 +1,6 @@
 //! `stats` and `health`: what the broker and the agent say about themselves.
 
+use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::time::Duration;
 
@@ -11,15 +12,18 @@ use prost::Message as _;
 use serde::Serialize;
 
 use crate::collectors::{CollectorJson, print_table};
-use crate::connection::{ask, connect};
+use crate::connection::{ask, connect, seconds};
 use crate::error::{CliError, EXIT_DEGRADED, EXIT_UNHEALTHY};
 
 /// `stats`.
 #[derive(Debug, clap::Args)]
 pub struct StatsArgs {
-    /// Machine-readable output.
+    /// Machine-readable output (with --watch: one JSON object per refresh).
     #[arg(long)]
     json: bool,
+    /// Refresh every SECS seconds (2 when not given) until interrupted.
+    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
+    watch: Option<f64>,
 }
 
 /// `health`.
@@ -52,12 +56,30 @@ pub async fn broker_stats(client: &Client) -> Result<pbs::BrokerStats, CliError>
 
 /// `stats`: the broker's `$sys.broker.stats`, as a summary or as JSON.
 pub async fn stats(socket: Option<&Path>, args: StatsArgs) -> Result<(), CliError> {
+    let every = args.watch.map(seconds).transpose()?;
+    if every.is_some_and(|d| d.is_zero()) {
+        return Err(CliError::InvalidArgument(
+            "--watch needs a positive interval",
+        ));
+    }
     let client = connect(socket, "daemoneye-cli").await?;
-    let stats = broker_stats(&client).await?;
-    if args.json {
-        println!("{}", serde_json::to_string(&StatsJson::from(&stats))?);
-    } else {
-        print_stats(&stats);
+    let clear = every.is_some() && !args.json && std::io::stdout().is_terminal();
+    loop {
+        let stats = broker_stats(&client).await?;
+        if args.json {
+            println!("{}", serde_json::to_string(&StatsJson::from(&stats))?);
+        } else {
+            if clear {
+                // Home and clear: each refresh replaces the last.
+                print!("\x1b[H\x1b[2J");
+            } else if every.is_some() {
+                println!();
+            }
+            print_stats(&stats);
+        }
+        std::io::stdout().flush()?;
+        let Some(every) = every else { break };
+        tokio::time::sleep(every).await;
     }
     client.close().await;
     Ok(())
