@@ -568,3 +568,37 @@ fn stats_watch_refreshes_and_bench_paces() {
     let (status, _, err) = agent.run_cli(&["bench", "--msgs", "5", "--rate", "0"]);
     assert_eq!(status.code(), Some(2), "{err}");
 }
+
+#[test]
+fn qos1_pub_on_a_terminal_shows_what_it_waits_for_after_a_second() {
+    let agent = Agent::start(&bins(), None);
+    let (status, _, err) = agent.run_cli(&[
+        "sub",
+        "orders",
+        "--qos",
+        "1",
+        "--durable",
+        "away",
+        "--timeout",
+        "0.2",
+    ]);
+    assert!(status.success(), "{err}");
+    // `script` gives the command a terminal and copies what it writes there.
+    let command = format!(
+        "{} pub orders o --qos 1 --count 5 --timeout 2 --socket {}",
+        bins().cli.display(),
+        agent.socket.display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script (util-linux)");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("waiting for PubAcks: 0 of 5 acknowledged; held by durable \"away\""),
+        "{shown}"
+    );
+    assert!(shown.contains("not acknowledged"), "{shown}");
+    assert_eq!(out.status.code(), Some(3), "{shown}");
+}
