@@ -38,18 +38,36 @@ impl SourceCaps {
         self.0 & other.0 == other.0 && other.0 != 0
     }
 
+    /// Every capability and its name (as in a task topic), in bit order.
+    pub const NAMED: [(&'static str, SourceCaps); 7] = [
+        ("process", Self::PROCESS),
+        ("network", Self::NETWORK),
+        ("filesystem", Self::FILESYSTEM),
+        ("performance", Self::PERFORMANCE),
+        ("realtime", Self::REALTIME),
+        ("kernel_level", Self::KERNEL_LEVEL),
+        ("system_wide", Self::SYSTEM_WIDE),
+    ];
+
     /// The capability named in a task topic (`control.collector.task.<name>`).
     pub fn from_name(name: &str) -> Option<SourceCaps> {
-        Some(match name {
-            "process" => Self::PROCESS,
-            "network" => Self::NETWORK,
-            "filesystem" => Self::FILESYSTEM,
-            "performance" => Self::PERFORMANCE,
-            "realtime" => Self::REALTIME,
-            "kernel_level" => Self::KERNEL_LEVEL,
-            "system_wide" => Self::SYSTEM_WIDE,
-            _ => return None,
-        })
+        Self::NAMED
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, caps)| *caps)
+    }
+
+    /// The names of the capabilities set here, in bit order (unknown bits as `bitN`).
+    pub fn names(self) -> Vec<String> {
+        (0..32)
+            .filter(|bit| self.0 & (1 << bit) != 0)
+            .map(|bit| {
+                Self::NAMED
+                    .iter()
+                    .find(|(_, caps)| caps.0 == 1 << bit)
+                    .map_or_else(|| format!("bit{bit}"), |(n, _)| n.to_string())
+            })
+            .collect()
     }
 }
 
@@ -521,5 +539,23 @@ pub fn admit(expected: &Expected, peer: &Peer) -> Result<(), Refusal> {
                 Err(Refusal::NotSpawned { pid, spawned })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod caps_tests {
+    use super::SourceCaps;
+
+    #[test]
+    fn capabilities_have_names_both_ways() {
+        assert_eq!(
+            SourceCaps(SourceCaps::PROCESS.0 | SourceCaps::SYSTEM_WIDE.0 | 1 << 9).names(),
+            ["process", "system_wide", "bit9"]
+        );
+        assert!(SourceCaps(0).names().is_empty());
+        for (name, caps) in SourceCaps::NAMED {
+            assert_eq!(SourceCaps::from_name(name), Some(caps));
+        }
+        assert_eq!(SourceCaps::from_name("telepathy"), None);
     }
 }

@@ -253,6 +253,10 @@ impl Supervisor {
     pub fn pid(&self) -> Option<u32> {
         self.pid
     }
+    /// When its current process started (`None` while it has none).
+    pub fn running_since(&self) -> Option<Instant> {
+        self.pid.and(self.started_at)
+    }
     /// Automatic restarts so far.
     pub fn restarts(&self) -> u32 {
         self.total_restarts

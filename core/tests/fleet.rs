@@ -659,6 +659,7 @@ fn lifecycle_answers_and_the_health_report_carry_the_fleet_state() {
         a.last_heartbeat_ms, 998_000,
         "two seconds before the wall clock's now"
     );
+    assert_eq!(a.uptime_ms, 3_000, "running since its spawn at 0 s");
     let refused = d.fleet.command(t(3.0), "a", Command::Start);
     let answer = d.fleet.command_response("a", refused, t(3.0), 0);
     assert_eq!(answer.error, pbc::LifecycleErrorCode::AlreadyRunning as i32);

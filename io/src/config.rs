@@ -53,6 +53,8 @@ use daemoneye_core::acl::{Acl, AclConfig};
 use daemoneye_core::broker::BrokerConfig;
 use serde::{Deserialize, Serialize};
 
+use crate::logging::LogFilter;
+
 mod env;
 
 pub use env::{ENV_PREFIX, EnvOverride, env_overrides};
@@ -156,14 +158,15 @@ impl Default for BrokerSection {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoggingSection {
-    /// A tracing filter: `error`, `warn`, `info`, `debug`, `trace`, or directives.
-    pub level: String,
+    /// A level (`error`, `warn`, `info`, `debug`, `trace`, `off`), or comma-separated
+    /// directives: bare levels and `target=level`.
+    pub level: LogFilter,
 }
 
 impl Default for LoggingSection {
     fn default() -> Self {
         Self {
-            level: "info".into(),
+            level: "info".parse().expect("a level name"),
         }
     }
 }

@@ -28,7 +28,15 @@ pub mod paths;
 mod sync;
 pub mod transport;
 
-pub use logging::{LoggingError, init_logging};
+pub use logging::{LevelError, LogFilter, LoggingError, init_logging, parse_filter};
+
+/// The version every binary reports: the package version and the git revision built.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("DAEMONEYE_GIT_REVISION"),
+    ")"
+);
 
 // The paths these modules had before the crate was grouped by role (the simulation, the
 // agent and the tests import them).

@@ -8,6 +8,11 @@ use daemoneye_tests::{Agent, Bins, wait_exit};
 
 const T: Duration = Duration::from_secs(10);
 
+/// What procmond declares, by name, as `collectors list --json` shows it.
+fn procmond_caps() -> serde_json::Value {
+    serde_json::json!(["process", "system_wide"])
+}
+
 fn bins() -> Bins {
     Bins {
         agent: env!("CARGO_BIN_EXE_daemoneye-agent").into(),
@@ -57,7 +62,7 @@ fn proc_state(pid: u64) -> Option<char> {
 
 fn running_pid(agent: &Agent, name: &str) -> u64 {
     eventually("the collector to run", || {
-        field(agent, name, "state") == "running" && field(agent, name, "pid") != 0
+        field(agent, name, "state") == "running" && field(agent, name, "pid").as_u64() > Some(0)
     });
     field(agent, name, "pid").as_u64().expect("pid")
 }
@@ -124,10 +129,11 @@ fn always_crashing_collector_ends_failed_after_max_restarts_and_stays() {
         field(&agent, "crasher", "last_exit"),
         "exited with status 3"
     );
-    // It stays failed: a health report says so.
-    let (_, out, _) = agent.run_cli(&["health", "--json"]);
+    // It stays failed: a health report says so, and its exit status (4: unhealthy).
+    let (status, out, _) = agent.run_cli(&["health", "--json"]);
     let h: serde_json::Value = serde_json::from_str(&out).expect("health json");
     assert_eq!(h["overall"], "unhealthy", "{out}");
+    assert_eq!(status.code(), Some(4), "{out}");
     assert_eq!(field(&agent, "crasher", "state"), "failed");
 }
 
@@ -346,9 +352,40 @@ fn procmond_registers_heartbeats_and_publishes_process_events() {
     let agent = Agent::start(&bins(), Some(&procmond_config(&state)));
     running_pid(&agent, "procmond");
     eventually("registration and heartbeats", || {
-        field(&agent, "procmond", "capabilities") == 65
+        field(&agent, "procmond", "capabilities") == procmond_caps()
             && field(&agent, "procmond", "last_heartbeat_ms").as_u64() > Some(0)
     });
+    // The list shows what the README promises: state, pid, uptime, restarts, the last
+    // heartbeat's age and capability names, in JSON and in the table.
+    let pid = running_pid(&agent, "procmond");
+    let age = field(&agent, "procmond", "last_heartbeat_age_ms").as_u64();
+    assert!(age.is_some_and(|a| a < 10_000), "{age:?}");
+    assert!(field(&agent, "procmond", "uptime_ms").as_u64() > Some(0));
+    assert_eq!(field(&agent, "procmond", "restarts"), 0);
+    let (status, table, err) = agent.run_cli(&["collectors", "list"]);
+    assert!(status.success(), "{err}");
+    let header = table.lines().next().unwrap_or_default().to_string();
+    for column in [
+        "state",
+        "pid",
+        "uptime",
+        "restarts",
+        "heartbeat",
+        "capabilities",
+    ] {
+        assert!(header.contains(column), "{table}");
+    }
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("procmond "))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        row.contains("running")
+            && row.contains(&pid.to_string())
+            && row.contains(" ago")
+            && row.contains("process,system_wide"),
+        "{row}"
+    );
     // A fresh procmond reports every process it finds as new.
     let mut sub = agent.subscriber(&["events.process.new", "--count", "5"]);
     let (status, _, err) = agent.run_cli(&["collectors", "restart", "procmond"]);
@@ -376,7 +413,7 @@ fn a_collector_that_stops_heartbeating_is_restarted() {
     });
     eventually("the replacement heartbeats", || {
         field(&agent, "procmond", "state") == "running"
-            && field(&agent, "procmond", "capabilities") == 65
+            && field(&agent, "procmond", "capabilities") == procmond_caps()
     });
 }
 
@@ -402,7 +439,7 @@ fn a_collector_that_keeps_hanging_ends_failed() {
         if state == "running"
             && pid != 0
             && !frozen.contains(&pid)
-            && field(&agent, "procmond", "capabilities") == 65
+            && field(&agent, "procmond", "capabilities") == procmond_caps()
         {
             nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid as i32),
@@ -515,7 +552,8 @@ fn outside_procmond(agent: &Agent, id: &str) -> std::process::Child {
 
 fn health_reasons(agent: &Agent) -> String {
     let (status, out, err) = agent.run_cli(&["health", "--json"]);
-    assert!(status.success(), "{err}");
+    // 0 healthy, 3 degraded, 4 unhealthy: a report in each case.
+    assert!(matches!(status.code(), Some(0 | 3 | 4)), "{status}: {err}");
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
     v["reasons"].to_string()
 }
@@ -526,7 +564,7 @@ fn a_collector_registers_under_its_configured_name_and_keeps_its_wal_in_its_own_
     let agent = Agent::start(&bins(), Some(&procmond_named("procmond-1", root.path())));
     running_pid(&agent, "procmond-1");
     eventually("procmond-1 registers", || {
-        field(&agent, "procmond-1", "capabilities") == 65
+        field(&agent, "procmond-1", "capabilities") == procmond_caps()
     });
     let names: Vec<serde_json::Value> = list(&agent)
         .as_array()
@@ -553,7 +591,7 @@ fn two_agents_on_different_sockets_never_share_state() {
     for agent in [&a, &b] {
         running_pid(agent, "procmond");
         eventually("procmond registers with its own agent", || {
-            field(agent, "procmond", "capabilities") == 65
+            field(agent, "procmond", "capabilities") == procmond_caps()
                 && field(agent, "procmond", "restarts") == 0
         });
     }
@@ -578,7 +616,11 @@ fn a_registration_not_from_the_spawned_process_is_refused_and_counted() {
         let reasons = health_reasons(&agent);
         reasons.contains("collector imp: ") && reasons.contains("ghost (")
     });
-    assert_eq!(field(&agent, "imp", "capabilities"), 0, "not registered");
+    assert_eq!(
+        field(&agent, "imp", "capabilities"),
+        serde_json::json!([]),
+        "not registered"
+    );
     assert!(
         !list(&agent)
             .as_array()

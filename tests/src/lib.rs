@@ -122,6 +122,13 @@ impl Agent {
         Self::start_at(bins, config, dir, socket)
     }
 
+    /// Starts an agent that logs at `level` (the others log at `warn`).
+    pub fn start_logging(bins: &Bins, config: Option<&str>, level: &str) -> Agent {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("run").join("broker.sock");
+        Self::start_inner(bins, config, dir, socket, level)
+    }
+
     /// Starts an agent on a given socket path.
     pub fn start_at(
         bins: &Bins,
@@ -129,11 +136,21 @@ impl Agent {
         dir: tempfile::TempDir,
         socket: PathBuf,
     ) -> Agent {
+        Self::start_inner(bins, config, dir, socket, "warn")
+    }
+
+    fn start_inner(
+        bins: &Bins,
+        config: Option<&str>,
+        dir: tempfile::TempDir,
+        socket: PathBuf,
+        level: &str,
+    ) -> Agent {
         let mut cmd = Command::new(&bins.agent);
         cmd.arg("--socket")
             .arg(&socket)
             .arg("--log-level")
-            .arg("warn");
+            .arg(level);
         // Without [[collectors]] the agent would supervise a procmond found beside it:
         // tests get exactly the collectors they configure.
         let text = config.unwrap_or("");

@@ -96,6 +96,8 @@ pub struct CollectorView {
     /// The process: the one the agent spawned, or the one that registered an external
     /// collector.
     pub pid: Option<u32>,
+    /// When its current process started (unknown for an external collector).
+    pub running_since: Option<Instant>,
     /// Automatic restarts so far (none for an external collector).
     pub restarts: u32,
     /// How its last run ended.

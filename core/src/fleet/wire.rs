@@ -84,6 +84,9 @@ impl CollectorView {
             capabilities: self.capabilities.0,
             health: self.last_exit.clone().unwrap_or_default(),
             refused: self.refused,
+            uptime_ms: self.running_since.map_or(0, |since| {
+                u64::try_from(now.saturating_since(since).as_millis()).unwrap_or(u64::MAX)
+            }),
         }
     }
 }

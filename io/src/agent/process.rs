@@ -194,6 +194,9 @@ pub struct ProcessManager<S: Spawner = OsSpawner> {
     clock: MonotonicClock,
     exits_tx: mpsc::UnboundedSender<(String, u32, String)>,
     exits_rx: mpsc::UnboundedReceiver<(String, u32, String)>,
+    /// Processes the fleet asked to end (SIGTERM, SIGKILL): their exit is expected, any
+    /// other is a crash or a kill from outside.
+    ended_on_purpose: std::collections::BTreeSet<u32>,
 }
 
 impl<S: Spawner> std::fmt::Debug for ProcessManager<S> {
@@ -237,6 +240,7 @@ impl<S: Spawner> ProcessManager<S> {
             clock: MonotonicClock::default(),
             exits_tx,
             exits_rx,
+            ended_on_purpose: Default::default(),
         }
     }
 
@@ -282,6 +286,9 @@ impl<S: Spawner> ProcessManager<S> {
                     pid,
                     signal,
                 } => {
+                    if matches!(signal, Signal::Term | Signal::Kill) {
+                        self.ended_on_purpose.insert(pid);
+                    }
                     if let Err(e) = self.spawner.signal(pid, signal) {
                         tracing::warn!(%collector, pid, ?signal, error = %e, "signal failed");
                     }
@@ -291,7 +298,13 @@ impl<S: Spawner> ProcessManager<S> {
                 | Output::TaskExpired { .. } => {
                     tracing::info!(?output, "task moved");
                 }
-                Output::Event(event) => log(&event),
+                Output::Event(event) => {
+                    let expected = match &event {
+                        Event::Exited { pid, .. } => self.ended_on_purpose.remove(pid),
+                        _ => false,
+                    };
+                    log(&event, expected);
+                }
             }
         }
     }
@@ -424,8 +437,9 @@ impl<S: Spawner> ProcessManager<S> {
     }
 }
 
-/// One log line per fleet event.
-fn log(event: &Event) {
+/// One log line per fleet event; `expected` says an exit was asked for (a stop, a restart):
+/// any other exit is a crash or a kill from outside, a warning.
+fn log(event: &Event, expected: bool) {
     match event {
         Event::Registered {
             collector,
@@ -459,7 +473,12 @@ fn log(event: &Event) {
             collector,
             pid,
             how,
-        } => tracing::info!(%collector, pid, %how, "collector exited"),
+        } if expected => tracing::info!(%collector, pid, %how, "collector stopped"),
+        Event::Exited {
+            collector,
+            pid,
+            how,
+        } => tracing::warn!(%collector, pid, %how, "collector exited unexpectedly"),
     }
 }
 

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use daemoneye_core::broker::Broker;
+use daemoneye_io::LogFilter;
 use daemoneye_io::agent::process::{ProcessManager, Request};
 use daemoneye_io::agent::shim::OsSpawner;
 use daemoneye_io::clock::{Clock, MonotonicClock};
@@ -23,12 +24,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// to.
 ///
 /// Configuration: --config FILE (TOML; every key is checked and a bad one is named), then
-/// DAEMONEYE_AGENT_<KEY> environment variables (for example DAEMONEYE_AGENT_MAX_CONNECTIONS),
-/// then the flags below. The socket path is --socket, else [broker] socket, else
+/// the DAEMONEYE_AGENT_<SECTION>_<KEY> environment variables listed below, then the flags. The socket path is --socket, else [broker] socket, else
 /// DAEMONEYE_BROKER_SOCKET, else $XDG_RUNTIME_DIR/daemoneye/broker.sock, else
 /// /tmp/daemoneye-<uid>/broker.sock. SIGINT or SIGTERM shuts down within 500 ms.
 #[derive(Debug, Parser)]
-#[command(name = "daemoneye-agent", version)]
+#[command(name = "daemoneye-agent", version = daemoneye_io::VERSION)]
 struct Args {
     #[command(subcommand)]
     command: Option<AgentCommand>,
@@ -38,9 +38,10 @@ struct Args {
     /// Socket path to listen on (its directory is created with mode 0700 if missing).
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
-    /// Log filter (error, warn, info, debug, trace), overriding the config.
+    /// Log level (error, warn, info, debug, trace, off) or directives such as
+    /// `warn,daemoneye_io=debug`, overriding the config.
     #[arg(long, value_name = "LEVEL")]
-    log_level: Option<String>,
+    log_level: Option<LogFilter>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -61,8 +62,32 @@ enum AgentCommand {
     },
 }
 
+/// The environment variables the agent reads, for `--help`.
+fn environment_help() -> String {
+    let mut text = String::from("Environment:\n");
+    let mut line = |name: &str, what: &str| text.push_str(&format!("  {name:<56} {what}\n"));
+    line(
+        "DAEMONEYE_BROKER_SOCKET",
+        "socket path when neither --socket nor [broker] socket is given",
+    );
+    line("XDG_RUNTIME_DIR", "directory of the default socket");
+    line(
+        "XDG_STATE_HOME",
+        "root of the default state directory (not as root)",
+    );
+    for o in daemoneye_io::config::env_overrides() {
+        line(&o.variable, &format!("sets {}", o.dotted_key()));
+    }
+    text
+}
+
 fn main() -> ExitCode {
-    let args = Args::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Args::command().after_help(environment_help()).get_matches();
+    let args = match Args::from_arg_matches(&matches) {
+        Ok(args) => args,
+        Err(e) => e.exit(),
+    };
     if let Some(AgentCommand::ExecCollector { exec, binary, args }) = &args.command {
         if !*exec {
             return ExitCode::from(daemoneye_io::agent::shim::collector_shim(binary, args));
@@ -93,13 +118,14 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .log_level
         .clone()
         .unwrap_or_else(|| config.logging.level.clone());
-    daemoneye_io::init_logging(&level)?;
+    daemoneye_io::init_logging(level.as_str())?;
 
     let uid = paths::current_uid();
     let (broker_config, acl) = config.broker_config(uid)?;
     let socket = args.socket.clone().or_else(|| config.broker.socket.clone());
     let socket = paths::resolve_socket_path(socket.as_deref());
     let specs = config.collector_specs()?;
+    let configured_collectors = config.collectors.is_some();
     let externals = config.external_collectors();
     // One state directory per agent instance (named after its socket), one per collector
     // inside it: two agents on one host never share state.
@@ -118,10 +144,12 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         eprintln!("listening on {}", socket.display());
         tracing::info!(socket = %socket.display(), state = %state_dir.display(), uid, "broker started");
-        if specs.is_empty() {
-            tracing::info!(
-                "no collectors configured and no procmond binary found: starting with no collectors"
-            );
+        match (&configured_collectors, specs.is_empty()) {
+            (true, true) => tracing::info!("collectors = []: starting with no collectors"),
+            (false, true) => tracing::info!(
+                "no [[collectors]] configured and no procmond binary beside the agent: starting with no collectors"
+            ),
+            (_, false) => {}
         }
         // The seed only steers the Random queue strategy; any value is fine in production.
         let seed = std::process::id() as u64 ^ 0x9E37_79B9_7F4A_7C15;

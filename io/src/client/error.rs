@@ -53,7 +53,7 @@ pub enum ClientError {
     #[error("timed out after {0:?}")]
     Timeout(Duration),
     /// A QoS1 request found nobody subscribed to its topic until the deadline.
-    #[error("no responders on {topic} within {waited:?} (is the agent still starting?)")]
+    #[error("no responders on {topic} within {waited:?}")]
     NoResponders {
         /// The request topic.
         topic: String,

@@ -50,7 +50,7 @@ use daemoneye_proto::frame::{Deliver, Publish, QoS, Subscribe};
 use tokio::sync::{mpsc, oneshot};
 
 pub use error::{ClientError, ClosedReason};
-pub use options::{ClientOptions, CloseReport, PendingAck, PubAck};
+pub use options::{ClientOptions, CloseReport, Notice, PendingAck, PubAck};
 pub use subscription::{Delivery, Subscription};
 
 use crate::clock::MonotonicClock;
@@ -113,6 +113,7 @@ impl Client {
             close_timeout: options.close_timeout,
             close_timed_out: false,
             delivery_buffer: options.delivery_buffer.max(1),
+            notices: None,
         };
         let shared = Arc::new(Shared {
             inner: Mutex::new(inner),
@@ -296,6 +297,15 @@ impl Client {
             Ok(None) => Err(ClosedReason::ReplyLost.into()),
             Err(_) => Err(ClientError::Timeout(timeout)),
         }
+    }
+
+    /// From now on, what happens to the connection and to this client's subscriptions
+    /// (connected, disconnected, messages dropped by overflow), in order. A second call
+    /// takes the stream over from the first.
+    pub fn notices(&self) -> tokio::sync::mpsc::UnboundedReceiver<Notice> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.lock().notices = Some(tx);
+        rx
     }
 
     /// Takes the refusals of QoS0 publishes received so far (a QoS1 publish gets its own

@@ -65,6 +65,31 @@ pub struct PubAck {
     pub no_interest: bool,
 }
 
+/// Something that happened to a client's connection or subscriptions that its application
+/// may want to tell its user (see [`Client::notices`](super::Client::notices)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// The handshake completed (again, after a reconnect: its subscriptions are renewed).
+    Connected {
+        /// The broker's session id.
+        session_id: u64,
+    },
+    /// The connection is over; the client reconnects if its policy says so.
+    Disconnected {
+        /// Why.
+        reason: String,
+    },
+    /// A subscription of this client lost messages to its overflow strategy.
+    Dropped {
+        /// The subscription.
+        sub_id: u64,
+        /// Lost since the last notice.
+        count: u64,
+        /// Lost in all.
+        total: u64,
+    },
+}
+
 /// What a [`Client::close`](super::Client::close) achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CloseReport {

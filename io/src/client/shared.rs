@@ -12,7 +12,7 @@ use daemoneye_proto::pb::bus::AnswerKind;
 use tokio::sync::{mpsc, oneshot};
 
 use super::handoff::Handoff;
-use super::{ClientError, ClosedReason, PubAck};
+use super::{ClientError, ClosedReason, Notice, PubAck};
 use crate::clock::{Clock, MonotonicClock};
 use crate::sync::{AtomicU64, Mutex, MutexGuard, Notify};
 
@@ -42,6 +42,8 @@ pub(super) struct Inner {
     pub(super) close_timeout: Duration,
     pub(super) close_timed_out: bool,
     pub(super) delivery_buffer: usize,
+    /// Where [`Notice`]s go, once the application asked for them.
+    pub(super) notices: Option<mpsc::UnboundedSender<Notice>>,
 }
 
 impl Inner {
@@ -80,11 +82,18 @@ impl Inner {
         }
     }
 
+    fn notify(&self, notice: Notice) {
+        if let Some(tx) = &self.notices {
+            let _ = tx.send(notice);
+        }
+    }
+
     pub(super) fn dispatch(&mut self) {
         while let Some(ev) = self.session.poll_output() {
             match ev {
                 ClientEvent::Connected { session_id } => {
                     tracing::debug!(session_id, "connected");
+                    self.notify(Notice::Connected { session_id });
                     for w in self.connect_waiters.drain(..) {
                         let _ = w.send(Ok(()));
                     }
@@ -155,9 +164,17 @@ impl Inner {
                         total,
                         "subscription lost messages to its overflow strategy"
                     );
+                    self.notify(Notice::Dropped {
+                        sub_id,
+                        count,
+                        total,
+                    });
                 }
                 ClientEvent::Closed { reason } => {
                     tracing::debug!(%reason, "connection closed");
+                    self.notify(Notice::Disconnected {
+                        reason: reason.to_string(),
+                    });
                 }
             }
         }

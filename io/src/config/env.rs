@@ -215,12 +215,13 @@ mod tests {
                     .find(|o| o.variable == canonical)
                     .unwrap_or_else(|| panic!("{section}.{key} has no {canonical}"));
                 assert_eq!((o.section, o.key), (section, key));
-                // A value of the key's type (a number or a path/text) reaches that key.
+                // A value of the key's type (a number, a path/text, a log level) reaches
+                // that key.
                 let mut c = AgentConfig::default();
-                let value = ["4242", "/tmp/daemoneye-env-test"]
+                let value = ["4242", "/tmp/daemoneye-env-test", "debug"]
                     .into_iter()
                     .find(|v| apply_one(&mut c, &canonical, v).is_ok())
-                    .unwrap_or_else(|| panic!("{canonical} takes neither a number nor a path"));
+                    .unwrap_or_else(|| panic!("{canonical} takes no number, path or level"));
                 let set = section_toml(&c, section);
                 let shown = set.get(key).map(|v| match v {
                     toml::Value::String(s) => s.clone(),

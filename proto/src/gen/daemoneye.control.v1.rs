@@ -148,6 +148,10 @@ pub struct CollectorStatus {
     /// because they did not come from its process (or, for an external one, its uid).
     #[prost(uint64, tag = "8")]
     pub refused: u64,
+    /// How long its current run has lasted, in milliseconds; 0 when it is not running (or
+    /// was started elsewhere).
+    #[prost(uint64, tag = "9")]
+    pub uptime_ms: u64,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct LifecycleResponse {

@@ -1,7 +1,11 @@
 //! `bench`: throughput and latency through the broker, with separate publisher and
 //! subscriber connections; the send time travels in the first 8 bytes of each payload.
+//! As fast as possible for throughput, or paced (`--rate`) for latency under a known load.
 
+use std::io::IsTerminal;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -21,8 +25,8 @@ pub struct BenchArgs {
     /// Subscriber connections.
     #[arg(long, default_value_t = 1)]
     subs: u32,
-    /// Messages in all (split among publishers).
-    #[arg(long, default_value_t = 100_000)]
+    /// Messages in all (split among publishers; at least 1).
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     msgs: u64,
     /// Payload bytes (at least 8: the send time travels in the payload).
     #[arg(long, default_value_t = 256)]
@@ -36,6 +40,10 @@ pub struct BenchArgs {
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
+    /// Paced mode for latency: publish this many messages per second in all (split
+    /// among publishers) instead of as fast as possible.
+    #[arg(long, value_name = "MSGS_PER_S")]
+    rate: Option<f64>,
 }
 
 /// `bench --json`.
@@ -52,6 +60,8 @@ struct BenchReport {
     pubs: u32,
     subs: u32,
     size: usize,
+    /// The paced rate asked for (messages per second in all), if any.
+    rate: Option<f64>,
 }
 
 /// How long a subscriber waits for the next message before it decides the run is over.
@@ -67,7 +77,13 @@ pub async fn run(socket: Option<&Path>, args: BenchArgs) -> Result<(), CliError>
         group,
         topic,
         json,
+        rate: paced,
     } = args;
+    if paced.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+        return Err(CliError::InvalidArgument(
+            "--rate must be a positive number",
+        ));
+    }
     if size < 8 {
         return Err(CliError::InvalidArgument(
             "--size must be at least 8 bytes (the send time travels in the payload)",
@@ -77,6 +93,7 @@ pub async fn run(socket: Option<&Path>, args: BenchArgs) -> Result<(), CliError>
         return Err(CliError::InvalidArgument("--pubs must be at least 1"));
     }
     let origin = Instant::now();
+    let progress = Arc::new(Counts::default());
     let mut sub_tasks = Vec::new();
     let expected_per_sub = if group.is_some() { None } else { Some(msgs) };
     for i in 0..subs {
@@ -89,6 +106,7 @@ pub async fn run(socket: Option<&Path>, args: BenchArgs) -> Result<(), CliError>
             ..Subscribe::new(&topic)
         };
         let mut sub = client.subscribe(spec).await?;
+        let counts = progress.clone();
         sub_tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut last = None;
@@ -102,6 +120,7 @@ pub async fn run(socket: Option<&Path>, args: BenchArgs) -> Result<(), CliError>
                         let sent = u64::from_le_bytes(d.payload[..8].try_into().unwrap_or([0; 8]));
                         let now = origin.elapsed().as_nanos() as u64;
                         latencies.push(now.saturating_sub(sent));
+                        counts.delivered.fetch_add(1, Ordering::Relaxed);
                         last = Some(now);
                     }
                     _ => break,
@@ -117,9 +136,19 @@ pub async fn run(socket: Option<&Path>, args: BenchArgs) -> Result<(), CliError>
         let client = connect(socket, &format!("bench-pub-{i}")).await?;
         let n = msgs / u64::from(pubs) + u64::from(u64::from(i) < msgs % u64::from(pubs));
         let topic = topic.clone();
+        let counts = progress.clone();
+        // Each publisher's share of the rate: one message per tick.
+        let mut pace = paced.map(|r| {
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(f64::from(pubs) / r));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            tick
+        });
         pub_tasks.push(tokio::spawn(async move {
             let mut payload = vec![0u8; size];
             for _ in 0..n {
+                if let Some(tick) = &mut pace {
+                    tick.tick().await;
+                }
                 payload[..8].copy_from_slice(&(origin.elapsed().as_nanos() as u64).to_le_bytes());
                 client
                     .publish(Publish::new(
@@ -128,12 +157,21 @@ pub async fn run(socket: Option<&Path>, args: BenchArgs) -> Result<(), CliError>
                         QoS::AtMostOnce,
                     ))
                     .await?;
+                counts.sent.fetch_add(1, Ordering::Relaxed);
             }
             // A round trip flushes everything this publisher sent.
             round_trip(&client, Duration::from_secs(30)).await?;
             Ok::<u64, ClientError>(n)
         }));
     }
+    let want_deliveries = if group.is_some() {
+        msgs
+    } else {
+        msgs * u64::from(subs)
+    };
+    let shown = std::io::stderr()
+        .is_terminal()
+        .then(|| tokio::spawn(show_progress(progress.clone(), msgs, want_deliveries)));
     let mut sent = 0;
     for t in pub_tasks {
         sent += t.await??;
@@ -146,6 +184,10 @@ pub async fn run(socket: Option<&Path>, args: BenchArgs) -> Result<(), CliError>
         if let Some(l) = last {
             last_recv = last_recv.max(l);
         }
+    }
+    if let Some(task) = shown {
+        task.abort();
+        eprintln!();
     }
     let delivered = all.len() as u64;
     let want = if group.is_some() {
@@ -168,6 +210,7 @@ pub async fn run(socket: Option<&Path>, args: BenchArgs) -> Result<(), CliError>
         pubs,
         subs,
         size,
+        rate: paced,
     };
     if json {
         println!("{}", serde_json::to_string(&report)?);
@@ -186,6 +229,27 @@ pub async fn run(socket: Option<&Path>, args: BenchArgs) -> Result<(), CliError>
         );
     }
     Ok(())
+}
+
+/// Messages sent and delivered so far, for the progress line.
+#[derive(Debug, Default)]
+struct Counts {
+    sent: AtomicU64,
+    delivered: AtomicU64,
+}
+
+/// Rewrites one progress line on stderr every second until aborted.
+async fn show_progress(counts: Arc<Counts>, msgs: u64, deliveries: u64) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        eprint!(
+            "\r\x1b[Ksent {} of {msgs}, delivered {} of {deliveries}",
+            counts.sent.load(Ordering::Relaxed),
+            counts.delivered.load(Ordering::Relaxed)
+        );
+    }
 }
 
 /// The `q` quantile of sorted latencies in nanoseconds, in microseconds (0 if none).

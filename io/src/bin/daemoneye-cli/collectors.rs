@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
+use daemoneye_core::registry::SourceCaps;
 use daemoneye_core::topic::topics;
 use daemoneye_proto::frame::{Publish, QoS};
 use daemoneye_proto::pb::control as pbc;
@@ -17,7 +18,7 @@ use crate::error::CliError;
 /// The `collectors` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum CollectorsCommand {
-    /// Name, state, pid, restarts, last exit.
+    /// Name, state, pid, uptime, restarts, last heartbeat's age, capabilities, last exit.
     List {
         /// Machine-readable output.
         #[arg(long)]
@@ -94,42 +95,122 @@ pub async fn run(socket: Option<&Path>, command: CollectorsCommand) -> Result<()
 pub struct CollectorJson<'a> {
     name: &'a str,
     state: &'a str,
-    pid: u32,
+    /// `null` when it has no process.
+    pid: Option<u32>,
+    /// How long its current run has lasted; `null` when it is not running here.
+    uptime_ms: Option<u64>,
     restarts: u32,
-    last_heartbeat_ms: u64,
-    capabilities: u32,
+    /// Unix milliseconds of its last registration or heartbeat; `null` when none.
+    last_heartbeat_ms: Option<u64>,
+    /// How long ago that was; `null` when none.
+    last_heartbeat_age_ms: Option<u64>,
+    /// What it declared when it registered, by name.
+    capabilities: Vec<String>,
     last_exit: &'a str,
+}
+
+fn nonzero(value: u64) -> Option<u64> {
+    (value != 0).then_some(value)
+}
+
+/// Milliseconds since the Unix epoch by this host's clock.
+fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl<'a> From<&'a pbc::CollectorStatus> for CollectorJson<'a> {
     fn from(c: &'a pbc::CollectorStatus) -> Self {
+        let heartbeat = nonzero(c.last_heartbeat_ms);
         CollectorJson {
             name: &c.name,
             state: &c.state,
-            pid: c.pid,
+            pid: (c.pid != 0).then_some(c.pid),
+            uptime_ms: nonzero(c.uptime_ms),
             restarts: c.restarts,
-            last_heartbeat_ms: c.last_heartbeat_ms,
-            capabilities: c.capabilities,
+            last_heartbeat_ms: heartbeat,
+            last_heartbeat_age_ms: heartbeat.map(|at| unix_ms_now().saturating_sub(at)),
+            capabilities: SourceCaps(c.capabilities).names(),
             last_exit: &c.health,
         }
     }
 }
 
-/// The collectors as a table: name, state, pid, restarts, last exit.
+/// A duration for a table cell: `850ms`, `12.3s`, `4m05s`, `3h07m`, `2d05h`.
+fn short_duration(ms: u64) -> String {
+    let s = ms / 1000;
+    match ms {
+        0..1_000 => format!("{ms}ms"),
+        1_000..60_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        60_000..3_600_000 => format!("{}m{:02}s", s / 60, s % 60),
+        3_600_000..86_400_000 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+/// The collectors as a table: name, state, pid, uptime, restarts, last heartbeat's age,
+/// capabilities, last exit.
 pub fn print_table(list: &[pbc::CollectorStatus]) {
     println!(
-        "{:<20} {:<10} {:>8} {:>8}  last exit",
-        "name", "state", "pid", "restarts"
+        "{:<20} {:<10} {:>8} {:>8} {:>8} {:>10}  {:<24} last exit",
+        "name", "state", "pid", "uptime", "restarts", "heartbeat", "capabilities"
     );
     for c in list {
-        let pid = if c.pid == 0 {
-            "-".to_string()
+        let j = CollectorJson::from(c);
+        let dash = || "-".to_string();
+        let caps = if j.capabilities.is_empty() {
+            dash()
         } else {
-            c.pid.to_string()
+            j.capabilities.join(",")
         };
         println!(
-            "{:<20} {:<10} {:>8} {:>8}  {}",
-            c.name, c.state, pid, c.restarts, c.health
+            "{:<20} {:<10} {:>8} {:>8} {:>8} {:>10}  {:<24} {}",
+            c.name,
+            c.state,
+            j.pid.map_or_else(dash, |p| p.to_string()),
+            j.uptime_ms.map_or_else(dash, short_duration),
+            c.restarts,
+            j.last_heartbeat_age_ms
+                .map_or_else(dash, |age| format!("{} ago", short_duration(age))),
+            caps,
+            if c.health.is_empty() { "-" } else { &c.health },
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_at_a_glance() {
+        assert_eq!(short_duration(850), "850ms");
+        assert_eq!(short_duration(12_345), "12.3s");
+        assert_eq!(short_duration(245_000), "4m05s");
+        assert_eq!(short_duration(3 * 3_600_000 + 7 * 60_000), "3h07m");
+        assert_eq!(short_duration(2 * 86_400_000 + 5 * 3_600_000), "2d05h");
+    }
+
+    #[test]
+    fn a_collector_shows_capability_names_and_null_for_what_it_lacks() {
+        let status = pbc::CollectorStatus {
+            name: "procmond".into(),
+            state: "running".into(),
+            pid: 42,
+            capabilities: 65,
+            uptime_ms: 1500,
+            ..Default::default()
+        };
+        let v = serde_json::to_value(CollectorJson::from(&status)).expect("json");
+        assert_eq!(
+            v["capabilities"],
+            serde_json::json!(["process", "system_wide"])
+        );
+        assert_eq!(
+            (v["pid"].clone(), v["uptime_ms"].clone()),
+            (42.into(), 1500.into())
+        );
+        assert!(v["last_heartbeat_ms"].is_null() && v["last_heartbeat_age_ms"].is_null());
     }
 }

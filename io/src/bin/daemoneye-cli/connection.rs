@@ -1,5 +1,6 @@
 //! The connection every command opens: to the socket the user named, else the default,
-//! without reconnecting (a command that loses its broker fails and says so).
+//! without reconnecting (a command that loses its broker fails and says so) except for
+//! the long-running ones that ask to.
 
 use std::path::Path;
 use std::time::Duration;
@@ -17,6 +18,16 @@ pub async fn connect(socket: Option<&Path>, name: &str) -> Result<Client, Client
     let mut options = ClientOptions::new(name);
     options.session.reconnect = None;
     Client::connect(&path, options).await
+}
+
+/// Like [`connect`], but the client dials again (and renews its subscriptions) whenever
+/// the connection is lost, as long as the command runs.
+pub async fn connect_reconnecting(
+    socket: Option<&Path>,
+    name: &str,
+) -> Result<Client, ClientError> {
+    let path = paths::resolve_socket_path(socket);
+    Client::connect(&path, ClientOptions::new(name)).await
 }
 
 /// Asks `topic` with an empty payload and waits up to `timeout` for the answer.

@@ -61,7 +61,47 @@ pub enum CliError {
     /// JSON output could not be written.
     #[error("cannot write JSON: {0}")]
     Json(#[from] serde_json::Error),
+    /// Nobody answered a request: with the agent's age when it had just started.
+    #[error("{source}{}", hint.as_deref().map(|h| format!(" ({h})")).unwrap_or_default())]
+    NoResponders {
+        /// The client's error.
+        source: ClientError,
+        /// What might explain it.
+        hint: Option<String>,
+    },
+    /// A QoS1 `pub` could not confirm every copy: dropped, or no PubAck in time.
+    #[error("not delivered: {0}")]
+    NotDelivered(String),
+    /// The agent answered `health` with a state other than healthy.
+    #[error("agent is {state}")]
+    NotHealthy {
+        /// The state's name.
+        state: &'static str,
+        /// The exit status for it.
+        code: u8,
+    },
     /// A benchmark task panicked or was cancelled.
     #[error("benchmark task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+}
+
+/// Exit status on a usage error (the same as the argument parser's).
+pub const EXIT_USAGE: u8 = 2;
+/// Exit status when a QoS1 `pub` could not confirm every copy.
+pub const EXIT_NOT_DELIVERED: u8 = 3;
+/// `health`: the agent is degraded.
+pub const EXIT_DEGRADED: u8 = 3;
+/// `health`: the agent is unhealthy (or said nothing this version knows).
+pub const EXIT_UNHEALTHY: u8 = 4;
+
+impl CliError {
+    /// The process's exit status for this error: 1 unless a command documents another.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::InvalidArgument(_) | CliError::InvalidDuration(_) => EXIT_USAGE,
+            CliError::NotDelivered(_) => EXIT_NOT_DELIVERED,
+            CliError::NotHealthy { code, .. } => *code,
+            _ => 1,
+        }
+    }
 }

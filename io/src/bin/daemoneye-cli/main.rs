@@ -1,6 +1,7 @@
 //! daemoneye-cli: the operator's tool for the DaemonEye broker.
 //!
-//! One module per command family: [`messaging`] (`pub`, `sub`, `req`), [`collectors`]
+//! One module per command family: [`publish`] (`pub`), [`messaging`] (`sub`, `req`),
+//! [`reply`], [`collectors`]
 //! (`collectors list|start|stop|restart|pause|resume`), [`status`] (`stats`, `health`) and
 //! [`bench`]; [`connection`] opens the broker connection they share and [`error`] says
 //! what can go wrong. To add a command: an `#[derive(clap::Args)]` struct and an
@@ -13,6 +14,8 @@ mod collectors;
 mod connection;
 mod error;
 mod messaging;
+mod publish;
+mod reply;
 mod status;
 
 use std::path::PathBuf;
@@ -27,7 +30,12 @@ use crate::error::CliError;
 /// The broker socket is --socket (before or after the command), else
 /// DAEMONEYE_BROKER_SOCKET, else the agent's default path for this user.
 #[derive(Debug, Parser)]
-#[command(name = "daemoneye-cli", version)]
+#[command(
+    name = "daemoneye-cli",
+    version = daemoneye_io::VERSION,
+    after_help = "Exit status: 0 on success, 1 on an error, 2 on a usage error; `pub` and \
+        `health` say in their --help what else they return."
+)]
 struct Cli {
     /// Broker socket path.
     #[arg(long, global = true, value_name = "PATH")]
@@ -39,11 +47,13 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Publish a message (from MESSAGE, or standard input when it is absent).
-    Pub(messaging::PubArgs),
+    Pub(publish::PubArgs),
     /// Subscribe and print messages until --count or --timeout (a normal exit).
     Sub(messaging::SubArgs),
     /// Send a request and print the first reply.
     Req(messaging::ReqArgs),
+    /// Answer requests on a topic (a responder for `req`): with BODY, --echo or --command.
+    Reply(reply::ReplyArgs),
     /// Broker statistics.
     Stats(status::StatsArgs),
     /// Supervised collectors: list them, or start, stop, restart, pause or resume one.
@@ -55,19 +65,37 @@ enum Command {
     Health(status::HealthArgs),
     /// Measure throughput and latency with separate publisher and subscriber connections.
     Bench(bench::BenchArgs),
+    /// Print a shell completion script, e.g. `daemoneye-cli completions bash >
+    /// /etc/bash_completion.d/daemoneye-cli`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 impl Command {
     async fn run(self, socket: Option<PathBuf>) -> Result<(), CliError> {
         let socket = socket.as_deref();
         match self {
-            Command::Pub(args) => messaging::publish(socket, args).await,
+            Command::Pub(args) => publish::publish(socket, args).await,
             Command::Sub(args) => messaging::subscribe(socket, args).await,
             Command::Req(args) => messaging::request(socket, args).await,
+            Command::Reply(args) => reply::run(socket, args).await,
             Command::Stats(args) => status::stats(socket, args).await,
             Command::Collectors { command } => collectors::run(socket, command).await,
             Command::Health(args) => status::health(socket, args).await,
             Command::Bench(args) => bench::run(socket, args).await,
+            Command::Completions { shell } => {
+                use clap::CommandFactory;
+                clap_complete::generate(
+                    shell,
+                    &mut Cli::command(),
+                    "daemoneye-cli",
+                    &mut std::io::stdout(),
+                );
+                Ok(())
+            }
         }
     }
 }
@@ -88,7 +116,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("daemoneye-cli: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(e.exit_code())
         }
     }
 }

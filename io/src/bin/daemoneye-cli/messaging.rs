@@ -1,42 +1,20 @@
 //! `pub`, `sub` and `req`: messages in and out of the bus.
 
-use std::collections::VecDeque;
-use std::io::{BufRead, Read, Write};
+use std::io::Write;
 use std::path::Path;
-use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
 use daemoneye_core::topic::{TopicFilter, TopicName};
-use daemoneye_io::client::AckMode;
+use daemoneye_io::client::{AckMode, Client, ClientError, Notice};
 use daemoneye_proto::frame::{
     Deliver, GroupSpec, Overflow, Publish, QoS, QueueStrategy, Subscribe,
 };
 use serde::Serialize;
 
-use crate::connection::{connect, round_trip, seconds};
+use crate::connection::{connect, connect_reconnecting, seconds};
 use crate::error::CliError;
-
-/// QoS1 publishes in flight at once; their PubAcks are checked in order.
-const PUBLISH_WINDOW: usize = 1024;
-
-/// `pub`.
-#[derive(Debug, clap::Args)]
-pub struct PubArgs {
-    /// Topic name, e.g. events.process.new.
-    topic: String,
-    /// The payload; read from standard input when absent.
-    message: Option<String>,
-    /// 0: at most once; 1: wait for the broker's PubAck.
-    #[arg(long, value_enum, default_value_t = QoS::AtMostOnce)]
-    qos: QoS,
-    /// Publish the message this many times.
-    #[arg(long, default_value_t = 1)]
-    count: u64,
-    /// With standard input: one message per line.
-    #[arg(long)]
-    lines: bool,
-}
+use crate::status::broker_stats;
 
 /// `sub`.
 #[derive(Debug, clap::Args)]
@@ -70,8 +48,15 @@ pub struct SubArgs {
     #[arg(long)]
     timeout: Option<f64>,
     /// One JSON object per message: topic, payload (or payload_b64), and metadata.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "raw")]
     json: bool,
+    /// Each payload's bytes as they are, followed by a newline (no topic).
+    #[arg(long)]
+    raw: bool,
+    /// Exit when the connection to the agent is lost, instead of reconnecting and
+    /// renewing the subscriptions.
+    #[arg(long)]
+    no_reconnect: bool,
 }
 
 /// `req`.
@@ -95,65 +80,6 @@ fn topic_name(topic: &str) -> Result<(), CliError> {
         })
 }
 
-/// The payloads `pub` sends: MESSAGE, else standard input (whole, or one per line).
-fn payloads(message: Option<String>, lines: bool) -> Result<Vec<Vec<u8>>, CliError> {
-    Ok(match message {
-        Some(m) => vec![m.into_bytes()],
-        None if lines => std::io::stdin()
-            .lock()
-            .lines()
-            .map(|l| l.map(String::into_bytes))
-            .collect::<std::io::Result<_>>()?,
-        None => {
-            let mut buf = Vec::new();
-            std::io::stdin().read_to_end(&mut buf)?;
-            vec![buf]
-        }
-    })
-}
-
-/// `pub`: sends every payload `--count` times; at QoS1 waits for every PubAck and warns if
-/// overflow dropped copies.
-pub async fn publish(socket: Option<&Path>, args: PubArgs) -> Result<(), CliError> {
-    topic_name(&args.topic)?;
-    let client = connect(socket, "daemoneye-cli").await?;
-    let payloads = payloads(args.message, args.lines)?;
-    let mut in_flight = VecDeque::new();
-    let mut dropped = 0u64;
-    for _ in 0..args.count {
-        for p in &payloads {
-            let pending = client
-                .send(Publish::new(&args.topic, Bytes::from(p.clone()), args.qos))
-                .await?;
-            in_flight.push_back(pending);
-            if in_flight.len() >= PUBLISH_WINDOW
-                && let Some(first) = in_flight.pop_front()
-                && let Some(a) = first.wait().await?
-            {
-                dropped += u64::from(a.dropped);
-            }
-        }
-    }
-    for pending in in_flight {
-        if let Some(a) = pending.wait().await? {
-            dropped += u64::from(a.dropped);
-        }
-    }
-    if dropped > 0 {
-        eprintln!(
-            "warning: {dropped} subscription cop(ies) of the messages were dropped by overflow"
-        );
-    }
-    // A QoS0 publish has no answer: a round trip makes sure an error (bad topic,
-    // permission) reaches us before we exit.
-    round_trip(&client, Duration::from_secs(5)).await?;
-    if let Some(e) = client.take_refusals().into_iter().next() {
-        return Err(e.into());
-    }
-    client.close().await;
-    Ok(())
-}
-
 /// `sub`: prints each message as it arrives (a QoS1 one is acked once its line is written)
 /// until `--count` or `--timeout`.
 pub async fn subscribe(socket: Option<&Path>, args: SubArgs) -> Result<(), CliError> {
@@ -166,7 +92,12 @@ pub async fn subscribe(socket: Option<&Path>, args: SubArgs) -> Result<(), CliEr
     if let Some(g) = &args.group {
         daemoneye_proto::frame::validate_name("--group", g)?;
     }
-    let client = connect(socket, "daemoneye-cli").await?;
+    let client = if args.no_reconnect {
+        connect(socket, "daemoneye-cli").await?
+    } else {
+        connect_reconnecting(socket, "daemoneye-cli").await?
+    };
+    let mut notices = client.notices();
     let specs: Vec<Subscribe> = args
         .filters
         .iter()
@@ -185,6 +116,7 @@ pub async fn subscribe(socket: Option<&Path>, args: SubArgs) -> Result<(), CliEr
     // One stream over every filter: nothing is read ahead of what is printed, and a
     // QoS1 message is acked only once its line is written.
     let mut sub = client.subscribe_all(specs, AckMode::Manual).await?;
+    let filters: Vec<(u64, String)> = sub.ids().iter().copied().zip(args.filters).collect();
     eprintln!("subscribed");
     let deadline = args
         .timeout
@@ -194,14 +126,25 @@ pub async fn subscribe(socket: Option<&Path>, args: SubArgs) -> Result<(), CliEr
     let mut seen = 0u64;
     let stdout = std::io::stdout();
     while args.count.is_none_or(|c| seen < c) {
-        let next = match deadline {
-            Some(at) => match tokio::time::timeout_at(at, sub.recv()).await {
-                Ok(m) => m,
-                Err(_) => break,
-            },
-            None => sub.recv().await,
+        let until = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let next = tokio::select! {
+            m = sub.recv() => m,
+            Some(n) = notices.recv() => {
+                eprintln!("{}", notice_line(&n, &filters, args.no_reconnect));
+                continue;
+            }
+            () = until => break,
         };
         let Some(mut d) = next else {
+            // Gone for good: first say why.
+            while let Ok(n) = notices.try_recv() {
+                eprintln!("{}", notice_line(&n, &filters, args.no_reconnect));
+            }
             return Err(CliError::Closed);
         };
         seen += 1;
@@ -209,8 +152,11 @@ pub async fn subscribe(socket: Option<&Path>, args: SubArgs) -> Result<(), CliEr
         if args.json {
             serde_json::to_writer(&mut out, &MessageJson::from(&*d))?;
             writeln!(out)?;
+        } else if args.raw {
+            out.write_all(&d.payload)?;
+            writeln!(out)?;
         } else {
-            writeln!(out, "{} {}", d.topic, String::from_utf8_lossy(&d.payload))?;
+            writeln!(out, "{} {}", d.topic, payload_text(&d.payload))?;
         }
         out.flush()?;
         d.ack();
@@ -222,6 +168,54 @@ pub async fn subscribe(socket: Option<&Path>, args: SubArgs) -> Result<(), CliEr
     Ok(())
 }
 
+/// A notice about the connection or a subscription, for stderr.
+fn notice_line(notice: &Notice, filters: &[(u64, String)], no_reconnect: bool) -> String {
+    match notice {
+        Notice::Connected { .. } => "reconnected; renewing the subscriptions".to_string(),
+        Notice::Disconnected { reason } if no_reconnect => format!("connection lost: {reason}"),
+        Notice::Disconnected { reason } => format!("connection lost: {reason}; reconnecting"),
+        Notice::Dropped {
+            sub_id,
+            count,
+            total,
+        } => {
+            let filter = filters
+                .iter()
+                .find(|(id, _)| id == sub_id)
+                .map_or("?", |(_, f)| f.as_str());
+            format!(
+                "dropped: {count} message(s) for {filter} lost to the queue's overflow \
+                 strategy ({total} in all)"
+            )
+        }
+    }
+}
+
+/// Bytes of a binary payload shown in text mode.
+const PREVIEW_BYTES: usize = 32;
+
+/// A payload on one line: printable UTF-8 text as it is; anything else (binary, control
+/// characters, line breaks) as a short base64 preview and its size.
+fn payload_text(payload: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(payload) {
+        Ok(text) if !text.chars().any(|c| c.is_control() && c != '\t') => text.into(),
+        _ => {
+            let shown = &payload[..payload.len().min(PREVIEW_BYTES)];
+            let more = if payload.len() > PREVIEW_BYTES {
+                "..."
+            } else {
+                ""
+            };
+            format!(
+                "base64:{}{more} ({} bytes)",
+                base64::engine::general_purpose::STANDARD.encode(shown),
+                payload.len()
+            )
+            .into()
+        }
+    }
+}
+
 /// `req`: prints the first reply's payload.
 pub async fn request(socket: Option<&Path>, args: ReqArgs) -> Result<(), CliError> {
     topic_name(&args.topic)?;
@@ -231,11 +225,39 @@ pub async fn request(socket: Option<&Path>, args: ReqArgs) -> Result<(), CliErro
         Bytes::from(args.message.into_bytes()),
         QoS::AtLeastOnce,
     );
-    let reply = client.request(request, seconds(args.timeout)?).await?;
+    let reply = match client.request(request, seconds(args.timeout)?).await {
+        Ok(reply) => reply,
+        Err(source @ ClientError::NoResponders { .. }) => {
+            let hint = no_responders_hint(&client, &args.topic, args.timeout).await;
+            return Err(CliError::NoResponders { source, hint });
+        }
+        Err(e) => return Err(e.into()),
+    };
     println!("{}", String::from_utf8_lossy(&reply.payload));
     client.close().await;
     Ok(())
 }
+
+/// Why nobody may have answered: the agent started only moments ago (its own responders
+/// may not be up yet), or, for a user topic, that nothing runs `reply` on it.
+async fn no_responders_hint(client: &Client, topic: &str, waited: f64) -> Option<String> {
+    let uptime_ms = broker_stats(client).await.ok()?.uptime_ms;
+    let uptime = uptime_ms as f64 / 1000.0;
+    if uptime < waited + STARTING_SECS {
+        Some(format!(
+            "the agent started {uptime:.1} s ago: is it still starting?"
+        ))
+    } else if topic.starts_with("control.") || topic.starts_with('$') {
+        None
+    } else {
+        Some(format!(
+            "is a responder running? e.g. `daemoneye-cli reply {topic} --echo`"
+        ))
+    }
+}
+
+/// An agent younger than this (beyond the request's own wait) may still be starting.
+const STARTING_SECS: f64 = 2.0;
 
 /// One line of `sub --json`.
 #[derive(Debug, Serialize)]
@@ -343,6 +365,18 @@ mod tests {
             publisher_pid: None,
             publisher_uid: 0,
         }
+    }
+
+    #[test]
+    fn a_text_line_shows_printable_text_and_previews_anything_else() {
+        assert_eq!(payload_text(b"pid=42\tok"), "pid=42\tok");
+        assert_eq!(payload_text(&[0xff, 0, 0xfe]), "base64:/wD+ (3 bytes)");
+        assert_eq!(payload_text(b"two\nlines"), "base64:dHdvCmxpbmVz (9 bytes)");
+        let long = payload_text(&[0u8; 100]);
+        assert!(
+            long.starts_with("base64:AAAA") && long.ends_with("... (100 bytes)"),
+            "{long}"
+        );
     }
 
     #[test]

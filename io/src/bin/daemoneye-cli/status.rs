@@ -1,53 +1,85 @@
 //! `stats` and `health`: what the broker and the agent say about themselves.
 
+use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::time::Duration;
 
 use daemoneye_core::topic::topics;
+use daemoneye_io::client::Client;
 use daemoneye_proto::frame::QoS;
 use daemoneye_proto::pb::{control as pbc, stats as pbs};
 use prost::Message as _;
 use serde::Serialize;
 
 use crate::collectors::{CollectorJson, print_table};
-use crate::connection::{ask, connect};
-use crate::error::CliError;
+use crate::connection::{ask, connect, seconds};
+use crate::error::{CliError, EXIT_DEGRADED, EXIT_UNHEALTHY};
 
 /// `stats`.
 #[derive(Debug, clap::Args)]
 pub struct StatsArgs {
-    /// Machine-readable output.
+    /// Machine-readable output (with --watch: one JSON object per refresh).
     #[arg(long)]
     json: bool,
+    /// Refresh every SECS seconds (2 when not given) until interrupted.
+    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
+    watch: Option<f64>,
 }
 
 /// `health`.
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Exit status: 0 healthy; 3 degraded; 4 unhealthy (or a state this \
+    version does not know); 1 when the agent could not be asked; 2 on a usage error. The \
+    report is printed in every case."
+)]
 pub struct HealthArgs {
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
 }
 
-/// `stats`: the broker's `$sys.broker.stats`, as a summary or as JSON.
-pub async fn stats(socket: Option<&Path>, args: StatsArgs) -> Result<(), CliError> {
-    let client = connect(socket, "daemoneye-cli").await?;
+/// The broker's `$sys.broker.stats`.
+pub async fn broker_stats(client: &Client) -> Result<pbs::BrokerStats, CliError> {
     let reply = ask(
-        &client,
+        client,
         "$sys.broker.stats",
         QoS::AtMostOnce,
         Duration::from_secs(5),
     )
     .await?;
-    let stats =
-        pbs::BrokerStats::decode(reply.payload).map_err(|source| CliError::MalformedReply {
-            what: "stats",
-            source,
-        })?;
-    if args.json {
-        println!("{}", serde_json::to_string(&StatsJson::from(&stats))?);
-    } else {
-        print_stats(&stats);
+    pbs::BrokerStats::decode(reply.payload).map_err(|source| CliError::MalformedReply {
+        what: "stats",
+        source,
+    })
+}
+
+/// `stats`: the broker's `$sys.broker.stats`, as a summary or as JSON.
+pub async fn stats(socket: Option<&Path>, args: StatsArgs) -> Result<(), CliError> {
+    let every = args.watch.map(seconds).transpose()?;
+    if every.is_some_and(|d| d.is_zero()) {
+        return Err(CliError::InvalidArgument(
+            "--watch needs a positive interval",
+        ));
+    }
+    let client = connect(socket, "daemoneye-cli").await?;
+    let clear = every.is_some() && !args.json && std::io::stdout().is_terminal();
+    loop {
+        let stats = broker_stats(&client).await?;
+        if args.json {
+            println!("{}", serde_json::to_string(&StatsJson::from(&stats))?);
+        } else {
+            if clear {
+                // Home and clear: each refresh replaces the last.
+                print!("\x1b[H\x1b[2J");
+            } else if every.is_some() {
+                println!();
+            }
+            print_stats(&stats);
+        }
+        std::io::stdout().flush()?;
+        let Some(every) = every else { break };
+        tokio::time::sleep(every).await;
     }
     client.close().await;
     Ok(())
@@ -85,7 +117,17 @@ pub async fn health(socket: Option<&Path>, args: HealthArgs) -> Result<(), CliEr
         }
     }
     client.close().await;
-    Ok(())
+    match pbc::HealthState::try_from(h.overall) {
+        Ok(pbc::HealthState::Healthy) => Ok(()),
+        Ok(pbc::HealthState::Degraded) => Err(CliError::NotHealthy {
+            state: report.overall,
+            code: EXIT_DEGRADED,
+        }),
+        _ => Err(CliError::NotHealthy {
+            state: report.overall,
+            code: EXIT_UNHEALTHY,
+        }),
+    }
 }
 
 /// The canonical name of a health state on the wire, or "unknown" for a value this
