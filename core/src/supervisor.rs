@@ -304,16 +304,9 @@ impl Supervisor {
     pub fn stop(&mut self, now: Instant) -> Result<(), LifecycleError> {
         match self.state {
             State::Running | State::Paused => {
-                if self.state == State::Paused {
-                    // A stopped process cannot act on SIGTERM until it runs again.
-                    self.actions.push_back(Action::Signal(Signal::Cont));
-                }
-                self.actions.push_back(Action::Signal(Signal::Term));
-                self.state = State::Stopping;
-                self.kill_at = Some(now + self.policy.stop_timeout);
-                self.kill_sent = false;
-                self.start_after_stop = false;
-                self.crash_after_stop = None;
+                // A stopped process cannot act on SIGTERM until it runs again.
+                let cont = self.state == State::Paused;
+                self.begin_stop(now, cont, None);
                 Ok(())
             }
             State::Stopping if self.start_after_stop || self.crash_after_stop.is_some() => {
@@ -356,14 +349,22 @@ impl Supervisor {
         if self.state != State::Running {
             return Err(self.invalid("restart an unhealthy"));
         }
-        self.actions.push_back(Action::Signal(Signal::Cont));
+        self.begin_stop(now, true, Some(reason.to_string()));
+        Ok(())
+    }
+
+    /// SIGTERM (after SIGCONT when `cont`), SIGKILL at the stop timeout; the end counts as a
+    /// crash with `crash_after` when given.
+    fn begin_stop(&mut self, now: Instant, cont: bool, crash_after: Option<String>) {
+        if cont {
+            self.actions.push_back(Action::Signal(Signal::Cont));
+        }
         self.actions.push_back(Action::Signal(Signal::Term));
         self.state = State::Stopping;
         self.kill_at = Some(now + self.policy.stop_timeout);
         self.kill_sent = false;
         self.start_after_stop = false;
-        self.crash_after_stop = Some(reason.to_string());
-        Ok(())
+        self.crash_after_stop = crash_after;
     }
 
     /// Operator: SIGSTOP.
