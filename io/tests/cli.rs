@@ -15,16 +15,9 @@ fn bins() -> Bins {
     }
 }
 
-/// Polls `cond` until it holds or the deadline passes.
-fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + T;
-    while Instant::now() < deadline {
-        if cond() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("timed out waiting for {what}");
+/// Polls `cond` until it holds or the deadline `T` passes.
+fn eventually(what: &str, cond: impl FnMut() -> bool) {
+    daemoneye_tests::eventually(what, T, cond);
 }
 
 #[test]

@@ -42,16 +42,9 @@ fn field(agent: &Agent, name: &str, key: &str) -> serde_json::Value {
         .clone()
 }
 
-/// Polls `cond` until it holds or the deadline passes.
-fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + T;
-    while Instant::now() < deadline {
-        if cond() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("timed out waiting for {what}");
+/// Polls `cond` until it holds or the deadline `T` passes.
+fn eventually(what: &str, cond: impl FnMut() -> bool) {
+    daemoneye_tests::eventually(what, T, cond);
 }
 
 fn proc_state(pid: u64) -> Option<char> {
