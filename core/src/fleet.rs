@@ -47,7 +47,7 @@ use crate::supervisor::{self, Action, LifecycleError, RestartPolicy, Signal, Sta
 use crate::time::earlier;
 
 pub use output::{Claim, Event, Output};
-pub use view::{AgentHealth, CollectorState, CollectorView};
+pub use view::{AgentHealth, CollectorReport, CollectorState, CollectorView};
 pub use wire::{broker_health, wire_state};
 
 /// The longest the agent's shutdown waits for its collectors' stop timeouts.
@@ -123,6 +123,8 @@ pub struct Fleet {
     registry: Registry,
     /// When each collector last registered or heartbeated, until it deregisters.
     last_seen: BTreeMap<String, Instant>,
+    /// What each collector's last accepted heartbeat said of its work.
+    reports: BTreeMap<String, CollectorReport>,
     /// Refused registrations, heartbeats and deregistrations, per claimed id.
     refused: BTreeMap<String, u64>,
     /// Outputs of the fleet's own; the supervisors' actions follow them.
@@ -139,6 +141,7 @@ impl Fleet {
             externals: BTreeMap::new(),
             registry,
             last_seen: BTreeMap::new(),
+            reports: BTreeMap::new(),
             refused: BTreeMap::new(),
             outputs: VecDeque::new(),
         }
@@ -313,7 +316,7 @@ impl Fleet {
             now,
             id,
             &request.collector_type,
-            SourceCaps(request.capabilities),
+            SourceCaps::from_bits_retain(request.capabilities),
             peer.pid.unwrap_or(request.pid),
         );
         self.last_seen.insert(id.clone(), now);
@@ -357,6 +360,8 @@ impl Fleet {
             && self.registry.heartbeat(now, id)
         {
             self.last_seen.insert(id.clone(), now);
+            self.reports
+                .insert(id.clone(), CollectorReport::from_heartbeat(heartbeat));
         }
         self.drain_registry(now);
     }
@@ -369,6 +374,7 @@ impl Fleet {
             }));
             self.registry.deregister(id);
             self.last_seen.remove(id);
+            self.reports.remove(id);
             self.drain_registry(now);
         }
     }
@@ -590,7 +596,8 @@ impl Fleet {
             restarts: sup.restarts(),
             last_exit: sup.last_exit().map(str::to_string),
             last_heartbeat: self.last_seen.get(name).copied(),
-            capabilities: registered.map_or(SourceCaps(0), |r| r.capabilities),
+            report: self.reports.get(name).cloned(),
+            capabilities: registered.map_or(SourceCaps::empty(), |r| r.capabilities),
             refused: self.refused.get(name).copied().unwrap_or(0),
         }
     }
@@ -610,7 +617,8 @@ impl Fleet {
             restarts: 0,
             last_exit: None,
             last_heartbeat: self.last_seen.get(id).copied(),
-            capabilities: registered.map_or(SourceCaps(0), |r| r.capabilities),
+            report: self.reports.get(id).cloned(),
+            capabilities: registered.map_or(SourceCaps::empty(), |r| r.capabilities),
             refused: self.refused.get(id).copied().unwrap_or(0),
         }
     }

@@ -13,31 +13,30 @@ use std::time::Duration;
 
 use crate::Instant;
 
-/// Capabilities a collector declares (`SourceCaps` on the wire, a u32 of bits).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct SourceCaps(pub u32);
+bitflags::bitflags! {
+    /// Capabilities a collector declares (`SourceCaps` on the wire, a u32 of bits). Bits
+    /// this build does not name are kept (`from_bits_retain`), so a newer collector's
+    /// capabilities survive an older agent.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+    pub struct SourceCaps: u32 {
+        /// Process enumeration and events.
+        const PROCESS = 1;
+        /// Network events.
+        const NETWORK = 1 << 1;
+        /// Filesystem events.
+        const FILESYSTEM = 1 << 2;
+        /// Performance metrics.
+        const PERFORMANCE = 1 << 3;
+        /// Real-time delivery.
+        const REALTIME = 1 << 4;
+        /// Kernel-level visibility.
+        const KERNEL_LEVEL = 1 << 5;
+        /// System-wide scope.
+        const SYSTEM_WIDE = 1 << 6;
+    }
+}
 
 impl SourceCaps {
-    /// Process enumeration and events.
-    pub const PROCESS: SourceCaps = SourceCaps(1);
-    /// Network events.
-    pub const NETWORK: SourceCaps = SourceCaps(1 << 1);
-    /// Filesystem events.
-    pub const FILESYSTEM: SourceCaps = SourceCaps(1 << 2);
-    /// Performance metrics.
-    pub const PERFORMANCE: SourceCaps = SourceCaps(1 << 3);
-    /// Real-time delivery.
-    pub const REALTIME: SourceCaps = SourceCaps(1 << 4);
-    /// Kernel-level visibility.
-    pub const KERNEL_LEVEL: SourceCaps = SourceCaps(1 << 5);
-    /// System-wide scope.
-    pub const SYSTEM_WIDE: SourceCaps = SourceCaps(1 << 6);
-
-    /// Whether every bit of `other` is set here.
-    pub fn contains(self, other: SourceCaps) -> bool {
-        self.0 & other.0 == other.0 && other.0 != 0
-    }
-
     /// Every capability and its name (as in a task topic), in bit order.
     pub const NAMED: [(&'static str, SourceCaps); 7] = [
         ("process", Self::PROCESS),
@@ -50,7 +49,7 @@ impl SourceCaps {
     ];
 
     /// The capability named in a task topic (`control.collector.task.<name>`).
-    pub fn from_name(name: &str) -> Option<SourceCaps> {
+    pub fn from_capability(name: &str) -> Option<SourceCaps> {
         Self::NAMED
             .iter()
             .find(|(n, _)| *n == name)
@@ -60,11 +59,11 @@ impl SourceCaps {
     /// The names of the capabilities set here, in bit order (unknown bits as `bitN`).
     pub fn names(self) -> Vec<String> {
         (0..32)
-            .filter(|bit| self.0 & (1 << bit) != 0)
+            .filter(|bit| self.bits() & (1 << bit) != 0)
             .map(|bit| {
                 Self::NAMED
                     .iter()
-                    .find(|(_, caps)| caps.0 == 1 << bit)
+                    .find(|(_, caps)| caps.bits() == 1 << bit)
                     .map_or_else(|| format!("bit{bit}"), |(n, _)| n.to_string())
             })
             .collect()
@@ -549,13 +548,14 @@ mod caps_tests {
     #[test]
     fn capabilities_have_names_both_ways() {
         assert_eq!(
-            SourceCaps(SourceCaps::PROCESS.0 | SourceCaps::SYSTEM_WIDE.0 | 1 << 9).names(),
+            (SourceCaps::PROCESS | SourceCaps::SYSTEM_WIDE | SourceCaps::from_bits_retain(1 << 9))
+                .names(),
             ["process", "system_wide", "bit9"]
         );
-        assert!(SourceCaps(0).names().is_empty());
+        assert!(SourceCaps::empty().names().is_empty());
         for (name, caps) in SourceCaps::NAMED {
-            assert_eq!(SourceCaps::from_name(name), Some(caps));
+            assert_eq!(SourceCaps::from_capability(name), Some(caps));
         }
-        assert_eq!(SourceCaps::from_name("telepathy"), None);
+        assert_eq!(SourceCaps::from_capability("telepathy"), None);
     }
 }

@@ -109,7 +109,7 @@ fn register_request(id: &str, pid: u32) -> pbc::RegisterRequest {
     pbc::RegisterRequest {
         collector_id: id.into(),
         collector_type: "process".into(),
-        capabilities: SourceCaps::PROCESS.0,
+        capabilities: SourceCaps::PROCESS.bits(),
         pid,
         version: String::new(),
     }
@@ -560,7 +560,10 @@ fn deregistration_forgets_the_collector_and_moves_its_tasks() {
         ]
     );
     let a = d.fleet.supervised("a").expect("a");
-    assert_eq!((a.last_heartbeat, a.capabilities), (None, SourceCaps(0)));
+    assert_eq!(
+        (a.last_heartbeat, a.capabilities),
+        (None, SourceCaps::empty())
+    );
 }
 
 #[test]
@@ -653,7 +656,7 @@ fn lifecycle_answers_and_the_health_report_carry_the_fleet_state() {
             a.capabilities,
             a.restarts
         ),
-        ("a", "running", pid, SourceCaps::PROCESS.0, 0)
+        ("a", "running", pid, SourceCaps::PROCESS.bits(), 0)
     );
     assert_eq!(
         a.last_heartbeat_ms, 998_000,

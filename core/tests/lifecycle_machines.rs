@@ -235,7 +235,7 @@ fn a_task_with_no_capable_collector_waits_and_is_placed_later() {
         ms(5),
         "proc",
         "process",
-        SourceCaps(SourceCaps::PROCESS.0 | SourceCaps::SYSTEM_WIDE.0),
+        SourceCaps::PROCESS | SourceCaps::SYSTEM_WIDE,
         2,
     );
     assert_eq!(r.owner("scan"), Some("proc"));
@@ -270,7 +270,7 @@ fn op() -> impl Strategy<Value = Op> {
 proptest! {
     #[test]
     fn tasks_are_only_ever_owned_by_capable_registered_collectors_and_complete_once(ops in proptest::collection::vec(op(), 1..120)) {
-        let caps = [SourceCaps::PROCESS, SourceCaps::NETWORK, SourceCaps(SourceCaps::PROCESS.0 | SourceCaps::NETWORK.0)];
+        let caps = [SourceCaps::PROCESS, SourceCaps::NETWORK, SourceCaps::PROCESS | SourceCaps::NETWORK];
         let mut r = registry();
         let mut now = ms(0);
         let mut done = std::collections::BTreeSet::new();

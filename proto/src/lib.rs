@@ -49,6 +49,10 @@ pub mod pb {
     pub mod wal {
         include!("gen/daemoneye.wal.v1.rs");
     }
+    /// `daemoneye.store.v1`: the event store's query.
+    pub mod store {
+        include!("gen/daemoneye.store.v1.rs");
+    }
 }
 
 pub use codec::{

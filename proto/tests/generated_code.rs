@@ -11,6 +11,7 @@ const PROTO_FILES: &[&str] = &[
     "daemoneye/control.proto",
     "daemoneye/stats.proto",
     "daemoneye/wal.proto",
+    "daemoneye/store.proto",
 ];
 
 fn read_dir_rs(dir: &Path) -> BTreeMap<String, String> {

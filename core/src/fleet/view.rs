@@ -104,10 +104,40 @@ pub struct CollectorView {
     pub last_exit: Option<String>,
     /// When it last registered or heartbeated (until it deregisters).
     pub last_heartbeat: Option<Instant>,
+    /// What its last heartbeat said of its work (until it deregisters).
+    pub report: Option<CollectorReport>,
     /// What it declared when it registered.
     pub capabilities: SourceCaps,
     /// Registrations, heartbeats and deregistrations refused under its id.
     pub refused: u64,
+}
+
+/// A collector's own account of its work, from its last heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CollectorReport {
+    /// Events it published since it started.
+    pub events_published: u64,
+    /// Events it could not keep (queue or WAL full) since it started.
+    pub events_dropped: u64,
+    /// Events waiting to be published.
+    pub queue_depth: u64,
+    /// The last error its sources reported, empty when none.
+    pub last_error: String,
+    /// One line on how it collects (for instance, real time or scanning, and why).
+    pub detail: String,
+}
+
+impl CollectorReport {
+    /// What `heartbeat` carries.
+    pub fn from_heartbeat(heartbeat: &daemoneye_proto::pb::control::Heartbeat) -> Self {
+        CollectorReport {
+            events_published: heartbeat.events_published,
+            events_dropped: heartbeat.events_dropped,
+            queue_depth: heartbeat.queue_depth,
+            last_error: heartbeat.last_error.clone(),
+            detail: heartbeat.detail.clone(),
+        }
+    }
 }
 
 /// The agent's health, rolled up from its parts (DESIGN.md section 11).

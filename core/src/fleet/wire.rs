@@ -75,18 +75,24 @@ impl CollectorView {
             let ago = u64::try_from(now.saturating_since(at).as_millis()).unwrap_or(u64::MAX);
             unix_ms_at_now.saturating_sub(ago)
         });
+        let report = self.report.clone().unwrap_or_default();
         pbc::CollectorStatus {
             name: self.name.clone(),
             state: self.state.as_str().to_string(),
             pid: self.pid.unwrap_or(0),
             restarts: self.restarts,
             last_heartbeat_ms,
-            capabilities: self.capabilities.0,
+            capabilities: self.capabilities.bits(),
             health: self.last_exit.clone().unwrap_or_default(),
             refused: self.refused,
             uptime_ms: self.running_since.map_or(0, |since| {
                 u64::try_from(now.saturating_since(since).as_millis()).unwrap_or(u64::MAX)
             }),
+            events_published: report.events_published,
+            events_dropped: report.events_dropped,
+            queue_depth: report.queue_depth,
+            last_error: report.last_error,
+            detail: report.detail,
         }
     }
 }

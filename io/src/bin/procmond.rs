@@ -117,7 +117,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args, socket: PathBuf) -> Result<(), Box<dyn std::error::Error>> {
-    let caps = SourceCaps(SourceCaps::PROCESS.0 | SourceCaps::SYSTEM_WIDE.0);
+    let caps = SourceCaps::PROCESS | SourceCaps::SYSTEM_WIDE;
     let id = args.collector_id.clone();
     daemoneye_proto::frame::validate_name("collector id", &id)?;
     let mut options = ClientOptions::new(id.clone());
@@ -125,7 +125,7 @@ async fn run(args: Args, socket: PathBuf) -> Result<(), Box<dyn std::error::Erro
     options.session.collector = Some(CollectorIdentity {
         id: id.clone(),
         kind: "process".into(),
-        capabilities: caps.0,
+        capabilities: caps.bits(),
     });
     let mut wal = if args.no_wal {
         None
@@ -165,7 +165,7 @@ async fn run(args: Args, socket: PathBuf) -> Result<(), Box<dyn std::error::Erro
     let identity = pbc::RegisterRequest {
         collector_id: id.clone(),
         collector_type: "process".into(),
-        capabilities: caps.0,
+        capabilities: caps.bits(),
         pid: std::process::id(),
         version: env!("CARGO_PKG_VERSION").into(),
     };

@@ -48,6 +48,8 @@ pub fn process_event(
         changed: Vec::new(),
         observed_at_ms,
         collector_id: collector_id.to_string(),
+        source: "scan".into(),
+        ..Default::default()
     };
     Bytes::from(event.encode_to_vec())
 }

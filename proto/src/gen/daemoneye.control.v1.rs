@@ -43,6 +43,19 @@ pub struct Heartbeat {
     pub events_published: u64,
     #[prost(uint64, tag = "5")]
     pub tasks_in_flight: u64,
+    /// Events the collector could not keep (its queue or WAL was full), since it started.
+    #[prost(uint64, tag = "6")]
+    pub events_dropped: u64,
+    /// Events waiting to be published (batched, or held for a PubAck).
+    #[prost(uint64, tag = "7")]
+    pub queue_depth: u64,
+    /// The last error its sources reported, empty when none.
+    #[prost(string, tag = "8")]
+    pub last_error: ::prost::alloc::string::String,
+    /// One line on how it collects ("realtime (netlink)", "scanning every 30s: netlink
+    /// refused: EPERM"), shown by `collectors list`.
+    #[prost(string, tag = "9")]
+    pub detail: ::prost::alloc::string::String,
 }
 /// `control.collector.task.<capability>` or direct to one collector.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -105,6 +118,9 @@ pub struct UpdateConfig {
     pub interval_secs: u32,
     #[prost(uint32, tag = "2")]
     pub max_events_in_flight: u32,
+    /// Unset leaves hashing as it is.
+    #[prost(bool, optional, tag = "3")]
+    pub compute_hashes: ::core::option::Option<bool>,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct GracefulShutdown {
@@ -152,6 +168,17 @@ pub struct CollectorStatus {
     /// was started elsewhere).
     #[prost(uint64, tag = "9")]
     pub uptime_ms: u64,
+    /// From its last heartbeat (see Heartbeat).
+    #[prost(uint64, tag = "10")]
+    pub events_published: u64,
+    #[prost(uint64, tag = "11")]
+    pub events_dropped: u64,
+    #[prost(uint64, tag = "12")]
+    pub queue_depth: u64,
+    #[prost(string, tag = "13")]
+    pub last_error: ::prost::alloc::string::String,
+    #[prost(string, tag = "14")]
+    pub detail: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct LifecycleResponse {

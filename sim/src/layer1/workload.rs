@@ -253,7 +253,7 @@ impl World {
                 let r = pbc::RegisterRequest {
                     collector_id: format!("c{k}"),
                     collector_type: "sim".into(),
-                    capabilities: SourceCaps::PROCESS.0,
+                    capabilities: SourceCaps::PROCESS.bits(),
                     pid: 100 + k as u32,
                     version: "impostor".into(),
                 };
@@ -377,7 +377,7 @@ impl World {
                     let r = pbc::RegisterRequest {
                         collector_id: format!("c{i}"),
                         collector_type: "sim".into(),
-                        capabilities: SourceCaps::PROCESS.0,
+                        capabilities: SourceCaps::PROCESS.bits(),
                         pid: 100 + i as u32,
                         version: "sim".into(),
                     };

@@ -185,7 +185,7 @@ async fn collector(model: Shared, ctl: Ctl, name: String) -> turmoil::Result {
     o.session.collector = Some(CollectorIdentity {
         id: name.clone(),
         kind: "sim".into(),
-        capabilities: caps.0,
+        capabilities: caps.bits(),
     });
     let client = loop {
         tokio::select! {
@@ -203,7 +203,7 @@ async fn collector(model: Shared, ctl: Ctl, name: String) -> turmoil::Result {
     let identity = pbc::RegisterRequest {
         collector_id: name.clone(),
         collector_type: "sim".into(),
-        capabilities: caps.0,
+        capabilities: caps.bits(),
         pid,
         version: "sim".into(),
     };

@@ -131,7 +131,7 @@ impl<'a> From<&'a pbc::CollectorStatus> for CollectorJson<'a> {
             restarts: c.restarts,
             last_heartbeat_ms: heartbeat,
             last_heartbeat_age_ms: heartbeat.map(|at| unix_ms_now().saturating_sub(at)),
-            capabilities: SourceCaps(c.capabilities).names(),
+            capabilities: SourceCaps::from_bits_retain(c.capabilities).names(),
             last_exit: &c.health,
         }
     }
