@@ -67,8 +67,10 @@
 pub mod acl;
 pub mod broker;
 pub mod client;
+pub mod collector;
 pub mod fleet;
 pub mod index;
+pub mod procmon;
 pub mod registration;
 pub mod registry;
 pub mod rng;

@@ -1,0 +1,1 @@
+//! The table of live processes, keyed by (pid, start time).
