@@ -15,7 +15,9 @@
 //! clients are WAL-backed collectors: their log file survives a crash with its synced
 //! prefix and a random torn piece of the rest (sometimes followed by garbage), and a
 //! restarted collector replays it. Layer 2 ([`layer2`], [`run_net`]) runs the real io crate
-//! (broker server, process manager, client library) over turmoil's network.
+//! (broker server, process manager, client library) over turmoil's network. Layer 3
+//! ([`collector`], [`run_collector`]) drives the collector runtime's policies (batching,
+//! pacing under backpressure) with random arrivals and signals.
 //!
 //! # Where things are
 //!
@@ -41,11 +43,13 @@
 //! | layer 2: publishers, subscribers, the operator's probe | `layer2/workload.rs` |
 //! | layer 2: what hosts report and the invariants over it | `layer2/model.rs` |
 //! | layer 2: turmoil behind the io crate's transport traits | `layer2/transport.rs` |
+//! | layer 3: the collector runtime's batcher and pacing in virtual time, [`run_collector`] | `collector.rs` |
 //!
 //! A new fault touches `fault.rs` (and, if it needs new mechanics, the file of the concern
 //! it hits); a new invariant the layer's `model.rs`; a new kind of client behaviour the
 //! layer's `workload.rs`.
 
+pub mod collector;
 pub mod fault;
 pub mod fuzz;
 pub mod layer1;
@@ -54,6 +58,7 @@ pub mod link;
 pub mod reference;
 mod report;
 
+pub use collector::{CollectorOutcome, CollectorSimConfig, run_collector};
 pub use fault::{Fault, FaultRates, Target};
 pub use layer1::{Canary, Outcome, SimConfig, run};
 pub use layer2::{NetConfig, NetOutcome, run_net};

@@ -13,7 +13,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use daemoneye_sim::{Canary, NetConfig, SimConfig, run, run_net};
+use daemoneye_sim::{
+    Canary, CollectorSimConfig, NetConfig, SimConfig, run, run_collector, run_net,
+};
 
 /// Deterministic simulation of the DaemonEye bus with injected faults and crashes.
 #[derive(Debug, Parser)]
@@ -30,8 +32,9 @@ struct Args {
     #[arg(long)]
     steps: Option<u64>,
     /// 1: the core machines over fake links (fast). 2: the real io crate (broker server,
-    /// client library) over turmoil's network.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+    /// client library) over turmoil's network. 3: the collector runtime's policies
+    /// (batcher, pacing under backpressure) in virtual time.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=3))]
     layer: u8,
     /// Print every event.
     #[arg(long)]
@@ -65,6 +68,26 @@ fn main() -> ExitCode {
         (None, Some(r)) => r,
         (None, None) => (0, 1),
     };
+    if args.layer == 3 {
+        if args.canary.is_some() {
+            eprintln!("daemoneye-sim: layer 3 has no canary");
+            return ExitCode::FAILURE;
+        }
+        return sweep(start, end, 1000, |seed| {
+            let cfg = CollectorSimConfig {
+                seed,
+                steps: args.steps.unwrap_or(5000),
+                verbose: args.verbose,
+            };
+            run_collector(&cfg).map(|out| {
+                let summary = format!(
+                    "events={} batches={} signals={} max interval={}ms",
+                    out.events, out.batches, out.signals, out.max_interval_ms
+                );
+                (out.steps, out.trace, summary)
+            })
+        });
+    }
     if args.layer == 2 {
         let canary = match args.canary {
             None => false,
