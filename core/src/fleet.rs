@@ -19,8 +19,8 @@
 //! 2. After every input, drain [`poll_output`](Fleet::poll_output): on [`Output::Spawn`]
 //!    start the process (or a simulated client) and report
 //!    [`handle_spawned`](Fleet::handle_spawned) (or `handle_spawn_failed`) before polling
-//!    again; on [`Output::Signal`] signal that pid's process group; send moved tasks; log
-//!    events.
+//!    again; on [`Output::Signal`] signal that pid's process group; send moved tasks and
+//!    [`Output::BeginMonitoring`]; log events.
 //! 3. Feed it what happens: exits ([`handle_exited`](Fleet::handle_exited)); registrations,
 //!    heartbeats and deregistrations with the OS's word on their sender as a
 //!    [`Peer`] (a registration's answer is returned, to be sent back); operators'
@@ -328,6 +328,13 @@ impl Fleet {
             self.registry.set_paused(now, id, true);
         }
         self.drain_registry(now);
+        // Only the collectors the agent runs are its to start; an external one was told
+        // by whoever started it.
+        if self.supervisors.contains_key(id) {
+            self.outputs.push_back(Output::BeginMonitoring {
+                collector: id.clone(),
+            });
+        }
         pbc::RegisterResponse {
             accepted: true,
             message: String::new(),

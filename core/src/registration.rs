@@ -194,6 +194,17 @@ impl Registration {
         self.retry_at = Some(now + delay);
     }
 
+    /// A heartbeat now, out of cadence (the collector was asked for its health); the next
+    /// one stays on time. Nothing while not registered.
+    pub fn heartbeat_now(&mut self, _now: Instant) {
+        if self.state == RegState::Registered {
+            self.sequence += 1;
+            self.actions.push_back(RegAction::Heartbeat {
+                sequence: self.sequence,
+            });
+        }
+    }
+
     /// Stops: tells the agent, then Unregistered (also if it does not answer in time).
     pub fn deregister(&mut self, now: Instant) {
         if self.state == RegState::Registered {

@@ -515,6 +515,12 @@ impl Wal {
         self.actions.pop_front()
     }
 
+    /// Changes how many records may be held (an operator's UpdateConfig); records already
+    /// held stay, new appends are refused until fewer are held.
+    pub fn set_max_pending(&mut self, max_pending: usize) {
+        self.config.max_pending = max_pending.max(1);
+    }
+
     /// The highest sequence assigned.
     pub fn last_sequence(&self) -> u64 {
         self.last_sequence

@@ -55,7 +55,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::logging::LogFilter;
 
-mod env;
+pub(crate) mod env;
 
 pub use env::{ENV_PREFIX, EnvOverride, env_overrides};
 

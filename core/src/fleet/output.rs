@@ -132,6 +132,13 @@ pub enum Output {
         /// The task.
         task: String,
     },
+    /// Tell a supervised collector whose registration was accepted to begin monitoring
+    /// (`BeginMonitoring` on `control.collector.config.<id>`): a collector configured to
+    /// wait starts its sources only then, once the agent knows it and routes its tasks.
+    BeginMonitoring {
+        /// The collector.
+        collector: String,
+    },
     /// Worth a log line.
     Event(Event),
 }

@@ -72,6 +72,26 @@ async fn reply(client: &Client, req: &Deliver, payload: Vec<u8>) {
     }
 }
 
+/// Tells collector `id`, whose registration was just accepted, to begin monitoring.
+async fn begin_monitoring(client: &Client, response: &pbc::RegisterResponse, id: &str) {
+    if !response.accepted {
+        return;
+    }
+    let command = pbc::CollectorControl {
+        command: Some(pbc::collector_control::Command::BeginMonitoring(
+            pbc::BeginMonitoring {},
+        )),
+    };
+    let p = Publish::new(
+        topics::config(id),
+        Bytes::from(command.encode_to_vec()),
+        QoS::AtMostOnce,
+    );
+    if let Err(e) = client.publish(p).await {
+        tracing::warn!(collector = %id, error = %e, "could not send BeginMonitoring");
+    }
+}
+
 /// The options of the agent's own control client: role Agent, and a close that fits the
 /// agent's 500 ms shutdown budget.
 pub fn control_options() -> ClientOptions {
@@ -142,10 +162,14 @@ pub async fn serve_control<C: Connector>(
                 if let Ok(r) = pbc::RegisterRequest::decode(req.payload.clone()) {
                     let (tx, rx) = oneshot::channel();
                     let peer = peer(&req);
+                    let id = r.collector_id.clone();
                     if manager.send(Request::Register { request: r, peer, reply: tx }).await.is_ok()
                         && let Ok(answer) = rx.await
                     {
-                        reply(&client, &req, answer.encode_to_vec()).await;
+                        reply(&client, &req, answer.response.encode_to_vec()).await;
+                        if answer.begin_monitoring {
+                            begin_monitoring(&client, &answer.response, &id).await;
+                        }
                     }
                 }
             }

@@ -87,6 +87,16 @@ pub struct PeerCreds {
     pub uid: u32,
 }
 
+/// The answer to a registration, and whether to tell the collector to begin monitoring
+/// (the fleet's [`Output::BeginMonitoring`]) once the answer is sent.
+#[derive(Debug, Clone, Default)]
+pub struct RegisterAnswer {
+    /// The answer.
+    pub response: pbc::RegisterResponse,
+    /// Send it `BeginMonitoring` after the answer.
+    pub begin_monitoring: bool,
+}
+
 /// Requests to the process manager.
 #[derive(Debug)]
 pub enum Request {
@@ -106,7 +116,7 @@ pub enum Request {
         /// Who said it.
         peer: PeerCreds,
         /// The answer to send back.
-        reply: oneshot::Sender<pbc::RegisterResponse>,
+        reply: oneshot::Sender<RegisterAnswer>,
     },
     /// A heartbeat arrived.
     Heartbeat {
@@ -197,6 +207,8 @@ pub struct ProcessManager<S: Spawner = OsSpawner> {
     /// Processes the fleet asked to end (SIGTERM, SIGKILL): their exit is expected, any
     /// other is a crash or a kill from outside.
     ended_on_purpose: std::collections::BTreeSet<u32>,
+    /// Collectors the fleet said to tell to begin monitoring, not yet told.
+    begin_monitoring: Vec<String>,
 }
 
 impl<S: Spawner> std::fmt::Debug for ProcessManager<S> {
@@ -241,6 +253,7 @@ impl<S: Spawner> ProcessManager<S> {
             exits_tx,
             exits_rx,
             ended_on_purpose: Default::default(),
+            begin_monitoring: Vec::new(),
         }
     }
 
@@ -293,6 +306,7 @@ impl<S: Spawner> ProcessManager<S> {
                         tracing::warn!(%collector, pid, ?signal, error = %e, "signal failed");
                     }
                 }
+                Output::BeginMonitoring { collector } => self.begin_monitoring.push(collector),
                 Output::Reassign { .. }
                 | Output::TaskWaiting { .. }
                 | Output::TaskExpired { .. } => {
@@ -402,8 +416,11 @@ impl<S: Spawner> ProcessManager<S> {
                     }
                     Some(Request::Register { request, peer, reply }) => {
                         let peer = self.peer(peer);
-                        let answer = self.fleet.handle_registration(self.now(), &request, &peer);
-                        let _ = reply.send(answer);
+                        let response = self.fleet.handle_registration(self.now(), &request, &peer);
+                        self.execute();
+                        let begin = std::mem::take(&mut self.begin_monitoring);
+                        let begin_monitoring = begin.contains(&request.collector_id);
+                        let _ = reply.send(RegisterAnswer { response, begin_monitoring });
                     }
                     Some(Request::Heartbeat { topic, heartbeat, peer }) => {
                         let peer = self.peer(peer);

@@ -114,6 +114,7 @@ impl Client {
             close_timed_out: false,
             delivery_buffer: options.delivery_buffer.max(1),
             notices: None,
+            backpressure: tokio::sync::watch::channel(BackpressureSignal::default()).0,
         };
         let shared = Arc::new(Shared {
             inner: Mutex::new(inner),
@@ -314,6 +315,12 @@ impl Client {
         std::mem::take(&mut self.lock().refused)
     }
 
+    /// The broker's Backpressure signals to this connection: the last level and how many
+    /// signals came so far (the broker repeats SlowDown while it lasts, so each one counts).
+    pub fn backpressure(&self) -> tokio::sync::watch::Receiver<BackpressureSignal> {
+        self.lock().backpressure.subscribe()
+    }
+
     /// The broker's session id of the current connection (it changes on reconnect).
     pub fn session_id(&self) -> Option<u64> {
         self.lock().session.session_id()
@@ -352,6 +359,15 @@ impl Client {
         }
         report
     }
+}
+
+/// The broker's last Backpressure signal to a client ([`Client::backpressure`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BackpressureSignal {
+    /// The level it gave.
+    pub level: daemoneye_proto::pb::bus::BackpressureLevel,
+    /// Signals received since the client connected (0: none yet).
+    pub signals: u64,
 }
 
 /// A QoS0 plain subscription spec for `filter`.

@@ -44,6 +44,8 @@ pub(super) struct Inner {
     pub(super) delivery_buffer: usize,
     /// Where [`Notice`]s go, once the application asked for them.
     pub(super) notices: Option<mpsc::UnboundedSender<Notice>>,
+    /// The broker's last Backpressure signal, for [`Client::backpressure`](super::Client::backpressure).
+    pub(super) backpressure: tokio::sync::watch::Sender<super::BackpressureSignal>,
 }
 
 impl Inner {
@@ -152,6 +154,10 @@ impl Inner {
                 },
                 ClientEvent::Backpressure { level, reason } => {
                     tracing::debug!(?level, %reason, "backpressure from broker");
+                    self.backpressure.send_modify(|s| {
+                        s.level = level;
+                        s.signals += 1;
+                    });
                 }
                 ClientEvent::Dropped {
                     sub_id,

@@ -1,9 +1,15 @@
 //! Publishing through the write-ahead log: a batch of events is appended and synced once
 //! (group commit) before it counts as accepted, then published at QoS1 under the WAL's
 //! sequences; each PubAck comes back on a channel so the caller can release the record.
+//!
+//! The collector runtime publishes each batch with [`publish_batches`]: every event of a
+//! batch carries the same correlation id (`<publisher>/batch/<first sequence>`) and its
+//! place in the batch as the correlation's sequence, so a subscriber sees which events
+//! were accepted together.
 
 use bytes::Bytes;
 use daemoneye_proto::frame::{Publish, QoS};
+use daemoneye_proto::pb::bus as pbb;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::wal::{ToPublish, WalFile, WalFileError};
@@ -68,4 +74,54 @@ pub async fn publish_accepted(client: &Client, wal: &mut WalFile, acks: &Unbound
             Err(e) => tracing::warn!(error = %e, sequence, "could not publish a logged event"),
         }
     }
+}
+
+/// Publishes what the WAL accepted, in batches of at most `max_batch`, each event stamped
+/// with its batch's correlation (see the module docs); returns how many were sent. Each
+/// PubAck's sequence comes back on `acks`.
+pub async fn publish_batches(
+    client: &Client,
+    wal: &mut WalFile,
+    acks: &UnboundedSender<u64>,
+    publisher: &str,
+    max_batch: usize,
+) -> u64 {
+    let records = wal.take_publishes();
+    let mut sent = 0;
+    for batch in records.chunks(max_batch.max(1)) {
+        let first = batch.first().map_or(0, |r| r.record.sequence);
+        let correlation_id = format!("{publisher}/batch/{first}");
+        for (place, ToPublish { record, replayed }) in batch.iter().enumerate() {
+            let sequence = record.sequence;
+            let p = Publish {
+                sequence,
+                resent: *replayed,
+                correlation: Some(Box::new(pbb::Correlation {
+                    correlation_id: correlation_id.clone(),
+                    sequence: place as u64 + 1,
+                    source_process: publisher.to_string(),
+                    ..Default::default()
+                })),
+                ..Publish::new(
+                    record.topic.clone(),
+                    record.payload.clone(),
+                    QoS::AtLeastOnce,
+                )
+            };
+            match client.send_sequenced(p).await {
+                Ok(pending) => {
+                    sent += 1;
+                    let acks = acks.clone();
+                    tokio::spawn(async move {
+                        if let Ok(Some(_)) = pending.wait().await {
+                            let _ = acks.send(sequence);
+                        }
+                    });
+                }
+                // The record stays in the WAL and is re-sent by the next run.
+                Err(e) => tracing::warn!(error = %e, sequence, "could not publish a logged event"),
+            }
+        }
+    }
+    sent
 }

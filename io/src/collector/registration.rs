@@ -3,7 +3,8 @@
 //! `control.health.heartbeat.<id>`, and registers again whenever the broker session
 //! changes (the agent restarted, or the connection was re-established). When it stops
 //! cleanly it deregisters on `control.collector.deregistration`, so the agent drops it at
-//! once instead of waiting out three heartbeats.
+//! once instead of waiting out three heartbeats. The collector runtime's heartbeats carry
+//! its numbers ([`keep_registered_with`]).
 
 use std::time::Duration;
 
@@ -20,6 +21,9 @@ use crate::clock::{Clock, MonotonicClock};
 /// How long a stopping collector waits for the broker to take its Deregister.
 const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// What a heartbeat says besides the id and sequence (the collector's numbers now).
+pub type HeartbeatContent = Box<dyn Fn() -> pbc::Heartbeat + Send + Sync>;
+
 /// Keeps a collector registered and heartbeating until `stop` resolves, then deregisters.
 pub async fn keep_registered(
     client: Client,
@@ -28,6 +32,26 @@ pub async fn keep_registered(
     seed: u64,
     stop: impl std::future::Future<Output = ()>,
 ) {
+    let content: HeartbeatContent = Box::new(|| pbc::Heartbeat {
+        state: pbc::HealthState::Healthy as i32,
+        ..Default::default()
+    });
+    let (_now_tx, now_rx) = tokio::sync::mpsc::unbounded_channel();
+    keep_registered_with(client, identity, config, seed, stop, content, now_rx).await;
+}
+
+/// [`keep_registered`], with heartbeats carrying what `content` says, and one more
+/// heartbeat (out of cadence) each time `heartbeat_now` receives.
+pub async fn keep_registered_with(
+    client: Client,
+    identity: pbc::RegisterRequest,
+    config: RegistrationConfig,
+    seed: u64,
+    stop: impl std::future::Future<Output = ()>,
+    content: HeartbeatContent,
+    mut heartbeat_now: tokio::sync::mpsc::UnboundedReceiver<()>,
+) {
+    let mut heartbeat_now_open = true;
     let clock = MonotonicClock::default();
     let timeout = config.request_timeout;
     let mut machine = Registration::new(config, seed);
@@ -61,8 +85,7 @@ pub async fn keep_registered(
                     let hb = pbc::Heartbeat {
                         collector_id: identity.collector_id.clone(),
                         sequence,
-                        state: pbc::HealthState::Healthy as i32,
-                        ..Default::default()
+                        ..content()
                     };
                     let topic = topics::heartbeat(&identity.collector_id);
                     let _ = client
@@ -106,6 +129,13 @@ pub async fn keep_registered(
                 machine.deregister(clock.now());
                 if machine.state() != RegState::Deregistering {
                     return;
+                }
+                continue;
+            }
+            now = heartbeat_now.recv(), if heartbeat_now_open => {
+                match now {
+                    Some(()) => machine.heartbeat_now(clock.now()),
+                    None => heartbeat_now_open = false,
                 }
                 continue;
             }

@@ -176,6 +176,11 @@ impl WalFile {
         self.machine.pending()
     }
 
+    /// Changes how many records may be held waiting for their PubAck.
+    pub fn set_max_pending(&mut self, max_pending: usize) {
+        self.machine.set_max_pending(max_pending);
+    }
+
     /// The highest sequence assigned.
     pub fn last_sequence(&self) -> u64 {
         self.machine.last_sequence()

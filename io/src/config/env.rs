@@ -34,7 +34,7 @@ impl EnvOverride {
 }
 
 /// A `[section]` of plain values, as the overrides see it.
-pub(super) trait ValueSection {
+pub(crate) trait ValueSection {
     /// Its keys, in declaration order.
     fn keys(&self) -> &'static [&'static str];
     /// Sets `key` from the text `raw`: as a string if the key takes one, else as a TOML
@@ -74,7 +74,7 @@ fn toml_literal(raw: &str) -> Option<toml::Value> {
 }
 
 /// The fields serde's derive declares for `T` (empty if `T` is not a struct).
-pub(super) fn field_names<T: DeserializeOwned>() -> &'static [&'static str] {
+pub(crate) fn field_names<T: DeserializeOwned>() -> &'static [&'static str] {
     struct Probe<'a>(&'a mut &'static [&'static str]);
     impl<'de> Deserializer<'de> for Probe<'_> {
         type Error = de::value::Error;

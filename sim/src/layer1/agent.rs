@@ -113,6 +113,8 @@ impl World {
                     // it) ends the process; pause and resume are never asked for.
                     self.crash_client(i);
                 }
+                // The simulated collectors collect from the start.
+                FleetOutput::BeginMonitoring { .. } => {}
                 other => self.log(format!("fleet: {other:?}")),
             }
         }

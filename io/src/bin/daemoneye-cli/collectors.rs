@@ -1,5 +1,6 @@
 //! `collectors list|start|stop|restart|pause|resume`: the agent's process manager, over
-//! the lifecycle RPC topic.
+//! the lifecycle RPC topic; `collectors config NAME`: an UpdateConfig to the collector
+//! itself, on `control.collector.config.<NAME>`, answered by its runtime.
 
 use std::path::Path;
 use std::time::Duration;
@@ -34,6 +35,101 @@ pub enum CollectorsCommand {
     Pause { name: String },
     /// Continue a paused collector (SIGCONT).
     Resume { name: String },
+    /// Change a running collector's settings without a restart (UpdateConfig).
+    Config(ConfigArgs),
+}
+
+/// `collectors config NAME [--interval S] [--max-events-in-flight N] [--compute-hashes B]`.
+#[derive(Debug, clap::Args)]
+pub struct ConfigArgs {
+    /// The collector (its id: the `[[collectors]]` name).
+    pub name: String,
+    /// Seconds between two rounds of collection (5 to 3600).
+    #[arg(long, value_name = "S")]
+    pub interval: Option<u64>,
+    /// Most events held waiting for the broker (at least 1).
+    #[arg(long, value_name = "N")]
+    pub max_events_in_flight: Option<u64>,
+    /// Hash executables.
+    #[arg(long, value_name = "BOOL")]
+    pub compute_hashes: Option<bool>,
+}
+
+/// The bounds `collectors config` checks before sending.
+const INTERVAL_SECS: std::ops::RangeInclusive<u64> = 5..=3600;
+
+impl ConfigArgs {
+    /// The UpdateConfig it asks for, or a one-line refusal.
+    fn update(&self) -> Result<pbc::UpdateConfig, CliError> {
+        let interval_secs = match self.interval {
+            None => 0,
+            Some(s) if INTERVAL_SECS.contains(&s) => s as u32,
+            Some(s) => {
+                return Err(CliError::Refused(format!(
+                    "--interval {s} is out of range: 5 to 3600 seconds"
+                )));
+            }
+        };
+        let max_events_in_flight = match self.max_events_in_flight {
+            None => 0,
+            Some(n @ 1..=0xFFFF_FFFF) => n as u32,
+            Some(n) => {
+                return Err(CliError::Refused(format!(
+                    "--max-events-in-flight {n} is out of range: 1 to 4294967295"
+                )));
+            }
+        };
+        if interval_secs == 0 && max_events_in_flight == 0 && self.compute_hashes.is_none() {
+            return Err(CliError::Refused(
+                "nothing to change: give --interval, --max-events-in-flight or --compute-hashes"
+                    .into(),
+            ));
+        }
+        Ok(pbc::UpdateConfig {
+            interval_secs,
+            max_events_in_flight,
+            compute_hashes: self.compute_hashes,
+        })
+    }
+}
+
+/// Sends an UpdateConfig to the collector and prints its answer.
+async fn configure(socket: Option<&Path>, args: ConfigArgs) -> Result<(), CliError> {
+    let update = args.update()?;
+    daemoneye_proto::frame::validate_name("collector name", &args.name)?;
+    let client = connect(socket, "daemoneye-cli").await?;
+    let command = pbc::CollectorControl {
+        command: Some(pbc::collector_control::Command::UpdateConfig(update)),
+    };
+    let publish = Publish::new(
+        topics::config(&args.name),
+        Bytes::from(command.encode_to_vec()),
+        QoS::AtLeastOnce,
+    );
+    let reply = client
+        .request(publish, Duration::from_secs(5))
+        .await
+        .map_err(|e| match e {
+            daemoneye_io::client::ClientError::NoResponders { .. } => CliError::Refused(format!(
+                "collector {} is not running (or not built on the collector runtime)",
+                args.name
+            )),
+            other => CliError::Client(other),
+        })?;
+    client.close().await;
+    let answer =
+        pbc::TaskResult::decode(reply.payload).map_err(|source| CliError::MalformedReply {
+            what: "collector config",
+            source,
+        })?;
+    if !answer.ok {
+        return Err(CliError::Refused(format!(
+            "{}: {}",
+            args.name, answer.message
+        )));
+    }
+    println!("{}: {}", args.name, answer.message);
+    Ok(())
 }
 
 impl CollectorsCommand {
@@ -41,6 +137,8 @@ impl CollectorsCommand {
     fn request(self) -> (pbc::LifecycleOp, String, bool) {
         use pbc::LifecycleOp as Op;
         match self {
+            // Not a lifecycle request: `run` sends it to the collector instead.
+            CollectorsCommand::Config(args) => (Op::Unspecified, args.name, false),
             CollectorsCommand::List { json } => (Op::Status, String::new(), json),
             CollectorsCommand::Start { name } => (Op::Start, name, false),
             CollectorsCommand::Stop { name } => (Op::Stop, name, false),
@@ -54,6 +152,9 @@ impl CollectorsCommand {
 /// Sends the command's lifecycle request and prints the answer: the list, or the one
 /// collector the operation touched.
 pub async fn run(socket: Option<&Path>, command: CollectorsCommand) -> Result<(), CliError> {
+    if let CollectorsCommand::Config(args) = command {
+        return configure(socket, args).await;
+    }
     let (op, name, json) = command.request();
     let client = connect(socket, "daemoneye-cli").await?;
     let request = pbc::LifecycleRequest {
@@ -107,6 +208,14 @@ pub struct CollectorJson<'a> {
     /// What it declared when it registered, by name.
     capabilities: Vec<String>,
     last_exit: &'a str,
+    /// From its last heartbeat: how it collects, one line.
+    detail: &'a str,
+    /// From its last heartbeat: events published and dropped since it started, events
+    /// waiting, and its last error (empty when none).
+    events_published: u64,
+    events_dropped: u64,
+    queue_depth: u64,
+    last_error: &'a str,
 }
 
 fn nonzero(value: u64) -> Option<u64> {
@@ -133,6 +242,11 @@ impl<'a> From<&'a pbc::CollectorStatus> for CollectorJson<'a> {
             last_heartbeat_age_ms: heartbeat.map(|at| unix_ms_now().saturating_sub(at)),
             capabilities: SourceCaps::from_bits_retain(c.capabilities).names(),
             last_exit: &c.health,
+            detail: &c.detail,
+            events_published: c.events_published,
+            events_dropped: c.events_dropped,
+            queue_depth: c.queue_depth,
+            last_error: &c.last_error,
         }
     }
 }
@@ -150,11 +264,20 @@ fn short_duration(ms: u64) -> String {
 }
 
 /// The collectors as a table: name, state, pid, uptime, restarts, last heartbeat's age,
-/// capabilities, last exit.
+/// capabilities, events, drops, last exit, and how it collects.
 pub fn print_table(list: &[pbc::CollectorStatus]) {
     println!(
-        "{:<20} {:<10} {:>8} {:>8} {:>8} {:>10}  {:<24} last exit",
-        "name", "state", "pid", "uptime", "restarts", "heartbeat", "capabilities"
+        "{:<20} {:<10} {:>8} {:>8} {:>8} {:>10}  {:<24} {:>10} {:>8}  {:<16} detail",
+        "name",
+        "state",
+        "pid",
+        "uptime",
+        "restarts",
+        "heartbeat",
+        "capabilities",
+        "events",
+        "drops",
+        "last exit"
     );
     for c in list {
         let j = CollectorJson::from(c);
@@ -165,7 +288,7 @@ pub fn print_table(list: &[pbc::CollectorStatus]) {
             j.capabilities.join(",")
         };
         println!(
-            "{:<20} {:<10} {:>8} {:>8} {:>8} {:>10}  {:<24} {}",
+            "{:<20} {:<10} {:>8} {:>8} {:>8} {:>10}  {:<24} {:>10} {:>8}  {:<16} {}",
             c.name,
             c.state,
             j.pid.map_or_else(dash, |p| p.to_string()),
@@ -174,7 +297,10 @@ pub fn print_table(list: &[pbc::CollectorStatus]) {
             j.last_heartbeat_age_ms
                 .map_or_else(dash, |age| format!("{} ago", short_duration(age))),
             caps,
+            c.events_published,
+            c.events_dropped,
             if c.health.is_empty() { "-" } else { &c.health },
+            if c.detail.is_empty() { "-" } else { &c.detail },
         );
     }
 }
@@ -182,6 +308,30 @@ pub fn print_table(list: &[pbc::CollectorStatus]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_bounds_are_one_line_refusals_and_good_values_pass() {
+        let args = |interval, n| ConfigArgs {
+            name: "x".into(),
+            interval,
+            max_events_in_flight: n,
+            compute_hashes: None,
+        };
+        for (a, needle) in [
+            (
+                args(Some(4), None),
+                "--interval 4 is out of range: 5 to 3600 seconds",
+            ),
+            (args(Some(3601), None), "--interval 3601"),
+            (args(None, Some(0)), "--max-events-in-flight 0"),
+            (args(None, None), "nothing to change"),
+        ] {
+            let e = a.update().expect_err("refused").to_string();
+            assert!(e.contains(needle) && !e.contains('\n'), "{e}");
+        }
+        let u = args(Some(10), Some(7)).update().expect("in bounds");
+        assert_eq!((u.interval_secs, u.max_events_in_flight), (10, 7));
+    }
 
     #[test]
     fn durations_read_at_a_glance() {

@@ -2,7 +2,7 @@
 //!
 //! One module per command family: [`publish`] (`pub`), [`messaging`] (`sub`, `req`),
 //! [`reply`], [`collectors`]
-//! (`collectors list|start|stop|restart|pause|resume`), [`status`] (`stats`, `health`) and
+//! (`collectors list|start|stop|restart|pause|resume|config`), [`status`] (`stats`, `health`) and
 //! [`bench`]; [`connection`] opens the broker connection they share and [`error`] says
 //! what can go wrong. To add a command: an `#[derive(clap::Args)]` struct and an
 //! `async fn run` in its family's module (or a new module), then one variant of
@@ -56,7 +56,8 @@ enum Command {
     Reply(reply::ReplyArgs),
     /// Broker statistics.
     Stats(status::StatsArgs),
-    /// Supervised collectors: list them, or start, stop, restart, pause or resume one.
+    /// Supervised collectors: list them, start, stop, restart, pause or resume one, or
+    /// change a running one's settings (`config`).
     Collectors {
         #[command(subcommand)]
         command: collectors::CollectorsCommand,
