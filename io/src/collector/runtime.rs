@@ -363,6 +363,11 @@ impl Collector {
                 let mut o = options;
                 o.session.client_name = format!("{}-events", self.id);
                 o.session.publisher_id = Some(self.id.clone());
+                // The broker routes a publish addressed to this collector id to the newest
+                // connection that claims it: that must be the control connection, which
+                // holds the task subscriptions. This one publishes events, as a client.
+                o.session.collector = None;
+                o.session.role = Role::Client;
                 Client::connect(&socket, o).await.map_err(broker_err)?
             }
             None => client.clone(),
