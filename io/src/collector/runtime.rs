@@ -97,13 +97,16 @@ pub struct RunReport {
     pub shutdown_overran: bool,
 }
 
+/// A change the binary makes to the settings (its flags).
+type SettingsEdit = Box<dyn FnOnce(&mut CollectorSettings) + Send>;
+
 /// Builds a [`Collector`]; see [`Collector::builder`].
 pub struct CollectorBuilder {
     component: String,
     collector_type: String,
     sources: Vec<Arc<dyn EventSource>>,
     config_file: Option<PathBuf>,
-    configure: Vec<Box<dyn FnOnce(&mut CollectorSettings) + Send>>,
+    configure: Vec<SettingsEdit>,
     interval_bounds: (Duration, Duration),
     allowed_env: Vec<String>,
     env: Option<Vec<(String, String)>>,
@@ -246,7 +249,10 @@ impl CollectorBuilder {
             Ok(r) => r,
             Err(e) => return fail(&e),
         };
-        match runtime.block_on(collector.run()) {
+        let outcome = runtime.block_on(collector.run());
+        // A source's thread still blocked in a read must not hold the exit.
+        runtime.shutdown_timeout(Duration::from_millis(50));
+        match outcome {
             Ok(_) => std::process::ExitCode::SUCCESS,
             Err(e) => fail(&e),
         }
