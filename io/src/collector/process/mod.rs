@@ -34,7 +34,7 @@ pub use names::NameCache;
 pub use reader::{ProcessReader, ReadOptions, ReadOutcome, ReadStats};
 pub use scan::scan;
 #[cfg(target_os = "linux")]
-pub use watch::{Observation, Watch, WatchStats};
+pub use watch::{Observation, Watch, WatchOptions, WatchStats};
 
 /// Reads one process with a fresh reader (no shared caches): for one-off reads; a collector
 /// keeps one [`ProcessReader`] and calls [`ProcessReader::read`].

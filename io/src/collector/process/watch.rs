@@ -33,6 +33,31 @@ use super::reader::{EarlyRead, ProcessReader};
 /// kernel's socket buffer fills and overruns).
 pub const OBSERVATION_QUEUE: usize = 65_536;
 
+/// How the watch's threads run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatchOptions {
+    /// Run the receive thread under `SCHED_FIFO` at this priority (1-99; needs
+    /// CAP_SYS_NICE, so it is set before any capability drop). A process that lives a
+    /// millisecond is gone before an ordinary thread is scheduled on a busy host; the
+    /// receive thread sleeps in `recv` and does little per event, and the kernel's
+    /// real-time throttling keeps 5% of each CPU for others. `None`: the default policy.
+    pub realtime_priority: Option<u8>,
+    /// Each watch thread drops its capabilities to
+    /// [`privileges::KEPT`](super::privileges::KEPT) as it starts (after taking its
+    /// priority): capabilities are per thread, so threads started before the process
+    /// drops must drop their own.
+    pub drop_privileges: bool,
+}
+
+impl Default for WatchOptions {
+    fn default() -> Self {
+        WatchOptions {
+            realtime_priority: Some(10),
+            drop_privileges: false,
+        }
+    }
+}
+
 /// What the watch saw.
 #[derive(Debug, Clone)]
 pub enum Observation {
@@ -121,6 +146,7 @@ struct Counters {
     decode_errors: AtomicU64,
     dropped: AtomicU64,
     delivered: AtomicU64,
+    realtime: AtomicBool,
 }
 
 fn bump(c: &AtomicU64) {
@@ -152,6 +178,7 @@ impl Watch {
     pub fn start(
         connector: ProcConnector,
         reader: ProcessReader,
+        options: WatchOptions,
     ) -> std::io::Result<(Watch, Receiver<Observation>)> {
         let stop = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(Counters::default());
@@ -161,13 +188,27 @@ impl Watch {
             let (stop, counters, reader) = (stop.clone(), counters.clone(), reader.clone());
             std::thread::Builder::new()
                 .name("procmon-receive".into())
-                .spawn(move || receive_loop(&connector, &reader, &counters, &stop, &pending_tx))?
+                .spawn(move || {
+                    if let Some(priority) = options.realtime_priority {
+                        let realtime = set_realtime(priority);
+                        counters.realtime.store(realtime, Ordering::Relaxed);
+                    }
+                    if options.drop_privileges {
+                        drop_thread_privileges();
+                    }
+                    receive_loop(&connector, &reader, &counters, &stop, &pending_tx);
+                })?
         };
         let complete = {
             let (stop, counters, reader) = (stop.clone(), counters.clone(), reader.clone());
             std::thread::Builder::new()
                 .name("procmon-reader".into())
-                .spawn(move || reader_loop(&reader, &counters, &stop, &pending_rx, &out_tx))?
+                .spawn(move || {
+                    if options.drop_privileges {
+                        drop_thread_privileges();
+                    }
+                    reader_loop(&reader, &counters, &stop, &pending_rx, &out_tx);
+                })?
         };
         Ok((
             Watch {
@@ -198,6 +239,11 @@ impl Watch {
         }
     }
 
+    /// True when the receive thread runs under `SCHED_FIFO`.
+    pub fn is_realtime(&self) -> bool {
+        self.counters.realtime.load(Ordering::Relaxed)
+    }
+
     /// The reader (its per-field failure counters, caches and options).
     pub fn reader(&self) -> &ProcessReader {
         &self.reader
@@ -225,6 +271,36 @@ impl Watch {
 impl Drop for Watch {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+fn set_realtime(priority: u8) -> bool {
+    use thread_priority::{
+        RealtimeThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
+        set_thread_priority_and_policy, thread_native_id,
+    };
+    let result = ThreadPriority::try_from(priority.clamp(1, 99))
+        .map_err(|e| e.to_string())
+        .and_then(|p| {
+            set_thread_priority_and_policy(
+                thread_native_id(),
+                p,
+                ThreadSchedulePolicy::Realtime(RealtimeThreadSchedulePolicy::Fifo),
+            )
+            .map_err(|e| format!("{e:?}"))
+        });
+    match result {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "the receive thread keeps the default scheduling (short-lived processes may lose their argv under load)");
+            false
+        }
+    }
+}
+
+fn drop_thread_privileges() {
+    if let Err(e) = super::privileges::drop_to_minimum() {
+        tracing::warn!(error = %e, "a watch thread could not drop its capabilities");
     }
 }
 
