@@ -85,7 +85,7 @@ impl Watching {
         self.seen
             .iter()
             .filter_map(|o| match o {
-                Observation::Exec { info, .. } if info.pid == pid => Some(info),
+                Observation::Exec { info, .. } if info.pid == pid => Some(&**info),
                 _ => None,
             })
             .collect()
@@ -357,7 +357,7 @@ fn capture(w: &mut Watching, b: &Burst) -> Capture {
     let mut exits: HashSet<u32> = HashSet::new();
     for o in &w.seen {
         match o {
-            Observation::Exec { info, .. } => by_pid.entry(info.pid).or_default().push(info),
+            Observation::Exec { info, .. } => by_pid.entry(info.pid).or_default().push(&**info),
             Observation::Exit { pid, .. } => {
                 exits.insert(*pid);
             }

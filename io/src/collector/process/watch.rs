@@ -64,7 +64,7 @@ pub enum Observation {
     /// A process executed a new program (a new process, or an exec in an existing pid).
     Exec {
         /// What was read; `unread` lists what was not.
-        info: ProcessInfo,
+        info: Box<ProcessInfo>,
         /// The process was gone before anything could be read (`info` has the pid only).
         lost_to_race: bool,
         /// The kernel's timestamp (nanoseconds since boot, `CLOCK_MONOTONIC`).
@@ -156,7 +156,7 @@ fn bump(c: &AtomicU64) {
 /// What the receive thread hands the reader thread.
 enum Pending {
     Exec {
-        early: EarlyRead,
+        early: Box<EarlyRead>,
         timestamp_ns: u64,
         received_at: Instant,
     },
@@ -341,7 +341,7 @@ fn receive_loop(
                     ProcEventKind::Exec { tgid, .. } => {
                         bump(&counters.execs);
                         // Now, on this thread: the process may be about to exit.
-                        let early = reader.read_early(tgid);
+                        let early = Box::new(reader.read_early(tgid));
                         Some(Pending::Exec {
                             early,
                             timestamp_ns: event.timestamp_ns,
@@ -423,7 +423,7 @@ fn reader_loop(
                 received_at,
             } => {
                 let without_argv = early.cmdline.is_err();
-                let outcome = reader.complete(early);
+                let outcome = reader.complete(*early);
                 if outcome.gone {
                     bump(&counters.lost_to_race);
                 }
@@ -431,7 +431,7 @@ fn reader_loop(
                     bump(&counters.execs_without_argv);
                 }
                 Observation::Exec {
-                    info: outcome.info,
+                    info: Box::new(outcome.info),
                     lost_to_race: outcome.gone,
                     timestamp_ns,
                     received_at,
