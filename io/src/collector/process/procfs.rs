@@ -85,16 +85,38 @@ fn path(pid: u32, file: &str) -> String {
     format!("/proc/{pid}/{file}")
 }
 
+/// Reads a whole `/proc` file: one open, reads into a page-sized buffer until EOF, close.
+/// (`std::fs::read` asks the size first, which `/proc` reports as 0, then probes with
+/// small reads: twice the system calls, and each read regenerates the file.)
+fn read_proc_file(path: &str) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut out = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 4096];
+    loop {
+        match file.read(&mut chunk) {
+            Ok(0) => return Ok(out),
+            Ok(n) => out.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn read_proc_text(path: &str) -> std::io::Result<String> {
+    read_proc_file(path).map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
 /// `/proc/<pid>/stat`.
 pub fn read_stat(pid: u32) -> Result<Stat, Reason> {
-    let bytes = std::fs::read(path(pid, "stat")).map_err(|e| Reason::of(&e))?;
+    let bytes = read_proc_file(&path(pid, "stat")).map_err(|e| Reason::of(&e))?;
     let text = String::from_utf8_lossy(&bytes);
     Stat::parse(&text).ok_or(Reason::Other)
 }
 
 /// `/proc/<pid>/cmdline`, one string per argument (lossy UTF-8).
 pub fn read_cmdline(pid: u32) -> Result<Vec<String>, Reason> {
-    let bytes = std::fs::read(path(pid, "cmdline")).map_err(|e| Reason::of(&e))?;
+    let bytes = read_proc_file(&path(pid, "cmdline")).map_err(|e| Reason::of(&e))?;
     Ok(split_nul(&bytes)
         .map(|s| String::from_utf8_lossy(s).into_owned())
         .collect())
@@ -161,13 +183,13 @@ impl Status {
 
 /// `/proc/<pid>/status`.
 pub fn read_status(pid: u32) -> Result<Status, Reason> {
-    let text = std::fs::read_to_string(path(pid, "status")).map_err(|e| Reason::of(&e))?;
+    let text = read_proc_text(&path(pid, "status")).map_err(|e| Reason::of(&e))?;
     Status::parse(&text).ok_or(Reason::Other)
 }
 
 /// The cgroup path: the unified (v2, `0::`) hierarchy's, else the first line's.
 pub fn read_cgroup(pid: u32) -> Result<String, Reason> {
-    let text = std::fs::read_to_string(path(pid, "cgroup")).map_err(|e| Reason::of(&e))?;
+    let text = read_proc_text(&path(pid, "cgroup")).map_err(|e| Reason::of(&e))?;
     let path_of = |line: &str| line.splitn(3, ':').nth(2).map(String::from);
     text.lines()
         .find(|l| l.starts_with("0::"))
@@ -178,7 +200,7 @@ pub fn read_cgroup(pid: u32) -> Result<String, Reason> {
 
 /// The environment's variable names, never their values.
 pub fn read_environ_names(pid: u32) -> Result<Vec<String>, Reason> {
-    let bytes = std::fs::read(path(pid, "environ")).map_err(|e| Reason::of(&e))?;
+    let bytes = read_proc_file(&path(pid, "environ")).map_err(|e| Reason::of(&e))?;
     Ok(split_nul(&bytes)
         .map(|entry| {
             let name = entry.split(|b| *b == b'=').next().unwrap_or(entry);

@@ -11,6 +11,9 @@ use daemoneye_proto::pb::events::ProcessInfo;
 
 use super::reader::{ProcessReader, Reason, Source};
 
+/// Below this many pids per thread, one thread is faster than several.
+const MIN_PIDS_PER_THREAD: usize = 512;
+
 /// The pids in `/proc`, ascending, at most `max` of them (0 = all).
 pub fn list_pids(max: usize) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -30,12 +33,31 @@ pub fn list_pids(max: usize) -> Vec<u32> {
 /// Every process in `/proc` (at most `max`, lowest pids first; 0 = unlimited), read with
 /// `reader`'s options, by pid. A process that vanished during the scan is left out.
 pub fn scan(reader: &ProcessReader, max: usize) -> Vec<ProcessInfo> {
-    let mut out: Vec<ProcessInfo> = list_pids(max)
-        .into_iter()
-        .map(|pid| reader.complete_with(reader.read_early(pid), false))
-        .filter(|o| !o.gone)
-        .map(|o| o.info)
-        .collect();
+    let pids = list_pids(max);
+    // Reading /proc is system calls all the way: spread the pids over the cores.
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(pids.len().div_ceil(MIN_PIDS_PER_THREAD))
+        .max(1);
+    let read = |pids: &[u32]| -> Vec<ProcessInfo> {
+        pids.iter()
+            .map(|pid| reader.complete_with(reader.read_early(*pid), false))
+            .filter(|o| !o.gone)
+            .map(|o| o.info)
+            .collect()
+    };
+    let mut out: Vec<ProcessInfo> = if threads <= 1 {
+        read(&pids)
+    } else {
+        let per = pids.len().div_ceil(threads);
+        std::thread::scope(|s| {
+            let parts: Vec<_> = pids.chunks(per).map(|c| s.spawn(move || read(c))).collect();
+            parts
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_default())
+                .collect()
+        })
+    };
     let by_pid: HashMap<u32, usize> = out.iter().enumerate().map(|(i, p)| (p.pid, i)).collect();
     let parents: Vec<Option<(String, Vec<String>)>> = out
         .iter()
