@@ -723,3 +723,33 @@ pub fn byte_split(data: &[u8]) {
         panic!("{e}");
     }
 }
+
+/// The kernel process connector's datagrams (`daemoneye_core::procmon::netlink`): any bytes
+/// decode or give one typed error, never a panic; an error ends the datagram; every message
+/// consumes at least a netlink header; and a process event that decodes decodes again the
+/// same from the bytes that carried it alone (the decoder keeps no hidden state).
+pub fn proc_connector(data: &[u8]) {
+    use daemoneye_core::procmon::netlink::{self, Message};
+    let results: Vec<_> = netlink::decode(data).collect();
+    assert!(
+        results.len() <= data.len() / netlink::NLMSG_HEADER_LEN + 1,
+        "more messages than headers"
+    );
+    if let Some(i) = results.iter().position(Result::is_err) {
+        assert_eq!(i, results.len() - 1, "decoding went on after an error");
+    }
+    let mut rest = data;
+    for result in &results {
+        let Ok(message) = result else { break };
+        let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        let alone: Vec<_> = netlink::decode(&rest[..len]).collect();
+        assert_eq!(alone, vec![Ok(message.clone())], "a message decodes alone the same");
+        if let Message::Proc { event, .. } = message
+            && let netlink::ProcEventKind::Exit { exit_code, .. } = event.kind
+        {
+            let code = netlink::exit_code_of_status(exit_code);
+            assert!((0..=255).contains(&code), "exit code {code}");
+        }
+        rest = &rest[len.next_multiple_of(4).min(rest.len())..];
+    }
+}

@@ -67,6 +67,11 @@ fn every_byte_split_corpus_file_passes() {
     assert!(replay("byte_split", daemoneye_sim::fuzz::byte_split) > 0);
 }
 
+#[test]
+fn every_proc_connector_corpus_file_passes() {
+    assert!(replay("proc_connector", daemoneye_sim::fuzz::proc_connector) > 0);
+}
+
 fn frame(body: pb::frame::Body) -> pb::Frame {
     pb::Frame { body: Some(body) }
 }
@@ -162,6 +167,7 @@ fn write_seed_corpus() {
         let data: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
         write("byte_split", &format!("random-{i}"), &data);
     }
+    write_proc_connector_seeds(&write);
     write(
         "broker_scenario",
         "bytes-a",
@@ -172,4 +178,47 @@ fn write_seed_corpus() {
         "bytes-b",
         &(0u8..=255).rev().cycle().take(1024).collect::<Vec<_>>(),
     );
+}
+
+/// Process connector datagrams as the kernel sends them (native byte order): an exec, a
+/// datagram of an exit then a fork, the listen ack, an overrun, and a truncated event.
+fn write_proc_connector_seeds(write: &dyn Fn(&str, &str, &[u8])) {
+    fn message(kind: u16, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&(16 + payload.len() as u32).to_ne_bytes());
+        out.extend_from_slice(&kind.to_ne_bytes());
+        out.extend_from_slice(&[0; 10]);
+        out.extend_from_slice(payload);
+        while out.len() % 4 != 0 {
+            out.push(0);
+        }
+        out
+    }
+    fn event(what: u32, fields: &[u32]) -> Vec<u8> {
+        let mut data = Vec::new();
+        data.extend_from_slice(&what.to_ne_bytes());
+        data.extend_from_slice(&1u32.to_ne_bytes());
+        data.extend_from_slice(&123_456_789u64.to_ne_bytes());
+        let mut union = [0u8; 24];
+        for (i, f) in fields.iter().enumerate() {
+            union[4 * i..4 * i + 4].copy_from_slice(&f.to_ne_bytes());
+        }
+        data.extend_from_slice(&union);
+        let mut cn = Vec::new();
+        for v in [1u32, 1, 7, 0] {
+            cn.extend_from_slice(&v.to_ne_bytes());
+        }
+        cn.extend_from_slice(&(data.len() as u16).to_ne_bytes());
+        cn.extend_from_slice(&0u16.to_ne_bytes());
+        cn.extend_from_slice(&data);
+        message(3, &cn)
+    }
+    let exec = event(2, &[4242, 4242]);
+    write("proc_connector", "exec", &exec);
+    let mut two = event(0x8000_0000, &[4242, 4242, 3 << 8, 17, 1, 1]);
+    two.extend(event(1, &[1, 1, 4243, 4243]));
+    write("proc_connector", "exit-then-fork", &two);
+    write("proc_connector", "ack", &event(0, &[0]));
+    write("proc_connector", "overrun", &message(4, &[]));
+    write("proc_connector", "truncated", &exec[..exec.len() - 20]);
 }

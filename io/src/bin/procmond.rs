@@ -31,7 +31,7 @@ use daemoneye_core::topic::topics;
 use daemoneye_core::wal::WalConfig;
 use daemoneye_io::client::{Client, ClientOptions};
 use daemoneye_io::collector::wal::WalFile;
-use daemoneye_io::collector::{procfs, publisher};
+use daemoneye_io::collector::{process, publisher};
 use daemoneye_proto::frame::{CollectorIdentity, Publish, QoS, Role};
 use daemoneye_proto::pb::{control as pbc, events as pbe};
 
@@ -180,6 +180,7 @@ async fn run(args: Args, socket: PathBuf) -> Result<(), Box<dyn std::error::Erro
             let _ = stop_rx.await;
         },
     ));
+    let reader = process::ProcessReader::new(process::ReadOptions::default());
     let mut known: BTreeMap<u32, pbe::ProcessInfo> = BTreeMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(args.interval));
     loop {
@@ -196,7 +197,7 @@ async fn run(args: Args, socket: PathBuf) -> Result<(), Box<dyn std::error::Erro
                 }
             }
             _ = tick.tick() => {
-                let now = procfs::scan(args.max_processes);
+                let now: BTreeMap<u32, pbe::ProcessInfo> = process::scan(&reader, args.max_processes).into_iter().map(|p| (p.pid, p)).collect();
                 let mut batch = Vec::new();
                 for (pid, info) in &now {
                     if !known.contains_key(pid) {
@@ -239,5 +240,5 @@ fn now_ms() -> u64 {
 }
 
 fn event(id: &str, kind: pbe::ProcessEventKind, info: &pbe::ProcessInfo) -> Bytes {
-    procfs::process_event(id, kind, info, now_ms())
+    process::process_event(id, kind, info, now_ms())
 }

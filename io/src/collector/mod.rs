@@ -11,7 +11,8 @@
 //! - [`tasks`]: task subscriptions, dispatch and results; `control`: control messages;
 //! - [`registration`] ([`keep_registered`]), [`wal`] ([`WalFile`](wal::WalFile)) and
 //!   [`publisher`]: staying registered, the write-ahead log, publishing through it;
-//! - [`procfs`]: the process source's `/proc` reader.
+//! - [`process`]: the process collector's sources (the kernel's process connector, the
+//!   `/proc` reader and scanner, hashes, capability dropping).
 //!
 //! The policies (batching, pacing under backpressure) are the core's
 //! ([`daemoneye_core::collector`]); reconnecting is the client library's.
@@ -50,7 +51,7 @@
 pub mod config;
 mod control;
 mod metrics;
-pub mod procfs;
+pub mod process;
 pub mod publisher;
 pub mod registration;
 mod running;

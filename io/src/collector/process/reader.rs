@@ -1,0 +1,619 @@
+//! Reading one process from `/proc/<pid>` into a `ProcessInfo`.
+//!
+//! Reading races the process's exit, so it happens in two steps. [`ProcessReader::read_early`]
+//! reads what vanishes first and is cheap (`cmdline`, the `exe` link and its file identity,
+//! `stat`): the watch calls it on its receive thread the moment an exec arrives.
+//! [`ProcessReader::complete`] reads the rest (`status`, `cwd`, `cgroup`, the parent, names,
+//! the hash, enhanced metadata) and builds the info. A field that cannot be read keeps its
+//! default, its name goes into `unread`, and the reason is counted in [`ReadStats`] (per
+//! source file and reason: gone, permission, other). A process gone before anything could
+//! be read still yields an info with its pid ([`ReadOutcome::gone`]) and counts as lost to
+//! the race.
+//!
+//! This module reads only; it never decides what an observation means (that is the core's
+//! process table).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use daemoneye_proto::pb::events::ProcessInfo;
+
+use super::hash::{FileId, HashCache, HashError};
+use super::names::NameCache;
+use super::procfs::{self, Stat};
+
+/// What to read beyond the standard fields.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadOptions {
+    /// Environment variable names (never values), open file count, capability sets.
+    pub enhanced_metadata: bool,
+    /// The executable's SHA-256 (`exe_sha256`).
+    pub compute_hashes: bool,
+}
+
+/// A source of fields, as counted in [`ReadStats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Source {
+    /// `/proc/<pid>/stat`: ppid, name, state, session, tty, start, CPU, RSS.
+    Stat,
+    /// `/proc/<pid>/cmdline`: argv.
+    Cmdline,
+    /// `/proc/<pid>/exe`: the executable's path and identity.
+    Exe,
+    /// `/proc/<pid>/cwd`.
+    Cwd,
+    /// `/proc/<pid>/status`: uids, gids, capabilities.
+    Status,
+    /// `/proc/<pid>/cgroup`.
+    Cgroup,
+    /// User and group names.
+    Names,
+    /// The parent's exe and argv.
+    Parent,
+    /// The executable's hash.
+    Hash,
+    /// `/proc/<pid>/environ` (names only).
+    Environ,
+    /// `/proc/<pid>/fd`.
+    Fds,
+}
+
+impl Source {
+    /// Every source, in order.
+    pub const ALL: [Source; 11] = [
+        Source::Stat,
+        Source::Cmdline,
+        Source::Exe,
+        Source::Cwd,
+        Source::Status,
+        Source::Cgroup,
+        Source::Names,
+        Source::Parent,
+        Source::Hash,
+        Source::Environ,
+        Source::Fds,
+    ];
+
+    /// The `ProcessInfo` fields this source fills (what goes into `unread` when it fails).
+    pub fn fields(self) -> &'static [&'static str] {
+        match self {
+            Source::Stat => &[
+                "ppid",
+                "name",
+                "status",
+                "session_id",
+                "tty",
+                "start_time",
+                "start_time_ms",
+                "start_ticks",
+                "cpu_time_ms",
+                "cpu_percent",
+                "memory_bytes",
+            ],
+            Source::Cmdline => &["cmdline"],
+            Source::Exe => &["exe", "exe_dev", "exe_inode"],
+            Source::Cwd => &["cwd"],
+            Source::Status => &["uid", "gid", "euid"],
+            Source::Cgroup => &["cgroup", "container_id"],
+            Source::Names => &["user", "group", "effective_user"],
+            Source::Parent => &["parent_exe", "parent_cmdline"],
+            Source::Hash => &["exe_sha256"],
+            Source::Environ => &["env_names"],
+            Source::Fds => &["open_files"],
+        }
+    }
+
+    /// The source's name in logs and heartbeats.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Stat => "stat",
+            Source::Cmdline => "cmdline",
+            Source::Exe => "exe",
+            Source::Cwd => "cwd",
+            Source::Status => "status",
+            Source::Cgroup => "cgroup",
+            Source::Names => "names",
+            Source::Parent => "parent",
+            Source::Hash => "hash",
+            Source::Environ => "environ",
+            Source::Fds => "fds",
+        }
+    }
+}
+
+/// Why a field could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Reason {
+    /// The process (or the file) was gone.
+    Gone,
+    /// Permission was refused.
+    Permission,
+    /// Anything else (malformed content, an unexpected error).
+    Other,
+}
+
+impl Reason {
+    /// The reason for an IO error on a `/proc` file.
+    pub fn of(e: &std::io::Error) -> Reason {
+        match e.kind() {
+            std::io::ErrorKind::NotFound => Reason::Gone,
+            std::io::ErrorKind::PermissionDenied => Reason::Permission,
+            _ if e.raw_os_error() == Some(nix::libc::ESRCH) => Reason::Gone,
+            _ => Reason::Other,
+        }
+    }
+
+    /// The reason's name in logs and heartbeats.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Gone => "gone",
+            Reason::Permission => "permission",
+            Reason::Other => "other",
+        }
+    }
+}
+
+/// Counters of fields not read, per source and reason, and of processes lost to the race.
+/// Shared (`Arc`) and readable at any time.
+#[derive(Debug, Default)]
+pub struct ReadStats {
+    failures: [[AtomicU64; 3]; Source::ALL.len()],
+    lost_to_race: AtomicU64,
+    reads: AtomicU64,
+}
+
+impl ReadStats {
+    /// How often `source` failed for `reason`.
+    pub fn failures(&self, source: Source, reason: Reason) -> u64 {
+        self.failures[source as usize][reason as usize].load(Ordering::Relaxed)
+    }
+
+    /// Processes gone before anything could be read.
+    pub fn lost_to_race(&self) -> u64 {
+        self.lost_to_race.load(Ordering::Relaxed)
+    }
+
+    /// Processes read (complete reads, including the lost ones).
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
+    /// Every non-zero failure count, in source and reason order.
+    pub fn snapshot(&self) -> Vec<(Source, Reason, u64)> {
+        let mut out = Vec::new();
+        for source in Source::ALL {
+            for reason in [Reason::Gone, Reason::Permission, Reason::Other] {
+                let n = self.failures(source, reason);
+                if n > 0 {
+                    out.push((source, reason, n));
+                }
+            }
+        }
+        out
+    }
+
+    /// Counts a failure of `source` for `reason` found by a caller (a scan's missing parent).
+    pub fn count(&self, source: Source, reason: Reason) {
+        self.fail(source, reason);
+    }
+
+    fn fail(&self, source: Source, reason: Reason) {
+        self.failures[source as usize][reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The executable as seen at exec: its path (without " (deleted)") and identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExeSeen {
+    /// The path the link names.
+    pub path: String,
+    /// The kernel marked the link " (deleted)".
+    pub deleted: bool,
+    /// The identity of the file the process runs (through the link), when readable.
+    pub id: Option<FileId>,
+}
+
+/// What [`ProcessReader::read_early`] read: the fields that vanish first.
+#[derive(Debug, Clone)]
+pub struct EarlyRead {
+    /// The process.
+    pub pid: u32,
+    /// argv.
+    pub cmdline: Result<Vec<String>, Reason>,
+    /// The executable.
+    pub exe: Result<ExeSeen, Reason>,
+    /// `/proc/<pid>/stat`.
+    pub stat: Result<Stat, Reason>,
+}
+
+impl EarlyRead {
+    /// True when nothing at all could be read (the process was already gone).
+    pub fn nothing_read(&self) -> bool {
+        self.cmdline.is_err() && self.exe.is_err() && self.stat.is_err()
+    }
+}
+
+/// The result of reading one process.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadOutcome {
+    /// What was read; `unread` lists the fields that were not.
+    pub info: ProcessInfo,
+    /// The process was gone before anything could be read (`info` has only the pid and
+    /// what the caller already knew).
+    pub gone: bool,
+}
+
+/// Reads processes; cheap to clone (the caches and counters are shared).
+#[derive(Debug, Clone)]
+pub struct ProcessReader {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    enhanced_metadata: AtomicBool,
+    compute_hashes: AtomicBool,
+    boot: procfs::BootClock,
+    names: NameCache,
+    hashes: HashCache,
+    stats: ReadStats,
+}
+
+impl ProcessReader {
+    /// A reader with `options` (changeable later with [`ProcessReader::set_options`]).
+    pub fn new(options: ReadOptions) -> Self {
+        ProcessReader {
+            inner: Arc::new(Inner {
+                enhanced_metadata: AtomicBool::new(options.enhanced_metadata),
+                compute_hashes: AtomicBool::new(options.compute_hashes),
+                boot: procfs::BootClock::read(),
+                names: NameCache::new(),
+                hashes: HashCache::default(),
+                stats: ReadStats::default(),
+            }),
+        }
+    }
+
+    /// Changes what is read from now on (a configuration update).
+    pub fn set_options(&self, options: ReadOptions) {
+        let i = &self.inner;
+        i.enhanced_metadata
+            .store(options.enhanced_metadata, Ordering::Relaxed);
+        i.compute_hashes
+            .store(options.compute_hashes, Ordering::Relaxed);
+    }
+
+    /// The current options.
+    pub fn options(&self) -> ReadOptions {
+        ReadOptions {
+            enhanced_metadata: self.inner.enhanced_metadata.load(Ordering::Relaxed),
+            compute_hashes: self.inner.compute_hashes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The failure counters.
+    pub fn stats(&self) -> &ReadStats {
+        &self.inner.stats
+    }
+
+    /// The hash cache.
+    pub fn hashes(&self) -> &HashCache {
+        &self.inner.hashes
+    }
+
+    /// The name cache.
+    pub fn names(&self) -> &NameCache {
+        &self.inner.names
+    }
+
+    /// The boot clock (start ticks to wall-clock time).
+    pub fn boot_clock(&self) -> &procfs::BootClock {
+        &self.inner.boot
+    }
+
+    /// Reads everything about `pid` at once.
+    pub fn read(&self, pid: u32) -> ReadOutcome {
+        self.complete(self.read_early(pid))
+    }
+
+    /// Reads what vanishes first, in order of value: argv, the executable, stat.
+    pub fn read_early(&self, pid: u32) -> EarlyRead {
+        let cmdline = procfs::read_cmdline(pid);
+        let exe = read_exe(pid);
+        let stat = procfs::read_stat(pid);
+        // A zombie has no memory left: its empty argv is not its argv.
+        let cmdline = match (cmdline, &stat) {
+            (Ok(argv), Ok(s)) if argv.is_empty() && s.state == 'Z' => Err(Reason::Gone),
+            (Ok(argv), Err(Reason::Gone)) if argv.is_empty() => Err(Reason::Gone),
+            (c, _) => c,
+        };
+        EarlyRead {
+            pid,
+            cmdline,
+            exe,
+            stat,
+        }
+    }
+
+    /// Completes an early read: everything else, then the info.
+    pub fn complete(&self, early: EarlyRead) -> ReadOutcome {
+        self.complete_with(early, true)
+    }
+
+    /// [`ProcessReader::complete`], reading the parent only when `read_parent` (a scan
+    /// fills it from its own results instead).
+    pub(crate) fn complete_with(&self, early: EarlyRead, with_parent: bool) -> ReadOutcome {
+        let options = self.options();
+        let stats = &self.inner.stats;
+        stats.reads.fetch_add(1, Ordering::Relaxed);
+        let pid = early.pid;
+        let mut info = ProcessInfo {
+            pid,
+            ..Default::default()
+        };
+        let mut unread: Vec<&'static str> = Vec::new();
+        let fail = |source: Source, reason: Reason, unread: &mut Vec<&'static str>| {
+            stats.fail(source, reason);
+            unread.extend_from_slice(source.fields());
+        };
+        if early.nothing_read() {
+            stats.lost_to_race.fetch_add(1, Ordering::Relaxed);
+            for source in [Source::Stat, Source::Cmdline, Source::Exe] {
+                fail(source, Reason::Gone, &mut unread);
+            }
+            info.unread = unread.into_iter().map(String::from).collect();
+            return ReadOutcome { info, gone: true };
+        }
+        let kernel_thread = early.stat.as_ref().is_ok_and(Stat::is_kernel_thread);
+        match early.stat {
+            Ok(stat) => self.fill_from_stat(&mut info, &stat),
+            Err(r) => fail(Source::Stat, r, &mut unread),
+        }
+        match early.cmdline {
+            Ok(argv) => info.cmdline = argv,
+            Err(r) => fail(Source::Cmdline, r, &mut unread),
+        }
+        let mut exe_seen = None;
+        match early.exe {
+            Ok(seen) => {
+                info.exe.clone_from(&seen.path);
+                info.exe_deleted = seen.deleted || replaced(&seen);
+                if let Some(id) = seen.id {
+                    info.exe_dev = id.dev;
+                    info.exe_inode = id.ino;
+                }
+                exe_seen = Some(seen);
+            }
+            // A kernel thread has no executable: nothing is missing.
+            Err(_) if kernel_thread => {}
+            Err(r) => fail(Source::Exe, r, &mut unread),
+        }
+        match procfs::read_link(pid, "cwd") {
+            Ok(cwd) => info.cwd = cwd,
+            Err(_) if kernel_thread => {}
+            Err(r) => fail(Source::Cwd, r, &mut unread),
+        }
+        let status = procfs::read_status(pid);
+        match &status {
+            Ok(s) => {
+                info.uid = s.ruid;
+                info.euid = s.euid;
+                info.gid = s.rgid;
+                if options.enhanced_metadata {
+                    info.cap_effective = s.cap_eff;
+                    info.cap_permitted = s.cap_prm;
+                }
+                let names = &self.inner.names;
+                let user = names.user(s.ruid);
+                let euser = if s.euid == s.ruid {
+                    user.clone()
+                } else {
+                    names.user(s.euid)
+                };
+                let group = names.group(s.rgid);
+                if user.is_none() || euser.is_none() || group.is_none() {
+                    stats.fail(Source::Names, Reason::Other);
+                }
+                if user.is_none() {
+                    unread.push("user");
+                }
+                if euser.is_none() {
+                    unread.push("effective_user");
+                }
+                if group.is_none() {
+                    unread.push("group");
+                }
+                info.user = user.unwrap_or_default();
+                info.effective_user = euser.unwrap_or_default();
+                info.group = group.unwrap_or_default();
+            }
+            Err(r) => {
+                fail(Source::Status, *r, &mut unread);
+                unread.extend_from_slice(Source::Names.fields());
+                if options.enhanced_metadata {
+                    unread.extend_from_slice(&["cap_effective", "cap_permitted"]);
+                }
+            }
+        }
+        match procfs::read_cgroup(pid) {
+            Ok(path) => {
+                info.container_id = container_id(&path).unwrap_or_default();
+                info.cgroup = path;
+            }
+            Err(r) => fail(Source::Cgroup, r, &mut unread),
+        }
+        if with_parent && info.ppid > 0 {
+            match read_parent(info.ppid) {
+                Ok((exe, argv)) => {
+                    info.parent_exe = exe;
+                    info.parent_cmdline = argv;
+                }
+                Err(r) => fail(Source::Parent, r, &mut unread),
+            }
+        }
+        if options.compute_hashes && !kernel_thread {
+            match &exe_seen {
+                Some(seen) => match self.inner.hashes.hash_process_exe(pid, &seen.path, seen.id) {
+                    Ok(hash) => info.exe_sha256 = hash,
+                    Err(e) => fail(Source::Hash, hash_reason(&e), &mut unread),
+                },
+                None => fail(Source::Hash, Reason::Gone, &mut unread),
+            }
+        }
+        if options.enhanced_metadata {
+            match procfs::read_environ_names(pid) {
+                Ok(names) => info.env_names = names,
+                Err(_) if kernel_thread => {}
+                Err(r) => fail(Source::Environ, r, &mut unread),
+            }
+            match procfs::count_fds(pid) {
+                Ok(n) => info.open_files = n,
+                Err(r) => fail(Source::Fds, r, &mut unread),
+            }
+        }
+        info.unread = unread.into_iter().map(String::from).collect();
+        ReadOutcome { info, gone: false }
+    }
+
+    fn fill_from_stat(&self, info: &mut ProcessInfo, stat: &Stat) {
+        let boot = &self.inner.boot;
+        info.ppid = stat.ppid;
+        info.name.clone_from(&stat.comm);
+        info.status = stat.state.to_string();
+        info.session_id = stat.session;
+        info.tty = procfs::tty_name(stat.tty_nr);
+        info.start_ticks = stat.start_ticks;
+        info.start_time_ms = boot.ticks_to_unix_ms(stat.start_ticks);
+        info.start_time = info.start_time_ms / 1000;
+        info.cpu_time_ms = boot.ticks_to_ms(stat.utime + stat.stime);
+        info.cpu_percent = boot.lifetime_cpu_percent(stat);
+        info.memory_bytes = stat.rss_pages.saturating_mul(boot.page_size);
+    }
+}
+
+/// The executable's path and identity, read through `/proc/<pid>/exe`.
+fn read_exe(pid: u32) -> Result<ExeSeen, Reason> {
+    let target = procfs::read_link(pid, "exe")?;
+    let (path, deleted) = match target.strip_suffix(" (deleted)") {
+        Some(p) => (p.to_string(), true),
+        None => (target, false),
+    };
+    let id = std::fs::metadata(format!("/proc/{pid}/exe"))
+        .ok()
+        .map(|m| FileId::of(&m));
+    Ok(ExeSeen { path, deleted, id })
+}
+
+/// True when the executable's path now names another file than the one that runs.
+fn replaced(seen: &ExeSeen) -> bool {
+    let Some(id) = seen.id else { return false };
+    match std::fs::metadata(&seen.path) {
+        Ok(m) => {
+            let now = FileId::of(&m);
+            (now.dev, now.ino) != (id.dev, id.ino)
+        }
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    }
+}
+
+fn read_parent(ppid: u32) -> Result<(String, Vec<String>), Reason> {
+    let argv = procfs::read_cmdline(ppid);
+    let exe = procfs::read_link(ppid, "exe")
+        .map(|t| t.strip_suffix(" (deleted)").map_or(t.clone(), String::from));
+    match (exe, argv) {
+        (Err(r), Err(_)) => Err(r),
+        (exe, argv) => Ok((exe.unwrap_or_default(), argv.unwrap_or_default())),
+    }
+}
+
+fn hash_reason(e: &HashError) -> Reason {
+    match e {
+        HashError::Io { source, .. } => Reason::of(source),
+        HashError::Replaced { .. } | HashError::Unidentified => Reason::Gone,
+    }
+}
+
+/// The container id in a cgroup path: a 64-hex-digit segment, bare (`/docker/<id>`,
+/// kubepods' `/kubepods/.../pod<uid>/<id>`) or wrapped in a systemd scope
+/// (`docker-<id>.scope`, `cri-containerd-<id>.scope`, `crio-<id>.scope`,
+/// `libpod-<id>.scope`).
+pub fn container_id(cgroup: &str) -> Option<String> {
+    const PREFIXES: [&str; 5] = [
+        "docker-",
+        "cri-containerd-",
+        "crio-",
+        "libpod-",
+        "containerd-",
+    ];
+    cgroup.split('/').rev().find_map(|segment| {
+        let mut s = segment.strip_suffix(".scope").unwrap_or(segment);
+        for p in PREFIXES {
+            if let Some(rest) = s.strip_prefix(p) {
+                s = rest;
+                break;
+            }
+        }
+        (s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())).then(|| s.to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "3f4e5d6c7b8a99887766554433221100ffeeddccbbaa00112233445566778899";
+
+    #[test]
+    fn container_ids_are_found_in_the_common_runtimes_paths() {
+        for path in [
+            format!("/docker/{ID}"),
+            format!("/system.slice/docker-{ID}.scope"),
+            format!("/kubepods/burstable/pod1234-5678/{ID}"),
+            format!("/kubepods.slice/kubepods-pod1.slice/cri-containerd-{ID}.scope"),
+            format!("/machine.slice/libpod-{ID}.scope/container"),
+            format!("/system.slice/crio-{ID}.scope"),
+        ] {
+            assert_eq!(container_id(&path).as_deref(), Some(ID), "{path}");
+        }
+        assert_eq!(
+            container_id("/user.slice/user-0.slice/session-1.scope"),
+            None
+        );
+        assert_eq!(container_id("/"), None);
+    }
+
+    #[test]
+    fn this_process_reads_completely() {
+        let reader = ProcessReader::new(ReadOptions {
+            enhanced_metadata: true,
+            compute_hashes: true,
+        });
+        let out = reader.read(std::process::id());
+        assert!(!out.gone);
+        let info = out.info;
+        assert_eq!(info.unread, Vec::<String>::new());
+        assert_eq!(info.ppid, std::os::unix::process::parent_id());
+        assert_eq!(
+            info.exe,
+            std::env::current_exe().expect("exe").display().to_string()
+        );
+        assert_eq!(info.exe_sha256.len(), 64);
+        assert!(info.start_time_ms > 1_600_000_000_000);
+        assert!(info.memory_bytes > 0);
+        assert!(info.env_names.iter().any(|n| n == "PATH"));
+        assert!(info.open_files >= 3);
+        assert_eq!(info.uid, nix::unistd::getuid().as_raw());
+        assert!(!info.user.is_empty());
+    }
+
+    #[test]
+    fn a_pid_that_does_not_exist_is_gone_and_counted() {
+        let reader = ProcessReader::new(ReadOptions::default());
+        let out = reader.read(u32::MAX - 1);
+        assert!(out.gone);
+        assert_eq!(out.info.pid, u32::MAX - 1);
+        assert!(out.info.unread.iter().any(|f| f == "cmdline"));
+        assert_eq!(reader.stats().lost_to_race(), 1);
+        assert_eq!(reader.stats().failures(Source::Cmdline, Reason::Gone), 1);
+    }
+}
