@@ -25,6 +25,7 @@ pub mod collector;
 pub mod config;
 mod logging;
 pub mod paths;
+pub mod store;
 mod sync;
 pub mod transport;
 
