@@ -12,8 +12,10 @@
 //! refused with a clear error):
 //! - `daemoneye.meta`: the format version, the next event id, the bytes the records take;
 //! - `daemoneye.events`: key (received at, Unix ms; id), value: a `StoredEvent` protobuf
-//!   (topic, publisher, sequence, payload; id and time come from the key). The key is the
+//!   (topic, publisher, sequence, payload; id and time come from the key), compressed
+//!   against a dictionary of the store's recent records (see [`record`]). The key is the
 //!   time index: a window is one range scan, oldest first, and retention pops the front;
+//! - `daemoneye.dictionaries`: id to the dictionary's bytes;
 //! - `daemoneye.sequences`: (hash of the publisher id, sequence) to the event's key, for
 //!   sequenced (QoS1) messages, so that a publisher's resend after a crash is kept once.
 //!   A hash match is confirmed against the stored event's publisher.
@@ -29,20 +31,20 @@
 
 mod error;
 mod filter;
+mod read;
+mod record;
 pub mod retention;
 #[cfg(test)]
 mod tests;
+mod write;
 
-use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
-use daemoneye_proto::pb::store::{EventQuery, EventQueryResponse, StoredEvent};
-use prost::Message;
 use redb::{
     Builder, ConcurrencyMode, Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase,
-    ReadableTable, ReadableTableMetadata, TableDefinition, TableError, TableHandle,
+    TableDefinition, TableError, TableHandle,
 };
 
 pub use error::StoreError;
@@ -56,21 +58,19 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("daemoneye.meta");
 const EVENTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("daemoneye.events");
 const SEQUENCES: TableDefinition<(u64, u64), (u64, u64)> =
     TableDefinition::new("daemoneye.sequences");
+const DICTIONARIES: TableDefinition<u64, &[u8]> = TableDefinition::new("daemoneye.dictionaries");
 
 const META_FORMAT: &str = "format_version";
 const META_NEXT_ID: &str = "next_id";
 const META_RECORD_BYTES: &str = "record_bytes";
+const META_DICTIONARY: &str = "dictionary";
+const META_DICTIONARY_WRITTEN: &str = "dictionary_written";
 
 /// The first bytes of every redb file.
 const REDB_MAGIC: [u8; 9] = [b'r', b'e', b'd', b'b', 0x1A, 0x0A, 0xA9, 0x0D, 0x0A];
 
 /// Pages redb may cache in memory (it reads the rest from the OS's page cache).
 const CACHE_BYTES: usize = 64 * 1024 * 1024;
-
-/// Oldest events removed per commit at least (more when a batch is large), so that a
-/// store over its bounds (limits lowered, clock jumped) shrinks over a few commits
-/// instead of one long one.
-const EVICT_PER_COMMIT: u64 = 10_000;
 
 /// Default bound on the file's size: 1 GiB.
 pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
@@ -161,14 +161,26 @@ enum Handle {
     Reader(ReadOnlyDatabase),
 }
 
+/// What the metadata table keeps between commits, and the writer's dictionary.
+#[derive(Debug, Default)]
+struct Counters {
+    next_id: u64,
+    record_bytes: u64,
+    /// The dictionary new records are compressed against (id, bytes).
+    dictionary: Option<(u64, Vec<u8>)>,
+    /// Bytes of records written since that dictionary was made.
+    dictionary_written: u64,
+}
+
 /// An open event store: a writer ([`EventStore::open`], one process at a time) or a
 /// reader ([`EventStore::open_read_only`], any number, beside the writer).
 pub struct EventStore {
     path: PathBuf,
     db: Handle,
     limits: Limits,
-    next_id: u64,
-    record_bytes: u64,
+    counters: Counters,
+    /// The latest records written, the material of the next dictionary.
+    samples: record::Samples,
 }
 
 impl std::fmt::Debug for EventStore {
@@ -177,22 +189,9 @@ impl std::fmt::Debug for EventStore {
             .field("path", &self.path)
             .field("writer", &matches!(self.db, Handle::Writer(_)))
             .field("limits", &self.limits)
-            .field("next_id", &self.next_id)
-            .field("record_bytes", &self.record_bytes)
-            .finish()
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
     }
-}
-
-/// FNV-1a of a publisher id: stable across builds and platforms, as a key on disk must be.
-fn publisher_hash(publisher: &str) -> u64 {
-    publisher.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
-/// Bytes a record takes: its key and value, and its dedup entry when it has one.
-fn record_cost(value_len: usize, sequenced: bool) -> u64 {
-    16 + value_len as u64 + if sequenced { 32 } else { 0 }
 }
 
 /// Refuses, before redb reads it, a file that is not a redb database at all.
@@ -258,8 +257,9 @@ fn at<'p, E: Into<redb::Error>>(
     move |e| StoreError::from_redb(path, what, e)
 }
 
-/// The counters kept in the metadata table, after checking it is ours and of our version.
-fn read_meta(path: &Path, txn: &ReadTransaction) -> Result<Option<(u64, u64)>, StoreError> {
+/// The counters kept in the metadata table, after checking it is ours and of our version;
+/// `None` for a database without it.
+fn read_meta(path: &Path, txn: &ReadTransaction) -> Result<Option<Counters>, StoreError> {
     let meta = match txn.open_table(META) {
         Ok(t) => t,
         Err(TableError::TableDoesNotExist(_)) => return Ok(None),
@@ -281,10 +281,30 @@ fn read_meta(path: &Path, txn: &ReadTransaction) -> Result<Option<(u64, u64)>, S
             supported: FORMAT_VERSION,
         });
     }
-    Ok(Some((
-        get(META_NEXT_ID)?.unwrap_or(1),
-        get(META_RECORD_BYTES)?.unwrap_or(0),
-    )))
+    let dictionary = match get(META_DICTIONARY)?.unwrap_or(0) {
+        0 => None,
+        id => {
+            let table = txn
+                .open_table(DICTIONARIES)
+                .map_err(at(path, "reading its dictionaries"))?;
+            let bytes = table
+                .get(id)
+                .map_err(at(path, "reading its dictionaries"))?
+                .ok_or_else(|| StoreError::Corrupt {
+                    path: path.into(),
+                    why: format!("dictionary {id} is missing"),
+                })?
+                .value()
+                .to_vec();
+            Some((id, bytes))
+        }
+    };
+    Ok(Some(Counters {
+        next_id: get(META_NEXT_ID)?.unwrap_or(1),
+        record_bytes: get(META_RECORD_BYTES)?.unwrap_or(0),
+        dictionary,
+        dictionary_written: get(META_DICTIONARY_WRITTEN)?.unwrap_or(0),
+    }))
 }
 
 /// A redb database that is not ours: what it holds, for the error.
@@ -360,7 +380,7 @@ impl EventStore {
                 None => Ok(None),
             }
         })?;
-        let (next_id, record_bytes) = match counters {
+        let counters = match counters {
             Some(c) => c,
             None => {
                 let txn = db.begin_write().map_err(at(path, "initializing"))?;
@@ -376,10 +396,15 @@ impl EventStore {
                     txn.open_table(EVENTS).map_err(at(path, "initializing"))?;
                     txn.open_table(SEQUENCES)
                         .map_err(at(path, "initializing"))?;
+                    txn.open_table(DICTIONARIES)
+                        .map_err(at(path, "initializing"))?;
                 }
                 txn.commit().map_err(at(path, "initializing"))?;
                 tracing::info!(store = %path.display(), "event store created");
-                (1, 0)
+                Counters {
+                    next_id: 1,
+                    ..Counters::default()
+                }
             }
         };
         Ok(EventStore {
@@ -389,8 +414,8 @@ impl EventStore {
                 max_bytes: config.max_bytes,
                 max_age: config.max_age,
             },
-            next_id,
-            record_bytes,
+            counters,
+            samples: record::Samples::default(),
         })
     }
 
@@ -413,7 +438,7 @@ impl EventStore {
         let db = guarded(path, || {
             builder().open_read_only(path).map_err(at(path, "opening"))
         })?;
-        let (next_id, record_bytes) = guarded(path, || {
+        let counters = guarded(path, || {
             let txn = db.begin_read().map_err(at(path, "reading"))?;
             read_meta(path, &txn)?.ok_or_else(|| foreign(path, &txn))
         })?;
@@ -424,8 +449,8 @@ impl EventStore {
                 max_bytes: u64::MAX,
                 max_age: Duration::MAX,
             },
-            next_id,
-            record_bytes,
+            counters,
+            samples: record::Samples::default(),
         })
     }
 
@@ -453,248 +478,5 @@ impl EventStore {
             Handle::Reader(db) => db.begin_read(),
         }
         .map_err(self.redb("reading"))
-    }
-
-    /// Stores `events`, received at `now_ms` (Unix ms), in one transaction: a sequenced
-    /// event whose (publisher, sequence) is already kept is skipped as a duplicate. The
-    /// same commit removes the oldest events the retention rule no longer keeps. Once this
-    /// returns, the events survive a crash.
-    pub fn append_batch(
-        &mut self,
-        now_ms: u64,
-        events: &[NewEvent],
-    ) -> Result<Appended, StoreError> {
-        let db = self.writer()?;
-        let mut next_id = self.next_id;
-        let mut bytes = self.record_bytes;
-        let mut appended = Appended::default();
-        let txn = db.begin_write().map_err(self.redb("writing"))?;
-        {
-            let mut table = txn.open_table(EVENTS).map_err(self.redb("writing"))?;
-            let mut sequences = txn.open_table(SEQUENCES).map_err(self.redb("writing"))?;
-            for e in events {
-                let dedup_key = (publisher_hash(&e.publisher), e.sequence);
-                if e.is_sequenced() {
-                    let kept = sequences
-                        .get(dedup_key)
-                        .map_err(self.redb("reading"))?
-                        .map(|k| k.value());
-                    if let Some(key) = kept
-                        && let Some(v) = table.get(key).map_err(self.redb("reading"))?
-                        && StoredEvent::decode(v.value()).is_ok_and(|r| r.publisher == e.publisher)
-                    {
-                        appended.duplicates += 1;
-                        continue;
-                    }
-                }
-                let value = StoredEvent {
-                    id: 0,
-                    time_ms: 0,
-                    topic: e.topic.clone(),
-                    publisher: e.publisher.clone(),
-                    sequence: e.sequence,
-                    payload: e.payload.clone(),
-                }
-                .encode_to_vec();
-                let key = (now_ms, next_id);
-                table
-                    .insert(key, value.as_slice())
-                    .map_err(self.redb("writing"))?;
-                if e.is_sequenced() {
-                    sequences
-                        .insert(dedup_key, key)
-                        .map_err(self.redb("writing"))?;
-                }
-                bytes += record_cost(value.len(), e.is_sequenced());
-                next_id += 1;
-                appended.stored += 1;
-            }
-            let cap = EVICT_PER_COMMIT.max(4 * events.len() as u64);
-            appended.evicted = self.evict(&mut table, &mut sequences, &mut bytes, now_ms, cap)?;
-            let mut meta = txn.open_table(META).map_err(self.redb("writing"))?;
-            meta.insert(META_NEXT_ID, next_id)
-                .map_err(self.redb("writing"))?;
-            meta.insert(META_RECORD_BYTES, bytes)
-                .map_err(self.redb("writing"))?;
-        }
-        txn.commit().map_err(self.redb("committing"))?;
-        self.next_id = next_id;
-        self.record_bytes = bytes;
-        Ok(appended)
-    }
-
-    /// Removes, in one commit, the oldest events the retention rule no longer keeps at
-    /// `now_ms` (up to a bounded number: call again while it removes some). For a store
-    /// that receives nothing for a while.
-    pub fn enforce_retention(&mut self, now_ms: u64) -> Result<Evicted, StoreError> {
-        let oldest = self.stats_inner(false)?.oldest_ms;
-        if retention::evict_oldest(&self.limits, self.record_bytes, oldest, now_ms).is_none() {
-            return Ok(Evicted::default());
-        }
-        let db = self.writer()?;
-        let mut bytes = self.record_bytes;
-        let txn = db.begin_write().map_err(self.redb("writing"))?;
-        let evicted = {
-            let mut table = txn.open_table(EVENTS).map_err(self.redb("writing"))?;
-            let mut sequences = txn.open_table(SEQUENCES).map_err(self.redb("writing"))?;
-            let evicted = self.evict(
-                &mut table,
-                &mut sequences,
-                &mut bytes,
-                now_ms,
-                EVICT_PER_COMMIT,
-            )?;
-            let mut meta = txn.open_table(META).map_err(self.redb("writing"))?;
-            meta.insert(META_RECORD_BYTES, bytes)
-                .map_err(self.redb("writing"))?;
-            evicted
-        };
-        txn.commit().map_err(self.redb("committing"))?;
-        self.record_bytes = bytes;
-        Ok(evicted)
-    }
-
-    /// Pops the oldest events while the retention rule says so, at most `cap`.
-    fn evict(
-        &self,
-        table: &mut redb::Table<(u64, u64), &[u8]>,
-        sequences: &mut redb::Table<(u64, u64), (u64, u64)>,
-        bytes: &mut u64,
-        now_ms: u64,
-        cap: u64,
-    ) -> Result<Evicted, StoreError> {
-        let mut evicted = Evicted::default();
-        while evicted.total() < cap {
-            let oldest = table
-                .first()
-                .map_err(self.redb("reading"))?
-                .map(|(k, v)| (k.value(), v.value().to_vec()));
-            let Some((key, value)) = oldest else { break };
-            let Some(why) = retention::evict_oldest(&self.limits, *bytes, Some(key.0), now_ms)
-            else {
-                break;
-            };
-            table.remove(key).map_err(self.redb("writing"))?;
-            let record = StoredEvent::decode(value.as_slice()).unwrap_or_default();
-            let sequenced = !record.publisher.is_empty() && record.sequence != 0;
-            if sequenced {
-                let dedup_key = (publisher_hash(&record.publisher), record.sequence);
-                let points_here = sequences
-                    .get(dedup_key)
-                    .map_err(self.redb("reading"))?
-                    .is_some_and(|k| k.value() == key);
-                if points_here {
-                    sequences.remove(dedup_key).map_err(self.redb("writing"))?;
-                }
-            }
-            *bytes = bytes.saturating_sub(record_cost(value.len(), sequenced));
-            match why {
-                Evict::Age => evicted.by_age += 1,
-                Evict::Size => evicted.by_size += 1,
-            }
-        }
-        Ok(evicted)
-    }
-
-    /// Answers `query`: the matching events, oldest first, at most `limit` (0: all).
-    pub fn query(&self, query: &EventQuery) -> Result<EventQueryResponse, StoreError> {
-        self.query_within(query, usize::MAX)
-    }
-
-    /// Like [`query`](Self::query), but the answer's events take at most about
-    /// `max_bytes` encoded (a reply must fit a frame): when more match, the answer is
-    /// marked truncated and the next page starts after its last event (`since_ms` = its
-    /// time, `after_id` = its id). A single event over the budget is an error in the
-    /// answer.
-    pub fn query_within(
-        &self,
-        query: &EventQuery,
-        max_bytes: usize,
-    ) -> Result<EventQueryResponse, StoreError> {
-        let mut filter = filter::EventFilter::compile(query)?;
-        guarded(&self.path, || {
-            let mut out = EventQueryResponse::default();
-            let txn = self.begin_read()?;
-            let table = match txn.open_table(EVENTS) {
-                Ok(t) => t,
-                Err(TableError::TableDoesNotExist(_)) => return Ok(out),
-                Err(e) => return Err(self.redb("reading")(e)),
-            };
-            let start = (
-                query.since_ms,
-                query.after_id.saturating_add(u64::from(query.after_id > 0)),
-            );
-            let end = match query.until_ms {
-                0 => Bound::Unbounded,
-                until => Bound::Excluded((until, 0)),
-            };
-            let limit = usize::try_from(query.limit).unwrap_or(usize::MAX);
-            let mut used = 0usize;
-            for entry in table
-                .range::<(u64, u64)>((Bound::Included(start), end))
-                .map_err(self.redb("reading"))?
-            {
-                let (k, v) = entry.map_err(self.redb("reading"))?;
-                let (time_ms, id) = k.value();
-                let mut event =
-                    StoredEvent::decode(v.value()).map_err(|e| StoreError::Corrupt {
-                        path: self.path.clone(),
-                        why: format!("event {id} does not decode: {e}"),
-                    })?;
-                if !filter.matches(&event.topic, &event.payload) {
-                    continue;
-                }
-                if limit != 0 && out.events.len() == limit {
-                    out.truncated = true;
-                    break;
-                }
-                event.id = id;
-                event.time_ms = time_ms;
-                let size = event.encoded_len() + 8;
-                if used + size > max_bytes {
-                    if out.events.is_empty() {
-                        out.error = format!(
-                            "event {id} ({size} bytes) is larger than a reply can carry: \
-                             read it with --database"
-                        );
-                    }
-                    out.truncated = true;
-                    break;
-                }
-                used += size;
-                out.events.push(event);
-            }
-            Ok(out)
-        })
-    }
-
-    /// Counts and bounds of what is kept.
-    pub fn stats(&self) -> Result<StoreStats, StoreError> {
-        self.stats_inner(true)
-    }
-
-    fn stats_inner(&self, count: bool) -> Result<StoreStats, StoreError> {
-        let txn = self.begin_read()?;
-        let mut stats = StoreStats {
-            record_bytes: self.record_bytes,
-            ..StoreStats::default()
-        };
-        match txn.open_table(EVENTS) {
-            Ok(table) => {
-                let time =
-                    |e: Option<(redb::AccessGuard<'_, (u64, u64)>, _)>| e.map(|(k, _)| k.value().0);
-                stats.oldest_ms = time(table.first().map_err(self.redb("reading"))?);
-                stats.newest_ms = time(table.last().map_err(self.redb("reading"))?);
-                if count {
-                    stats.events = table.len().map_err(self.redb("reading"))?;
-                }
-            }
-            Err(TableError::TableDoesNotExist(_)) => {}
-            Err(e) => return Err(self.redb("reading")(e)),
-        }
-        if count {
-            stats.file_bytes = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
-        }
-        Ok(stats)
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use daemoneye_proto::pb::events::{ProcessEvent, ProcessEventKind, ProcessInfo};
-use daemoneye_proto::pb::store::EventQuery;
+use daemoneye_proto::pb::store::{EventQuery, StoredEvent};
 use prost::Message;
 
 use super::*;
@@ -182,7 +182,16 @@ fn size_retention_keeps_the_file_bounded_while_events_keep_coming() {
         max_age: Duration::from_secs(86_400),
     };
     let mut store = EventStore::open(&path, config).expect("open");
-    let payload = Bytes::from(vec![0x5a; 300]);
+    // Incompressible payloads: the records take their full size.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut payload = move || {
+        Bytes::from_iter((0..300).map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        }))
+    };
     let mut sequence = 0;
     let mut evicted = 0;
     // About 8 times the bound in all.
@@ -194,7 +203,7 @@ fn size_retention_keeps_the_file_bounded_while_events_keep_coming() {
                     topic: "events.process.new".into(),
                     publisher: "procmond.1.abc".into(),
                     sequence,
-                    payload: payload.clone(),
+                    payload: payload(),
                 }
             })
             .collect();
@@ -216,6 +225,37 @@ fn size_retention_keeps_the_file_bounded_while_events_keep_coming() {
     let sequences: Vec<u64> = kept.iter().map(|e| e.sequence).collect();
     assert_eq!(sequences.last(), Some(&sequence));
     assert!(sequences.windows(2).all(|w| w[1] == w[0] + 1));
+}
+
+#[test]
+fn alike_process_events_are_kept_compressed_and_read_back_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut store = open(&dir);
+    let events: Vec<NewEvent> = (1..=2_000u64)
+        .map(|i| sequenced("procmond.1.abc", i, i as u32))
+        .collect();
+    let plain: u64 = events.iter().map(|e| e.payload.len() as u64).sum();
+    for (t, batch) in events.chunks(100).enumerate() {
+        store.append_batch(t as u64, batch).expect("append");
+    }
+    let stats = store.stats().expect("stats");
+    // Less keys and dedup entries (48 bytes an event), the values and the dictionary
+    // take less than the payloads alone, topics and publishers aside.
+    let values = stats.record_bytes - 48 * events.len() as u64;
+    assert!(
+        values < plain * 2 / 3,
+        "{values} bytes of values for {plain} bytes of payloads"
+    );
+    drop(store);
+    let store = EventStore::open_read_only(&dir.path().join("events.redb")).expect("reader");
+    let back = all(&store);
+    assert_eq!(back.len(), events.len());
+    for (kept, sent) in back.iter().zip(&events) {
+        assert_eq!(
+            (&kept.payload, kept.sequence, &kept.topic),
+            (&sent.payload, sent.sequence, &sent.topic)
+        );
+    }
 }
 
 #[test]
