@@ -8,11 +8,13 @@
 
 use std::time::Duration;
 
-/// Redb's pages hold the store's records with overhead: B-tree pages split half full,
-/// copy-on-write keeps the previous commit's pages until the next, and regions are
-/// allocated ahead. The records may use this fraction of `max_bytes` so that the file
-/// stays below it (the bench measures the real ratio: `io/benches/store.rs`).
-pub const RECORD_SHARE_PERCENT: u64 = 60;
+/// The records may take this share of `max_bytes`, so that the file stays below it: redb
+/// holds them in B-tree pages with some slack, copy-on-write keeps the previous commit's
+/// pages until the next one, and when it runs out of room redb doubles the file (up to
+/// 4 GiB, then grows by 4 GiB regions), so the file can reach twice what is allocated.
+/// Freed pages are reused, so once retention removes as much as arrives the file stops
+/// growing. The size test fills a 4 MiB store eight times over and checks the file.
+pub const RECORD_SHARE_PERCENT: u64 = 40;
 
 /// The bounds of a store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,9 +94,9 @@ mod tests {
     #[test]
     fn records_over_their_share_of_max_bytes_evict_by_size() {
         let l = limits(1000);
-        assert_eq!(l.record_budget(), 600);
-        assert_eq!(evict_oldest(&l, 600, Some(5), 5), None);
-        assert_eq!(evict_oldest(&l, 601, Some(5), 5), Some(Evict::Size));
+        assert_eq!(l.record_budget(), 400);
+        assert_eq!(evict_oldest(&l, 400, Some(5), 5), None);
+        assert_eq!(evict_oldest(&l, 401, Some(5), 5), Some(Evict::Size));
     }
 
     #[test]
