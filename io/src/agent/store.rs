@@ -26,7 +26,7 @@ use daemoneye_proto::pb::store::{EventQuery, EventQueryResponse};
 use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::client::{AckMode, Client, ClientError, ClientOptions, Delivery};
+use crate::client::{AckMode, Client, ClientError, ClientOptions, Delivery, Subscription};
 use crate::store::{Appended, EventStore, Evicted, NewEvent, StoreConfig, StoreError};
 use crate::transport::Connector;
 use std::sync::{Arc, Mutex};
@@ -240,30 +240,53 @@ pub fn reply_budget(max_frame: u32) -> usize {
     max_frame.saturating_sub(64 * 1024).max(max_frame / 2)
 }
 
-/// Opens the store and serves it on the bus through `connector` until `shutdown`
-/// resolves; then closes the file. A store that cannot be opened is logged, reported in
-/// the health, and its queries are answered with the reason.
+/// Subscribes (then says so on `ready`: the agent starts its collectors after that, so
+/// that their first events are kept), opens the store, and serves it on the bus through
+/// `connector` until `shutdown` resolves; then closes the file. A store that cannot be
+/// opened is logged and reported in the health, its event subscriptions are deleted (so
+/// that no publisher waits for it), and its queries are answered with the reason.
 pub async fn serve_store<C: Connector>(
     connector: C,
     options: ClientOptions,
     service: StoreService,
+    ready: oneshot::Sender<()>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ClientError> {
-    let store = match StoreThread::start(service.path.clone(), service.config).await {
+    let client = Client::connect_via(connector, options).await?;
+    let queries = client
+        .subscribe(Subscribe::new(topics::EVENTS_QUERY))
+        .await?;
+    let durable = |filter: &str, name: &str| Subscribe {
+        qos: QoS::AtLeastOnce,
+        capacity: Some(QUEUE_CAPACITY),
+        durable_name: Some(name.into()),
+        ..Subscribe::new(filter)
+    };
+    let events = client
+        .subscribe_all(
+            vec![
+                durable("events.#", EVENTS_DURABLE),
+                durable("alerts.#", ALERTS_DURABLE),
+            ],
+            AckMode::Manual,
+        )
+        .await?;
+    let _ = ready.send(());
+    let (store, events) = match StoreThread::start(service.path.clone(), service.config).await {
         Ok(store) => {
             tracing::info!(store = %service.path.display(), "event store open");
-            Some(store)
+            (Some(store), Some(events))
         }
         Err(e) => {
             tracing::error!(error = %e, "event store unavailable: events are not kept");
             service
                 .health
                 .set(Some(format!("event store unavailable: {e}")));
-            None
+            events.unsubscribe();
+            (None, None)
         }
     };
-    let client = Client::connect_via(connector, options).await?;
-    let result = serve(&client, store.as_ref(), &service, shutdown).await;
+    let result = serve(&client, store.as_ref(), &service, queries, events, shutdown).await;
     if let Some(store) = store {
         store.close(Duration::from_millis(300)).await;
     }
@@ -275,31 +298,10 @@ async fn serve(
     client: &Client,
     store: Option<&StoreThread>,
     service: &StoreService,
+    mut queries: Subscription,
+    mut events: Option<Subscription>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ClientError> {
-    let mut queries = client
-        .subscribe(Subscribe::new(topics::EVENTS_QUERY))
-        .await?;
-    let durable = |filter: &str, name: &str| Subscribe {
-        qos: QoS::AtLeastOnce,
-        capacity: Some(QUEUE_CAPACITY),
-        durable_name: Some(name.into()),
-        ..Subscribe::new(filter)
-    };
-    let mut events = match store {
-        Some(_) => Some(
-            client
-                .subscribe_all(
-                    vec![
-                        durable("events.#", EVENTS_DURABLE),
-                        durable("alerts.#", ALERTS_DURABLE),
-                    ],
-                    AckMode::Manual,
-                )
-                .await?,
-        ),
-        None => None,
-    };
     tokio::pin!(shutdown);
     let mut retention = tokio::time::interval(RETENTION_EVERY);
     let mut pending: Vec<Delivery> = Vec::new();

@@ -144,8 +144,6 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         paths::create_private_dir(&state_dir)?;
         // Installed before announcing the socket: a SIGTERM right after it is a shutdown.
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        eprintln!("listening on {}", socket.display());
-        tracing::info!(socket = %socket.display(), state = %state_dir.display(), uid, "broker started");
         match (&configured_collectors, specs.is_empty()) {
             (true, true) => tracing::info!("collectors = []: starting with no collectors"),
             (false, true) => tracing::info!(
@@ -179,6 +177,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         // The event store keeps what crosses the bus, through a client of its own.
         let store_health = store_plan.as_ref().map(|_| StoreHealth::default());
         let (stop_store, store_stopped) = tokio::sync::oneshot::channel::<()>();
+        let (store_ready, subscribed) = tokio::sync::oneshot::channel::<()>();
         let store = store_plan.map(|(path, config)| {
             let service = StoreService {
                 path,
@@ -191,11 +190,20 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 let stopped = async move {
                     let _ = store_stopped.await;
                 };
-                if let Err(e) = store::serve_store(connector, store::client_options(), service, stopped).await {
+                if let Err(e) = store::serve_store(connector, store::client_options(), service, store_ready, stopped).await {
                     tracing::error!(error = %e, "event store service ended");
                 }
             })
         });
+        // The collectors start once the store subscribes, so that their first events
+        // are kept; a store that cannot subscribe in time is not waited for.
+        if store.is_some()
+            && tokio::time::timeout(std::time::Duration::from_secs(2), subscribed).await.is_err()
+        {
+            tracing::warn!("the event store did not subscribe within 2 s: starting without waiting");
+        }
+        eprintln!("listening on {}", socket.display());
+        tracing::info!(socket = %socket.display(), state = %state_dir.display(), uid, "broker started");
         let (manager_tx, manager_rx) = tokio::sync::mpsc::channel(64);
         let heartbeat_interval = broker_config.heartbeat_interval;
         let manager = tokio::task::spawn_local(
