@@ -263,9 +263,12 @@ fn a_foreign_or_damaged_file_is_a_one_line_error_naming_it() {
 
     // An agent given a foreign file keeps running, says why in its health, and answers
     // queries with the reason.
+    // (The store is opened after the agent starts listening: wait for its verdict.)
     let agent = Agent::start(&bins(), Some(&store_config(&text)));
-    let (status, out, _) = agent.run_cli(&["health"]);
-    assert_eq!(status.code(), Some(3), "degraded: {out}");
+    eventually("the health to say the store is unavailable", T, || {
+        agent.run_cli(&["health"]).0.code() == Some(3)
+    });
+    let (_, out, _) = agent.run_cli(&["health"]);
     assert!(out.contains("not a DaemonEye event store"), "{out}");
     let (status, _, err) = agent.run_cli(&["events", "query"]);
     assert_eq!(status.code(), Some(1));
