@@ -116,11 +116,12 @@ impl Dictionaries {
                 if len > MAX_RECORD_BYTES {
                     return Err(format!("length {len} is beyond any record"));
                 }
-                if !self.loaded.contains_key(&id) {
-                    let dict = load(id)?.ok_or_else(|| format!("dictionary {id} is missing"))?;
-                    self.loaded.insert(id, dict);
-                }
-                let dict = &self.loaded[&id];
+                let dict = match self.loaded.entry(id) {
+                    std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(e) => {
+                        e.insert(load(id)?.ok_or_else(|| format!("dictionary {id} is missing"))?)
+                    }
+                };
                 let len = usize::try_from(len).map_err(|_| "length overflows".to_string())?;
                 plain = lz4_flex::block::decompress_with_dict(rest, len, dict)
                     .map_err(|e| format!("decompressing: {e}"))?;
