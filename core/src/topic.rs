@@ -295,6 +295,8 @@ pub mod topics {
     pub const HEARTBEAT_PREFIX: &str = "control.health.heartbeat";
     /// The agent's health report.
     pub const HEALTH_STATUS: &str = "control.health.status";
+    /// Event store queries to the agent (request/reply: `EventQuery`, `EventQueryResponse`).
+    pub const EVENTS_QUERY: &str = "control.events.query";
     /// Broker statistics.
     pub const BROKER_STATS: &str = "$sys.broker.stats";
     /// Broker health.

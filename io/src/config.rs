@@ -25,6 +25,13 @@
 //! [logging]
 //! level = "info"
 //!
+//! [store]
+//! # The event store (see `config/store.rs`): path relative to this agent's state directory.
+//! enabled = true
+//! path = "events.redb"
+//! max_bytes = "1GiB"
+//! max_age = "7d"
+//!
 //! [agent]
 //! # Root of the agents' state; each agent instance keeps its own directory below it,
 //! # named after its socket, and each collector one inside that.
@@ -56,8 +63,13 @@ use serde::{Deserialize, Serialize};
 use crate::logging::LogFilter;
 
 pub(crate) mod env;
+mod store;
 
 pub use env::{ENV_PREFIX, EnvOverride, env_overrides};
+pub use store::{
+    ByteSize, DEFAULT_STORE_FILE, HumaneDuration, StoreSection, parse_byte_size,
+    parse_humane_duration,
+};
 
 /// Why the configuration is unusable; the message names the key.
 #[derive(Debug, thiserror::Error)]
@@ -233,6 +245,8 @@ pub struct AgentConfig {
     pub logging: LoggingSection,
     /// The agent's own settings.
     pub agent: AgentSection,
+    /// The event store.
+    pub store: StoreSection,
     /// Topic ACL.
     pub acl: AclConfig,
     /// Collectors to supervise. Absent: procmond, if a procmond binary is found.

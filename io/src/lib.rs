@@ -10,6 +10,8 @@
 //!   `exec-collector` shim that real collectors run under;
 //! - collectors, [`collector`]: registration, the write-ahead log and publishing through
 //!   it, and the process source;
+//! - the event store, [`store`]: what crossed the bus, kept in one redb file with bounded
+//!   retention, and its queries; [`decode`] turns payloads into JSON for people;
 //! - shared: [`transport`] (listener and connector traits, Unix sockets here, simulated
 //!   ones in the simulation), [`clock`], [`paths`] (the broker socket and state
 //!   directories), [`config`] (the agent's TOML configuration and its environment
@@ -23,8 +25,10 @@ pub mod client;
 pub mod clock;
 pub mod collector;
 pub mod config;
+pub mod decode;
 mod logging;
 pub mod paths;
+pub mod store;
 mod sync;
 pub mod transport;
 

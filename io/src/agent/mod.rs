@@ -4,10 +4,12 @@
 //! fleet's state.
 //!
 //! - [`process`]: the process manager, which runs the fleet and carries out its actions;
-//! - [`shim`]: real collector processes, started through the `exec-collector` shim.
+//! - [`shim`]: real collector processes, started through the `exec-collector` shim;
+//! - [`store`]: the event store service (what crosses the bus, kept and queried).
 
 pub mod process;
 pub mod shim;
+pub mod store;
 
 use std::time::Duration;
 
@@ -34,9 +36,14 @@ fn peer(d: &Deliver) -> PeerCreds {
 }
 
 /// The agent's health: the broker's own report, rolled up with the collectors' by the
-/// process manager.
-async fn health_report(client: &Client, manager: &mpsc::Sender<Request>) -> pbc::HealthReport {
-    let broker = client
+/// process manager. A failing event store counts as the bus's (the broker's part is
+/// Degraded, with the reason), since it is the bus's record that suffers.
+async fn health_report(
+    client: &Client,
+    manager: &mpsc::Sender<Request>,
+    store: Option<&store::StoreHealth>,
+) -> pbc::HealthReport {
+    let mut broker = client
         .request(
             Publish::new(topics::BROKER_HEALTH, Bytes::new(), QoS::AtMostOnce),
             Duration::from_secs(2),
@@ -45,6 +52,10 @@ async fn health_report(client: &Client, manager: &mpsc::Sender<Request>) -> pbc:
         .ok()
         .and_then(|d| pbc::HealthReport::decode(d.payload).ok())
         .unwrap_or_default();
+    if let Some(problem) = store.and_then(store::StoreHealth::problem) {
+        broker.broker = broker.broker.max(pbc::HealthState::Degraded as i32);
+        broker.reasons.push(problem);
+    }
     let (reply, rx) = oneshot::channel();
     let fallback = pbc::HealthReport {
         overall: broker.broker,
@@ -110,6 +121,16 @@ pub async fn serve_control<C: Connector>(
     options: ClientOptions,
     manager: mpsc::Sender<Request>,
 ) -> Result<(), ClientError> {
+    serve_control_with(connector, options, manager, None).await
+}
+
+/// [`serve_control`], with the event store's health in the health report.
+pub async fn serve_control_with<C: Connector>(
+    connector: C,
+    options: ClientOptions,
+    manager: mpsc::Sender<Request>,
+    store: Option<store::StoreHealth>,
+) -> Result<(), ClientError> {
     let client = Client::connect_via(connector, options).await?;
     let mut lifecycle = client.subscribe(Subscribe::new(topics::LIFECYCLE)).await?;
     let mut health = client
@@ -153,7 +174,7 @@ pub async fn serve_control<C: Connector>(
                 let Some(req) = req else { return Ok(()) };
                 // Our own periodic reports arrive here too; only requests carry reply_to.
                 if req.reply_to.is_some() {
-                    let report = health_report(&client, &manager).await;
+                    let report = health_report(&client, &manager, store.as_ref()).await;
                     reply(&client, &req, report.encode_to_vec()).await;
                 }
             }
@@ -188,7 +209,7 @@ pub async fn serve_control<C: Connector>(
                 }
             }
             _ = tick.tick() => {
-                let report = health_report(&client, &manager).await;
+                let report = health_report(&client, &manager, store.as_ref()).await;
                 let p = Publish::new(topics::HEALTH_STATUS, Bytes::from(report.encode_to_vec()), QoS::AtMostOnce);
                 let _ = client.publish(p).await;
             }

@@ -8,6 +8,7 @@ use daemoneye_core::broker::Broker;
 use daemoneye_io::LogFilter;
 use daemoneye_io::agent::process::{ProcessManager, Request};
 use daemoneye_io::agent::shim::OsSpawner;
+use daemoneye_io::agent::store::{self, StoreHealth, StoreService};
 use daemoneye_io::clock::{Clock, MonotonicClock};
 use daemoneye_io::config::AgentConfig;
 use daemoneye_io::durables::DurableStore;
@@ -130,6 +131,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // One state directory per agent instance (named after its socket), one per collector
     // inside it: two agents on one host never share state.
     let state_dir = paths::agent_state_dir(&config.state_root(), &socket);
+    let store_plan = config.store.resolve(&state_dir)?;
     let shim = std::env::current_exe()?;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -142,8 +144,6 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         paths::create_private_dir(&state_dir)?;
         // Installed before announcing the socket: a SIGTERM right after it is a shutdown.
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        eprintln!("listening on {}", socket.display());
-        tracing::info!(socket = %socket.display(), state = %state_dir.display(), uid, "broker started");
         match (&configured_collectors, specs.is_empty()) {
             (true, true) => tracing::info!("collectors = []: starting with no collectors"),
             (false, true) => tracing::info!(
@@ -174,6 +174,36 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 durables: Some(durables),
             },
         ));
+        // The event store keeps what crosses the bus, through a client of its own.
+        let store_health = store_plan.as_ref().map(|_| StoreHealth::default());
+        let (stop_store, store_stopped) = tokio::sync::oneshot::channel::<()>();
+        let (store_ready, subscribed) = tokio::sync::oneshot::channel::<()>();
+        let store = store_plan.map(|(path, config)| {
+            let service = StoreService {
+                path,
+                config,
+                reply_budget: store::reply_budget(broker_config.max_frame),
+                health: store_health.clone().unwrap_or_default(),
+            };
+            let connector = UnixConnector(socket.clone());
+            tokio::task::spawn_local(async move {
+                let stopped = async move {
+                    let _ = store_stopped.await;
+                };
+                if let Err(e) = store::serve_store(connector, store::client_options(), service, store_ready, stopped).await {
+                    tracing::error!(error = %e, "event store service ended");
+                }
+            })
+        });
+        // The collectors start once the store subscribes, so that their first events
+        // are kept; a store that cannot subscribe in time is not waited for.
+        if store.is_some()
+            && tokio::time::timeout(std::time::Duration::from_secs(2), subscribed).await.is_err()
+        {
+            tracing::warn!("the event store did not subscribe within 2 s: starting without waiting");
+        }
+        eprintln!("listening on {}", socket.display());
+        tracing::info!(socket = %socket.display(), state = %state_dir.display(), uid, "broker started");
         let (manager_tx, manager_rx) = tokio::sync::mpsc::channel(64);
         let heartbeat_interval = broker_config.heartbeat_interval;
         let manager = tokio::task::spawn_local(
@@ -186,7 +216,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             let socket = socket.clone();
             let manager_tx = manager_tx.clone();
             tokio::task::spawn_local(async move {
-                if let Err(e) = daemoneye_io::agent::serve_control(UnixConnector(socket), daemoneye_io::agent::control_options(), manager_tx).await {
+                if let Err(e) = daemoneye_io::agent::serve_control_with(UnixConnector(socket), daemoneye_io::agent::control_options(), manager_tx, store_health).await {
                     tracing::error!(error = %e, "lifecycle control unavailable");
                 }
             })
@@ -196,7 +226,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         }
-        // Collectors first (in parallel, SIGKILL after their stop timeout), then the broker.
+        // Collectors first (in parallel, SIGKILL after their stop timeout) while the store
+        // commits what it holds and closes its file, then the broker.
+        let _ = stop_store.send(());
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         if manager_tx
             .send(Request::Shutdown { reply: done_tx })
@@ -206,6 +238,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             let _ = done_rx.await;
         }
         let _ = manager.await;
+        if let Some(store) = store {
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(450), store).await;
+        }
         control.abort();
         let _ = stop_server.send(());
         let _ = server.await;

@@ -104,11 +104,12 @@ pub(crate) fn field_names<T: DeserializeOwned>() -> &'static [&'static str] {
 impl AgentConfig {
     /// The sections of plain values, by name: every key of these has an environment
     /// override. The other sections (`acl`, `collectors`) are lists and have none.
-    pub(super) fn value_sections(&mut self) -> [(&'static str, &mut dyn ValueSection); 3] {
+    pub(super) fn value_sections(&mut self) -> [(&'static str, &mut dyn ValueSection); 4] {
         [
             ("broker", &mut self.broker),
             ("logging", &mut self.logging),
             ("agent", &mut self.agent),
+            ("store", &mut self.store),
         ]
     }
 }
@@ -191,6 +192,7 @@ mod tests {
             "broker" => toml::to_string(&config.broker),
             "logging" => toml::to_string(&config.logging),
             "agent" => toml::to_string(&config.agent),
+            "store" => toml::to_string(&config.store),
             other => panic!("no section {other}"),
         }
         .expect("serializes");
@@ -218,7 +220,7 @@ mod tests {
                 // A value of the key's type (a number, a path/text, a log level) reaches
                 // that key.
                 let mut c = AgentConfig::default();
-                let value = ["4242", "/tmp/daemoneye-env-test", "debug"]
+                let value = ["4242", "/tmp/daemoneye-env-test", "debug", "true"]
                     .into_iter()
                     .find(|v| apply_one(&mut c, &canonical, v).is_ok())
                     .unwrap_or_else(|| panic!("{canonical} takes no number, path or level"));

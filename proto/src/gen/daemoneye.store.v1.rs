@@ -24,6 +24,10 @@ pub struct EventQuery {
     /// Only events whose topic matches this filter; empty means `events.#`.
     #[prost(string, tag = "8")]
     pub topic_filter: ::prost::alloc::string::String,
+    /// Paging: with since_ms set to the last event's time_ms, skip the events at that time
+    /// whose id is not above this one (the next page starts after the last event shown).
+    #[prost(uint64, tag = "9")]
+    pub after_id: u64,
 }
 /// One message as the store kept it.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

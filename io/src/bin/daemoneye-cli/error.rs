@@ -80,6 +80,34 @@ pub enum CliError {
         /// The exit status for it.
         code: u8,
     },
+    /// A `--since` or `--until` that is neither a duration nor a time.
+    #[error("{flag} {value:?}: not a duration (10m, 2h, 7d) or a time (2026-12-01T05:00:00Z)")]
+    InvalidTime {
+        /// The flag.
+        flag: &'static str,
+        /// The text given.
+        value: String,
+    },
+    /// The event store file could not be read.
+    #[error(transparent)]
+    Store(#[from] daemoneye_io::store::StoreError),
+    /// No agent to ask and no store file to read.
+    #[error(
+        "no agent answers on {} ({why}) and there is no event store at {}: start the agent, or name the file with --database",
+        socket.display(),
+        database.display()
+    )]
+    NoStore {
+        /// The socket tried.
+        socket: std::path::PathBuf,
+        /// Why the connection failed.
+        why: String,
+        /// The default store path looked for.
+        database: std::path::PathBuf,
+    },
+    /// The agent runs but does not answer event queries.
+    #[error("the agent does not answer event queries (is its [store] disabled?): {0}")]
+    NoEventStore(String),
     /// A benchmark task panicked or was cancelled.
     #[error("benchmark task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -98,7 +126,9 @@ impl CliError {
     /// The process's exit status for this error: 1 unless a command documents another.
     pub fn exit_code(&self) -> u8 {
         match self {
-            CliError::InvalidArgument(_) | CliError::InvalidDuration(_) => EXIT_USAGE,
+            CliError::InvalidArgument(_)
+            | CliError::InvalidDuration(_)
+            | CliError::InvalidTime { .. } => EXIT_USAGE,
             CliError::NotDelivered(_) => EXIT_NOT_DELIVERED,
             CliError::NotHealthy { code, .. } => *code,
             _ => 1,

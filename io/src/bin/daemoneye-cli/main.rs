@@ -2,8 +2,8 @@
 //!
 //! One module per command family: [`publish`] (`pub`), [`messaging`] (`sub`, `req`),
 //! [`reply`], [`collectors`]
-//! (`collectors list|start|stop|restart|pause|resume|config`), [`status`] (`stats`, `health`) and
-//! [`bench`]; [`connection`] opens the broker connection they share and [`error`] says
+//! (`collectors list|start|stop|restart|pause|resume|config`), [`status`] (`stats`, `health`),
+//! [`events`] (`events query`) and [`bench`]; [`connection`] opens the broker connection they share and [`error`] says
 //! what can go wrong. To add a command: an `#[derive(clap::Args)]` struct and an
 //! `async fn run` in its family's module (or a new module), then one variant of
 //! [`Command`] and its arm in [`Command::run`] below. Flags that name a protocol value
@@ -13,6 +13,7 @@ mod bench;
 mod collectors;
 mod connection;
 mod error;
+mod events;
 mod messaging;
 mod publish;
 mod reply;
@@ -64,6 +65,11 @@ enum Command {
     },
     /// Agent health: broker and collectors.
     Health(status::HealthArgs),
+    /// The event store: `events query --since 10m --exe '*/curl'`.
+    Events {
+        #[command(subcommand)]
+        command: events::EventsCommand,
+    },
     /// Measure throughput and latency with separate publisher and subscriber connections.
     Bench(bench::BenchArgs),
     /// Print a shell completion script, e.g. `daemoneye-cli completions bash >
@@ -86,6 +92,7 @@ impl Command {
             Command::Stats(args) => status::stats(socket, args).await,
             Command::Collectors { command } => collectors::run(socket, command).await,
             Command::Health(args) => status::health(socket, args).await,
+            Command::Events { command } => events::run(socket, command).await,
             Command::Bench(args) => bench::run(socket, args).await,
             Command::Completions { shell } => {
                 use clap::CommandFactory;

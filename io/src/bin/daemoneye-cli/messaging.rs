@@ -277,6 +277,9 @@ struct MessageJson<'a> {
     correlation_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reply_to: Option<&'a str>,
+    /// The payload decoded, when its topic names a DaemonEye message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event: Option<serde_json::Value>,
 }
 
 impl<'a> From<&'a Deliver> for MessageJson<'a> {
@@ -295,6 +298,7 @@ impl<'a> From<&'a Deliver> for MessageJson<'a> {
             },
             correlation_id: d.correlation.as_ref().map(|c| c.correlation_id.as_str()),
             reply_to: d.reply_to.as_deref(),
+            event: daemoneye_io::decode::decode_payload(&d.topic, &d.payload),
         }
     }
 }
