@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use daemoneye_core::Instant;
 use daemoneye_core::procmon::table::{
-    Output, PROCESS_FIELDS, ProcessEvent, ProcessTable, Source, TableConfig, Timer,
+    Output, PROCESS_FIELDS, ProcessEvent, ProcessTable, ScanResult, Source, TableConfig, Timer,
 };
 use daemoneye_proto::pb::events::{ProcessEventKind, ProcessInfo};
 use proptest::prelude::*;
@@ -45,6 +45,15 @@ fn partial(pid: u32) -> ProcessInfo {
     }
 }
 
+/// A scan listed at tick `listed_at` and read at once.
+fn scan(listed_at: u64, processes: Vec<ProcessInfo>) -> ScanResult {
+    ScanResult {
+        listed_at,
+        finished_at: listed_at,
+        processes,
+    }
+}
+
 fn drain(table: &mut ProcessTable) -> Vec<Output> {
     std::iter::from_fn(|| table.poll_output()).collect()
 }
@@ -79,7 +88,7 @@ fn summary(evs: &[ProcessEvent]) -> Vec<(ProcessEventKind, u32, u64)> {
 fn started(config: TableConfig, running: Vec<ProcessInfo>) -> ProcessTable {
     let mut table = ProcessTable::new(config, t(0));
     assert_eq!(drain(&mut table), [Output::Scan]);
-    table.handle_scan(t(0), 10, running);
+    table.handle_scan(t(0), scan(10, running));
     let _ = drain(&mut table);
     table
 }
@@ -95,7 +104,7 @@ fn startup_scan_is_one_snapshot_in_numbered_parts_each_under_the_budget() {
     let mut table = ProcessTable::new(config, t(0));
     assert_eq!(drain(&mut table), [Output::Scan]);
     let running: Vec<_> = (2..200).map(|pid| proc_(pid, 5, "/usr/bin/x")).collect();
-    table.handle_scan(t(1), 10, running);
+    table.handle_scan(t(1), scan(10, running));
     let evs = events(&mut table);
     assert!(evs.len() > 3, "several parts");
     let parts = evs.len() as u32;
@@ -125,7 +134,7 @@ fn startup_scan_is_one_snapshot_in_numbered_parts_each_under_the_budget() {
 fn an_empty_startup_scan_is_one_empty_part_and_the_default_budget_fits_a_frame() {
     let mut table = ProcessTable::new(TableConfig::default(), t(0));
     let _ = drain(&mut table);
-    table.handle_scan(t(0), 1, Vec::new());
+    table.handle_scan(t(0), scan(1, Vec::new()));
     let evs = events(&mut table);
     assert_eq!(
         evs,
@@ -223,7 +232,7 @@ fn a_partial_exec_matches_by_pid_while_no_overrun_could_hide_a_reuse() {
     table.handle_exec(t(2), 120, partial(9));
     assert_eq!(summary(&events(&mut table)), [(Exit, 9, 3), (New, 9, 0)]);
     // A scan then learns its start without announcing it again.
-    table.handle_scan(t(3), 130, vec![proc_(9, 115, "/bin/x")]);
+    table.handle_scan(t(3), scan(130, vec![proc_(9, 115, "/bin/x")]));
     assert!(events(&mut table).is_empty());
     assert_eq!(table.identities().collect::<Vec<_>>(), [(9, Some(115))]);
 }
@@ -252,8 +261,7 @@ fn a_reconciliation_scan_announces_what_was_missed_and_closes_what_is_gone() {
     c.memory_bytes = 5;
     table.handle_scan(
         t(30),
-        500,
-        vec![b, c, proc_(5, 400, "/d"), proc_(6, 450, "/e")],
+        scan(500, vec![b, c, proc_(5, 400, "/d"), proc_(6, 450, "/e")]),
     );
     let evs = events(&mut table);
     assert_eq!(
@@ -283,7 +291,7 @@ fn a_scan_does_not_close_a_process_seen_after_its_listing_nor_revive_one_that_ex
     table.handle_exec(t(30), 506, proc_(3, 506, "/b"));
     let _ = drain(&mut table);
     // The scan read pid 2 before its exit and missed pid 3.
-    table.handle_scan(t(31), 500, vec![proc_(2, 1, "/a")]);
+    table.handle_scan(t(31), scan(500, vec![proc_(2, 1, "/a")]));
     assert!(events(&mut table).is_empty());
     assert_eq!(table.identities().collect::<Vec<_>>(), [(3, Some(506))]);
 }
@@ -291,7 +299,7 @@ fn a_scan_does_not_close_a_process_seen_after_its_listing_nor_revive_one_that_ex
 #[test]
 fn an_exit_that_arrives_after_a_scan_closed_its_process_is_not_published_twice() {
     let mut table = started(TableConfig::default(), vec![proc_(2, 1, "/a")]);
-    table.handle_scan(t(30), 500, vec![]);
+    table.handle_scan(t(30), scan(500, vec![]));
     assert_eq!(summary(&events(&mut table)), [(Exit, 2, 1)]);
     table.handle_exit(t(30), 490, 2, Some(0));
     assert!(events(&mut table).is_empty());
@@ -332,13 +340,13 @@ fn an_overrun_asks_for_a_scan_at_once_or_right_after_the_running_one() {
     assert_eq!(table.poll_timeout(), None, "waiting for the scan");
     table.handle_overrun(t(3), 31);
     assert!(drain(&mut table).is_empty(), "one scan at a time");
-    table.handle_scan(t(4), 32, vec![]);
+    table.handle_scan(t(4), scan(32, vec![]));
     assert_eq!(
         drain(&mut table),
         [Output::Scan],
         "the second overrun's scan"
     );
-    table.handle_scan(t(5), 33, vec![]);
+    table.handle_scan(t(5), scan(33, vec![]));
     assert!(drain(&mut table).is_empty());
     assert_eq!(table.poll_timeout(), Some((t(35), Timer::Reconcile)));
     assert_eq!(table.stats().overruns, 2);
@@ -372,7 +380,7 @@ fn at_the_process_limit_new_processes_are_refused_counted_and_their_exits_still_
     };
     let mut table = ProcessTable::new(config, t(0));
     let _ = drain(&mut table);
-    table.handle_scan(t(0), 10, (2..6).map(|p| proc_(p, 1, "/x")).collect());
+    table.handle_scan(t(0), scan(10, (2..6).map(|p| proc_(p, 1, "/x")).collect()));
     assert_eq!(table.len(), 2);
     table.handle_exec(t(1), 20, proc_(9, 15, "/y"));
     assert_eq!(table.stats().refused, 3);
@@ -617,7 +625,8 @@ impl World {
                 let throughout: Vec<(u32, u64)> =
                     self.alive.iter().map(|(p, (s, _))| (*p, *s)).collect();
                 let clean = self.scan_clean;
-                self.table.handle_scan(t(self.tick), self.tick, listed);
+                self.table
+                    .handle_scan(t(self.tick), scan(self.tick, listed));
                 if clean {
                     self.lossy = false;
                 }

@@ -51,12 +51,14 @@ pub mod fuzz;
 pub mod layer1;
 pub mod layer2;
 pub mod link;
+pub mod procmon;
 pub mod reference;
 mod report;
 
 pub use fault::{Fault, FaultRates, Target};
 pub use layer1::{Canary, Outcome, SimConfig, run};
 pub use layer2::{NetConfig, NetOutcome, run_net};
+pub use procmon::{ProcmonConfig, ProcmonOutcome, run_procmon};
 pub use report::Violation;
 
 /// The reference matcher under its former path (`daemoneye_sim::world::naive_match`).

@@ -30,8 +30,10 @@
 //!   nothing (`stale_execs`; an exit goes to that holder, see below);
 //! - both starts known: equal is the same process, a later start is a new holder (the pid
 //!   was reused): EXIT of the old (code unknown) then NEW, never MODIFIED;
-//! - an entry known by the tick `t` it was seen at against a read start `s`: `s <= t` is the
-//!   same process (both held the pid at `t`), a later start a new holder;
+//! - an entry known by the tick `t` it was seen at against a read start `s`: a later start
+//!   is a new holder; `s <= t` is the same process when the read came after `t` (both held
+//!   the pid at `t`): an exec's read always does, a scan's when `t` precedes its listing
+//!   (else the scan's read may be older than the table's, which stands);
 //! - an exec whose start was not read, against any entry: the same process when no overrun
 //!   can have hidden the entry's exit since it was last confirmed (the entry is *trusted*),
 //!   else a new holder. The connector delivers in order, so without a loss a reuse always
@@ -128,6 +130,18 @@ impl Default for TableConfig {
     }
 }
 
+/// A complete scan of `/proc`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ScanResult {
+    /// The kernel tick at which the scan listed `/proc` (before reading any process).
+    pub listed_at: u64,
+    /// The kernel tick at which it had read the last process.
+    pub finished_at: u64,
+    /// Every process read, each read after the listing. A pid whose `stat` could not be
+    /// read (gone) is left out or has its start unread; a zombie has state `Z`.
+    pub processes: Vec<ProcessInfo>,
+}
+
 /// What the driver must do, in order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
@@ -201,13 +215,35 @@ struct Entry {
 #[derive(Debug, Clone, Copy)]
 struct Removed {
     known: Known,
-    /// Its exit arrived (else the table closed it without a code).
-    exit_seen: bool,
+    /// Its exit has not arrived and may still (the table closed it on a scan's word).
+    owes: Option<Owed>,
     /// Insertion number, for eviction.
     seq: u64,
 }
 
+/// What may still arrive of a process a scan closed: its execs and exit, up to a tick.
+/// A late exec is dropped (it announced nothing new; a later holder's exit is still
+/// reported). Its exit is owed only if the table trusted it when it was closed: without a
+/// loss since, its exit is queued and comes before anything of a later holder of its pid.
+/// After a loss the table cannot tell its late exit from a later, unseen holder's, and
+/// reports the exit (flagged unseen) rather than risk dropping another process's.
+#[derive(Debug, Clone, Copy)]
+struct Owed {
+    /// Nothing after this tick is its own: it was dead by then (the scan's end, or the
+    /// start of the pid's next holder the scan read).
+    until: u64,
+    /// The exit is owed while the overrun epoch is this one.
+    exit_epoch: Option<u64>,
+}
+
 impl Removed {
+    /// Its start, or the tick it was last known to hold the pid.
+    fn tick(&self) -> u64 {
+        match self.known {
+            Known::Started(s) | Known::SeenAt(s) => s,
+        }
+    }
+
     /// A process a scan listed with start `s` may be this removed one.
     fn may_be(&self, s: u64) -> bool {
         match self.known {
@@ -216,9 +252,19 @@ impl Removed {
         }
     }
 
-    /// An exit at tick `at` may be this one's, still owed.
-    fn owes_exit_at(&self, at: u64) -> bool {
-        !self.exit_seen
+    /// An exit at tick `at` may be this one's, still owed, in overrun epoch `epoch`.
+    fn owes_exit_at(&self, at: u64, epoch: u64) -> bool {
+        self.owes
+            .is_some_and(|o| o.exit_epoch == Some(epoch) && self.may_act_at(o, at))
+    }
+
+    /// An exec at tick `at` whose start was not read may be this one's, arriving late.
+    fn may_exec_at(&self, at: u64) -> bool {
+        self.owes.is_some_and(|o| self.may_act_at(o, at))
+    }
+
+    fn may_act_at(&self, owed: Owed, at: u64) -> bool {
+        at <= owed.until
             && match self.known {
                 Known::Started(r) => at >= r,
                 Known::SeenAt(t) => at >= t,
@@ -305,9 +351,11 @@ impl ProcessTable {
         let pid = info.pid;
         let start = start_ticks(&info);
         let Some(entry) = self.entries.get(&pid) else {
+            // An exec of the pid's last removed process arriving late, or of one older
+            // still (the pid has had a later holder since): it announces nothing.
             let late = self.recent.get(&pid).is_some_and(|r| match start {
-                Some(s) => r.may_be(s),
-                None => !r.exit_seen,
+                Some(s) => s <= r.tick(),
+                None => at < r.tick() || r.may_exec_at(at),
             });
             if late {
                 self.stats.stale_execs += 1;
@@ -327,7 +375,8 @@ impl ProcessTable {
         match relation {
             Relation::Older => self.stats.stale_execs += 1,
             Relation::Newer => {
-                self.remove_with_exit(pid, None, Source::Netlink, false);
+                // Its exit came before this exec in the connector's order: it was lost.
+                self.remove_with_exit(pid, None, Source::Netlink, None);
                 let epoch = self.epoch_of_event(at);
                 self.announce_new(info, start, at, Source::Netlink, epoch);
             }
@@ -364,17 +413,27 @@ impl ProcessTable {
             .get(&pid)
             .is_some_and(|e| !matches!(e.known, Known::Started(s) if at < s));
         if owner {
-            self.remove_with_exit(pid, code, Source::Netlink, true);
+            self.remove_with_exit(pid, code, Source::Netlink, None);
+            // Whatever held the pid at `at` exited then: after a loss that may be a later
+            // holder than the entry, which a scan that read it before must not bring back.
+            self.remember(pid, Known::SeenAt(at), None);
             return;
         }
+        let epoch = self.epoch;
         if let Some(r) = self.recent.get_mut(&pid)
-            && r.owes_exit_at(at)
+            && r.owes_exit_at(at, epoch)
         {
-            r.exit_seen = true;
+            r.owes = r.owes.map(|o| Owed {
+                exit_epoch: None,
+                ..o
+            });
             self.stats.late_exits += 1;
             return;
         }
         self.stats.unseen_exits += 1;
+        // Whatever held the pid at `at` and started no later is gone: a scan that read it
+        // before this exit must not bring it back.
+        self.remember(pid, Known::SeenAt(at), None);
         self.publish(ProcessEvent::Exit {
             process: event::unseen_process(pid),
             exit_code: code,
@@ -417,16 +476,27 @@ impl ProcessTable {
         }
     }
 
-    /// The result of the scan the table asked for: every process in `/proc`, listed at
-    /// kernel tick `listed_at` and each read after. A result nobody asked for is taken as
+    /// The result of the scan the table asked for. A result nobody asked for is taken as
     /// asked for now.
-    pub fn handle_scan(&mut self, now: Instant, listed_at: u64, processes: Vec<ProcessInfo>) {
+    pub fn handle_scan(&mut self, now: Instant, scan_result: ScanResult) {
+        let ScanResult {
+            listed_at,
+            finished_at,
+            processes,
+        } = scan_result;
         let scan = self.scan.take().unwrap_or(ScanInFlight {
             epoch: self.scan_epoch(),
         });
         self.stats.scans_completed += 1;
         let mut listed: BTreeMap<u32, (u64, ProcessInfo)> = BTreeMap::new();
+        // The latest start the scan read at each pid, zombies included: whatever the table
+        // had there before that start was dead by it.
+        let mut held: BTreeMap<u32, u64> = BTreeMap::new();
         for info in processes {
+            if let Some(s) = start_ticks(&info) {
+                let latest = held.entry(info.pid).or_insert(s);
+                *latest = (*latest).max(s);
+            }
             let Some(s) = start_ticks(&info).filter(|_| info.status != "Z") else {
                 self.stats.scan_skipped += 1;
                 continue;
@@ -445,7 +515,8 @@ impl ProcessTable {
             .map(|(pid, _)| *pid)
             .collect();
         for pid in gone {
-            self.remove_with_exit(pid, None, Source::Scan, false);
+            let owed = self.owed_exit(pid, finished_at, held.get(&pid).copied());
+            self.remove_with_exit(pid, None, Source::Scan, owed);
         }
         let startup = !self.snapshot_done;
         let mut snapshot = Vec::new();
@@ -457,8 +528,12 @@ impl ProcessTable {
                     Known::Started(se) if s == se => Relation::Same,
                     Known::Started(se) if s > se => Relation::Newer,
                     Known::Started(_) => Relation::Older,
-                    Known::SeenAt(t) if s <= t => Relation::Same,
-                    Known::SeenAt(_) => Relation::Newer,
+                    Known::SeenAt(t) if s > t => Relation::Newer,
+                    // Read after `t`, a process that started by `t` held the pid then.
+                    Known::SeenAt(t) if t <= listed_at => Relation::Same,
+                    // The read may predate `t`: the table's word is newer; the next scan
+                    // settles the start.
+                    Known::SeenAt(_) => Relation::Older,
                 }),
             };
             match relation {
@@ -466,7 +541,8 @@ impl ProcessTable {
                 Some(Relation::Same) => self.reconcile_same(pid, s, info, listed_at, scan.epoch),
                 Some(Relation::Newer) | None => {
                     if relation.is_some() {
-                        self.remove_with_exit(pid, None, Source::Scan, false);
+                        let owed = self.owed_exit(pid, finished_at, Some(s));
+                        self.remove_with_exit(pid, None, Source::Scan, owed);
                     }
                     if !startup {
                         self.announce_new(info, Some(s), listed_at, Source::Scan, scan.epoch);
@@ -704,11 +780,34 @@ impl ProcessTable {
         });
     }
 
-    fn remove_with_exit(&mut self, pid: u32, code: Option<i32>, source: Source, exit_seen: bool) {
+    /// Which exits may still be the own of `pid`'s entry, which a scan found gone by
+    /// `finished_at` (or replaced by a holder that started at `next_start`).
+    fn owed_exit(&self, pid: u32, finished_at: u64, next_start: Option<u64>) -> Option<Owed> {
+        let entry = self.entries.get(&pid)?;
+        let started = match entry.known {
+            Known::Started(s) | Known::SeenAt(s) => s,
+        };
+        let until = next_start
+            .filter(|n| *n > started)
+            .map_or(finished_at, |n| n.min(finished_at));
+        Some(Owed {
+            until,
+            exit_epoch: (entry.epoch == self.epoch).then_some(self.epoch),
+        })
+    }
+
+    /// Removes `pid`'s entry with an EXIT; `owes`: which exits may still be its own.
+    fn remove_with_exit(
+        &mut self,
+        pid: u32,
+        code: Option<i32>,
+        source: Source,
+        owes: Option<Owed>,
+    ) {
         let Some(entry) = self.entries.remove(&pid) else {
             return;
         };
-        self.remember(pid, entry.known, exit_seen);
+        self.remember(pid, entry.known, owes);
         self.publish(ProcessEvent::Exit {
             process: entry.info,
             exit_code: code,
@@ -717,14 +816,18 @@ impl ProcessTable {
         });
     }
 
-    fn remember(&mut self, pid: u32, known: Known, exit_seen: bool) {
+    /// Records `pid`'s latest removed identity (an older one arriving late leaves a later
+    /// one's record alone).
+    fn remember(&mut self, pid: u32, known: Known, owes: Option<Owed>) {
+        let tick = match known {
+            Known::Started(s) | Known::SeenAt(s) => s,
+        };
+        if self.recent.get(&pid).is_some_and(|r| r.tick() > tick) {
+            return;
+        }
         self.recent_seq += 1;
         let seq = self.recent_seq;
-        let removed = Removed {
-            known,
-            exit_seen,
-            seq,
-        };
+        let removed = Removed { known, owes, seq };
         if let Some(old) = self.recent.insert(pid, removed) {
             self.recent_order.remove(&old.seq);
         }
