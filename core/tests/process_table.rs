@@ -310,6 +310,45 @@ fn an_exit_that_arrives_after_a_scan_closed_its_process_is_not_published_twice()
 }
 
 #[test]
+fn after_a_loss_an_exit_the_table_cannot_attribute_is_reported_not_dropped() {
+    let mut table = started(TableConfig::default(), vec![proc_(2, 1, "/a")]);
+    table.handle_overrun(t(5), 100);
+    table.handle_overrun_ended(t(5), 120);
+    let _ = drain(&mut table);
+    table.handle_scan(t(6), scan(130, vec![]));
+    assert_eq!(summary(&events(&mut table)), [(Exit, 2, 1)]);
+    // pid 2's exit or that of a later holder whose exec was lost: reported, by pid.
+    table.handle_exit(t(6), 125, 2, Some(7));
+    let evs = events(&mut table);
+    assert!(
+        matches!(
+            evs.as_slice(),
+            [ProcessEvent::Exit {
+                unseen: true,
+                exit_code: Some(7),
+                ..
+            }]
+        ),
+        "{evs:?}"
+    );
+}
+
+#[test]
+fn a_late_exec_of_a_closed_process_or_an_older_one_announces_nothing() {
+    let mut table = started(TableConfig::default(), vec![proc_(2, 50, "/a")]);
+    table.handle_scan(t(30), scan(500, vec![]));
+    let _ = events(&mut table);
+    table.handle_exec(t(30), 400, partial(2));
+    table.handle_exec(t(30), 40, partial(2));
+    table.handle_exec(t(30), 45, proc_(2, 30, "/older"));
+    assert!(events(&mut table).is_empty());
+    assert_eq!(table.stats().stale_execs, 3);
+    // After the closed process was dead: a later holder.
+    table.handle_exec(t(30), 510, partial(2));
+    assert_eq!(summary(&events(&mut table)), [(New, 2, 0)]);
+}
+
+#[test]
 fn an_exec_older_than_the_pids_current_process_changes_nothing() {
     let mut table = started(TableConfig::default(), vec![proc_(2, 300, "/new")]);
     table.handle_exec(t(1), 250, partial(2));

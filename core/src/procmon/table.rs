@@ -16,8 +16,9 @@
 //! uses the kernel's: every observation carries its time in **clock ticks since boot**, the
 //! unit and clock of `/proc/<pid>/stat`'s `starttime` (CLOCK_BOOTTIME on Linux 5.3 and
 //! later; the process connector stamps CLOCK_MONOTONIC nanoseconds, so the source adds the
-//! boot-time offset and divides by the tick length). A scan carries the tick at which it
-//! listed `/proc`.
+//! boot-time offset and divides by the tick length). A scan carries the ticks at which it
+//! listed `/proc` and finished reading it ([`ScanResult`]). Observations within one tick
+//! are taken conservatively (kept for the next scan rather than closed).
 //!
 //! # Identity
 //!
@@ -27,7 +28,8 @@
 //!
 //! - it happened before the entry's process started (an exec or exit delivered late, after a
 //!   scan already saw the pid's next holder): it belongs to an earlier holder and changes
-//!   nothing (`stale_execs`; an exit goes to that holder, see below);
+//!   nothing (`stale_execs`; an exit goes to that holder, see below). The same holds for
+//!   an exec older than the pid's last removed process, or of that process itself;
 //! - both starts known: equal is the same process, a later start is a new holder (the pid
 //!   was reused): EXIT of the old (code unknown) then NEW, never MODIFIED;
 //! - an entry known by the tick `t` it was seen at against a read start `s`: a later start
@@ -46,11 +48,17 @@
 //! # Exits
 //!
 //! An exit of the pid's live entry is its EXIT, with the code. An exit that matches no live
-//! entry either completes an entry the table already closed without a code (a scan or a
-//! reuse saw it gone before its exit arrived: dropped, `late_exits`), or is an **unseen**
-//! exit: reported by pid with its code and flagged, because the issue demands every exit at
-//! least by pid (`unseen_exits`). The last removed identity of each pid is kept for this
-//! (bounded by [`TableConfig::recent_capacity`]).
+//! entry either is the late exit of a process a scan already closed without a code (only
+//! when the table trusted that process and no overrun came since, so the exit was surely
+//! queued and nothing of a later holder can come first; and only up to the tick it was
+//! known dead by: dropped, `late_exits`), or is an **unseen** exit: reported by pid with its
+//! code and flagged (`unseen_exits`). Every exit is reported at least by pid: where a loss
+//! leaves the table unable to tell a late exit from a later unseen holder's, it reports
+//! rather than risk dropping one. The last removed identity of each pid (and what may still
+//! arrive of it) is kept for this, bounded by [`TableConfig::recent_capacity`].
+//!
+//! An unseen exit is also what a child that never exec'd (and that no scan saw) ends with:
+//! the table, taking no forks, never knew it ran.
 //!
 //! # Scans
 //!
@@ -58,7 +66,7 @@
 //! [`TableConfig::snapshot_part_bytes`]); execs and exits that arrive before it are
 //! published as usual and their processes left out of it. Every later result reconciles: a
 //! listed process the table lacks is NEW (source scan), unless it is the pid's last removed
-//! identity (its exit arrived while the scan ran); an entry not listed and last seen alive
+//! identity or older (its exit arrived while the scan ran); an entry not listed and last seen alive
 //! before the listing tick is EXIT (code unknown; seen later, it may have started after the
 //! listing and is left to the next scan); a listed pid with a later start is EXIT + NEW; a
 //! listed process whose compared fields ([`COMPARED_FIELDS`]) changed since the table's
@@ -79,6 +87,7 @@
 //! time; an overrun during a scan asks for another as soon as it ends.
 
 mod event;
+mod removals;
 mod snapshot;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -90,6 +99,7 @@ use crate::Instant;
 pub use event::{
     COMPARED_FIELDS, PROCESS_FIELDS, ProcessEvent, Source, changed_fields, start_ticks,
 };
+use removals::{Known, Owed, Removals};
 pub use snapshot::PART_OVERHEAD;
 
 /// The table's settings; the caller enforces the flags' bounds (interval 5..=3600 s).
@@ -192,15 +202,6 @@ pub struct TableStats {
     pub scan_skipped: u64,
 }
 
-/// What the table knows of an entry's start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Known {
-    /// Start ticks read.
-    Started(u64),
-    /// Start not read; alive at this tick.
-    SeenAt(u64),
-}
-
 #[derive(Debug, Clone)]
 struct Entry {
     info: ProcessInfo,
@@ -209,67 +210,6 @@ struct Entry {
     last_seen: u64,
     /// The overrun epoch up to which the entry is confirmed (trusted when current).
     epoch: u64,
-}
-
-/// The last identity removed from a pid.
-#[derive(Debug, Clone, Copy)]
-struct Removed {
-    known: Known,
-    /// Its exit has not arrived and may still (the table closed it on a scan's word).
-    owes: Option<Owed>,
-    /// Insertion number, for eviction.
-    seq: u64,
-}
-
-/// What may still arrive of a process a scan closed: its execs and exit, up to a tick.
-/// A late exec is dropped (it announced nothing new; a later holder's exit is still
-/// reported). Its exit is owed only if the table trusted it when it was closed: without a
-/// loss since, its exit is queued and comes before anything of a later holder of its pid.
-/// After a loss the table cannot tell its late exit from a later, unseen holder's, and
-/// reports the exit (flagged unseen) rather than risk dropping another process's.
-#[derive(Debug, Clone, Copy)]
-struct Owed {
-    /// Nothing after this tick is its own: it was dead by then (the scan's end, or the
-    /// start of the pid's next holder the scan read).
-    until: u64,
-    /// The exit is owed while the overrun epoch is this one.
-    exit_epoch: Option<u64>,
-}
-
-impl Removed {
-    /// Its start, or the tick it was last known to hold the pid.
-    fn tick(&self) -> u64 {
-        match self.known {
-            Known::Started(s) | Known::SeenAt(s) => s,
-        }
-    }
-
-    /// A process a scan listed with start `s` may be this removed one.
-    fn may_be(&self, s: u64) -> bool {
-        match self.known {
-            Known::Started(r) => r == s,
-            Known::SeenAt(t) => s <= t,
-        }
-    }
-
-    /// An exit at tick `at` may be this one's, still owed, in overrun epoch `epoch`.
-    fn owes_exit_at(&self, at: u64, epoch: u64) -> bool {
-        self.owes
-            .is_some_and(|o| o.exit_epoch == Some(epoch) && self.may_act_at(o, at))
-    }
-
-    /// An exec at tick `at` whose start was not read may be this one's, arriving late.
-    fn may_exec_at(&self, at: u64) -> bool {
-        self.owes.is_some_and(|o| self.may_act_at(o, at))
-    }
-
-    fn may_act_at(&self, owed: Owed, at: u64) -> bool {
-        at <= owed.until
-            && match self.known {
-                Known::Started(r) => at >= r,
-                Known::SeenAt(t) => at >= t,
-            }
-    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -294,10 +234,7 @@ enum Relation {
 pub struct ProcessTable {
     config: TableConfig,
     entries: BTreeMap<u32, Entry>,
-    recent: BTreeMap<u32, Removed>,
-    /// `recent` by insertion number, oldest first, for eviction.
-    recent_order: BTreeMap<u64, u32>,
-    recent_seq: u64,
+    recent: Removals,
     /// Overruns reported so far.
     epoch: u64,
     /// The tick of the latest overrun's report or end.
@@ -322,9 +259,7 @@ impl ProcessTable {
         let mut table = Self {
             config,
             entries: BTreeMap::new(),
-            recent: BTreeMap::new(),
-            recent_order: BTreeMap::new(),
-            recent_seq: 0,
+            recent: Removals::default(),
             epoch: 0,
             last_overrun_at: None,
             congested: false,
@@ -353,7 +288,7 @@ impl ProcessTable {
         let Some(entry) = self.entries.get(&pid) else {
             // An exec of the pid's last removed process arriving late, or of one older
             // still (the pid has had a later holder since): it announces nothing.
-            let late = self.recent.get(&pid).is_some_and(|r| match start {
+            let late = self.recent.get(pid).is_some_and(|r| match start {
                 Some(s) => s <= r.tick(),
                 None => at < r.tick() || r.may_exec_at(at),
             });
@@ -420,7 +355,7 @@ impl ProcessTable {
             return;
         }
         let epoch = self.epoch;
-        if let Some(r) = self.recent.get_mut(&pid)
+        if let Some(r) = self.recent.get_mut(pid)
             && r.owes_exit_at(at, epoch)
         {
             r.owes = r.owes.map(|o| Owed {
@@ -522,7 +457,7 @@ impl ProcessTable {
         let mut snapshot = Vec::new();
         for (pid, (s, info)) in listed {
             let relation = match self.entries.get(&pid) {
-                None if self.recent.get(&pid).is_some_and(|r| r.may_be(s)) => continue,
+                None if self.recent.get(pid).is_some_and(|r| r.may_be(s)) => continue,
                 None => None,
                 Some(e) => Some(match e.known {
                     Known::Started(se) if s == se => Relation::Same,
@@ -816,28 +751,9 @@ impl ProcessTable {
         });
     }
 
-    /// Records `pid`'s latest removed identity (an older one arriving late leaves a later
-    /// one's record alone).
     fn remember(&mut self, pid: u32, known: Known, owes: Option<Owed>) {
-        let tick = match known {
-            Known::Started(s) | Known::SeenAt(s) => s,
-        };
-        if self.recent.get(&pid).is_some_and(|r| r.tick() > tick) {
-            return;
-        }
-        self.recent_seq += 1;
-        let seq = self.recent_seq;
-        let removed = Removed { known, owes, seq };
-        if let Some(old) = self.recent.insert(pid, removed) {
-            self.recent_order.remove(&old.seq);
-        }
-        self.recent_order.insert(seq, pid);
-        while self.recent.len() > self.config.recent_capacity.max(1) {
-            let Some((_, old)) = self.recent_order.pop_first() else {
-                break;
-            };
-            self.recent.remove(&old);
-        }
+        self.recent
+            .remember(pid, known, owes, self.config.recent_capacity);
     }
 
     fn publish(&mut self, event: ProcessEvent) {

@@ -3,6 +3,21 @@
 //!
 //! The model reads only the table's outputs (and, to name the process behind an event whose
 //! start was not read, the input that caused it); the truth is the world's.
+//!
+//! # What a loss relaxes
+//!
+//! Between an overrun's report and the end of a scan asked for after the loss ended
+//! (`lossy`), the table cannot tell some things apart, and the model accepts its documented
+//! choices:
+//!
+//! - an exec whose start was not read, at a pid the table no longer trusts, is announced
+//!   as a new process (after an EXIT of the old one): if it was the old process, it is
+//!   announced twice and then exits twice (`procmon-unique-new`, `procmon-single-exit`);
+//! - an exit at a pid is the table's entry's, though after a loss it may be a later, unseen
+//!   holder's (`procmon-exit-code`, `procmon-exit-by-pid`);
+//! - an exit flagged unseen may be the late exit of an announced process
+//!   (`procmon-unseen`); also outside `lossy` when a scan had closed that process without a
+//!   code after a loss: the table reports an exit it cannot attribute rather than drop it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
