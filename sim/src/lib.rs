@@ -55,6 +55,7 @@ pub mod fuzz;
 pub mod layer1;
 pub mod layer2;
 pub mod link;
+pub mod procmon;
 pub mod reference;
 mod report;
 
@@ -62,6 +63,7 @@ pub use collector::{CollectorOutcome, CollectorSimConfig, run_collector};
 pub use fault::{Fault, FaultRates, Target};
 pub use layer1::{Canary, Outcome, SimConfig, run};
 pub use layer2::{NetConfig, NetOutcome, run_net};
+pub use procmon::{ProcmonConfig, ProcmonOutcome, run_procmon};
 pub use report::Violation;
 
 /// The reference matcher under its former path (`daemoneye_sim::world::naive_match`).

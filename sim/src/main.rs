@@ -4,6 +4,7 @@
 //! cargo run -p daemoneye-sim --release -- --seed 42            # one run
 //! cargo run -p daemoneye-sim --release -- --seeds 0..10000     # a sweep
 //! cargo run -p daemoneye-sim --release -- --seed 42 --verbose  # every event
+//! cargo run -p daemoneye-sim --release -- --procmon --seeds 0..1000  # the process table
 //! ```
 //!
 //! The last line on stdout is `seed=N steps=S trace=<hash>` (for a sweep, of its last
@@ -14,7 +15,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use daemoneye_sim::{
-    Canary, CollectorSimConfig, NetConfig, SimConfig, run, run_collector, run_net,
+    Canary, CollectorSimConfig, NetConfig, ProcmonConfig, SimConfig, run, run_collector, run_net,
+    run_procmon,
 };
 
 /// Deterministic simulation of the DaemonEye bus with injected faults and crashes.
@@ -36,12 +38,17 @@ struct Args {
     /// (batcher, pacing under backpressure) in virtual time.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=3))]
     layer: u8,
+    /// Simulate the process collector's table over a virtual process world instead of the
+    /// bus (its own invariants; `--steps` as in layer 1).
+    #[arg(long, conflicts_with = "layer")]
+    procmon: bool,
     /// Print every event.
     #[arg(long)]
     verbose: bool,
     /// Run a deliberately broken variant, which must be caught: `early-puback` (a broker
-    /// that acknowledges before delivering) or `lying-sync` (a disk whose sync makes nothing
-    /// durable).
+    /// that acknowledges before delivering), `lying-sync` (a disk whose sync makes nothing
+    /// durable) or, with `--procmon`, `reuse-as-modified` (a process table that takes a
+    /// reused pid's exec for a re-exec).
     #[arg(long, value_name = "VARIANT")]
     canary: Option<Canary>,
 }
@@ -68,6 +75,50 @@ fn main() -> ExitCode {
         (None, Some(r)) => r,
         (None, None) => (0, 1),
     };
+    if args.procmon {
+        let canary = match args.canary {
+            None => false,
+            Some(Canary::ReuseAsModified) => true,
+            Some(other) => {
+                eprintln!(
+                    "daemoneye-sim: canary {other:?} is not part of --procmon (reuse-as-modified is)"
+                );
+                return ExitCode::FAILURE;
+            }
+        };
+        return sweep(start, end, 1000, |seed| {
+            let cfg = ProcmonConfig {
+                seed,
+                steps: args.steps.unwrap_or(5000),
+                verbose: args.verbose,
+                canary,
+            };
+            run_procmon(&cfg).map(|out| {
+                let s = &out.stats;
+                let summary = format!(
+                    "forks={} execs={} exits={} lost={} partial reads={} reuses={}\n\
+                     new={} modified={} exit={} unseen exits={} snapshot parts={} overruns={} \
+                     scans={} reconciled checks={}",
+                    out.forks,
+                    out.execs,
+                    out.exits,
+                    out.lost,
+                    out.partial_reads,
+                    out.reuses,
+                    s.new,
+                    s.modified,
+                    s.exits,
+                    s.unseen_exits,
+                    s.snapshot_parts,
+                    s.overruns,
+                    s.scans_completed,
+                    out.reconciled_checks
+                );
+                (out.steps, out.trace, summary)
+            })
+        });
+    }
+
     if args.layer == 3 {
         if args.canary.is_some() {
             eprintln!("daemoneye-sim: layer 3 has no canary");
@@ -87,6 +138,10 @@ fn main() -> ExitCode {
                 (out.steps, out.trace, summary)
             })
         });
+    }
+    if args.canary == Some(Canary::ReuseAsModified) {
+        eprintln!("daemoneye-sim: canary reuse-as-modified needs --procmon");
+        return ExitCode::FAILURE;
     }
     if args.layer == 2 {
         let canary = match args.canary {

@@ -130,6 +130,10 @@ pub struct ProcessEvent {
     pub part: u32,
     #[prost(uint32, tag = "11")]
     pub parts: u32,
+    /// For EXIT: the process was never seen running (its exec was lost, for example in a
+    /// netlink overrun, or the process limit refused it); `process` carries its pid alone.
+    #[prost(bool, tag = "12")]
+    pub unseen: bool,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ProcessEventBatch {

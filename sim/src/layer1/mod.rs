@@ -68,6 +68,8 @@ pub enum Canary {
     EarlyPubAck,
     /// A storage device whose sync reports success without making anything durable.
     LyingSync,
+    /// A process table that takes a reused pid's exec for a re-exec (`--procmon` only).
+    ReuseAsModified,
 }
 
 impl std::str::FromStr for Canary {
@@ -77,8 +79,9 @@ impl std::str::FromStr for Canary {
         match s {
             "early-puback" => Ok(Canary::EarlyPubAck),
             "lying-sync" => Ok(Canary::LyingSync),
+            "reuse-as-modified" => Ok(Canary::ReuseAsModified),
             other => Err(format!(
-                "unknown canary {other:?} (expected early-puback or lying-sync)"
+                "unknown canary {other:?} (expected early-puback, lying-sync or reuse-as-modified)"
             )),
         }
     }
