@@ -10,7 +10,7 @@ const T: Duration = Duration::from_secs(10);
 
 /// What procmond declares, by name, as `collectors list --json` shows it.
 fn procmond_caps() -> serde_json::Value {
-    serde_json::json!(["process", "system_wide"])
+    serde_json::json!(["process", "realtime", "kernel_level", "system_wide"])
 }
 
 fn bins() -> Bins {
@@ -376,14 +376,25 @@ fn procmond_registers_heartbeats_and_publishes_process_events() {
         row.contains("running")
             && row.contains(&pid.to_string())
             && row.contains(" ago")
-            && row.contains("process,system_wide"),
+            && row.contains("process,realtime,kernel_level,system_wide"),
         "{row}"
     );
-    // A fresh procmond reports every process it finds as new.
-    let mut sub = agent.subscriber(&["events.process.new", "--count", "5"]);
+    // A restarted procmond reports what runs as one snapshot, not a flood of new.
+    let mut sub = agent.subscriber(&["events.process.snapshot", "--count", "1", "--json"]);
     let (status, _, err) = agent.run_cli(&["collectors", "restart", "procmond"]);
     assert!(status.success(), "{err}");
-    assert_eq!(sub.stdout.wait_count(5, T).len(), 5);
+    let line = sub.stdout.wait_count(1, T)[0].clone();
+    let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+    assert_eq!(v["event"]["kind"], "snapshot", "{line}");
+    let me = u64::from(std::process::id());
+    let listed = v["event"]["processes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        listed.iter().any(|p| p["pid"].as_u64() == Some(me)),
+        "{line}"
+    );
 }
 
 #[test]
@@ -483,16 +494,25 @@ fn procmond_without_a_broker_says_what_is_missing() {
         .output()
         .expect("procmond");
     assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .contains("standalone mode (--database) is not built yet")
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--database PATH for standalone mode"));
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_procmond"))
         .args(["--interval", "1", "--broker", "/nonexistent"])
         .output()
         .expect("procmond");
     assert!(!out.status.success(), "interval below 5 s is refused");
     assert!(String::from_utf8_lossy(&out.stderr).contains("5..=3600"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_procmond"))
+        .args(["--max-processes", "-1", "--broker", "/nonexistent"])
+        .output()
+        .expect("procmond");
+    assert!(!out.status.success(), "a negative limit is refused");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .filter(|l| l.starts_with("error"))
+            .count(),
+        1
+    );
 }
 
 /// Every `procmond.wal` below `dir`.

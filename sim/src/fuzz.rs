@@ -743,7 +743,11 @@ pub fn proc_connector(data: &[u8]) {
         let Ok(message) = result else { break };
         let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
         let alone: Vec<_> = netlink::decode(&rest[..len]).collect();
-        assert_eq!(alone, vec![Ok(message.clone())], "a message decodes alone the same");
+        assert_eq!(
+            alone,
+            vec![Ok(message.clone())],
+            "a message decodes alone the same"
+        );
         if let Message::Proc { event, .. } = message
             && let netlink::ProcEventKind::Exit { exit_code, .. } = event.kind
         {

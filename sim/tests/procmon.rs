@@ -41,14 +41,22 @@ fn runs_reuse_pids_lose_events_read_partially_and_reconcile() {
     let outs: Vec<_> = (0..40)
         .map(|seed| run_procmon(&ProcmonConfig::new(seed)).expect("passes"))
         .collect();
-    let seeds_with = |f: &dyn Fn(&daemoneye_sim::ProcmonOutcome) -> bool| {
-        outs.iter().filter(|o| f(o)).count()
-    };
+    let seeds_with =
+        |f: &dyn Fn(&daemoneye_sim::ProcmonOutcome) -> bool| outs.iter().filter(|o| f(o)).count();
     assert!(seeds_with(&|o| o.reuses > 100) >= 30, "pids are reused");
-    assert!(seeds_with(&|o| o.lost > 0 && o.stats.overruns > 0) >= 10, "overruns");
+    assert!(
+        seeds_with(&|o| o.lost > 0 && o.stats.overruns > 0) >= 10,
+        "overruns"
+    );
     assert!(seeds_with(&|o| o.partial_reads > 0) >= 20, "partial reads");
-    assert!(seeds_with(&|o| o.stats.snapshot_parts > 1) >= 3, "snapshots in parts");
-    assert!(seeds_with(&|o| o.stats.unseen_exits > 0) >= 30, "unseen exits");
+    assert!(
+        seeds_with(&|o| o.stats.snapshot_parts > 1) >= 3,
+        "snapshots in parts"
+    );
+    assert!(
+        seeds_with(&|o| o.stats.unseen_exits > 0) >= 30,
+        "unseen exits"
+    );
     assert!(seeds_with(&|o| o.stats.modified > 0) >= 30, "modifications");
     assert!(
         outs.iter().all(|o| o.reconciled_checks > 0),

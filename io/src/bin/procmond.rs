@@ -1,244 +1,426 @@
-//! procmond: the process collector (first version).
+//! procmond: DaemonEye's process collector.
 //!
-//! Actor mode (the only mode so far): connects to the broker at `--broker` or
-//! `DAEMONEYE_BROKER_SOCKET`, registers as collector `--collector-id` (given by the agent in
-//! `DAEMONEYE_COLLECTOR_ID`, its `[[collectors]]` name; default `procmond`) of type `process`
-//! with the PROCESS and SYSTEM_WIDE capabilities, heartbeats, and every `--interval` seconds scans
-//! `/proc`, publishing `events.process.new` and `events.process.exit` (ProcessEvent
-//! protobuf, QoS1).
+//! It sees every process as it starts and ends: on Linux, as root (or with CAP_NET_ADMIN),
+//! exec and exit arrive in real time from the kernel's process connector; elsewhere, or
+//! when the connector is refused (or `--scan-only`), it scans `/proc` every `--interval`.
+//! A reconciliation scan runs at that interval in both modes and after any loss. What it
+//! publishes (one start-up snapshot, then new, modified and exit by (pid, start time)) is
+//! decided by the core's process table (`daemoneye_core::procmon::table`); the reading is
+//! `daemoneye_io::collector::process`.
 //!
-//! Events go through a write-ahead log (`--wal`): each scan's events are appended and
-//! synced once (group commit) before they count as accepted and are published; a record
-//! leaves the log after its PubAck. A restarted procmond replays the log and re-sends what
-//! was not acknowledged, under the stable publisher id (the collector id) and the original
-//! sequences, so subscribers drop what they already saw. The WAL and its lock live in the
-//! collector's own state directory (`DAEMONEYE_COLLECTOR_STATE_DIR`, given by the agent),
-//! so two instances never collide.
+//! **Actor mode** (a broker socket from `--broker` or `DAEMONEYE_BROKER_SOCKET`, as under
+//! the agent): it runs on the collector runtime (`daemoneye_io::collector`), which
+//! registers, heartbeats with its numbers and its mode, logs every event in a write-ahead
+//! log before it counts as accepted, batches, publishes at QoS1, and applies UpdateConfig,
+//! backpressure (the interval grows x1.5 per signal) and GracefulShutdown.
 //!
-//! Not built yet: standalone mode with a local database, executable hashing, enhanced
-//! metadata, and the config messages (UpdateConfig and friends).
+//! **Standalone mode** (`--database PATH` and no broker): the same events go straight into
+//! an event store at PATH, which `daemoneye-cli events query --database PATH` reads.
+//!
+//! Once the connector is open it drops every capability but CAP_SYS_PTRACE and
+//! CAP_DAC_READ_SEARCH (reading other users' `/proc` entries and executables).
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use clap::Parser;
-use daemoneye_core::registration::RegistrationConfig;
-use daemoneye_core::registry::SourceCaps;
-use daemoneye_core::topic::topics;
-use daemoneye_core::wal::WalConfig;
-use daemoneye_io::client::{Client, ClientOptions};
-use daemoneye_io::collector::wal::WalFile;
-use daemoneye_io::collector::{process, publisher};
-use daemoneye_proto::frame::{CollectorIdentity, Publish, QoS, Role};
-use daemoneye_proto::pb::{control as pbc, events as pbe};
+use daemoneye_io::collector::process::ReadOptions;
+use daemoneye_io::collector::process::monitor::{
+    self, MonitorControl, MonitorOptions, MonitorSink,
+};
+use daemoneye_io::collector::{
+    BoxFuture, Collector, EventSender, EventSource, SourceCaps, SourceContext, SourceError,
+    SourceHealth, SourceStatus,
+};
+use daemoneye_io::store::{EventStore, NewEvent, StoreConfig};
 
 /// procmond: DaemonEye's process collector.
 ///
-/// Environment: DAEMONEYE_BROKER_SOCKET (the broker), DAEMONEYE_COLLECTOR_ID and
-/// DAEMONEYE_COLLECTOR_STATE_DIR (set by the agent), DAEMONEYE_PROCMOND_INTERVAL,
-/// DAEMONEYE_PROCMOND_WAL, DAEMONEYE_PROCMOND_LOG_LEVEL.
+/// Under daemoneye-agent it needs no flags. Settings also come from a TOML file
+/// (DAEMONEYE_PROCMOND_CONFIG) and DAEMONEYE_PROCMOND_<KEY> variables (INTERVAL_SECS,
+/// COMPUTE_HASHES, WAL, LOG_LEVEL, ...; MAX_PROCESSES, ENHANCED_METADATA, SCAN_ONLY);
+/// flags win over both.
 #[derive(Debug, Parser)]
 #[command(name = "procmond", version)]
 struct Args {
     /// Broker socket (actor mode). Default: DAEMONEYE_BROKER_SOCKET.
-    #[arg(long, env = "DAEMONEYE_BROKER_SOCKET", value_name = "PATH")]
+    #[arg(long, value_name = "PATH")]
     broker: Option<PathBuf>,
     /// The id to register under (the agent passes the collector's `[[collectors]]` name).
     #[arg(long, env = "DAEMONEYE_COLLECTOR_ID", default_value = "procmond")]
     collector_id: String,
     /// This collector's state directory (the agent passes one inside its own).
-    #[arg(long, env = "DAEMONEYE_COLLECTOR_STATE_DIR", value_name = "DIR")]
+    #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
-    /// Seconds between scans (5 to 3600).
-    #[arg(long, env = "DAEMONEYE_PROCMOND_INTERVAL", default_value_t = 30,
-          value_parser = clap::value_parser!(u64).range(5..=3600))]
-    interval: u64,
-    /// Most processes reported per scan.
-    #[arg(long, default_value_t = 100_000)]
-    max_processes: usize,
-    /// Log filter.
-    #[arg(long, env = "DAEMONEYE_PROCMOND_LOG_LEVEL", default_value = "info")]
-    log_level: String,
-    /// Local database for standalone mode (not built yet).
+    /// Seconds between reconciliation scans (5 to 3600; default 30).
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(5..=3600))]
+    interval: Option<u64>,
+    /// Most processes tracked and read per scan; 0 is unlimited (the default).
+    #[arg(long, value_name = "N")]
+    max_processes: Option<usize>,
+    /// Log filter (a level, or tracing directives).
+    #[arg(long)]
+    log_level: Option<String>,
+    /// Standalone mode: write events to the event store at PATH instead of a broker.
     #[arg(long, value_name = "PATH")]
     database: Option<PathBuf>,
-    /// Write-ahead log of events not yet acknowledged by the broker. Default:
-    /// procmond.wal in --state-dir, else in the default state directory
-    /// (/var/lib/daemoneye for root, else $XDG_STATE_HOME/daemoneye or
-    /// ~/.local/state/daemoneye).
-    #[arg(
-        long,
-        env = "DAEMONEYE_PROCMOND_WAL",
-        value_name = "PATH",
-        conflicts_with = "no_wal"
-    )]
+    /// Write-ahead log of events not yet acknowledged by the broker. Default: procmond.wal
+    /// in the state directory.
+    #[arg(long, value_name = "PATH", conflicts_with = "no_wal")]
     wal: Option<PathBuf>,
     /// Publish without a WAL: events not acknowledged when procmond dies are lost.
     #[arg(long)]
     no_wal: bool,
-    /// Most events held in the WAL waiting for a PubAck; past it, new events are dropped
-    /// (and counted in the log) until the broker catches up.
-    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
-    max_events_in_flight: u64,
+    /// Most events held in the WAL waiting for a PubAck (at least 1).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_events_in_flight: Option<u64>,
+    /// Add each executable's SHA-256 (`exe_sha256`), cached by device, inode, size, mtime.
+    #[arg(long)]
+    compute_hashes: bool,
+    /// Add environment variable names, the open file count and the capability sets.
+    #[arg(long)]
+    enhanced_metadata: bool,
+    /// Do not use the kernel's process connector: scan every --interval only.
+    #[arg(long)]
+    scan_only: bool,
+}
+
+fn env_flag(key: &str) -> Option<String> {
+    std::env::var(format!("DAEMONEYE_PROCMOND_{key}")).ok()
+}
+
+fn env_bool(key: &str) -> Result<bool, String> {
+    match env_flag(key).as_deref() {
+        None => Ok(false),
+        Some("1" | "true" | "yes" | "on") => Ok(true),
+        Some("0" | "false" | "no" | "off" | "") => Ok(false),
+        Some(other) => Err(format!(
+            "DAEMONEYE_PROCMOND_{key}={other:?}: expected true or false"
+        )),
+    }
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Err(e) = daemoneye_io::init_logging(&args.log_level) {
+    let max_processes = match args.max_processes {
+        Some(n) => n,
+        None => match env_flag("MAX_PROCESSES").map(|v| v.parse::<usize>()) {
+            None => 0,
+            Some(Ok(n)) => n,
+            Some(Err(_)) => {
+                eprintln!("procmond: DAEMONEYE_PROCMOND_MAX_PROCESSES: expected a number");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let (enhanced_metadata, scan_only) =
+        match (env_bool("ENHANCED_METADATA"), env_bool("SCAN_ONLY")) {
+            (Ok(e), Ok(s)) => (args.enhanced_metadata || e, args.scan_only || s),
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("procmond: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+    let broker = args
+        .broker
+        .clone()
+        .or_else(|| std::env::var_os("DAEMONEYE_BROKER_SOCKET").map(PathBuf::from));
+    let source = ProcessSource {
+        collector_id: args.collector_id.clone(),
+        max_processes,
+        enhanced_metadata,
+        scan_only,
+        fallback: Arc::new(Mutex::new(None)),
+    };
+    if broker.is_none() {
+        if let Some(database) = args.database.clone() {
+            return standalone(&args, source, database);
+        }
+        eprintln!(
+            "procmond: no broker: run it under daemoneye-agent, pass --broker PATH, or --database PATH for standalone mode"
+        );
+        return ExitCode::FAILURE;
+    }
+    Collector::builder("procmond")
+        .collector_type("process")
+        .allow_env(&["MAX_PROCESSES", "ENHANCED_METADATA", "SCAN_ONLY"])
+        .configure(move |s| {
+            s.collector_id = Some(args.collector_id);
+            s.broker_socket = broker;
+            if let Some(dir) = args.state_dir {
+                s.state_dir = Some(dir);
+            }
+            if let Some(interval) = args.interval {
+                s.interval_secs = interval;
+            }
+            if let Some(level) = args.log_level {
+                s.log_level = level;
+            }
+            if let Some(wal) = args.wal {
+                s.wal = Some(wal);
+            }
+            if args.no_wal {
+                s.no_wal = true;
+            }
+            if let Some(n) = args.max_events_in_flight {
+                s.max_events_in_flight = n;
+            }
+            if args.compute_hashes {
+                s.compute_hashes = true;
+            }
+        })
+        .source(source)
+        .main()
+}
+
+/// Standalone: the monitor on this thread, its events in the store at `database`, until
+/// SIGTERM or SIGINT.
+fn standalone(args: &Args, source: ProcessSource, database: PathBuf) -> ExitCode {
+    let level = args.log_level.clone().unwrap_or_else(|| "info".into());
+    if let Err(e) = daemoneye_io::init_logging(&level) {
         eprintln!("procmond: {e}");
         return ExitCode::FAILURE;
     }
-    let Some(socket) = args.broker.clone() else {
-        eprintln!(
-            "procmond: standalone mode (--database) is not built yet; run under daemoneye-agent or pass --broker PATH"
-        );
-        return ExitCode::FAILURE;
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
+    let store = match EventStore::open(&database, StoreConfig::default()) {
+        Ok(s) => s,
         Err(e) => {
-            eprintln!("procmond: cannot start runtime: {e}");
+            eprintln!("procmond: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args, socket)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("procmond: {e}");
-            ExitCode::FAILURE
-        }
+    let stop = Arc::new(AtomicBool::new(false));
+    if let Err(e) = stop_on_signals(stop.clone()) {
+        eprintln!("procmond: cannot handle SIGTERM and SIGINT: {e}");
+        return ExitCode::FAILURE;
     }
+    let options = source.options(
+        Duration::from_secs(args.interval.unwrap_or(30)),
+        args.compute_hashes,
+    );
+    tracing::info!(database = %database.display(), "standalone: storing process events");
+    let (_controls, controls_rx) = std::sync::mpsc::channel();
+    let mut sink = StoreSink {
+        store,
+        pending: Vec::new(),
+        failed: false,
+    };
+    monitor::run(options, controls_rx, stop, &mut sink);
+    sink.flush();
+    if sink.failed {
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
 }
 
-async fn run(args: Args, socket: PathBuf) -> Result<(), Box<dyn std::error::Error>> {
-    let caps = SourceCaps::PROCESS | SourceCaps::SYSTEM_WIDE;
-    let id = args.collector_id.clone();
-    daemoneye_proto::frame::validate_name("collector id", &id)?;
-    let mut options = ClientOptions::new(id.clone());
-    options.session.role = Role::Collector;
-    options.session.collector = Some(CollectorIdentity {
-        id: id.clone(),
-        kind: "process".into(),
-        capabilities: caps.bits(),
-    });
-    let mut wal = if args.no_wal {
-        None
-    } else {
-        let path = args.wal.clone().unwrap_or_else(|| {
-            args.state_dir
-                .clone()
-                .unwrap_or_else(daemoneye_io::paths::default_state_dir)
-                .join("procmond.wal")
-        });
-        let mut config = WalConfig::new(id.clone());
-        config.max_pending = args.max_events_in_flight as usize;
-        let (wal, replayed) = WalFile::open(&path, config)?;
-        if wal.pending() > 0 || replayed.tail.is_some() {
-            tracing::info!(wal = %path.display(), %replayed, "re-sending unacknowledged events");
-        }
-        Some(wal)
-    };
-    // Registration and heartbeats: this process's own publisher id.
-    let client = Client::connect(&socket, options.clone()).await?;
-    // Logged events: resends are recognised by (publisher id, sequence), so they travel
-    // under an id that outlives the process and whose sequences only the WAL assigns, on a
-    // connection of their own (a heartbeat must never take a sequence a logged event gets).
-    let events = match wal {
-        Some(_) => {
-            let mut o = options;
-            o.session.client_name = format!("{id}-events");
-            o.session.publisher_id = Some(id.clone());
-            Client::connect(&socket, o).await?
-        }
-        None => client.clone(),
-    };
-    let (ack_tx, mut ack_rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
-    if let Some(wal) = wal.as_mut() {
-        publisher::publish_accepted(&events, wal, &ack_tx).await;
-    }
-    let identity = pbc::RegisterRequest {
-        collector_id: id.clone(),
-        collector_type: "process".into(),
-        capabilities: caps.bits(),
-        pid: std::process::id(),
-        version: env!("CARGO_PKG_VERSION").into(),
-    };
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let registration = tokio::spawn(daemoneye_io::collector::keep_registered(
-        client.clone(),
-        identity,
-        RegistrationConfig::default(),
-        u64::from(std::process::id()),
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
-    let reader = process::ProcessReader::new(process::ReadOptions::default());
-    let mut known: BTreeMap<u32, pbe::ProcessInfo> = BTreeMap::new();
-    let mut tick = tokio::time::interval(Duration::from_secs(args.interval));
-    loop {
-        tokio::select! {
-            biased;
-            _ = term.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
-            Some(sequence) = ack_rx.recv() => {
-                if let Some(wal) = wal.as_mut()
-                    && let Err(e) = wal.handle_puback(sequence)
-                {
-                    tracing::error!(error = %e, "WAL failed");
-                    return Err(e.into());
-                }
+/// Sets `flag` when SIGTERM or SIGINT arrives: both are blocked in this thread (and so in
+/// every thread started after) and one thread waits for them; no handler code.
+fn stop_on_signals(flag: Arc<AtomicBool>) -> Result<(), nix::Error> {
+    let mut set = nix::sys::signal::SigSet::empty();
+    set.add(nix::sys::signal::SIGTERM);
+    set.add(nix::sys::signal::SIGINT);
+    set.thread_block()?;
+    std::thread::Builder::new()
+        .name("procmond-signals".into())
+        .spawn(move || {
+            drop_privileges();
+            if set.wait().is_ok() {
+                flag.store(true, Ordering::Relaxed);
             }
-            _ = tick.tick() => {
-                let now: BTreeMap<u32, pbe::ProcessInfo> = process::scan(&reader, args.max_processes).into_iter().map(|p| (p.pid, p)).collect();
-                let mut batch = Vec::new();
-                for (pid, info) in &now {
-                    if !known.contains_key(pid) {
-                        batch.push((topics::PROCESS_NEW, event(&id, pbe::ProcessEventKind::New, info)));
-                    }
-                }
-                for (pid, info) in &known {
-                    if !now.contains_key(pid) {
-                        batch.push((topics::PROCESS_EXIT, event(&id, pbe::ProcessEventKind::Exit, info)));
-                    }
-                }
-                known = now;
-                match wal.as_mut() {
-                    Some(wal) => publisher::log_and_publish(&events, wal, &ack_tx, batch, now_ms).await?,
-                    None => {
-                        for (topic, payload) in batch {
-                            let p = Publish::new(topic, payload, QoS::AtLeastOnce);
-                            if let Err(e) = client.send(p).await {
-                                tracing::warn!(error = %e, "could not publish a process event");
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-    let _ = stop_tx.send(());
-    let _ = registration.await;
-    if wal.is_some() {
-        events.close().await;
-    }
-    client.close().await;
+        })
+        .map_err(|_| nix::Error::EAGAIN)?;
     Ok(())
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+/// Events into the store, one transaction per round.
+struct StoreSink {
+    store: EventStore,
+    pending: Vec<NewEvent>,
+    failed: bool,
 }
 
-fn event(id: &str, kind: pbe::ProcessEventKind, info: &pbe::ProcessInfo) -> Bytes {
-    process::process_event(id, kind, info, now_ms())
+impl MonitorSink for StoreSink {
+    fn emit(&mut self, topic: &'static str, payload: Bytes) {
+        self.pending.push(NewEvent {
+            topic: topic.to_string(),
+            publisher: String::new(),
+            sequence: 0,
+            payload,
+        });
+    }
+
+    fn detail(&mut self, line: String) {
+        tracing::info!("{line}");
+    }
+
+    fn error(&mut self, message: String) {
+        tracing::warn!(error = %message, "process source");
+    }
+
+    fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        if let Err(e) = self.store.append_batch(now, &self.pending) {
+            tracing::error!(error = %e, dropped = self.pending.len(), "could not store events");
+            self.failed = true;
+        }
+        self.pending.clear();
+    }
 }
+
+/// The process source on the collector runtime.
+struct ProcessSource {
+    collector_id: String,
+    max_processes: usize,
+    enhanced_metadata: bool,
+    scan_only: bool,
+    /// Why it scans instead of watching in real time, when it does.
+    fallback: Arc<Mutex<Option<String>>>,
+}
+
+impl ProcessSource {
+    fn options(&self, interval: Duration, compute_hashes: bool) -> MonitorOptions {
+        MonitorOptions {
+            collector_id: self.collector_id.clone(),
+            interval,
+            max_processes: self.max_processes,
+            read: ReadOptions {
+                enhanced_metadata: self.enhanced_metadata,
+                compute_hashes,
+            },
+            force_scan: self.scan_only,
+            drop_privileges: true,
+        }
+    }
+}
+
+/// Events to the runtime's queue; the mode to the heartbeats.
+struct BusSink {
+    events: EventSender,
+    status: SourceStatus,
+    fallback: Arc<Mutex<Option<String>>>,
+    opened: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl MonitorSink for BusSink {
+    fn emit(&mut self, topic: &'static str, payload: Bytes) {
+        // A full queue past the send timeout drops the event and counts it.
+        let _ = self.events.blocking_send(topic, payload);
+    }
+
+    fn detail(&mut self, line: String) {
+        tracing::info!("{line}");
+        let scanning = line.starts_with("scanning");
+        if let Ok(mut f) = self.fallback.lock() {
+            *f = scanning.then(|| line.clone());
+        }
+        self.status.set_detail(line);
+        if let Some(opened) = self.opened.take() {
+            let _ = opened.send(());
+        }
+    }
+
+    fn error(&mut self, message: String) {
+        self.status.report_error(message);
+    }
+}
+
+impl EventSource for ProcessSource {
+    fn name(&self) -> &str {
+        "process"
+    }
+
+    fn capabilities(&self) -> SourceCaps {
+        let mut caps = SourceCaps::PROCESS | SourceCaps::SYSTEM_WIDE;
+        if cfg!(target_os = "linux") && !self.scan_only {
+            caps |= SourceCaps::REALTIME | SourceCaps::KERNEL_LEVEL;
+        }
+        caps
+    }
+
+    fn start(&self, mut ctx: SourceContext) -> BoxFuture<'_, Result<(), SourceError>> {
+        Box::pin(async move {
+            let config = *ctx.config.borrow_and_update();
+            let options = self.options(config.interval, config.compute_hashes);
+            let (controls, controls_rx) = std::sync::mpsc::channel();
+            let stop = Arc::new(AtomicBool::new(false));
+            let (opened_tx, opened_rx) = tokio::sync::oneshot::channel();
+            let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<()>();
+            let mut sink = BusSink {
+                events: ctx.events.clone(),
+                status: ctx.status.clone(),
+                fallback: self.fallback.clone(),
+                opened: Some(opened_tx),
+            };
+            let thread_stop = stop.clone();
+            std::thread::Builder::new()
+                .name("procmon".into())
+                .spawn(move || {
+                    monitor::run(options, controls_rx, thread_stop, &mut sink);
+                    let _ = done_tx.send(());
+                })
+                .map_err(SourceError::new)?;
+            // The connector is open (or refused) once the monitor says how it collects:
+            // this thread's capabilities go now (the monitor's threads drop their own).
+            if opened_rx.await.is_ok() {
+                drop_privileges();
+            }
+            loop {
+                tokio::select! {
+                    _ = ctx.shutdown.wait() => break,
+                    _ = &mut done_rx => return Err(SourceError::new("the process monitor stopped")),
+                    changed = ctx.config.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                        let c = *ctx.config.borrow_and_update();
+                        let _ = controls.send(MonitorControl::Settings {
+                            interval: c.interval,
+                            compute_hashes: c.compute_hashes,
+                        });
+                    }
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+            let _ = done_rx.await;
+            Ok(())
+        })
+    }
+
+    fn health_check(&self) -> BoxFuture<'_, SourceHealth> {
+        Box::pin(async move {
+            match self.fallback.lock().ok().and_then(|f| f.clone()) {
+                Some(why) => SourceHealth::Degraded(why),
+                None => SourceHealth::Healthy,
+            }
+        })
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn drop_privileges() {
+    use daemoneye_io::collector::process::privileges;
+    match privileges::drop_to_minimum() {
+        Ok(kept) => {
+            tracing::info!(
+                effective = format_args!("{:#x}", kept.effective),
+                "capabilities dropped to CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH"
+            );
+            if !kept.threads_with_more.is_empty() {
+                tracing::warn!(threads = ?kept.threads_with_more, "threads started before the drop keep more capabilities");
+            }
+        }
+        // Not root to begin with: nothing to drop.
+        Err(e) => tracing::debug!(error = %e, "capabilities not dropped"),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn drop_privileges() {}

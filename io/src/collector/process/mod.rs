@@ -19,6 +19,7 @@
 pub mod connector;
 pub mod event;
 pub mod hash;
+pub mod monitor;
 mod names;
 #[cfg(target_os = "linux")]
 pub mod privileges;
