@@ -44,6 +44,7 @@
 //! | layer 2: what hosts report and the invariants over it | `layer2/model.rs` |
 //! | layer 2: turmoil behind the io crate's transport traits | `layer2/transport.rs` |
 //! | layer 3: the collector runtime's batcher and pacing in virtual time, [`run_collector`] | `collector.rs` |
+//! | the process table ([`run_procmon`], `--procmon`): scheduler, world, invariants | `procmon/{mod,world,model}.rs` |
 //!
 //! A new fault touches `fault.rs` (and, if it needs new mechanics, the file of the concern
 //! it hits); a new invariant the layer's `model.rs`; a new kind of client behaviour the
