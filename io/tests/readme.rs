@@ -83,7 +83,10 @@ fn the_readme_walkthrough_runs_as_a_script() {
         "{err}"
     );
     assert!(out.contains("overall  healthy"), "{out}");
-    assert!(out.contains("process,system_wide"), "{out}");
+    assert!(
+        out.contains("process,realtime,kernel_level,system_wide"),
+        "{out}"
+    );
 }
 
 #[test]

@@ -169,8 +169,9 @@ fn wal_records(path: &std::path::Path) -> Vec<u64> {
 fn procmond_killed_with_unacknowledged_events_resends_them_after_restart() {
     let agent = Agent::start(&bins(), None);
     let wal = agent.dir.path().join("state").join("procmond.wal");
-    // A QoS1 subscriber that receives but never acknowledges: PubAcks wait.
-    let mut silent = agent.subscriber(&["events.process.new", "--qos", "1"]);
+    // A QoS1 subscriber that receives but never acknowledges: PubAcks wait (procmond's
+    // start-up snapshot is published whatever else runs).
+    let mut silent = agent.subscriber(&["events.process.snapshot", "--qos", "1"]);
     signal(&silent.child, Signal::SIGSTOP);
     let mut first = procmond(&agent, &wal);
     let deadline = Instant::now() + T;
@@ -184,17 +185,21 @@ fn procmond_killed_with_unacknowledged_events_resends_them_after_restart() {
     let _ = first.wait();
     let held = wal_records(&wal);
     // A new consumer; the silent one goes away.
-    let mut fresh = agent.subscriber(&["events.process.new", "--qos", "1", "--json"]);
+    let mut fresh = agent.subscriber(&["events.process.#", "--qos", "1", "--json"]);
     signal(&silent.child, Signal::SIGKILL);
     let _ = silent.child.wait();
     let mut second = procmond(&agent, &wal);
-    let lines = fresh.stdout.wait_count(held.len(), T).to_vec();
-    let resent: Vec<u64> = lines
-        .iter()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
-        .filter(|v| v["redelivered"] == true && v["publisher_id"] == "procmond")
-        .filter_map(|v| v["sequence"].as_u64())
-        .collect();
+    let deadline = Instant::now() + T;
+    let mut resent: Vec<u64> = Vec::new();
+    while !held.iter().all(|s| resent.contains(s)) && Instant::now() < deadline {
+        let lines = fresh.stdout.drain(Duration::from_millis(200)).to_vec();
+        resent = lines
+            .iter()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
+            .filter(|v| v["redelivered"] == true && v["publisher_id"] == "procmond")
+            .filter_map(|v| v["sequence"].as_u64())
+            .collect();
+    }
     for s in &held {
         assert!(
             resent.contains(s),
