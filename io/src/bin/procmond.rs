@@ -407,18 +407,9 @@ impl EventSource for ProcessSource {
 #[cfg(target_os = "linux")]
 fn drop_privileges() {
     use daemoneye_io::collector::process::privileges;
-    match privileges::drop_to_minimum() {
-        Ok(kept) => {
-            tracing::info!(
-                effective = format_args!("{:#x}", kept.effective),
-                "capabilities dropped to CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH"
-            );
-            if !kept.threads_with_more.is_empty() {
-                tracing::warn!(threads = ?kept.threads_with_more, "threads started before the drop keep more capabilities");
-            }
-        }
-        // Not root to begin with: nothing to drop.
-        Err(e) => tracing::debug!(error = %e, "capabilities not dropped"),
+    // It logs what it kept; not root to begin with, there is nothing to drop.
+    if let Err(e) = privileges::drop_to_minimum() {
+        tracing::debug!(error = %e, "capabilities not dropped");
     }
 }
 

