@@ -37,3 +37,11 @@ impl Clock for MonotonicClock {
         (self.origin + Duration::from_nanos(at.as_nanos())).into_std()
     }
 }
+
+/// The wall clock now, Unix milliseconds (0 before 1970, saturating far ahead): the time
+/// stamped on events and shown to people; never used for deadlines.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

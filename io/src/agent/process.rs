@@ -220,12 +220,6 @@ impl<S: Spawner> std::fmt::Debug for ProcessManager<S> {
 }
 
 /// The wall clock in Unix milliseconds (shown beside core instants).
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 impl<S: Spawner> ProcessManager<S> {
     /// A manager for `specs`, whose collectors connect to `socket`, started with `spawner`
     /// ([`OsSpawner`] in production) and expected to heartbeat every `heartbeat_interval`.
@@ -354,12 +348,13 @@ impl<S: Spawner> ProcessManager<S> {
         let now = self.now();
         // A status request without a name asks for every collector.
         if op == pbc::LifecycleOp::Status && name.is_empty() {
-            return self.fleet.list_response(now, unix_ms());
+            return self.fleet.list_response(now, crate::clock::unix_ms());
         }
         let result = self.fleet.command(now, name, op.into());
         // The answer shows the command's effect (a started collector's pid).
         self.execute();
-        self.fleet.command_response(name, result, now, unix_ms())
+        self.fleet
+            .command_response(name, result, now, crate::clock::unix_ms())
     }
 
     /// Stops every collector in parallel. Each gets SIGKILL after its own stop timeout (the
@@ -431,7 +426,7 @@ impl<S: Spawner> ProcessManager<S> {
                         self.fleet.handle_deregistration(self.now(), &id, &peer);
                     }
                     Some(Request::Health { broker, reply }) => {
-                        let _ = reply.send(self.fleet.health_report(&broker, self.now(), unix_ms()));
+                        let _ = reply.send(self.fleet.health_report(&broker, self.now(), crate::clock::unix_ms()));
                     }
                     Some(Request::Shutdown { reply }) => {
                         self.shutdown(self.fleet.stop_budget()).await;

@@ -17,7 +17,7 @@
 //! - Every minute it applies retention, so that an idle store still forgets old events.
 
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use daemoneye_core::topic::topics;
@@ -66,12 +66,6 @@ impl StoreHealth {
 }
 
 /// Unix milliseconds now.
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 enum Job {
     Append(Vec<NewEvent>, oneshot::Sender<Result<Appended, StoreError>>),
     Query(
@@ -122,13 +116,14 @@ impl StoreThread {
                 while let Some(job) = rx.blocking_recv() {
                     match job {
                         Job::Append(events, reply) => {
-                            let _ = reply.send(store.append_batch(unix_ms(), &events));
+                            let _ =
+                                reply.send(store.append_batch(crate::clock::unix_ms(), &events));
                         }
                         Job::Query(query, max_bytes, reply) => {
                             let _ = reply.send(store.query_within(&query, max_bytes));
                         }
                         Job::Retain(reply) => {
-                            let _ = reply.send(store.enforce_retention(unix_ms()));
+                            let _ = reply.send(store.enforce_retention(crate::clock::unix_ms()));
                         }
                     }
                 }

@@ -264,9 +264,7 @@ impl MonitorSink for StoreSink {
         if self.pending.is_empty() {
             return;
         }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now = daemoneye_io::clock::unix_ms();
         if let Err(e) = self.store.append_batch(now, &self.pending) {
             tracing::error!(error = %e, dropped = self.pending.len(), "could not store events");
             self.failed = true;

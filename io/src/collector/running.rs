@@ -16,7 +16,7 @@ use super::config::CollectorSettings;
 use super::control::{self, ControlEffect};
 use super::metrics::Metrics;
 use super::publisher::publish_batches;
-use super::runtime::{RunReport, RuntimeError, unix_ms};
+use super::runtime::{RunReport, RuntimeError};
 use super::source::{
     EventSender, EventSource, ShutdownSignal, SourceConfig, SourceContext, SourceError,
     SourceEvent, SourceStatus,
@@ -24,6 +24,7 @@ use super::source::{
 use super::tasks;
 use super::wal::{WalFile, WalFileError};
 use crate::client::{Client, Delivery};
+use crate::clock::unix_ms;
 use crate::clock::{Clock, MonotonicClock};
 
 /// A collector while it runs.

@@ -279,12 +279,6 @@ impl std::fmt::Debug for Collector {
     }
 }
 
-pub(super) fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 impl Collector {
     /// A collector named `component` (its environment prefix `DAEMONEYE_<COMPONENT>_`,
     /// its default id and type, its WAL's file name).

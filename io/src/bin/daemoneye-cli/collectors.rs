@@ -223,12 +223,6 @@ fn nonzero(value: u64) -> Option<u64> {
 }
 
 /// Milliseconds since the Unix epoch by this host's clock.
-fn unix_ms_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 impl<'a> From<&'a pbc::CollectorStatus> for CollectorJson<'a> {
     fn from(c: &'a pbc::CollectorStatus) -> Self {
         let heartbeat = nonzero(c.last_heartbeat_ms);
@@ -239,7 +233,8 @@ impl<'a> From<&'a pbc::CollectorStatus> for CollectorJson<'a> {
             uptime_ms: nonzero(c.uptime_ms),
             restarts: c.restarts,
             last_heartbeat_ms: heartbeat,
-            last_heartbeat_age_ms: heartbeat.map(|at| unix_ms_now().saturating_sub(at)),
+            last_heartbeat_age_ms: heartbeat
+                .map(|at| daemoneye_io::clock::unix_ms().saturating_sub(at)),
             capabilities: SourceCaps::from_bits_retain(c.capabilities).names(),
             last_exit: &c.health,
             detail: &c.detail,

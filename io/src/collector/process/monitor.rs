@@ -112,12 +112,6 @@ impl Ticks {
     }
 }
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// The monitor's state on its thread.
 struct Monitor<'a, S: MonitorSink> {
     options: MonitorOptions,
@@ -139,7 +133,7 @@ impl<S: MonitorSink> Monitor<'_, S> {
             match output {
                 Output::Publish(event) => {
                     let kind = event.kind();
-                    let pb = event.into_pb(&self.options.collector_id, unix_ms());
+                    let pb = event.into_pb(&self.options.collector_id, crate::clock::unix_ms());
                     self.sink
                         .emit(topic_of(kind), Bytes::from(pb.encode_to_vec()));
                 }
