@@ -297,6 +297,24 @@ pub mod topics {
     pub const HEALTH_STATUS: &str = "control.health.status";
     /// Event store queries to the agent (request/reply: `EventQuery`, `EventQueryResponse`).
     pub const EVENTS_QUERY: &str = "control.events.query";
+    /// Task submission to the agent's coordinator (request/reply: `TaskSubmit`,
+    /// `TaskSubmitResponse`).
+    pub const TASKS_SUBMIT: &str = "control.tasks.submit";
+    /// The coordinator's tasks (request/reply: `TaskListRequest`, `TaskListResponse`).
+    pub const TASKS_LIST: &str = "control.tasks.list";
+    /// Cancels a task (request/reply: `TaskCancel`, `TaskCancelResponse`).
+    pub const TASKS_CANCEL: &str = "control.tasks.cancel";
+    /// Where collectors send the results of the coordinator's tasks (its tasks' reply topic).
+    pub const TASKS_RESULT: &str = "control.tasks.result";
+    /// The detection engine's state (request/reply: `DetectionStatusRequest`,
+    /// `DetectionStatus`).
+    pub const DETECTION_STATUS: &str = "control.detection.status";
+    /// Reloads the rules (request/reply: `DetectionReload`, `DetectionReloadResponse`).
+    pub const DETECTION_RELOAD: &str = "control.detection.reload";
+    /// Prefix of alerts: `alerts.<level>`.
+    pub const ALERTS_PREFIX: &str = "alerts";
+    /// Prefix of enriched alerts: `alerts.enriched.<level>`.
+    pub const ENRICHED_PREFIX: &str = "alerts.enriched";
     /// Broker statistics.
     pub const BROKER_STATS: &str = "$sys.broker.stats";
     /// Broker health.
@@ -309,6 +327,14 @@ pub mod topics {
     /// `control.collector.config.<collector_id>`.
     pub fn config(collector_id: &str) -> String {
         format!("{CONFIG_PREFIX}.{collector_id}")
+    }
+    /// `alerts.<level>`.
+    pub fn alert(level: &str) -> String {
+        format!("{ALERTS_PREFIX}.{level}")
+    }
+    /// `alerts.enriched.<level>`.
+    pub fn enriched_alert(level: &str) -> String {
+        format!("{ENRICHED_PREFIX}.{level}")
     }
     /// `control.health.heartbeat.<collector_id>`.
     pub fn heartbeat(collector_id: &str) -> String {

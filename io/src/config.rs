@@ -32,6 +32,16 @@
 //! max_bytes = "1GiB"
 //! max_age = "7d"
 //!
+//! [detection]
+//! # The Sigma engine (see `config/detection.rs`).
+//! rules = ["/etc/daemoneye/rules"]
+//! fold_window = "60s"
+//! enrich_level = "high"
+//!
+//! [tasks]
+//! timeout = "10s"
+//! max_attempts = 3
+//!
 //! [agent]
 //! # Root of the agents' state; each agent instance keeps its own directory below it,
 //! # named after its socket, and each collector one inside that.
@@ -62,9 +72,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::logging::LogFilter;
 
+mod detection;
 pub(crate) mod env;
 mod store;
 
+pub use detection::{
+    DetectionSection, DetectionSettings, ENRICHMENT_KINDS, LEVELS, TasksSection, TasksSettings,
+};
 pub use env::{ENV_PREFIX, EnvOverride, env_overrides};
 pub use store::{
     ByteSize, DEFAULT_STORE_FILE, HumaneDuration, StoreSection, parse_byte_size,
@@ -247,6 +261,10 @@ pub struct AgentConfig {
     pub agent: AgentSection,
     /// The event store.
     pub store: StoreSection,
+    /// The detection engine.
+    pub detection: DetectionSection,
+    /// The task coordinator.
+    pub tasks: TasksSection,
     /// Topic ACL.
     pub acl: AclConfig,
     /// Collectors to supervise. Absent: procmond, if a procmond binary is found.

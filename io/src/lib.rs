@@ -26,6 +26,7 @@ pub mod clock;
 pub mod collector;
 pub mod config;
 pub mod decode;
+pub mod detect;
 mod logging;
 pub mod paths;
 pub mod store;

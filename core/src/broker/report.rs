@@ -76,6 +76,7 @@ impl Broker {
             overall: state,
             broker: state,
             coordinator: 0,
+            detection: 0,
             collectors: Vec::new(),
             reasons,
         }

@@ -54,6 +54,7 @@ impl Fleet {
             overall: health.overall_state() as i32,
             broker: broker.broker,
             coordinator: pbc::HealthState::Healthy as i32,
+            detection: 0,
             collectors: self.wire_collectors(now, unix_ms_at_now),
             reasons: health.reasons,
         }

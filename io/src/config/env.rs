@@ -104,12 +104,14 @@ pub(crate) fn field_names<T: DeserializeOwned>() -> &'static [&'static str] {
 impl AgentConfig {
     /// The sections of plain values, by name: every key of these has an environment
     /// override. The other sections (`acl`, `collectors`) are lists and have none.
-    pub(super) fn value_sections(&mut self) -> [(&'static str, &mut dyn ValueSection); 4] {
+    pub(super) fn value_sections(&mut self) -> [(&'static str, &mut dyn ValueSection); 6] {
         [
             ("broker", &mut self.broker),
             ("logging", &mut self.logging),
             ("agent", &mut self.agent),
             ("store", &mut self.store),
+            ("detection", &mut self.detection),
+            ("tasks", &mut self.tasks),
         ]
     }
 }
@@ -193,6 +195,8 @@ mod tests {
             "logging" => toml::to_string(&config.logging),
             "agent" => toml::to_string(&config.agent),
             "store" => toml::to_string(&config.store),
+            "detection" => toml::to_string(&config.detection),
+            "tasks" => toml::to_string(&config.tasks),
             other => panic!("no section {other}"),
         }
         .expect("serializes");
@@ -220,10 +224,16 @@ mod tests {
                 // A value of the key's type (a number, a path/text, a log level) reaches
                 // that key.
                 let mut c = AgentConfig::default();
-                let value = ["4242", "/tmp/daemoneye-env-test", "debug", "true"]
-                    .into_iter()
-                    .find(|v| apply_one(&mut c, &canonical, v).is_ok())
-                    .unwrap_or_else(|| panic!("{canonical} takes no number, path or level"));
+                let value = [
+                    "4242",
+                    "/tmp/daemoneye-env-test",
+                    "debug",
+                    "true",
+                    "[\"/tmp/daemoneye-env-test\"]",
+                ]
+                .into_iter()
+                .find(|v| apply_one(&mut c, &canonical, v).is_ok())
+                .unwrap_or_else(|| panic!("{canonical} takes no number, path or level"));
                 let set = section_toml(&c, section);
                 let shown = set.get(key).map(|v| match v {
                     toml::Value::String(s) => s.clone(),

@@ -181,6 +181,16 @@ pub struct HumaneDuration {
     text: Option<String>,
 }
 
+impl HumaneDuration {
+    /// `duration`, written back as `text` (`"60s"`).
+    pub fn new(duration: Duration, text: &str) -> Self {
+        HumaneDuration {
+            duration,
+            text: Some(text.to_string()),
+        }
+    }
+}
+
 impl std::fmt::Display for HumaneDuration {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.text {

@@ -202,6 +202,164 @@ pub struct HealthReport {
     pub collectors: ::prost::alloc::vec::Vec<CollectorStatus>,
     #[prost(string, repeated, tag = "5")]
     pub reasons: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The detection engine's state (rules refused, evaluation falling behind).
+    #[prost(enumeration = "HealthState", tag = "6")]
+    pub detection: i32,
+}
+/// `control.tasks.submit` (request/reply): a task for a collector with `capability`.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TaskSubmit {
+    #[prost(string, tag = "1")]
+    pub capability: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub kind: ::prost::alloc::string::String,
+    #[prost(bytes = "bytes", tag = "3")]
+    pub payload: ::prost::bytes::Bytes,
+    /// 0..255, higher first.
+    #[prost(uint32, tag = "4")]
+    pub priority: u32,
+    /// A collector id: only that collector may take it. Empty: any with the capability.
+    #[prost(string, tag = "5")]
+    pub target: ::prost::alloc::string::String,
+    /// How long each attempt may take; 0 means the coordinator's default.
+    #[prost(uint64, tag = "6")]
+    pub timeout_ms: u64,
+    /// Attempts before the task fails; 0 means the coordinator's default.
+    #[prost(uint32, tag = "7")]
+    pub max_attempts: u32,
+    /// Reply only once the task has ended (completed, failed or cancelled), with its result.
+    #[prost(bool, tag = "8")]
+    pub wait: bool,
+    /// Correlation id to carry (the alert's id for enrichment); empty: the task id.
+    #[prost(string, tag = "9")]
+    pub correlation_id: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TaskSubmitResponse {
+    /// Why the task was refused (unknown capability, bad priority), empty when accepted.
+    #[prost(string, tag = "1")]
+    pub error: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "2")]
+    pub task: ::core::option::Option<TaskRecord>,
+    /// With `wait`: the collector's result when the task completed.
+    #[prost(message, optional, tag = "3")]
+    pub result: ::core::option::Option<TaskResult>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TaskRecord {
+    #[prost(string, tag = "1")]
+    pub task_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub capability: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub kind: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "4")]
+    pub priority: u32,
+    #[prost(string, tag = "5")]
+    pub target: ::prost::alloc::string::String,
+    /// The collector it is with now (or last was).
+    #[prost(string, tag = "6")]
+    pub owner: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "7")]
+    pub attempts: u32,
+    #[prost(uint32, tag = "8")]
+    pub max_attempts: u32,
+    #[prost(enumeration = "TaskState", tag = "9")]
+    pub state: i32,
+    #[prost(uint64, tag = "10")]
+    pub submitted_ms: u64,
+    /// The current attempt's deadline, Unix milliseconds.
+    #[prost(uint64, tag = "11")]
+    pub deadline_ms: u64,
+    #[prost(uint64, tag = "12")]
+    pub finished_ms: u64,
+    /// Why it failed or was cancelled, or the collector's message.
+    #[prost(string, tag = "13")]
+    pub message: ::prost::alloc::string::String,
+    #[prost(string, tag = "14")]
+    pub correlation_id: ::prost::alloc::string::String,
+}
+/// `control.tasks.list` (request/reply).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TaskListRequest {
+    /// Also the tasks that ended recently (the coordinator keeps a bounded history).
+    #[prost(bool, tag = "1")]
+    pub include_finished: bool,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct TaskListResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub tasks: ::prost::alloc::vec::Vec<TaskRecord>,
+}
+/// `control.tasks.cancel` (request/reply).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TaskCancel {
+    #[prost(string, tag = "1")]
+    pub task_id: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TaskCancelResponse {
+    #[prost(string, tag = "1")]
+    pub error: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "2")]
+    pub task: ::core::option::Option<TaskRecord>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RuleStatus {
+    /// The file, or `builtin:<name>` for a rule shipped in the agent.
+    #[prost(string, tag = "1")]
+    pub file: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub rule_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub title: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub level: ::prost::alloc::string::String,
+    #[prost(enumeration = "RuleState", tag = "5")]
+    pub state: i32,
+    #[prost(string, tag = "6")]
+    pub reason: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "7")]
+    pub matches: u64,
+    /// The logsource as `product/category/service`.
+    #[prost(string, tag = "8")]
+    pub logsource: ::prost::alloc::string::String,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DetectionStatusRequest {}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct DetectionStatus {
+    /// False when detection is disabled in config.
+    #[prost(bool, tag = "1")]
+    pub enabled: bool,
+    #[prost(message, repeated, tag = "2")]
+    pub rules: ::prost::alloc::vec::Vec<RuleStatus>,
+    #[prost(uint64, tag = "3")]
+    pub events_evaluated: u64,
+    #[prost(uint64, tag = "4")]
+    pub alerts_raised: u64,
+    /// Matches folded into an earlier alert.
+    #[prost(uint64, tag = "5")]
+    pub matches_folded: u64,
+    /// When the rules were last loaded, Unix milliseconds.
+    #[prost(uint64, tag = "6")]
+    pub loaded_ms: u64,
+    /// The rule directories, in load order.
+    #[prost(string, repeated, tag = "7")]
+    pub directories: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(enumeration = "HealthState", tag = "8")]
+    pub health: i32,
+    #[prost(string, tag = "9")]
+    pub engine: ::prost::alloc::string::String,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DetectionReload {}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct DetectionReloadResponse {
+    #[prost(string, tag = "1")]
+    pub error: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "2")]
+    pub status: ::core::option::Option<DetectionStatus>,
 }
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
@@ -322,6 +480,82 @@ impl LifecycleErrorCode {
             }
             "LIFECYCLE_ERROR_CODE_TIMEOUT" => Some(Self::Timeout),
             "LIFECYCLE_ERROR_CODE_IO" => Some(Self::Io),
+            _ => None,
+        }
+    }
+}
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum TaskState {
+    Unspecified = 0,
+    /// No collector can take it now: it waits for one.
+    Waiting = 1,
+    /// Sent to its owner; a result is awaited.
+    Assigned = 2,
+    Completed = 3,
+    /// Its attempts ran out, or its owner reported failure.
+    Failed = 4,
+    Cancelled = 5,
+}
+impl TaskState {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "TASK_STATE_UNSPECIFIED",
+            Self::Waiting => "TASK_STATE_WAITING",
+            Self::Assigned => "TASK_STATE_ASSIGNED",
+            Self::Completed => "TASK_STATE_COMPLETED",
+            Self::Failed => "TASK_STATE_FAILED",
+            Self::Cancelled => "TASK_STATE_CANCELLED",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "TASK_STATE_UNSPECIFIED" => Some(Self::Unspecified),
+            "TASK_STATE_WAITING" => Some(Self::Waiting),
+            "TASK_STATE_ASSIGNED" => Some(Self::Assigned),
+            "TASK_STATE_COMPLETED" => Some(Self::Completed),
+            "TASK_STATE_FAILED" => Some(Self::Failed),
+            "TASK_STATE_CANCELLED" => Some(Self::Cancelled),
+            _ => None,
+        }
+    }
+}
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum RuleState {
+    Unspecified = 0,
+    /// Loaded and evaluated against events.
+    Active = 1,
+    /// Loaded, but nothing collects its logsource (reason says which).
+    Inactive = 2,
+    /// Not loaded: it does not parse or uses what the engine does not support (reason says).
+    Refused = 3,
+}
+impl RuleState {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "RULE_STATE_UNSPECIFIED",
+            Self::Active => "RULE_STATE_ACTIVE",
+            Self::Inactive => "RULE_STATE_INACTIVE",
+            Self::Refused => "RULE_STATE_REFUSED",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "RULE_STATE_UNSPECIFIED" => Some(Self::Unspecified),
+            "RULE_STATE_ACTIVE" => Some(Self::Active),
+            "RULE_STATE_INACTIVE" => Some(Self::Inactive),
+            "RULE_STATE_REFUSED" => Some(Self::Refused),
             _ => None,
         }
     }

@@ -140,6 +140,129 @@ pub struct ProcessEventBatch {
     #[prost(message, repeated, tag = "1")]
     pub events: ::prost::alloc::vec::Vec<ProcessEvent>,
 }
+/// One alert: a Sigma rule matched an event. Repeats of one rule on the same (exe, argv)
+/// within the fold window are folded into the first alert: an update with the same alert_id
+/// and a higher `count` is published when the window closes, and readers merge by alert_id.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Alert {
+    /// Unique per alert on its host; also the correlation id of the alert's messages and of
+    /// its enrichment tasks.
+    #[prost(string, tag = "1")]
+    pub alert_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub rule_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub title: ::prost::alloc::string::String,
+    /// Sigma's level: informational, low, medium, high, critical.
+    #[prost(string, tag = "4")]
+    pub level: ::prost::alloc::string::String,
+    /// The rule's tags (ATT&CK ids such as attack.t1059.004).
+    #[prost(string, repeated, tag = "5")]
+    pub tags: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The host's id (machine id) and name.
+    #[prost(string, tag = "6")]
+    pub host: ::prost::alloc::string::String,
+    /// When the (first) match happened, Unix milliseconds.
+    #[prost(uint64, tag = "7")]
+    pub time_ms: u64,
+    /// The event that matched (the first, when folded) and its topic.
+    #[prost(message, optional, tag = "8")]
+    pub event: ::core::option::Option<ProcessEvent>,
+    #[prost(string, tag = "9")]
+    pub event_topic: ::prost::alloc::string::String,
+    /// The matching event's correlation id (its root id when it had one), which ties the alert
+    /// to the event.
+    #[prost(string, tag = "10")]
+    pub event_correlation_id: ::prost::alloc::string::String,
+    /// Matches folded into this alert (1 for a single match); last_ms is the latest one's time.
+    #[prost(uint64, tag = "11")]
+    pub count: u64,
+    #[prost(uint64, tag = "12")]
+    pub last_ms: u64,
+    /// This message updates an alert published before (a fold's final count, or its
+    /// enrichment): readers replace what they hold for alert_id.
+    #[prost(bool, tag = "13")]
+    pub update: bool,
+    /// The rule's file, and its description.
+    #[prost(string, tag = "14")]
+    pub rule_file: ::prost::alloc::string::String,
+    #[prost(string, tag = "15")]
+    pub description: ::prost::alloc::string::String,
+    /// On `alerts.enriched.<level>`: what was asked of the collectors and what came back, one
+    /// entry per kind asked (arrived or not).
+    #[prost(message, repeated, tag = "16")]
+    pub enrichment: ::prost::alloc::vec::Vec<Enrichment>,
+    #[prost(bool, tag = "17")]
+    pub enriched: bool,
+}
+/// One enrichment asked for an alert (a task of the kind below to a `process` collector).
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Enrichment {
+    /// The task kind: "hash", "ancestry", "open_files".
+    #[prost(string, tag = "1")]
+    pub kind: ::prost::alloc::string::String,
+    /// The result arrived before the deadline.
+    #[prost(bool, tag = "2")]
+    pub arrived: bool,
+    /// The collector's result was a success.
+    #[prost(bool, tag = "3")]
+    pub ok: bool,
+    /// Why it failed or did not arrive ("deadline passed after 2 attempts").
+    #[prost(string, tag = "4")]
+    pub message: ::prost::alloc::string::String,
+    #[prost(string, tag = "5")]
+    pub collector_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "6")]
+    pub task_id: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "7")]
+    pub result: ::core::option::Option<ProcessTaskResult>,
+}
+/// The payload of a `process` capability task (Task.kind says what is wanted).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ProcessTaskRequest {
+    #[prost(uint32, tag = "1")]
+    pub pid: u32,
+    /// The process's identity (start ticks), so a reused pid is not mistaken for it; 0 = any.
+    #[prost(uint64, tag = "2")]
+    pub start_ticks: u64,
+    /// The executable's path as seen in the event (for "hash" once the process is gone).
+    #[prost(string, tag = "3")]
+    pub exe: ::prost::alloc::string::String,
+}
+/// The payload of a `process` task's result.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ProcessTaskResult {
+    /// kind "hash": the executable's SHA-256, lowercase hex.
+    #[prost(string, tag = "1")]
+    pub exe_sha256: ::prost::alloc::string::String,
+    /// kind "ancestry": the process itself, then its parent, up to init (pid 1) or as far
+    /// as could be read.
+    #[prost(message, repeated, tag = "2")]
+    pub ancestry: ::prost::alloc::vec::Vec<ProcessInfo>,
+    /// kind "open_files": open file paths and sockets.
+    #[prost(string, repeated, tag = "3")]
+    pub open_files: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(message, repeated, tag = "4")]
+    pub sockets: ::prost::alloc::vec::Vec<Socket>,
+    /// The process was gone before it could be read.
+    #[prost(bool, tag = "5")]
+    pub gone: bool,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Socket {
+    /// "tcp", "tcp6", "udp", "udp6", "unix".
+    #[prost(string, tag = "1")]
+    pub protocol: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub local: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub remote: ::prost::alloc::string::String,
+    /// TCP state name ("ESTABLISHED", "LISTEN"), empty for others.
+    #[prost(string, tag = "4")]
+    pub state: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "5")]
+    pub inode: u64,
+}
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
 pub enum ProcessEventKind {
