@@ -182,3 +182,6 @@ impl RuleSet {
         self.rules.len()
     }
 }
+
+#[cfg(test)]
+mod tests;
