@@ -880,3 +880,14 @@ fn sigma_modifiers_the_engine_supports_and_refuses() {
     // literal text (the README says so).
     assert_eq!(state_of(&st, "/m100.yml").state(), RuleState::Active);
 }
+
+#[test]
+fn a_directory_link_loop_is_read_once() {
+    let (dir, _) = load_dir(&[("sub/one.yml", GOOD)]);
+    std::os::unix::fs::symlink(dir.path(), dir.path().join("sub/loop")).unwrap();
+    let set = RuleSet::load(&RuleSources {
+        builtin: false,
+        directories: vec![dir.path().into()],
+    });
+    assert_eq!(set.active(), 1, "{:?}", set.statuses());
+}
