@@ -891,3 +891,22 @@ fn a_directory_link_loop_is_read_once() {
     });
     assert_eq!(set.active(), 1, "{:?}", set.statuses());
 }
+
+#[test]
+fn a_rule_set_is_shared_across_threads() {
+    fn shared<T: Send + Sync>() {}
+    shared::<RuleSet>();
+    let set = std::sync::Arc::new(builtin_only());
+    let ev = Ev("/usr/bin/cat", &["cat", "/etc/shadow"], false).event();
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| assert_eq!(set.evaluate(&ev).len(), 1));
+        }
+    });
+    let shadow = set
+        .statuses()
+        .into_iter()
+        .find(|s| s.file == "builtin:credential_shadow_read.yml")
+        .unwrap();
+    assert_eq!(shadow.matches, 2);
+}
