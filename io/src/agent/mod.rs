@@ -5,8 +5,10 @@
 //!
 //! - [`process`]: the process manager, which runs the fleet and carries out its actions;
 //! - [`shim`]: real collector processes, started through the `exec-collector` shim;
-//! - [`store`]: the event store service (what crosses the bus, kept and queried).
+//! - [`store`]: the event store service (what crosses the bus, kept and queried);
+//! - [`enrich`]: the enrichment service (alerts enriched by `process` tasks).
 
+pub mod enrich;
 pub mod process;
 pub mod shim;
 pub mod store;

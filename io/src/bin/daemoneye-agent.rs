@@ -195,6 +195,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 }
             })
         });
+        daemoneye_io::agent::enrich::start(&config.detection, UnixConnector(socket.clone()))?;
         // The collectors start once the store subscribes, so that their first events
         // are kept; a store that cannot subscribe in time is not waited for.
         if store.is_some()
