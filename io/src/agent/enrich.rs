@@ -28,7 +28,8 @@ use daemoneye_proto::pb::bus::Correlation;
 use daemoneye_proto::pb::control as pbc;
 use daemoneye_proto::pb::events::{Alert, ProcessTaskRequest};
 use prost::Message;
-use tokio::sync::mpsc;
+use tokio::sync::oneshot;
+use tokio::task::JoinSet;
 
 use crate::client::{AckMode, Client, ClientError, ClientOptions, Delivery};
 use crate::clock::{Clock, MonotonicClock};
@@ -100,7 +101,8 @@ pub async fn serve_enrich<C: Connector>(
     let request_timeout = config.timeout + Duration::from_millis(500);
     let mut machine = Enricher::new(config);
     let clock = MonotonicClock::default();
-    let (answers_tx, mut answers) = mpsc::unbounded_channel::<Answered>();
+    // The submissions in flight; dropped (aborted) when the service stops.
+    let mut asking: JoinSet<Answered> = JoinSet::new();
     // The deliveries of each alert in progress, acked once it is published.
     let mut held: BTreeMap<String, Vec<Delivery>> = BTreeMap::new();
     tokio::pin!(shutdown);
@@ -115,8 +117,8 @@ pub async fn serve_enrich<C: Connector>(
         tokio::select! {
             biased;
             () = &mut shutdown => break,
-            a = answers.recv() => {
-                let Some(a) = a else { break };
+            Some(a) = asking.join_next(), if !asking.is_empty() => {
+                let Ok(a) = a else { continue };
                 machine.handle_answer(clock.now(), &a.alert_id, &a.kind, a.answer);
             }
             () = wake => machine.handle_timeout(clock.now()),
@@ -149,14 +151,14 @@ pub async fn serve_enrich<C: Connector>(
                     request,
                 } => {
                     let submit = submission(&alert_id, &kind, &request, attempt);
-                    let (client, tx) = (client.clone(), answers_tx.clone());
-                    tokio::spawn(async move {
+                    let client = client.clone();
+                    asking.spawn(async move {
                         let answer = ask(&client, submit, request_timeout).await;
-                        let _ = tx.send(Answered {
+                        Answered {
                             alert_id,
                             kind,
                             answer,
-                        });
+                        }
                     });
                 }
                 Output::Enriched(alert) => {
@@ -168,6 +170,7 @@ pub async fn serve_enrich<C: Connector>(
             }
         }
     }
+    asking.shutdown().await;
     client.close().await;
     Ok(())
 }
@@ -250,21 +253,40 @@ async fn publish(client: &Client, alert: &Alert) {
     }
 }
 
+/// The running service, as the agent holds it.
+#[derive(Debug)]
+pub struct EnrichTask {
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EnrichTask {
+    /// Stops the service (its submissions in flight are abandoned) and closes its client,
+    /// before the broker goes; waits at most 300 ms.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = tokio::time::timeout(Duration::from_millis(300), self.task).await;
+    }
+}
+
 /// Starts the service on the current `LocalSet` when `[detection]` is enabled and
-/// enrichment is not off; it runs as long as the agent. A bad `[detection]` value is an
-/// error naming its key.
+/// enrichment is not off; `None` when it is off. A bad `[detection]` value is an error
+/// naming its key.
 pub fn start<C: Connector + 'static>(
     section: &DetectionSection,
     connector: C,
-) -> Result<(), crate::config::ConfigError> {
+) -> Result<Option<EnrichTask>, crate::config::ConfigError> {
     let Some(config) = section.resolve()?.as_ref().and_then(enrich_config) else {
-        return Ok(());
+        return Ok(None);
     };
-    tokio::task::spawn_local(async move {
-        let forever = std::future::pending::<()>();
-        if let Err(e) = serve_enrich(connector, client_options(), config, forever).await {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::task::spawn_local(async move {
+        let stopped = async move {
+            let _ = stopped.await;
+        };
+        if let Err(e) = serve_enrich(connector, client_options(), config, stopped).await {
             tracing::error!(error = %e, "alert enrichment unavailable");
         }
     });
-    Ok(())
+    Ok(Some(EnrichTask { stop, task }))
 }

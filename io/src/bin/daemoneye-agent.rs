@@ -195,7 +195,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 }
             })
         });
-        daemoneye_io::agent::enrich::start(&config.detection, UnixConnector(socket.clone()))?;
+        let enrich = daemoneye_io::agent::enrich::start(&config.detection, UnixConnector(socket.clone()))?;
         // The collectors start once the store subscribes, so that their first events
         // are kept; a store that cannot subscribe in time is not waited for.
         if store.is_some()
@@ -242,6 +242,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         if let Some(store) = store {
             let _ = tokio::time::timeout(std::time::Duration::from_millis(450), store).await;
         }
+        if let Some(enrich) = enrich { enrich.stop().await; }
         control.abort();
         let _ = stop_server.send(());
         let _ = server.await;
