@@ -282,3 +282,60 @@ fn the_task_request_names_the_alerts_process_and_its_executable() {
         (1003, 77, "/usr/bin/x", 5, 6)
     );
 }
+
+#[test]
+fn the_coordinators_answer_is_arrived_only_with_a_collectors_result() {
+    use daemoneye_core::detect::enrich::answer_of;
+    use daemoneye_proto::pb::control::{TaskRecord, TaskResult, TaskState, TaskSubmitResponse};
+    use prost::Message;
+    let record = |state: TaskState, message: &str| TaskRecord {
+        task_id: "t1".into(),
+        state: state as i32,
+        attempts: 2,
+        message: message.into(),
+        ..Default::default()
+    };
+    let payload = ProcessTaskResult {
+        exe_sha256: "ab".into(),
+        ..Default::default()
+    };
+    let done = TaskSubmitResponse {
+        task: Some(record(TaskState::Completed, "")),
+        result: Some(TaskResult {
+            task_id: "t1".into(),
+            collector_id: "procmond".into(),
+            ok: true,
+            message: "sha256".into(),
+            payload: payload.encode_to_vec().into(),
+        }),
+        ..Default::default()
+    };
+    assert_eq!(
+        answer_of(&done),
+        Answer::Result {
+            task_id: "t1".into(),
+            collector_id: "procmond".into(),
+            ok: true,
+            message: "sha256".into(),
+            result: Some(payload),
+        }
+    );
+    let failed = TaskSubmitResponse {
+        task: Some(record(TaskState::Failed, "")),
+        ..Default::default()
+    };
+    assert_eq!(
+        answer_of(&failed),
+        Answer::NotArrived {
+            task_id: "t1".into(),
+            message: "task failed after 2 attempts".into()
+        }
+    );
+    let refused = TaskSubmitResponse {
+        error: "unknown capability".into(),
+        ..Default::default()
+    };
+    assert!(
+        matches!(answer_of(&refused), Answer::NotArrived { message, .. } if message == "task refused: unknown capability")
+    );
+}
