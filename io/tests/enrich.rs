@@ -167,7 +167,6 @@ fn without_answers_the_alert_is_enriched_at_its_deadline_and_low_alerts_and_upda
 }
 
 #[test]
-#[ignore = "needs the agent's task coordinator (control.tasks.submit), not on this branch yet"]
 fn an_alert_on_a_running_process_is_enriched_with_hash_ancestry_and_open_files() {
     let state = tempfile::tempdir().expect("tempdir");
     let mut agent = agent_with_procmond(&state);
