@@ -1,12 +1,15 @@
 //! The agent's collectors as one machine (DESIGN.md sections 7 and 11): each supervised
-//! collector's [`Supervisor`], the [`Registry`] of registered ones, and the rules that join
-//! them.
+//! collector's [`Supervisor`], the [`Registry`] of registered ones, the task
+//! [`Coordinator`], and the rules that join them.
 //!
 //! A collector that misses its heartbeats is restarted through its supervisor (counting
 //! toward `max_restarts`, so one that keeps hanging ends in Failed); pause and resume move
 //! the supervisor and the registry's heartbeat checks together; a new process registers
 //! anew; only the process the agent spawned (or one it started) may speak for a supervised
-//! collector, and only its configured uid for one started elsewhere. The machine asks its
+//! collector, and only its configured uid for one started elsewhere. A collector takes
+//! tasks while it is registered, healthy, running and not paused: the fleet tells the
+//! coordinator whenever that changes, so that the tasks of one that leaves, exits, misses
+//! its heartbeats or is paused move on. The machine asks its
 //! driver to spawn and signal ([`Output`]) and is told what happened (`handle_*`); it never
 //! touches a process itself, so a simulation "spawns" a collector by starting a simulated
 //! client.
@@ -19,11 +22,13 @@
 //! 2. After every input, drain [`poll_output`](Fleet::poll_output): on [`Output::Spawn`]
 //!    start the process (or a simulated client) and report
 //!    [`handle_spawned`](Fleet::handle_spawned) (or `handle_spawn_failed`) before polling
-//!    again; on [`Output::Signal`] signal that pid's process group; send moved tasks and
+//!    again; on [`Output::Signal`] signal that pid's process group; carry out the
+//!    coordinator's [`Output::Task`] (send an attempt, answer who waits for a task) and
 //!    [`Output::BeginMonitoring`]; log events.
 //! 3. Feed it what happens: exits ([`handle_exited`](Fleet::handle_exited)); registrations,
 //!    heartbeats and deregistrations with the OS's word on their sender as a
-//!    [`Peer`] (a registration's answer is returned, to be sent back); operators'
+//!    [`Peer`] (a registration's answer is returned, to be sent back); tasks submitted and
+//!    cancelled, and their results ([`handle_task_result`](Fleet::handle_task_result)); operators'
 //!    [`command`](Fleet::command)s (drain, then build the answer with
 //!    [`command_response`](Fleet::command_response), so that it shows their effect).
 //! 4. Sleep until [`poll_timeout`](Fleet::poll_timeout), then call
@@ -40,9 +45,10 @@ use daemoneye_proto::pb::control as pbc;
 
 use crate::Instant;
 use crate::broker::Health;
-use crate::registry::{
-    self, CollectorHealth, Completion, Expected, Peer, Registry, RegistryEvent, SourceCaps,
+use crate::coordinator::{
+    CancelError, Coordinator, CoordinatorConfig, ResultOutcome, SubmitError, TaskSpec,
 };
+use crate::registry::{self, CollectorHealth, Expected, Peer, Registry, RegistryEvent, SourceCaps};
 use crate::supervisor::{self, Action, LifecycleError, RestartPolicy, Signal, State, Supervisor};
 use crate::time::earlier;
 
@@ -62,6 +68,8 @@ pub struct FleetConfig {
     pub heartbeat_interval: Duration,
     /// Missed heartbeats before a collector is Unhealthy.
     pub missed_heartbeats: u32,
+    /// The task coordinator's defaults.
+    pub tasks: CoordinatorConfig,
 }
 
 impl Default for FleetConfig {
@@ -69,6 +77,7 @@ impl Default for FleetConfig {
         Self {
             heartbeat_interval: Duration::from_secs(10),
             missed_heartbeats: 3,
+            tasks: CoordinatorConfig::default(),
         }
     }
 }
@@ -108,8 +117,10 @@ impl From<pbc::LifecycleOp> for Command {
 pub enum Timer {
     /// A supervisor's restart backoff or stop timeout.
     Supervisor(supervisor::Timer),
-    /// A heartbeat check or a task deadline.
+    /// A heartbeat check.
     Registry(registry::Timer),
+    /// A task attempt's deadline.
+    Task,
 }
 
 /// The fleet of collectors: supervised ones (each with its [`Supervisor`]) and ones started
@@ -121,6 +132,7 @@ pub struct Fleet {
     /// Collectors started elsewhere, with the uid they must connect as.
     externals: BTreeMap<String, u32>,
     registry: Registry,
+    coordinator: Coordinator,
     /// When each collector last registered or heartbeated, until it deregisters.
     last_seen: BTreeMap<String, Instant>,
     /// What each collector's last accepted heartbeat said of its work.
@@ -135,11 +147,13 @@ impl Fleet {
     /// An empty fleet.
     pub fn new(config: FleetConfig) -> Self {
         let registry = Registry::new(config.heartbeat_interval, config.missed_heartbeats);
+        let coordinator = Coordinator::new(config.tasks.clone());
         Self {
             config,
             supervisors: BTreeMap::new(),
             externals: BTreeMap::new(),
             registry,
+            coordinator,
             last_seen: BTreeMap::new(),
             reports: BTreeMap::new(),
             refused: BTreeMap::new(),
@@ -215,40 +229,55 @@ impl Fleet {
         let Some(sup) = self.supervisors.get_mut(name) else {
             return Err(LifecycleError::ProcessNotFound(name.to_string()));
         };
-        match command {
+        let result = match command {
             Command::Start => sup.start(now),
             Command::Stop => sup.stop(now),
             Command::Restart => sup.restart(now),
-            Command::Pause => {
-                sup.pause(now)?;
+            Command::Pause => sup.pause(now).map(|()| {
                 self.registry.set_paused(now, name, true);
-                Ok(())
-            }
-            Command::Resume => {
-                sup.resume(now)?;
+            }),
+            Command::Resume => sup.resume(now).map(|()| {
                 self.registry.set_paused(now, name, false);
-                Ok(())
-            }
+            }),
             Command::Status => Ok(()),
-        }
+        };
+        self.settle(now);
+        result
     }
 
-    /// Assigns a new task to the healthy collector with the capability and the fewest
-    /// tasks; `None` if there is none now (it waits, and is placed when one registers or
-    /// recovers: [`Output::Reassign`]).
-    pub fn assign_task(
+    // ---- tasks ----------------------------------------------------------------------
+
+    /// A new task for the coordinator: its id, or why it is refused. Its first attempt
+    /// (or its waiting) is in the outputs.
+    pub fn submit_task(&mut self, now: Instant, spec: TaskSpec) -> Result<String, SubmitError> {
+        let id = self.coordinator.submit(now, spec);
+        self.settle(now);
+        id
+    }
+
+    /// An operator cancels a task.
+    pub fn cancel_task(&mut self, now: Instant, task: &str) -> Result<(), CancelError> {
+        let done = self.coordinator.cancel(now, task);
+        self.settle(now);
+        done
+    }
+
+    /// A task's result arrived from `peer`. It counts only from the collector it names, from
+    /// that collector's own process (a refusal is counted like a forged heartbeat's).
+    pub fn handle_task_result(
         &mut self,
-        _now: Instant,
-        task: &str,
-        capability: SourceCaps,
-        deadline: Instant,
-    ) -> Option<String> {
-        self.registry.assign(task, capability, deadline)
-    }
-
-    /// A result for `task` arrived from `from`.
-    pub fn complete_task(&mut self, _now: Instant, task: &str, from: &str) -> Completion {
-        self.registry.complete(task, from)
+        now: Instant,
+        result: &pbc::TaskResult,
+        peer: &Peer,
+    ) -> ResultOutcome {
+        if !self.admit(&result.collector_id, peer, Claim::TaskResult) {
+            return ResultOutcome::Unknown;
+        }
+        let outcome = self
+            .coordinator
+            .handle_result(now, &result.task_id, result.into());
+        self.settle(now);
+        outcome
     }
 
     // ---- inputs ---------------------------------------------------------------------
@@ -259,7 +288,7 @@ impl Fleet {
         if let Some(sup) = self.supervisors.get_mut(name) {
             self.registry.deregister(name);
             sup.handle_spawned(now, pid);
-            self.drain_registry(now);
+            self.settle(now);
         }
     }
 
@@ -282,6 +311,7 @@ impl Fleet {
                 how: how.to_string(),
             }));
             sup.handle_exited(now, how);
+            self.settle(now);
         }
     }
 
@@ -327,7 +357,7 @@ impl Fleet {
         {
             self.registry.set_paused(now, id, true);
         }
-        self.drain_registry(now);
+        self.settle(now);
         // Only the collectors the agent runs are its to start; an external one was told
         // by whoever started it.
         if self.supervisors.contains_key(id) {
@@ -370,7 +400,7 @@ impl Fleet {
             self.reports
                 .insert(id.clone(), CollectorReport::from_heartbeat(heartbeat));
         }
-        self.drain_registry(now);
+        self.settle(now);
     }
 
     /// Collector `id` deregistered (it stops cleanly): its tasks move elsewhere.
@@ -382,7 +412,7 @@ impl Fleet {
             self.registry.deregister(id);
             self.last_seen.remove(id);
             self.reports.remove(id);
-            self.drain_registry(now);
+            self.settle(now);
         }
     }
 
@@ -392,7 +422,8 @@ impl Fleet {
             sup.handle_timeout(now);
         }
         self.registry.handle_timeout(now);
-        self.drain_registry(now);
+        self.coordinator.handle_timeout(now);
+        self.settle(now);
     }
 
     // ---- outputs and time -----------------------------------------------------------
@@ -442,7 +473,8 @@ impl Fleet {
             .registry
             .poll_timeout()
             .map(|(at, why)| (at, Timer::Registry(why)));
-        earlier(supervisors, registry)
+        let tasks = self.coordinator.poll_timeout().map(|at| (at, Timer::Task));
+        earlier(earlier(supervisors, registry), tasks)
     }
 
     // ---- queries --------------------------------------------------------------------
@@ -452,9 +484,19 @@ impl Fleet {
         &self.config
     }
 
-    /// The registry of registered collectors and their tasks.
+    /// The registry of registered collectors.
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// The task coordinator.
+    pub fn coordinator(&self) -> &Coordinator {
+        &self.coordinator
+    }
+
+    /// The task coordinator, to switch on its canary (simulations only).
+    pub fn coordinator_mut(&mut self) -> &mut Coordinator {
+        &mut self.coordinator
     }
 
     /// Supervised collector `name`'s supervisor.
@@ -499,12 +541,25 @@ impl Fleet {
         })
     }
 
-    /// The agent's health: the worst of the broker's (`None` when it did not say) and each
-    /// collector's, with the broker's reasons and the fleet's.
-    pub fn health(&self, broker: Option<Health>, broker_reasons: Vec<String>) -> AgentHealth {
+    /// The agent's health at `now`: the worst of the broker's (`None` when it did not
+    /// say), the coordinator's and each collector's, with the broker's reasons, the
+    /// coordinator's and the fleet's.
+    pub fn health(
+        &self,
+        now: Instant,
+        broker: Option<Health>,
+        broker_reasons: Vec<String>,
+    ) -> AgentHealth {
         let mut reasons = broker_reasons;
         reasons.extend(self.unknown_refusals());
+        let (coordinator, why) = self.coordinator.health(now);
+        reasons.extend(why);
+        // A healthy coordinator says nothing: the overall state stays unknown when no
+        // other part is known.
         let mut overall = broker;
+        if coordinator != Health::Healthy {
+            overall = overall.max(Some(coordinator));
+        }
         for c in self.collectors() {
             let health = c.state.health();
             if health != Health::Healthy {
@@ -518,7 +573,11 @@ impl Fleet {
             }
             overall = overall.max(Some(health));
         }
-        AgentHealth { overall, reasons }
+        AgentHealth {
+            overall,
+            coordinator,
+            reasons,
+        }
     }
 
     // ---- rules ----------------------------------------------------------------------
@@ -578,11 +637,33 @@ impl Fleet {
                 RegistryEvent::Recovered { id } => {
                     Output::Event(Event::Recovered { collector: id })
                 }
-                RegistryEvent::Reassigned { task, from, to } => Output::Reassign { task, from, to },
-                RegistryEvent::Unassigned { task } => Output::TaskWaiting { task },
-                RegistryEvent::Expired { task } => Output::TaskExpired { task },
             };
             self.outputs.push_back(out);
+        }
+    }
+
+    /// After every input: acts on the registry's findings, tells the coordinator which
+    /// collectors may take tasks now, and passes its outputs on.
+    fn settle(&mut self, now: Instant) {
+        self.drain_registry(now);
+        let ids: std::collections::BTreeSet<String> = self
+            .registry
+            .collectors()
+            .map(|(id, _)| id.clone())
+            .chain(self.coordinator.members().keys().cloned())
+            .collect();
+        for id in ids {
+            // A supervised collector's process must be up (not stopping, not gone); the
+            // registry says whether it is registered, healthy and not paused.
+            let running = self
+                .supervisors
+                .get(&id)
+                .is_none_or(|s| s.state() == State::Running && s.pid().is_some());
+            let caps = self.registry.available(&id).filter(|_| running);
+            self.coordinator.set_member(now, &id, caps);
+        }
+        while let Some(out) = self.coordinator.poll_output() {
+            self.outputs.push_back(Output::Task(out));
         }
     }
 

@@ -56,10 +56,12 @@
 //!
 //! - [`broker`]: the message broker (topics, queue groups, flow control, QoS1, ACL);
 //! - [`client`]: one client's session with the broker (handshake, resend, deduplication);
-//! - [`fleet`]: the agent's collectors as one machine: their supervisors and the registry
-//!   together (unhealthy means restart, pause and resume, the agent's health roll-up);
+//! - [`fleet`]: the agent's collectors as one machine: their supervisors, the registry
+//!   and the task coordinator together (unhealthy means restart, pause and resume, the agent's health roll-up);
 //! - [`supervisor`]: one collector process's lifecycle and restart policy;
-//! - [`registry`]: registered collectors, their heartbeats and their tasks;
+//! - [`registry`]: registered collectors and their heartbeats;
+//! - [`coordinator`]: tasks from submission to their end (placement by capability and
+//!   priority, retries, reassignment, late duplicates);
 //! - [`registration`]: a collector's side of registering and heartbeating;
 //! - [`wal`]: the write-ahead log of a collector's accepted events.
 #![forbid(unsafe_code)]
@@ -68,6 +70,8 @@ pub mod acl;
 pub mod broker;
 pub mod client;
 pub mod collector;
+pub mod coordinator;
+pub mod detect;
 pub mod fleet;
 pub mod index;
 pub mod procmon;

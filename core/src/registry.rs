@@ -2,13 +2,11 @@
 //!
 //! It knows each registered collector's id, type, capabilities and pid, and when it last
 //! heartbeated. A collector that misses `missed_limit` heartbeats (default 3) becomes
-//! Unhealthy: the registry tells the agent (whose supervisor restarts it) and moves the
-//! collector's outstanding tasks to another healthy collector with the capability, the one
-//! with the fewest tasks. A Paused collector is exempt from heartbeat checks until resumed.
-//! A result from a collector that no longer owns the task (it was reassigned, or already
-//! completed) is recognised as a late duplicate and dropped.
+//! Unhealthy: the registry tells the agent (whose supervisor restarts it, and whose task
+//! coordinator, [`crate::coordinator`], moves the collector's outstanding tasks). A Paused
+//! collector is exempt from heartbeat checks until resumed.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use crate::Instant;
@@ -109,57 +107,13 @@ pub enum RegistryEvent {
         /// The collector.
         id: String,
     },
-    /// A task moved to another collector: send it there.
-    Reassigned {
-        /// The task.
-        task: String,
-        /// Its old owner.
-        from: String,
-        /// Its new owner.
-        to: String,
-    },
-    /// No healthy collector has the capability: the task waits.
-    Unassigned {
-        /// The task.
-        task: String,
-    },
-    /// The task's deadline passed without a result.
-    Expired {
-        /// The task.
-        task: String,
-    },
 }
-
-/// The outcome of a task result.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Completion {
-    /// From the owner: the task is done.
-    Accepted,
-    /// From a collector that no longer owns it, or for a task already done: dropped.
-    LateDuplicate,
-    /// Never heard of this task.
-    Unknown,
-}
-
-#[derive(Debug, Clone)]
-struct Task {
-    capability: SourceCaps,
-    owner: Option<String>,
-    deadline: Instant,
-    /// Everyone who owned it: their late results are duplicates.
-    previous: BTreeSet<String>,
-}
-
-/// How many completed task ids are remembered to recognise late duplicates.
-const REMEMBERED_COMPLETIONS: usize = 4096;
 
 /// Why a [`Registry`] wants [`handle_timeout`](Registry::handle_timeout) called.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Timer {
     /// A healthy collector's heartbeats stop counting as on time.
     HeartbeatMissed,
-    /// A task's deadline passes.
-    TaskDeadline,
 }
 
 /// The registry.
@@ -168,9 +122,6 @@ pub struct Registry {
     heartbeat_interval: Duration,
     missed_limit: u32,
     collectors: BTreeMap<String, CollectorInfo>,
-    tasks: BTreeMap<String, Task>,
-    completed: VecDeque<String>,
-    completed_set: BTreeSet<String>,
     events: VecDeque<RegistryEvent>,
 }
 
@@ -182,9 +133,6 @@ impl Registry {
             heartbeat_interval,
             missed_limit: missed_limit.max(1),
             collectors: BTreeMap::new(),
-            tasks: BTreeMap::new(),
-            completed: VecDeque::new(),
-            completed_set: BTreeSet::new(),
             events: VecDeque::new(),
         }
     }
@@ -210,24 +158,11 @@ impl Registry {
                 paused,
             },
         );
-        // A re-registration may drop capabilities: tasks it can no longer serve move.
-        let unservable: Vec<String> = self
-            .tasks
-            .iter()
-            .filter(|(_, t)| t.owner.as_deref() == Some(id) && !capabilities.contains(t.capability))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for task in unservable {
-            self.move_task(&task, id);
-        }
-        self.place_unassigned();
     }
 
-    /// A collector deregistered: its tasks move elsewhere.
+    /// A collector deregistered.
     pub fn deregister(&mut self, id: &str) {
-        if self.collectors.remove(id).is_some() {
-            self.move_tasks_from(id);
-        }
+        self.collectors.remove(id);
     }
 
     /// A heartbeat arrived.
@@ -240,7 +175,6 @@ impl Registry {
             c.health = CollectorHealth::Healthy;
             self.events
                 .push_back(RegistryEvent::Recovered { id: id.to_string() });
-            self.place_unassigned();
         }
         true
     }
@@ -265,137 +199,7 @@ impl Registry {
         self.collectors.iter()
     }
 
-    /// The owner of a task.
-    pub fn owner(&self, task: &str) -> Option<&str> {
-        self.tasks.get(task).and_then(|t| t.owner.as_deref())
-    }
-
-    fn load(&self, id: &str) -> usize {
-        self.tasks
-            .values()
-            .filter(|t| t.owner.as_deref() == Some(id))
-            .count()
-    }
-
-    /// The healthy, running collector with the capability and the fewest tasks.
-    fn pick(&self, capability: SourceCaps, except: Option<&str>) -> Option<String> {
-        self.collectors
-            .iter()
-            .filter(|(id, c)| {
-                c.health == CollectorHealth::Healthy
-                    && !c.paused
-                    && c.capabilities.contains(capability)
-                    && Some(id.as_str()) != except
-            })
-            .min_by_key(|(id, _)| (self.load(id), (*id).clone()))
-            .map(|(id, _)| id.clone())
-    }
-
-    /// Assigns a new task to a collector with the capability; `None` if there is none now
-    /// (the task waits and is placed when one registers or recovers).
-    pub fn assign(
-        &mut self,
-        task: &str,
-        capability: SourceCaps,
-        deadline: Instant,
-    ) -> Option<String> {
-        let owner = self.pick(capability, None);
-        self.tasks.insert(
-            task.to_string(),
-            Task {
-                capability,
-                owner: owner.clone(),
-                deadline,
-                previous: BTreeSet::new(),
-            },
-        );
-        owner
-    }
-
-    /// A result for `task` arrived from `from`.
-    pub fn complete(&mut self, task: &str, from: &str) -> Completion {
-        if self.completed_set.contains(task) {
-            return Completion::LateDuplicate;
-        }
-        let Some(t) = self.tasks.get(task) else {
-            return Completion::Unknown;
-        };
-        if t.owner.as_deref() != Some(from) {
-            return if t.previous.contains(from) {
-                Completion::LateDuplicate
-            } else {
-                Completion::Unknown
-            };
-        }
-        self.tasks.remove(task);
-        self.completed.push_back(task.to_string());
-        self.completed_set.insert(task.to_string());
-        while self.completed.len() > REMEMBERED_COMPLETIONS {
-            if let Some(old) = self.completed.pop_front() {
-                self.completed_set.remove(&old);
-            }
-        }
-        Completion::Accepted
-    }
-
-    fn move_tasks_from(&mut self, id: &str) {
-        let owned: Vec<String> = self
-            .tasks
-            .iter()
-            .filter(|(_, t)| t.owner.as_deref() == Some(id))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for task in owned {
-            self.move_task(&task, id);
-        }
-    }
-
-    /// Moves one task away from `from` to the best other capable collector.
-    fn move_task(&mut self, task: &str, from: &str) {
-        let Some(capability) = self.tasks.get(task).map(|t| t.capability) else {
-            return;
-        };
-        let to = self.pick(capability, Some(from));
-        if let Some(t) = self.tasks.get_mut(task) {
-            t.previous.insert(from.to_string());
-            t.owner = to.clone();
-        }
-        self.events.push_back(match to {
-            Some(to) => RegistryEvent::Reassigned {
-                task: task.to_string(),
-                from: from.to_string(),
-                to,
-            },
-            None => RegistryEvent::Unassigned {
-                task: task.to_string(),
-            },
-        });
-    }
-
-    fn place_unassigned(&mut self) {
-        let waiting: Vec<(String, SourceCaps)> = self
-            .tasks
-            .iter()
-            .filter(|(_, t)| t.owner.is_none())
-            .map(|(k, t)| (k.clone(), t.capability))
-            .collect();
-        for (task, capability) in waiting {
-            if let Some(to) = self.pick(capability, None) {
-                let from = self
-                    .tasks
-                    .get(&task)
-                    .and_then(|t| t.previous.iter().next_back().cloned())
-                    .unwrap_or_default();
-                if let Some(t) = self.tasks.get_mut(&task) {
-                    t.owner = Some(to.clone());
-                }
-                self.events
-                    .push_back(RegistryEvent::Reassigned { task, from, to });
-            }
-        }
-    }
-
-    /// Time passed: heartbeat checks and task deadlines.
+    /// Time passed: heartbeat checks.
     pub fn handle_timeout(&mut self, now: Instant) {
         let limit = self.heartbeat_interval * self.missed_limit;
         let late: Vec<String> = self
@@ -410,19 +214,7 @@ impl Registry {
             if let Some(c) = self.collectors.get_mut(&id) {
                 c.health = CollectorHealth::Unhealthy;
             }
-            self.events
-                .push_back(RegistryEvent::Unhealthy { id: id.clone() });
-            self.move_tasks_from(&id);
-        }
-        let expired: Vec<String> = self
-            .tasks
-            .iter()
-            .filter(|(_, t)| t.deadline <= now)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for task in expired {
-            self.tasks.remove(&task);
-            self.events.push_back(RegistryEvent::Expired { task });
+            self.events.push_back(RegistryEvent::Unhealthy { id });
         }
     }
 
@@ -432,22 +224,24 @@ impl Registry {
         self.events.pop_front()
     }
 
-    /// The next heartbeat check or task deadline, and what it is for.
+    /// The next heartbeat check, and what it is for.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<(Instant, Timer)> {
         let limit = self.heartbeat_interval * self.missed_limit;
-        let hb = self
-            .collectors
+        self.collectors
             .values()
             .filter(|c| !c.paused && c.health == CollectorHealth::Healthy)
             .map(|c| (c.last_heartbeat + limit, Timer::HeartbeatMissed))
-            .min_by_key(|(at, _)| *at);
-        let task = self
-            .tasks
-            .values()
-            .map(|t| (t.deadline, Timer::TaskDeadline))
-            .min_by_key(|(at, _)| *at);
-        crate::time::earlier(hb, task)
+            .min_by_key(|(at, _)| *at)
+    }
+
+    /// Whether collector `id` may take tasks: registered, healthy and not paused. Its
+    /// capabilities if so.
+    pub fn available(&self, id: &str) -> Option<SourceCaps> {
+        self.collectors
+            .get(id)
+            .filter(|c| c.health == CollectorHealth::Healthy && !c.paused)
+            .map(|c| c.capabilities)
     }
 }
 

@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use daemoneye_core::Instant;
 use daemoneye_core::broker::Health;
+use daemoneye_core::coordinator::{Output as TaskOutput, ResultOutcome, TaskSpec, TaskState};
 use daemoneye_core::fleet::{
     Claim, CollectorState, Command, Event, Fleet, FleetConfig, Output, Timer,
 };
-use daemoneye_core::registry::{self, Completion, Peer, Refusal, SourceCaps};
+use daemoneye_core::registry::{self, Peer, Refusal, SourceCaps};
 use daemoneye_core::supervisor::{LifecycleError, RestartPolicy, Signal, State};
 use daemoneye_proto::pb::control as pbc;
 use proptest::prelude::*;
@@ -33,6 +34,7 @@ impl Driver {
         let mut fleet = Fleet::new(FleetConfig {
             heartbeat_interval: HB,
             missed_heartbeats: 3,
+            ..FleetConfig::default()
         });
         for name in collectors {
             fleet.supervise(*name, policy.clone());
@@ -88,6 +90,11 @@ impl Driver {
             &peer(Some(pid)),
         );
         self.drain(now);
+    }
+
+    /// Submits a task (its outputs are left to the next drain).
+    fn submit(&mut self, now: Instant, spec: TaskSpec) -> String {
+        self.fleet.submit_task(now, spec).expect("accepted")
     }
 
     fn timeout(&mut self, now: Instant) -> Vec<Output> {
@@ -255,7 +262,7 @@ fn a_collector_that_keeps_hanging_ends_failed_when_its_restart_budget_is_spent()
         (CollectorState::Failed, 1, None)
     );
     assert_eq!(d.fleet.poll_timeout(), None, "nothing more will happen");
-    let health = d.fleet.health(Some(Health::Healthy), Vec::new());
+    let health = d.fleet.health(t(0.0), Some(Health::Healthy), Vec::new());
     assert_eq!(health.overall, Some(Health::Unhealthy));
     assert_eq!(health.reasons, ["collector a is failed"]);
 }
@@ -365,30 +372,101 @@ fn tasks_of_a_collector_whose_heartbeats_stop_move_to_another_with_the_capabilit
     d.start(t(0.0));
     d.register(t(0.0), "a");
     d.register(t(0.0), "b");
-    let owner = d
-        .fleet
-        .assign_task(t(0.0), "scan", SourceCaps::PROCESS, t(600.0));
-    assert_eq!(owner.as_deref(), Some("a"), "fewest tasks, then name");
+    let id = d.submit(t(0.0), scan(600));
+    assert_eq!(sent_to(&d.drain(t(0.0))), ["a"], "fewest tasks, then name");
     for k in 1..=3 {
         d.heartbeat(t(10.0 * k as f64), "b");
     }
     let out = d.timeout(t(30.0));
-    assert!(
-        out.contains(&Output::Reassign {
-            task: "scan".into(),
-            from: "a".into(),
-            to: "b".into()
-        }),
-        "{out:?}"
+    assert_eq!(sent_to(&out), ["b"], "{out:?}");
+    let (pa, pb) = (d.pid("a"), d.pid("b"));
+    assert_eq!(
+        d.fleet
+            .handle_task_result(t(31.0), &answer(&id, "a"), &peer(Some(pa))),
+        ResultOutcome::LateDuplicate
     );
     assert_eq!(
-        d.fleet.complete_task(t(31.0), "scan", "a"),
-        Completion::LateDuplicate
+        d.fleet
+            .handle_task_result(t(31.0), &answer(&id, "b"), &peer(Some(pb))),
+        ResultOutcome::Accepted
     );
     assert_eq!(
-        d.fleet.complete_task(t(31.0), "scan", "b"),
-        Completion::Accepted
+        d.fleet.coordinator().task(&id).map(|t| t.state),
+        Some(TaskState::Completed)
     );
+}
+
+fn scan(timeout_secs: u64) -> TaskSpec {
+    TaskSpec {
+        capability: "process".into(),
+        kind: "scan".into(),
+        timeout: Some(Duration::from_secs(timeout_secs)),
+        max_attempts: Some(3),
+        ..TaskSpec::default()
+    }
+}
+
+fn answer(task: &str, from: &str) -> pbc::TaskResult {
+    pbc::TaskResult {
+        task_id: task.into(),
+        collector_id: from.into(),
+        ok: true,
+        ..Default::default()
+    }
+}
+
+/// The collectors the outputs send attempts to.
+fn sent_to(out: &[Output]) -> Vec<String> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Task(TaskOutput::Send(a)) => Some(a.collector.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_result_from_another_process_than_the_collector_it_names_is_refused() {
+    let mut d = Driver::new(&["a"], quick_policy(5));
+    d.start(t(0.0));
+    d.register(t(0.0), "a");
+    let id = d.submit(t(0.0), scan(600));
+    assert_eq!(
+        d.fleet
+            .handle_task_result(t(1.0), &answer(&id, "a"), &peer(Some(4242))),
+        ResultOutcome::Unknown
+    );
+    assert!(d.drain(t(1.0)).iter().any(|o| matches!(
+        o,
+        Output::Event(Event::Refused {
+            claim: Claim::TaskResult,
+            ..
+        })
+    )));
+    assert_eq!(
+        d.fleet.coordinator().task(&id).map(|t| t.state),
+        Some(TaskState::Assigned)
+    );
+}
+
+#[test]
+fn the_tasks_of_a_collector_that_exits_move_at_once_and_a_paused_one_takes_none() {
+    let mut d = Driver::new(&["a", "b"], quick_policy(5));
+    d.start(t(0.0));
+    d.register(t(0.0), "a");
+    d.register(t(0.0), "b");
+    d.fleet.command(t(0.0), "b", Command::Pause).expect("pause");
+    let id = d.submit(t(0.0), scan(600));
+    assert_eq!(sent_to(&d.drain(t(0.0))), ["a"]);
+    d.fleet
+        .command(t(1.0), "b", Command::Resume)
+        .expect("resume");
+    let pid = d.pid("a");
+    d.fleet
+        .handle_exited(t(2.0), "a", pid, "killed by signal 9");
+    let out = d.drain(t(2.0));
+    assert_eq!(sent_to(&out), ["b"], "{out:?}");
+    assert_eq!(d.fleet.coordinator().task(&id).map(|t| t.attempts), Some(2));
 }
 
 #[test]
@@ -396,16 +474,29 @@ fn a_task_with_nobody_to_take_it_waits_and_expires() {
     let mut d = Driver::new(&["a"], quick_policy(5));
     d.start(t(0.0));
     d.register(t(0.0), "a");
-    d.fleet
-        .assign_task(t(0.0), "scan", SourceCaps::PROCESS, t(100.0));
+    let id = d.submit(t(0.0), scan(100));
     let out = d.timeout(t(30.0));
-    assert!(out.contains(&Output::TaskWaiting {
-        task: "scan".into()
-    }));
-    let out = d.timeout(t(100.0));
-    assert!(out.contains(&Output::TaskExpired {
-        task: "scan".into()
-    }));
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Task(TaskOutput::Waiting { task, .. }) if *task == id)),
+        "{out:?}"
+    );
+    // a falls silent (its attempt ends at 30 s), the next two attempts wait out their deadlines.
+    for k in 1..=3 {
+        d.timeout(t(100.0 * k as f64 + 0.5));
+    }
+    let task = d.fleet.coordinator().task(&id).expect("remembered");
+    assert_eq!(
+        (task.state, task.attempts),
+        (TaskState::Failed, 3),
+        "{task:?}"
+    );
+    assert!(
+        task.message
+            .contains("no collector with the process capability"),
+        "{}",
+        task.message
+    );
 }
 
 #[test]
@@ -543,8 +634,8 @@ fn deregistration_forgets_the_collector_and_moves_its_tasks() {
     let mut d = Driver::new(&["a"], quick_policy(5));
     d.start(t(0.0));
     d.register(t(0.0), "a");
-    d.fleet
-        .assign_task(t(0.0), "scan", SourceCaps::PROCESS, t(600.0));
+    let id = d.submit(t(0.0), scan(600));
+    d.drain(t(0.0));
     let pid = d.pid("a");
     d.fleet.handle_deregistration(t(1.0), "a", &peer(Some(pid)));
     let out = d.drain(t(1.0));
@@ -554,9 +645,10 @@ fn deregistration_forgets_the_collector_and_moves_its_tasks() {
             Output::Event(Event::Deregistered {
                 collector: "a".into()
             }),
-            Output::TaskWaiting {
-                task: "scan".into()
-            }
+            Output::Task(TaskOutput::Waiting {
+                task: id,
+                capability: "process".into()
+            })
         ]
     );
     let a = d.fleet.supervised("a").expect("a");
@@ -597,14 +689,14 @@ fn health_is_the_worst_of_the_broker_and_each_collector() {
     d.fleet.accept_external("ext", UID);
     let unknown = Fleet::new(FleetConfig::default());
     assert_eq!(
-        unknown.health(None, Vec::new()).overall,
+        unknown.health(t(0.0), None, Vec::new()).overall,
         None,
         "nothing known"
     );
     // Nothing started yet: stopped is degraded, an absent external collector unhealthy.
     let h = d
         .fleet
-        .health(Some(Health::Healthy), vec!["broker ok".into()]);
+        .health(t(0.0), Some(Health::Healthy), vec!["broker ok".into()]);
     assert_eq!(h.overall, Some(Health::Unhealthy));
     assert_eq!(
         h.reasons,
@@ -619,17 +711,19 @@ fn health_is_the_worst_of_the_broker_and_each_collector() {
     d.fleet
         .handle_registration(t(0.0), &register_request("ext", 9), &peer(Some(9)));
     d.drain(t(0.0));
-    let h = d.fleet.health(Some(Health::Healthy), Vec::new());
+    let h = d.fleet.health(t(0.0), Some(Health::Healthy), Vec::new());
     assert_eq!((h.overall, h.reasons.len()), (Some(Health::Healthy), 0));
     assert_eq!(
-        d.fleet.health(Some(Health::Degraded), Vec::new()).overall,
+        d.fleet
+            .health(t(0.0), Some(Health::Degraded), Vec::new())
+            .overall,
         Some(Health::Degraded),
         "the broker's part counts"
     );
     d.fleet.command(t(1.0), "a", Command::Pause).expect("pause");
     d.drain(t(1.0));
     assert_eq!(
-        d.fleet.health(None, Vec::new()).overall,
+        d.fleet.health(t(0.0), None, Vec::new()).overall,
         Some(Health::Healthy),
         "a paused collector is healthy"
     );
@@ -802,7 +896,7 @@ proptest! {
             .iter()
             .map(|c| Some(reference_health(c.state)))
             .fold(broker, Ord::max);
-        prop_assert_eq!(d.fleet.health(broker, Vec::new()).overall, expected);
+        prop_assert_eq!(d.fleet.health(t(0.0), broker, Vec::new()).overall, expected);
     }
 }
 

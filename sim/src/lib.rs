@@ -45,12 +45,14 @@
 //! | layer 2: turmoil behind the io crate's transport traits | `layer2/transport.rs` |
 //! | layer 3: the collector runtime's batcher and pacing in virtual time, [`run_collector`] | `collector.rs` |
 //! | the process table ([`run_procmon`], `--procmon`): scheduler, world, invariants | `procmon/{mod,world,model}.rs` |
+//! | alert enrichment ([`run_enrich`], `--enrich`): alerts, collectors' answers, invariants | `enrich.rs` |
 //!
 //! A new fault touches `fault.rs` (and, if it needs new mechanics, the file of the concern
 //! it hits); a new invariant the layer's `model.rs`; a new kind of client behaviour the
 //! layer's `workload.rs`.
 
 pub mod collector;
+pub mod enrich;
 pub mod fault;
 pub mod fuzz;
 pub mod layer1;
@@ -61,6 +63,7 @@ pub mod reference;
 mod report;
 
 pub use collector::{CollectorOutcome, CollectorSimConfig, run_collector};
+pub use enrich::{EnrichOutcome, EnrichSimConfig, run_enrich};
 pub use fault::{Fault, FaultRates, Target};
 pub use layer1::{Canary, Outcome, SimConfig, run};
 pub use layer2::{NetConfig, NetOutcome, run_net};

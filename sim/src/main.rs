@@ -5,6 +5,7 @@
 //! cargo run -p daemoneye-sim --release -- --seeds 0..10000     # a sweep
 //! cargo run -p daemoneye-sim --release -- --seed 42 --verbose  # every event
 //! cargo run -p daemoneye-sim --release -- --procmon --seeds 0..1000  # the process table
+//! cargo run -p daemoneye-sim --release -- --enrich --seeds 0..1000   # alert enrichment
 //! ```
 //!
 //! The last line on stdout is `seed=N steps=S trace=<hash>` (for a sweep, of its last
@@ -15,8 +16,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use daemoneye_sim::{
-    Canary, CollectorSimConfig, NetConfig, ProcmonConfig, SimConfig, run, run_collector, run_net,
-    run_procmon,
+    Canary, CollectorSimConfig, EnrichSimConfig, NetConfig, ProcmonConfig, SimConfig, run,
+    run_collector, run_enrich, run_net, run_procmon,
 };
 
 /// Deterministic simulation of the DaemonEye bus with injected faults and crashes.
@@ -42,6 +43,10 @@ struct Args {
     /// bus (its own invariants; `--steps` as in layer 1).
     #[arg(long, conflicts_with = "layer")]
     procmon: bool,
+    /// Simulate the agent's alert enrichment (alerts, collectors' answers, deadlines)
+    /// instead of the bus (its own invariants; `--steps` in virtual milliseconds).
+    #[arg(long, conflicts_with_all = ["layer", "procmon", "canary"])]
+    enrich: bool,
     /// Print every event.
     #[arg(long)]
     verbose: bool,
@@ -75,6 +80,29 @@ fn main() -> ExitCode {
         (None, Some(r)) => r,
         (None, None) => (0, 1),
     };
+    if args.enrich {
+        return sweep(start, end, 1000, |seed| {
+            let cfg = EnrichSimConfig {
+                seed,
+                steps: args.steps.unwrap_or(5000),
+                verbose: args.verbose,
+            };
+            run_enrich(&cfg).map(|out| {
+                let summary = format!(
+                    "alerts={} published={} complete={} timed out={} full={} late={} duplicates={} crashes={}",
+                    out.alerts,
+                    out.published,
+                    out.complete,
+                    out.timed_out,
+                    out.full,
+                    out.late,
+                    out.duplicates,
+                    out.crashes
+                );
+                (out.steps, out.trace, summary)
+            })
+        });
+    }
     if args.procmon {
         let canary = match args.canary {
             None => false,

@@ -13,6 +13,8 @@ pub enum Claim {
     Heartbeat,
     /// A deregistration.
     Deregistration,
+    /// A task's result.
+    TaskResult,
 }
 
 impl Claim {
@@ -22,6 +24,7 @@ impl Claim {
             Claim::Registration => "registration",
             Claim::Heartbeat => "heartbeat",
             Claim::Deregistration => "deregistration",
+            Claim::TaskResult => "task result",
         }
     }
 }
@@ -112,26 +115,8 @@ pub enum Output {
         /// The signal.
         signal: Signal,
     },
-    /// A task moved to another collector (its owner stopped heartbeating, left, or lost
-    /// the capability): send it there.
-    Reassign {
-        /// The task.
-        task: String,
-        /// Its old owner (empty when it waited for one).
-        from: String,
-        /// Its new owner.
-        to: String,
-    },
-    /// No healthy collector has the task's capability: it waits for one.
-    TaskWaiting {
-        /// The task.
-        task: String,
-    },
-    /// The task's deadline passed without a result.
-    TaskExpired {
-        /// The task.
-        task: String,
-    },
+    /// The task coordinator's: send an attempt, a task waits, a task ended.
+    Task(crate::coordinator::Output),
     /// Tell a supervised collector whose registration was accepted to begin monitoring
     /// (`BeginMonitoring` on `control.collector.config.<id>`): a collector configured to
     /// wait starts its sources only then, once the agent knows it and routes its tasks.

@@ -146,6 +146,8 @@ pub struct AgentHealth {
     /// The worst of the broker's and every collector's; `None` only when no part is known
     /// (the broker did not say, and no collector is configured).
     pub overall: Option<Health>,
+    /// The task coordinator's part.
+    pub coordinator: Health,
     /// Why it is not healthy: the broker's reasons, then the fleet's.
     pub reasons: Vec<String>,
 }

@@ -49,12 +49,12 @@ impl Fleet {
         now: Instant,
         unix_ms_at_now: u64,
     ) -> pbc::HealthReport {
-        let health = self.health(broker_health(broker), broker.reasons.clone());
+        let health = self.health(now, broker_health(broker), broker.reasons.clone());
         pbc::HealthReport {
             overall: health.overall_state() as i32,
             broker: broker.broker,
-            coordinator: pbc::HealthState::Healthy as i32,
-            detection: 0,
+            coordinator: wire_state(health.coordinator) as i32,
+            detection: broker.detection,
             collectors: self.wire_collectors(now, unix_ms_at_now),
             reasons: health.reasons,
         }

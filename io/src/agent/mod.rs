@@ -1,15 +1,19 @@
 //! The agent's own bus client: lifecycle RPC on `control.collector.lifecycle`, collectors'
-//! registrations, heartbeats and deregistrations, and the health report on
-//! `control.health.status`, all answered by the process manager ([`process`]) from the core
+//! registrations, heartbeats and deregistrations, the task RPC on `control.tasks.*` and the
+//! tasks sent to collectors, and the health report on `control.health.status`, all answered by the process manager ([`process`]) from the core
 //! fleet's state.
 //!
 //! - [`process`]: the process manager, which runs the fleet and carries out its actions;
 //! - [`shim`]: real collector processes, started through the `exec-collector` shim;
-//! - [`store`]: the event store service (what crosses the bus, kept and queried).
+//! - [`store`]: the event store service (what crosses the bus, kept and queried);
+//! - [`tasks`]: the task RPC and the collectors' results, for the fleet's coordinator;
+//! - [`enrich`]: the enrichment service (alerts enriched by `process` tasks).
 
+pub mod enrich;
 pub mod process;
 pub mod shim;
 pub mod store;
+pub mod tasks;
 
 use std::time::Duration;
 
@@ -57,9 +61,10 @@ async fn health_report(
         broker.reasons.push(problem);
     }
     let (reply, rx) = oneshot::channel();
+    // Without the process manager the coordinator's state is unknown.
     let fallback = pbc::HealthReport {
         overall: broker.broker,
-        coordinator: pbc::HealthState::Healthy as i32,
+        coordinator: pbc::HealthState::Unspecified as i32,
         ..broker.clone()
     };
     if manager
@@ -115,7 +120,7 @@ pub fn control_options() -> ClientOptions {
 /// Connects to the broker through `connector` (a [`crate::transport::UnixConnector`] in
 /// production, the simulation's network in a simulation) as the agent, with `options`
 /// (normally [`control_options`]; a simulation replaces its reconnect seed), and serves
-/// lifecycle, registration and health requests until the connection ends for good.
+/// lifecycle, registration, task and health requests until the connection ends for good.
 pub async fn serve_control<C: Connector>(
     connector: C,
     options: ClientOptions,
@@ -144,6 +149,7 @@ pub async fn serve_control_with<C: Connector>(
         .await?;
     let heartbeat_filter = format!("{}.+", topics::HEARTBEAT_PREFIX);
     let mut heartbeats = client.subscribe(Subscribe::new(heartbeat_filter)).await?;
+    let mut tasks = tasks::TaskTopics::subscribe(&client, &manager).await?;
     let mut tick = tokio::time::interval(HEALTH_EVERY);
     loop {
         tokio::select! {
@@ -207,6 +213,10 @@ pub async fn serve_control_with<C: Connector>(
                 if let Ok(m) = pbc::Deregister::decode(d.payload.clone()) {
                     let _ = manager.send(Request::Deregister { id: m.collector_id, peer }).await;
                 }
+            }
+            incoming = tasks.next() => {
+                let Some(incoming) = incoming else { return Ok(()) };
+                incoming.serve(&client, &manager).await;
             }
             _ = tick.tick() => {
                 let report = health_report(&client, &manager, store.as_ref()).await;

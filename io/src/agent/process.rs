@@ -3,14 +3,17 @@
 //! It owns the collectors' specs and a [`Spawner`], feeds the fleet what happened (spawned,
 //! exited, registrations, heartbeats, operators' commands, time) and carries out what the
 //! fleet asks (spawn, signal). Every decision (restart, backoff, SIGKILL after the stop
-//! timeout, health, who may speak for a collector) is the fleet's. Production spawns
-//! through the `exec-collector` shim ([`super::shim`]).
+//! timeout, health, who may speak for a collector, which collector takes a task, retries)
+//! is the fleet's. Production spawns through the `exec-collector` shim ([`super::shim`]);
+//! the task attempts the fleet's coordinator asks for go to the control client attached
+//! with [`TaskRequest::Attach`], which publishes them.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use daemoneye_core::Instant;
+use daemoneye_core::coordinator::{self, Output as TaskOutput, TaskState};
 use daemoneye_core::fleet::{Event, Fleet, FleetConfig, Output};
 use daemoneye_core::registry::Peer;
 use daemoneye_core::supervisor::{RestartPolicy, Signal};
@@ -18,6 +21,7 @@ use daemoneye_proto::pb::control as pbc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::shim::OsSpawner;
+use super::tasks::{self, TaskRequest, Waiters};
 use crate::clock::{Clock, MonotonicClock};
 
 /// One collector to supervise.
@@ -141,6 +145,8 @@ pub enum Request {
         /// The agent's report.
         reply: oneshot::Sender<pbc::HealthReport>,
     },
+    /// The task RPC and the collectors' results.
+    Tasks(TaskRequest),
     /// Stop every collector (in parallel) within the fleet's stop budget, then answer.
     Shutdown {
         /// Answered once all are gone.
@@ -209,6 +215,10 @@ pub struct ProcessManager<S: Spawner = OsSpawner> {
     ended_on_purpose: std::collections::BTreeSet<u32>,
     /// Collectors the fleet said to tell to begin monitoring, not yet told.
     begin_monitoring: Vec<String>,
+    /// Where attempts go (the control client), once attached.
+    task_sends: Option<mpsc::UnboundedSender<daemoneye_proto::frame::Publish>>,
+    /// Submitters waiting for their task to end.
+    waiters: Waiters,
 }
 
 impl<S: Spawner> std::fmt::Debug for ProcessManager<S> {
@@ -229,11 +239,23 @@ impl<S: Spawner> ProcessManager<S> {
         spawner: S,
         heartbeat_interval: Duration,
     ) -> Self {
-        let (exits_tx, exits_rx) = mpsc::unbounded_channel();
-        let mut fleet = Fleet::new(FleetConfig {
+        let config = FleetConfig {
             heartbeat_interval,
             ..FleetConfig::default()
-        });
+        };
+        Self::with_config(specs, socket, spawner, config)
+    }
+
+    /// A manager like [`new`](Self::new), with the fleet's whole configuration (the task
+    /// coordinator's defaults included).
+    pub fn with_config(
+        specs: Vec<CollectorSpec>,
+        socket: PathBuf,
+        spawner: S,
+        config: FleetConfig,
+    ) -> Self {
+        let (exits_tx, exits_rx) = mpsc::unbounded_channel();
+        let mut fleet = Fleet::new(config);
         for spec in &specs {
             fleet.supervise(spec.name.clone(), spec.policy.clone());
         }
@@ -248,6 +270,8 @@ impl<S: Spawner> ProcessManager<S> {
             exits_rx,
             ended_on_purpose: Default::default(),
             begin_monitoring: Vec::new(),
+            task_sends: None,
+            waiters: Waiters::default(),
         }
     }
 
@@ -301,17 +325,119 @@ impl<S: Spawner> ProcessManager<S> {
                     }
                 }
                 Output::BeginMonitoring { collector } => self.begin_monitoring.push(collector),
-                Output::Reassign { .. }
-                | Output::TaskWaiting { .. }
-                | Output::TaskExpired { .. } => {
-                    tracing::info!(?output, "task moved");
-                }
+                Output::Task(out) => self.task_output(now, out),
                 Output::Event(event) => {
                     let expected = match &event {
                         Event::Exited { pid, .. } => self.ended_on_purpose.remove(pid),
                         _ => false,
                     };
                     log(&event, expected);
+                }
+            }
+        }
+    }
+
+    /// Carries out one of the coordinator's outputs: an attempt goes to the control
+    /// client, an ended task answers whoever waits for it.
+    fn task_output(&mut self, now: Instant, out: TaskOutput) {
+        let unix_ms = crate::clock::unix_ms();
+        match out {
+            TaskOutput::Send(attempt) => {
+                tracing::info!(task = %attempt.task, attempt = attempt.attempt, collector = %attempt.collector, "task sent");
+                let p = tasks::attempt_publish(&attempt, now, unix_ms);
+                let sent = self
+                    .task_sends
+                    .as_ref()
+                    .is_some_and(|tx| tx.send(p).is_ok());
+                if !sent {
+                    tracing::warn!(task = %attempt.task, "no control connection to send the task on; its deadline will retry it");
+                }
+            }
+            TaskOutput::Waiting { task, capability } => {
+                tracing::info!(%task, %capability, "task waits for a collector");
+            }
+            TaskOutput::Ended(task) => {
+                match task.state {
+                    TaskState::Failed => {
+                        tracing::warn!(task = %task.id, message = %task.message, "task failed")
+                    }
+                    _ => {
+                        tracing::info!(task = %task.id, state = %task.state, owner = ?task.owner, "task ended")
+                    }
+                }
+                self.waiters.ended(&task, now, unix_ms);
+            }
+        }
+    }
+
+    /// Serves one request of the task RPC (or a result).
+    fn task_request(&mut self, request: TaskRequest) {
+        let now = self.now();
+        let unix_ms = crate::clock::unix_ms();
+        match request {
+            TaskRequest::Attach { sends } => self.task_sends = Some(sends),
+            TaskRequest::Submit { submit, reply } => {
+                let wait = submit.wait;
+                let id = coordinator::spec_from_wire(&submit)
+                    .and_then(|spec| self.fleet.submit_task(now, spec));
+                let id = match id {
+                    Ok(id) => id,
+                    Err(e) => {
+                        let _ = reply.send(pbc::TaskSubmitResponse {
+                            error: e.to_string(),
+                            ..Default::default()
+                        });
+                        return;
+                    }
+                };
+                let record = self
+                    .fleet
+                    .coordinator()
+                    .task(&id)
+                    .map(|t| t.to_wire(now, unix_ms));
+                if wait {
+                    self.waiters.wait(id, reply);
+                } else {
+                    let _ = reply.send(pbc::TaskSubmitResponse {
+                        error: String::new(),
+                        task: record,
+                        result: None,
+                    });
+                }
+                self.execute();
+            }
+            TaskRequest::List {
+                include_finished,
+                reply,
+            } => {
+                let c = self.fleet.coordinator();
+                let mut list: Vec<pbc::TaskRecord> = Vec::new();
+                if include_finished {
+                    list.extend(c.history().map(|t| t.to_wire(now, unix_ms)));
+                }
+                list.extend(c.active().into_iter().map(|t| t.to_wire(now, unix_ms)));
+                let _ = reply.send(pbc::TaskListResponse { tasks: list });
+            }
+            TaskRequest::Cancel { task_id, reply } => {
+                let error = self
+                    .fleet
+                    .cancel_task(now, &task_id)
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default();
+                let task = self
+                    .fleet
+                    .coordinator()
+                    .task(&task_id)
+                    .map(|t| t.to_wire(now, unix_ms));
+                self.execute();
+                let _ = reply.send(pbc::TaskCancelResponse { error, task });
+            }
+            TaskRequest::Result { result, peer } => {
+                let peer = self.peer(peer);
+                let outcome = self.fleet.handle_task_result(now, &result, &peer);
+                if outcome != coordinator::ResultOutcome::Accepted {
+                    tracing::info!(task = %result.task_id, collector = %result.collector_id, ?outcome, "task result dropped");
                 }
             }
         }
@@ -425,6 +551,7 @@ impl<S: Spawner> ProcessManager<S> {
                         let peer = self.peer(peer);
                         self.fleet.handle_deregistration(self.now(), &id, &peer);
                     }
+                    Some(Request::Tasks(request)) => self.task_request(request),
                     Some(Request::Health { broker, reply }) => {
                         let _ = reply.send(self.fleet.health_report(&broker, self.now(), crate::clock::unix_ms()));
                     }

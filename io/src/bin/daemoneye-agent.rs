@@ -132,6 +132,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // inside it: two agents on one host never share state.
     let state_dir = paths::agent_state_dir(&config.state_root(), &socket);
     let store_plan = config.store.resolve(&state_dir)?;
+    let tasks = config.tasks.resolve()?;
     let shim = std::env::current_exe()?;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -195,6 +196,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 }
             })
         });
+        let enrich = daemoneye_io::agent::enrich::start(&config.detection, UnixConnector(socket.clone()))?;
         // The collectors start once the store subscribes, so that their first events
         // are kept; a store that cannot subscribe in time is not waited for.
         if store.is_some()
@@ -205,9 +207,21 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         eprintln!("listening on {}", socket.display());
         tracing::info!(socket = %socket.display(), state = %state_dir.display(), uid, "broker started");
         let (manager_tx, manager_rx) = tokio::sync::mpsc::channel(64);
-        let heartbeat_interval = broker_config.heartbeat_interval;
+        let fleet_config = daemoneye_core::fleet::FleetConfig {
+            heartbeat_interval: broker_config.heartbeat_interval,
+            tasks: daemoneye_core::coordinator::CoordinatorConfig {
+                timeout: tasks.timeout,
+                max_attempts: tasks.max_attempts,
+                history: tasks.history,
+                // Task ids of this run differ from a previous run's, so that a late result
+                // for an old task is not taken for a new one.
+                id_prefix: format!("{:04x}", (daemoneye_io::clock::unix_ms() / 1000) & 0xffff),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
         let manager = tokio::task::spawn_local(
-            ProcessManager::new(specs, socket.clone(), OsSpawner { shim }, heartbeat_interval)
+            ProcessManager::with_config(specs, socket.clone(), OsSpawner { shim }, fleet_config)
                 .with_state_dir(state_dir)
                 .with_externals(externals)
                 .run(manager_rx),
@@ -241,6 +255,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         if let Some(store) = store {
             let _ = tokio::time::timeout(std::time::Duration::from_millis(450), store).await;
         }
+        if let Some(enrich) = enrich { enrich.stop().await; }
         control.abort();
         let _ = stop_server.send(());
         let _ = server.await;

@@ -32,11 +32,13 @@ use daemoneye_io::collector::process::ReadOptions;
 use daemoneye_io::collector::process::monitor::{
     self, MonitorControl, MonitorOptions, MonitorSink,
 };
+use daemoneye_io::collector::process::tasks::ProcessTasks;
 use daemoneye_io::collector::{
     BoxFuture, Collector, EventSender, EventSource, SourceCaps, SourceContext, SourceError,
-    SourceHealth, SourceStatus,
+    SourceHealth, SourceStatus, TaskOutcome,
 };
 use daemoneye_io::store::{EventStore, NewEvent, StoreConfig};
+use daemoneye_proto::pb::control::Task;
 
 /// procmond: DaemonEye's process collector.
 ///
@@ -135,6 +137,7 @@ fn main() -> ExitCode {
         enhanced_metadata,
         scan_only,
         fallback: Arc::new(Mutex::new(None)),
+        tasks: ProcessTasks::new(true),
     };
     if broker.is_none() {
         if let Some(database) = args.database.clone() {
@@ -281,6 +284,8 @@ struct ProcessSource {
     scan_only: bool,
     /// Why it scans instead of watching in real time, when it does.
     fallback: Arc<Mutex<Option<String>>>,
+    /// Serves `process` tasks (hash, ancestry, open files).
+    tasks: ProcessTasks,
 }
 
 impl ProcessSource {
@@ -390,6 +395,14 @@ impl EventSource for ProcessSource {
             let _ = done_rx.await;
             Ok(())
         })
+    }
+
+    fn task_capabilities(&self) -> SourceCaps {
+        SourceCaps::PROCESS
+    }
+
+    fn handle_task(&self, task: Task) -> BoxFuture<'_, TaskOutcome> {
+        Box::pin(self.tasks.handle(task))
     }
 
     fn health_check(&self) -> BoxFuture<'_, SourceHealth> {

@@ -228,6 +228,13 @@ pub struct ProcessTaskRequest {
     /// The executable's path as seen in the event (for "hash" once the process is gone).
     #[prost(string, tag = "3")]
     pub exe: ::prost::alloc::string::String,
+    /// The executable's device and inode as seen in the event (ProcessInfo.exe_dev,
+    /// exe_inode): once the process is gone, `exe` is hashed only if it still names that
+    /// file; 0 = not known (then a gone process's executable is not hashed).
+    #[prost(uint64, tag = "4")]
+    pub exe_dev: u64,
+    #[prost(uint64, tag = "5")]
+    pub exe_inode: u64,
 }
 /// The payload of a `process` task's result.
 #[derive(Clone, PartialEq, ::prost::Message)]

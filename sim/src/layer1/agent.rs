@@ -65,6 +65,7 @@ pub(super) fn fleet_config() -> FleetConfig {
     FleetConfig {
         heartbeat_interval: AGENT_HEARTBEAT,
         missed_heartbeats: 3,
+        ..FleetConfig::default()
     }
 }
 

@@ -18,6 +18,7 @@ mod messaging;
 mod publish;
 mod reply;
 mod status;
+mod tasks;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -70,6 +71,12 @@ enum Command {
         #[command(subcommand)]
         command: events::EventsCommand,
     },
+    /// Tasks for collectors through the agent's coordinator: `tasks submit performance
+    /// load --wait`, `tasks list`, `tasks cancel ID`.
+    Tasks {
+        #[command(subcommand)]
+        command: tasks::TasksCommand,
+    },
     /// Measure throughput and latency with separate publisher and subscriber connections.
     Bench(bench::BenchArgs),
     /// Print a shell completion script, e.g. `daemoneye-cli completions bash >
@@ -93,6 +100,7 @@ impl Command {
             Command::Collectors { command } => collectors::run(socket, command).await,
             Command::Health(args) => status::health(socket, args).await,
             Command::Events { command } => events::run(socket, command).await,
+            Command::Tasks { command } => tasks::run(socket, command).await,
             Command::Bench(args) => bench::run(socket, args).await,
             Command::Completions { shell } => {
                 use clap::CommandFactory;

@@ -202,7 +202,8 @@ impl HashCache {
         self.hash_open_file(file, &shown)
     }
 
-    fn hash_open_file(&self, mut file: File, shown: &str) -> Result<String, HashError> {
+    /// The SHA-256 of an opened file, cached by its identity (`shown` names it in errors).
+    pub fn hash_open_file(&self, mut file: File, shown: &str) -> Result<String, HashError> {
         let io = |source| HashError::Io {
             path: shown.into(),
             source,

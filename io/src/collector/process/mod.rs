@@ -7,7 +7,8 @@
 //! - [`watch`] (Linux): the real-time pipeline over the kernel's process connector
 //!   ([`connector`]), exec and exit as they happen;
 //! - [`privileges`] (Linux): dropping every capability but the two reading needs;
-//! - [`event`]: the `events.process.*` payload.
+//! - [`event`]: the `events.process.*` payload;
+//! - [`tasks`]: the `process` capability's tasks (hash, ancestry, open files).
 //!
 //! Start-up order on Linux: [`connector::ProcConnector::open`] (falls back to scanning on
 //! [`connector::ConnectorError`]), [`privileges::drop_to_minimum`], then
@@ -26,6 +27,7 @@ pub mod privileges;
 pub mod procfs;
 pub mod reader;
 pub mod scan;
+pub mod tasks;
 #[cfg(target_os = "linux")]
 pub mod watch;
 

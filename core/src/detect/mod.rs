@@ -1,0 +1,3 @@
+//! Detection in the agent: the pure machines of the engine.
+
+pub mod enrich;
