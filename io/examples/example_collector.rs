@@ -2,7 +2,8 @@
 //! interval (`DAEMONEYE_EXAMPLE_INTERVAL_SECS`, changed live by `daemoneye-cli collectors
 //! config NAME --interval S`) and publishes `DAEMONEYE_EXAMPLE_BURST` events per round on
 //! `events.performance.loadavg`, which the runtime batches, logs and publishes; it also
-//! answers `performance` tasks with the current load. Registration, heartbeats, batching,
+//! answers `performance` tasks with the current load (kind `sleep`: after sleeping the
+//! number of milliseconds in the payload, a slow task for tests). Registration, heartbeats, batching,
 //! the WAL, backpressure, control messages and shutdown are the runtime's.
 //!
 //! Run it under the agent with a `[[collectors]]` entry whose `binary` is this example.
@@ -63,6 +64,15 @@ impl EventSource for LoadAverage {
 
     fn handle_task(&self, task: Task) -> BoxFuture<'_, TaskOutcome> {
         Box::pin(async move {
+            if task.kind == "sleep" {
+                let Some(ms) = std::str::from_utf8(&task.payload)
+                    .ok()
+                    .and_then(|t| t.trim().parse::<u64>().ok())
+                else {
+                    return TaskOutcome::failed("a sleep task's payload is milliseconds");
+                };
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            }
             match read_load() {
                 Ok(load) => TaskOutcome {
                     ok: true,

@@ -1,12 +1,10 @@
 //! The collector runtime end to end: the example collector (`io/examples/example_collector.rs`)
 //! supervised by a real agent, seen through the real CLI and the client library.
 //!
-//! The example is built here with `cargo build --example` (Cargo hands integration tests
-//! the paths of the package's binaries only, and does not build examples for a filtered
-//! `cargo test --test`); it lands in the same target directory as this test.
+//! The example is built here with `cargo build --example`
+//! ([`daemoneye_tests::build_example`]); it lands in the same target directory as this test.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -27,36 +25,11 @@ fn bins() -> Bins {
 
 /// The example's binary, built (or found fresh) in this test's target directory.
 fn example() -> PathBuf {
-    // .../target/<profile>/deps/collector_framework-<hash>
-    let exe = std::env::current_exe().expect("test path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target/<profile>");
-    let target_dir = profile_dir.parent().expect("target");
-    let profile = profile_dir
-        .file_name()
-        .and_then(|p| p.to_str())
-        .expect("profile");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args([
-        "build",
-        "--quiet",
-        "-p",
+    daemoneye_tests::build_example(
+        env!("CARGO_MANIFEST_DIR"),
         "daemoneye-io",
-        "--example",
         "example_collector",
-    ])
-    .arg("--target-dir")
-    .arg(target_dir)
-    .current_dir(env!("CARGO_MANIFEST_DIR"));
-    if profile == "release" {
-        cmd.arg("--release");
-    }
-    let status = cmd.status().expect("run cargo");
-    assert!(status.success(), "building the example failed");
-    profile_dir.join("examples").join("example_collector")
+    )
 }
 
 fn config(example: &std::path::Path) -> String {

@@ -52,7 +52,8 @@ struct Args {
     verbose: bool,
     /// Run a deliberately broken variant, which must be caught: `early-puback` (a broker
     /// that acknowledges before delivering), `lying-sync` (a disk whose sync makes nothing
-    /// durable) or, with `--procmon`, `reuse-as-modified` (a process table that takes a
+    /// durable), `duplicate-completion` (a task coordinator that completes a task again on
+    /// a late duplicate result) or, with `--procmon`, `reuse-as-modified` (a process table that takes a
     /// reused pid's exec for a re-exec).
     #[arg(long, value_name = "VARIANT")]
     canary: Option<Canary>,

@@ -118,3 +118,20 @@ fn canary_disk_whose_sync_lies_is_caught() {
         "the simulation must catch a WAL that counts unsynced records as accepted"
     );
 }
+
+#[test]
+fn canary_coordinator_that_completes_a_late_duplicate_is_caught() {
+    let caught = (0..20)
+        .filter_map(|seed| {
+            run(&SimConfig {
+                canary: Canary::DuplicateCompletion,
+                ..config(seed)
+            })
+            .err()
+        })
+        .find(|v| v.invariant == "task-ends-once");
+    assert!(
+        caught.is_some(),
+        "the simulation must catch a coordinator that completes a task twice"
+    );
+}

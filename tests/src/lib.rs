@@ -296,6 +296,36 @@ pub fn exists(p: &Path) -> bool {
     std::fs::symlink_metadata(p).is_ok()
 }
 
+/// Builds example `name` of the package in `manifest_dir` (`env!("CARGO_MANIFEST_DIR")`)
+/// into the calling test's target directory, with the test's profile, and returns its path.
+/// Cargo hands integration tests the paths of the package's binaries only, and does not
+/// build examples for a filtered `cargo test --test`.
+pub fn build_example(manifest_dir: &str, package: &str, name: &str) -> PathBuf {
+    // .../target/<profile>/deps/<test>-<hash>
+    let exe = std::env::current_exe().expect("test path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>");
+    let target_dir = profile_dir.parent().expect("target");
+    let profile = profile_dir
+        .file_name()
+        .and_then(|p| p.to_str())
+        .expect("profile");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--quiet", "-p", package, "--example", name])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .current_dir(manifest_dir);
+    if profile == "release" {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("run cargo");
+    assert!(status.success(), "building example {name} failed");
+    profile_dir.join("examples").join(name)
+}
+
 /// Polls `cond` every 20 ms until it holds; panics naming `what` when `timeout` passes.
 pub fn eventually(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;

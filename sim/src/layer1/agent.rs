@@ -47,6 +47,9 @@ impl AgentCtl {
         let mut session = ClientSession::new(config);
         session.subscribe(Subscribe::new(topics::REGISTRATION));
         session.subscribe(Subscribe::new(format!("{}.+", topics::HEARTBEAT_PREFIX)));
+        let mut results = Subscribe::new(topics::TASKS_RESULT);
+        results.qos = QoS::AtLeastOnce;
+        session.subscribe(results);
         AgentCtl {
             publisher_id,
             session,
@@ -83,7 +86,7 @@ pub(super) fn client_index(collector: &str) -> usize {
 }
 
 /// The OS's word on who sent `d` (the broker's peer credentials of its connection).
-fn peer_of(d: &Deliver) -> Peer {
+pub(super) fn peer_of(d: &Deliver) -> Peer {
     Peer {
         pid: d.publisher_pid,
         uid: d.publisher_uid,
@@ -101,7 +104,7 @@ impl World {
     }
 
     /// Carries out everything the fleet asked for.
-    fn drive_fleet(&mut self) -> Result<(), Violation> {
+    pub(super) fn drive_fleet(&mut self) -> Result<(), Violation> {
         while let Some(out) = self.fleet.poll_output() {
             match out {
                 FleetOutput::Spawn { collector } => self.spawn(&collector)?,
@@ -116,6 +119,7 @@ impl World {
                 }
                 // The simulated collectors collect from the start.
                 FleetOutput::BeginMonitoring { .. } => {}
+                FleetOutput::Task(out) => self.task_output(out)?,
                 other => self.log(format!("fleet: {other:?}")),
             }
         }
@@ -137,7 +141,12 @@ impl World {
         if c.wal.is_none() {
             c.publisher_id = format!("c{i}.{}", c.incarnation);
         }
-        c.session = ClientSession::new(client_config(&c.publisher_id));
+        c.session = ClientSession::new(super::workload::session_config(
+            i,
+            &c.publisher_id,
+            c.registration.is_some(),
+        ));
+        c.held.clear();
         c.subs.clear();
         for spec in c.specs.clone() {
             let id = c.session.subscribe(spec.clone());
@@ -208,6 +217,11 @@ impl World {
             let ClientEvent::Message(d) = ev else {
                 continue;
             };
+            // What the agent receives counts for the PubAck check like a client's.
+            self.received
+                .entry((d.publisher_id.clone(), d.sequence))
+                .or_default()
+                .insert((usize::MAX, self.broker_epoch, d.sub_id));
             if d.topic == topics::REGISTRATION {
                 let Ok(r) = pbc::RegisterRequest::decode(d.payload.clone()) else {
                     continue;
@@ -236,6 +250,12 @@ impl World {
                         self.note_publish(id, payload, QoS::AtMostOnce)?;
                     }
                 }
+            } else if d.topic == topics::TASKS_RESULT {
+                if d.qos == QoS::AtLeastOnce {
+                    self.agent.session.ack(d.delivery_id);
+                }
+                self.agent_result(&d)?;
+                self.drive_fleet()?;
             } else if d.topic.starts_with(topics::HEARTBEAT_PREFIX)
                 && let Ok(h) = pbc::Heartbeat::decode(d.payload.clone())
             {

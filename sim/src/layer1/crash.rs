@@ -22,6 +22,9 @@ impl World {
         self.crash_wal(i);
         let now = self.now;
         self.clients[i].process_down = true;
+        // Whatever it held dies with it: the coordinator's deadline or the owner's exit
+        // moves those tasks on.
+        self.clients[i].held.clear();
         let name = format!("c{i}");
         self.fleet
             .handle_exited(now, &name, super::agent::pid_of(i), "crash");

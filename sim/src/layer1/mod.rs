@@ -6,7 +6,9 @@
 //! This file holds the world's state and [`run`]; the rest of the world's behaviour is
 //! split by concern: `workload` (what the clients do, and the seed's choices of them),
 //! `wire` (connections and moving bytes), `disk` (the collectors' WAL files), `agent`
-//! (the agent's fleet machine of supervisors and registry, and its control client), `model` (the reference model
+//! (the agent's fleet machine of supervisors, registry and task coordinator, and its
+//! control client), `tasks` (tasks submitted, served by the collectors, and invariant 10),
+//! `model` (the reference model
 //! and the invariants on what clients see), `shadow` (invariant 8, byte splits) and
 //! `scheduler` (the step, and the liveness phase).
 
@@ -32,6 +34,7 @@ mod disk;
 mod model;
 mod scheduler;
 mod shadow;
+mod tasks;
 mod wire;
 mod workload;
 
@@ -70,6 +73,8 @@ pub enum Canary {
     LyingSync,
     /// A process table that takes a reused pid's exec for a re-exec (`--procmon` only).
     ReuseAsModified,
+    /// A task coordinator that completes a task again on a late duplicate result.
+    DuplicateCompletion,
 }
 
 impl std::str::FromStr for Canary {
@@ -80,8 +85,9 @@ impl std::str::FromStr for Canary {
             "early-puback" => Ok(Canary::EarlyPubAck),
             "lying-sync" => Ok(Canary::LyingSync),
             "reuse-as-modified" => Ok(Canary::ReuseAsModified),
+            "duplicate-completion" => Ok(Canary::DuplicateCompletion),
             other => Err(format!(
-                "unknown canary {other:?} (expected early-puback, lying-sync or reuse-as-modified)"
+                "unknown canary {other:?} (expected early-puback, lying-sync, duplicate-completion or reuse-as-modified)"
             )),
         }
     }
@@ -143,6 +149,8 @@ struct Client {
     /// QoS0 publishes on the current link, with the live Block subscriptions (plain, not in
     /// a group) that matched when each was published.
     watch: Vec<(u64, Vec<Watcher>)>,
+    /// Tasks this collector's process took and has not answered yet.
+    held: Vec<tasks::Held>,
 }
 
 /// The simulated world: one broker (and its shadow), the agent, several clients, their
@@ -185,6 +193,8 @@ pub(crate) struct World {
     pubacks: u64,
     /// Invariant 9's expectations, from every clean close the broker answered.
     clean_closes: Vec<CleanCloseExpect>,
+    /// Invariant 10's model: every task submitted, and how each ended.
+    tasks: tasks::TaskModel,
 }
 
 impl World {

@@ -253,6 +253,9 @@ impl World {
                         "c{i} got {}#{} on sub {} prio {}",
                         d.publisher_id, d.sequence, d.sub_id, d.priority
                     ));
+                    if d.topic == daemoneye_core::topic::topics::task(super::tasks::CAPABILITY) {
+                        self.take_task(i, &d);
+                    }
                     if d.topic == format!("_reply.c{i}")
                         && let Some((reg, _)) = self.clients[i].registration.as_mut()
                         && let Ok(a) = pbc::RegisterResponse::decode(d.payload.clone())

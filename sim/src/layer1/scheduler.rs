@@ -62,6 +62,8 @@ impl World {
         if faults_on {
             let rates = self.faults.clone();
             rates.inject_step(self, i);
+            self.task_workload();
+            self.drive_fleet()?;
         }
         self.supervise()?;
         for j in 0..n {
@@ -80,6 +82,7 @@ impl World {
         self.agent_pump()?;
         self.write_to_links();
         self.drain_broker()?;
+        self.check_tasks()?;
         self.check_bounds()
     }
 
@@ -127,7 +130,10 @@ impl World {
                         })
                 })
                 .sum();
-            if pending == 0 && self.broker.pending_pubacks() == 0 && self.unregistered().is_empty()
+            if pending == 0
+                && self.broker.pending_pubacks() == 0
+                && self.unregistered().is_empty()
+                && self.tasks_pending().is_empty()
             {
                 return Ok(());
             }
@@ -151,9 +157,10 @@ impl World {
         Err(self.violation(
             "liveness",
             format!(
-                "after faults stopped, still pending: {pending:?}; broker pending PubAcks {}; not registered: {:?}",
+                "after faults stopped, still pending: {pending:?}; broker pending PubAcks {}; not registered: {:?}; tasks not ended: {:?}",
                 self.broker.pending_pubacks(),
-                self.unregistered()
+                self.unregistered(),
+                self.tasks_pending()
             ),
         ))
     }

@@ -18,7 +18,9 @@ use daemoneye_core::rng::SeededRng;
 use daemoneye_core::supervisor::RestartPolicy;
 use daemoneye_core::topic::topics;
 use daemoneye_core::wal::{Wal, WalConfig};
-use daemoneye_proto::frame::{GroupSpec, Overflow, Publish, QoS, QueueStrategy, Subscribe};
+use daemoneye_proto::frame::{
+    CollectorIdentity, GroupSpec, Overflow, Publish, QoS, QueueStrategy, Subscribe,
+};
 use daemoneye_proto::pb::control as pbc;
 use prost::Message;
 
@@ -137,7 +139,7 @@ impl World {
             } else {
                 format!("c{i}.0")
             };
-            let mut session = ClientSession::new(client_config(&publisher_id));
+            let mut session = ClientSession::new(session_config(i, &publisher_id, wal.is_none()));
             let mut subs = BTreeMap::new();
             for spec in &specs {
                 let id = session.subscribe(spec.clone());
@@ -166,16 +168,23 @@ impl World {
                 closing: false,
                 blocked: false,
                 watch: Vec::new(),
+                held: Vec::new(),
             });
         }
         // Clients without a WAL register with the agent as collectors and heartbeat.
         for (i, c) in clients.iter_mut().enumerate() {
             if c.wal.is_none() {
                 // The reply inbox, subscribed again by every incarnation like the others.
-                let spec = Subscribe::new(format!("_reply.c{i}"));
-                let id = c.session.subscribe(spec.clone());
-                c.subs.insert(id, sub_model(&spec));
-                c.specs.push(spec);
+                // The reply inbox and the task subscription (a `process` collector), subscribed
+                // again by every incarnation like the others.
+                for spec in [
+                    Subscribe::new(format!("_reply.c{i}")),
+                    super::tasks::task_subscription(),
+                ] {
+                    let id = c.session.subscribe(spec.clone());
+                    c.subs.insert(id, sub_model(&spec));
+                    c.specs.push(spec);
+                }
                 c.registration = Some((
                     Registration::new(registration_config(), rng.next_u64()),
                     None,
@@ -183,6 +192,9 @@ impl World {
             }
         }
         let mut fleet = Fleet::new(super::agent::fleet_config());
+        fleet
+            .coordinator_mut()
+            .canary_accept_duplicates(cfg.canary == Canary::DuplicateCompletion);
         for (i, c) in clients.iter().enumerate() {
             fleet.supervise(format!("c{i}"), c.policy.clone());
         }
@@ -219,6 +231,7 @@ impl World {
             delivered: 0,
             pubacks: 0,
             clean_closes: Vec::new(),
+            tasks: Default::default(),
         }
     }
 
@@ -295,6 +308,7 @@ impl World {
                 ));
             }
         }
+        self.answer_tasks(i)?;
         self.maybe_ack(i);
         Ok(())
     }
@@ -416,6 +430,21 @@ impl World {
         }
         Ok(())
     }
+}
+
+/// Client `i`'s session: a registering collector (`collector`) says its collector id in
+/// its Hello, so that the agent's tasks can be addressed to it.
+pub(super) fn session_config(i: usize, publisher_id: &str, collector: bool) -> ClientConfig {
+    let mut c = client_config(publisher_id);
+    if collector {
+        c.role = daemoneye_proto::frame::Role::Collector;
+        c.collector = Some(CollectorIdentity {
+            id: format!("c{i}"),
+            kind: "sim".into(),
+            capabilities: SourceCaps::PROCESS.bits(),
+        });
+    }
+    c
 }
 
 pub(super) fn client_config(publisher_id: &str) -> ClientConfig {
