@@ -68,6 +68,7 @@ pub mod acl;
 pub mod broker;
 pub mod client;
 pub mod collector;
+pub mod detect;
 pub mod fleet;
 pub mod index;
 pub mod procmon;

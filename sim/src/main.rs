@@ -5,6 +5,7 @@
 //! cargo run -p daemoneye-sim --release -- --seeds 0..10000     # a sweep
 //! cargo run -p daemoneye-sim --release -- --seed 42 --verbose  # every event
 //! cargo run -p daemoneye-sim --release -- --procmon --seeds 0..1000  # the process table
+//! cargo run -p daemoneye-sim --release -- --fold --seeds 0..1000     # alert storms
 //! ```
 //!
 //! The last line on stdout is `seed=N steps=S trace=<hash>` (for a sweep, of its last
@@ -15,8 +16,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use daemoneye_sim::{
-    Canary, CollectorSimConfig, NetConfig, ProcmonConfig, SimConfig, run, run_collector, run_net,
-    run_procmon,
+    Canary, CollectorSimConfig, FoldSimConfig, NetConfig, ProcmonConfig, SimConfig, run,
+    run_collector, run_fold, run_net, run_procmon,
 };
 
 /// Deterministic simulation of the DaemonEye bus with injected faults and crashes.
@@ -42,6 +43,10 @@ struct Args {
     /// bus (its own invariants; `--steps` as in layer 1).
     #[arg(long, conflicts_with = "layer")]
     procmon: bool,
+    /// Simulate alert storms against the detection engine's fold machine instead of the
+    /// bus (its own invariants; `--steps` as in layer 1, default 2000).
+    #[arg(long, conflicts_with_all = ["layer", "procmon", "canary"])]
+    fold: bool,
     /// Print every event.
     #[arg(long)]
     verbose: bool,
@@ -75,6 +80,27 @@ fn main() -> ExitCode {
         (None, Some(r)) => r,
         (None, None) => (0, 1),
     };
+    if args.fold {
+        return sweep(start, end, 1000, |seed| {
+            let cfg = FoldSimConfig {
+                seed,
+                steps: args.steps.unwrap_or(2000),
+                verbose: args.verbose,
+            };
+            run_fold(&cfg).map(|out| {
+                let summary = format!(
+                    "matches={} raised={} updates={} evicted={} flushes={} largest burst={}",
+                    out.matches,
+                    out.raised,
+                    out.updates,
+                    out.evicted,
+                    out.flushes,
+                    out.largest_burst
+                );
+                (out.steps, out.trace, summary)
+            })
+        });
+    }
     if args.procmon {
         let canary = match args.canary {
             None => false,
