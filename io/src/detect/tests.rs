@@ -833,3 +833,80 @@ proptest! {
         set.evaluate(&creation(process("/usr/bin/x", &["x", &value])));
     }
 }
+
+#[test]
+fn sigma_modifiers_the_engine_supports_and_refuses() {
+    let rule = |i: usize, item: &str| {
+        (
+            format!("m{i}.yml"),
+            format!(
+                "title: m{i}\nid: m-{i}\nlogsource: {{product: linux, category: process_creation}}\n\
+                 detection:\n  s:\n    {item}\n  condition: s\n"
+            ),
+        )
+    };
+    let supported = [
+        "CommandLine|contains|all: [a, b]",
+        "CommandLine|startswith: x",
+        "CommandLine|endswith: x",
+        "CommandLine|re: '^x.*y$'",
+        "CommandLine|re|i: '^x'",
+        "CommandLine|cased: X",
+        "CommandLine|base64offset|contains: secret",
+        "CommandLine|windash|contains: ' -e '",
+        "CommandLine|fieldref: Image",
+        "CommandLine|exists: true",
+        "ProcessId|gt: 100",
+        "ProcessId|lte: 100",
+        "CommandLine|contains: ['*x*', 'a?b']",
+    ];
+    let files: Vec<(String, String)> = supported
+        .iter()
+        .enumerate()
+        .map(|(i, item)| rule(i, item))
+        .chain([rule(100, "CommandLine|expand: '%x%'")])
+        .collect();
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let (_d, set) = load_dir(&refs);
+    let st = set.statuses();
+    for (i, item) in supported.iter().enumerate() {
+        let s = state_of(&st, &format!("/m{i}.yml"));
+        assert_eq!(s.state(), RuleState::Active, "{item}: {}", s.reason);
+    }
+    // `expand` loads, but with no placeholder pipeline configured its `%name%` stays
+    // literal text (the README says so).
+    assert_eq!(state_of(&st, "/m100.yml").state(), RuleState::Active);
+}
+
+#[test]
+fn a_directory_link_loop_is_read_once() {
+    let (dir, _) = load_dir(&[("sub/one.yml", GOOD)]);
+    std::os::unix::fs::symlink(dir.path(), dir.path().join("sub/loop")).unwrap();
+    let set = RuleSet::load(&RuleSources {
+        builtin: false,
+        directories: vec![dir.path().into()],
+    });
+    assert_eq!(set.active(), 1, "{:?}", set.statuses());
+}
+
+#[test]
+fn a_rule_set_is_shared_across_threads() {
+    fn shared<T: Send + Sync>() {}
+    shared::<RuleSet>();
+    let set = std::sync::Arc::new(builtin_only());
+    let ev = Ev("/usr/bin/cat", &["cat", "/etc/shadow"], false).event();
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| assert_eq!(set.evaluate(&ev).len(), 1));
+        }
+    });
+    let shadow = set
+        .statuses()
+        .into_iter()
+        .find(|s| s.file == "builtin:credential_shadow_read.yml")
+        .unwrap();
+    assert_eq!(shadow.matches, 2);
+}
