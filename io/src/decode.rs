@@ -5,6 +5,7 @@
 //!   "argv": [...], ...}` (the process's fields beside the event's own; a snapshot lists
 //!   its processes under `processes`);
 //! - `control.health.heartbeat.<id>`: a collector's `Heartbeat`;
+//! - `alerts.*`: an `Alert`, its event decoded as above (see [`alert`]);
 //! - anything else, or a payload that does not decode as its topic says, is not decoded:
 //!   the caller keeps it as text or base64.
 //!
@@ -14,7 +15,7 @@
 
 use daemoneye_core::topic::topics;
 use daemoneye_proto::pb::control::Heartbeat;
-use daemoneye_proto::pb::events::{ProcessEvent, ProcessEventKind, ProcessInfo};
+use daemoneye_proto::pb::events::{Alert, Enrichment, ProcessEvent, ProcessEventKind, ProcessInfo};
 use prost::Message;
 use serde_json::{Map, Value, json};
 
@@ -35,7 +36,85 @@ pub fn decode_payload(topic: &str, payload: &[u8]) -> Option<Value> {
     {
         return Heartbeat::decode(payload).ok().map(|h| heartbeat(&h));
     }
+    if topic
+        .strip_prefix(topics::ALERTS_PREFIX)
+        .is_some_and(|rest| rest.starts_with('.'))
+    {
+        return Alert::decode(payload)
+            .ok()
+            .map(|a| Value::Object(alert(&a)));
+    }
     None
+}
+
+/// An alert as a JSON object: its fields, the event under `event` (as
+/// [`process_event`]), and each enrichment with its result.
+pub fn alert(a: &Alert) -> Map<String, Value> {
+    let mut out = Map::new();
+    out.insert("alert_id".into(), json!(a.alert_id));
+    out.insert("rule_id".into(), json!(a.rule_id));
+    out.insert("title".into(), json!(a.title));
+    out.insert("level".into(), json!(a.level));
+    list(&mut out, "tags", &a.tags);
+    text(&mut out, "host", &a.host);
+    out.insert("time_ms".into(), json!(a.time_ms));
+    out.insert("last_ms".into(), json!(a.last_ms));
+    out.insert("count".into(), json!(a.count));
+    if a.update {
+        out.insert("update".into(), json!(true));
+    }
+    text(&mut out, "rule_file", &a.rule_file);
+    text(&mut out, "description", &a.description);
+    text(&mut out, "event_topic", &a.event_topic);
+    text(&mut out, "event_correlation_id", &a.event_correlation_id);
+    if let Some(e) = &a.event {
+        out.insert("event".into(), Value::Object(process_event(e)));
+    }
+    out.insert("enriched".into(), json!(a.enriched));
+    if !a.enrichment.is_empty() {
+        let list: Vec<Value> = a.enrichment.iter().map(enrichment).collect();
+        out.insert("enrichment".into(), Value::Array(list));
+    }
+    out
+}
+
+fn enrichment(e: &Enrichment) -> Value {
+    let mut out = Map::new();
+    out.insert("kind".into(), json!(e.kind));
+    out.insert("arrived".into(), json!(e.arrived));
+    out.insert("ok".into(), json!(e.ok));
+    text(&mut out, "message", &e.message);
+    text(&mut out, "collector_id", &e.collector_id);
+    text(&mut out, "task_id", &e.task_id);
+    if let Some(r) = &e.result {
+        let mut result = Map::new();
+        text(&mut result, "exe_sha256", &r.exe_sha256);
+        if !r.ancestry.is_empty() {
+            let chain: Vec<Value> = r
+                .ancestry
+                .iter()
+                .map(|p| Value::Object(process(p)))
+                .collect();
+            result.insert("ancestry".into(), Value::Array(chain));
+        }
+        list(&mut result, "open_files", &r.open_files);
+        if !r.sockets.is_empty() {
+            let sockets: Vec<Value> = r
+                .sockets
+                .iter()
+                .map(|s| {
+                    json!({"protocol": s.protocol, "local": s.local, "remote": s.remote,
+                           "state": s.state, "inode": s.inode})
+                })
+                .collect();
+            result.insert("sockets".into(), Value::Array(sockets));
+        }
+        if r.gone {
+            result.insert("gone".into(), json!(true));
+        }
+        out.insert("result".into(), Value::Object(result));
+    }
+    Value::Object(out)
 }
 
 /// The name of a process event's kind: `new`, `exit`, `modified`, `snapshot`.

@@ -27,6 +27,7 @@ pub mod collector;
 pub mod config;
 pub mod decode;
 pub mod detect;
+pub mod host;
 mod logging;
 pub mod paths;
 pub mod store;

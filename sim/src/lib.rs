@@ -46,6 +46,7 @@
 //! | layer 3: the collector runtime's batcher and pacing in virtual time, [`run_collector`] | `collector.rs` |
 //! | the process table ([`run_procmon`], `--procmon`): scheduler, world, invariants | `procmon/{mod,world,model}.rs` |
 //! | alert enrichment ([`run_enrich`], `--enrich`): alerts, collectors' answers, invariants | `enrich.rs` |
+//! | alert storms against the fold machine ([`run_fold`], `--fold`) and its ledger of invariants | `fold.rs` |
 //!
 //! A new fault touches `fault.rs` (and, if it needs new mechanics, the file of the concern
 //! it hits); a new invariant the layer's `model.rs`; a new kind of client behaviour the
@@ -54,6 +55,7 @@
 pub mod collector;
 pub mod enrich;
 pub mod fault;
+pub mod fold;
 pub mod fuzz;
 pub mod layer1;
 pub mod layer2;
@@ -65,6 +67,7 @@ mod report;
 pub use collector::{CollectorOutcome, CollectorSimConfig, run_collector};
 pub use enrich::{EnrichOutcome, EnrichSimConfig, run_enrich};
 pub use fault::{Fault, FaultRates, Target};
+pub use fold::{FoldOutcome, FoldSimConfig, run_fold};
 pub use layer1::{Canary, Outcome, SimConfig, run};
 pub use layer2::{NetConfig, NetOutcome, run_net};
 pub use procmon::{ProcmonConfig, ProcmonOutcome, run_procmon};

@@ -6,6 +6,7 @@
 //! cargo run -p daemoneye-sim --release -- --seed 42 --verbose  # every event
 //! cargo run -p daemoneye-sim --release -- --procmon --seeds 0..1000  # the process table
 //! cargo run -p daemoneye-sim --release -- --enrich --seeds 0..1000   # alert enrichment
+//! cargo run -p daemoneye-sim --release -- --fold --seeds 0..1000     # alert storms
 //! ```
 //!
 //! The last line on stdout is `seed=N steps=S trace=<hash>` (for a sweep, of its last
@@ -16,8 +17,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use daemoneye_sim::{
-    Canary, CollectorSimConfig, EnrichSimConfig, NetConfig, ProcmonConfig, SimConfig, run,
-    run_collector, run_enrich, run_net, run_procmon,
+    Canary, CollectorSimConfig, EnrichSimConfig, FoldSimConfig, NetConfig, ProcmonConfig,
+    SimConfig, run, run_collector, run_enrich, run_fold, run_net, run_procmon,
 };
 
 /// Deterministic simulation of the DaemonEye bus with injected faults and crashes.
@@ -47,6 +48,10 @@ struct Args {
     /// instead of the bus (its own invariants; `--steps` in virtual milliseconds).
     #[arg(long, conflicts_with_all = ["layer", "procmon", "canary"])]
     enrich: bool,
+    /// Simulate alert storms against the detection engine's fold machine instead of the
+    /// bus (its own invariants; `--steps` as in layer 1, default 2000).
+    #[arg(long, conflicts_with_all = ["layer", "procmon", "canary"])]
+    fold: bool,
     /// Print every event.
     #[arg(long)]
     verbose: bool,
@@ -99,6 +104,22 @@ fn main() -> ExitCode {
                     out.late,
                     out.duplicates,
                     out.crashes
+    if args.fold {
+        return sweep(start, end, 1000, |seed| {
+            let cfg = FoldSimConfig {
+                seed,
+                steps: args.steps.unwrap_or(2000),
+                verbose: args.verbose,
+            };
+            run_fold(&cfg).map(|out| {
+                let summary = format!(
+                    "matches={} raised={} updates={} evicted={} flushes={} largest burst={}",
+                    out.matches,
+                    out.raised,
+                    out.updates,
+                    out.evicted,
+                    out.flushes,
+                    out.largest_burst
                 );
                 (out.steps, out.trace, summary)
             })

@@ -10,6 +10,9 @@
 //! - [`enrich`]: the enrichment service (alerts enriched by `process` tasks).
 
 pub mod enrich;
+//! - [`detection`]: the detection service (Sigma rules over the process events, alerts).
+
+pub mod detection;
 pub mod process;
 pub mod shim;
 pub mod store;
@@ -41,11 +44,13 @@ fn peer(d: &Deliver) -> PeerCreds {
 
 /// The agent's health: the broker's own report, rolled up with the collectors' by the
 /// process manager. A failing event store counts as the bus's (the broker's part is
-/// Degraded, with the reason), since it is the bus's record that suffers.
+/// Degraded, with the reason), since it is the bus's record that suffers. Detection's part
+/// is its own, and rolls into the overall state.
 async fn health_report(
     client: &Client,
     manager: &mpsc::Sender<Request>,
     store: Option<&store::StoreHealth>,
+    detection: Option<&detection::DetectionHealth>,
 ) -> pbc::HealthReport {
     let mut broker = client
         .request(
@@ -67,14 +72,21 @@ async fn health_report(
         coordinator: pbc::HealthState::Unspecified as i32,
         ..broker.clone()
     };
-    if manager
+    let mut report = if manager
         .send(Request::Health { broker, reply })
         .await
         .is_err()
     {
-        return fallback;
+        fallback
+    } else {
+        rx.await.unwrap_or(fallback)
+    };
+    if let Some(d) = detection {
+        report.detection = d.state() as i32;
+        report.overall = report.overall.max(report.detection);
+        report.reasons.extend(d.problem());
     }
-    rx.await.unwrap_or(fallback)
+    report
 }
 
 async fn reply(client: &Client, req: &Deliver, payload: Vec<u8>) {
@@ -126,15 +138,16 @@ pub async fn serve_control<C: Connector>(
     options: ClientOptions,
     manager: mpsc::Sender<Request>,
 ) -> Result<(), ClientError> {
-    serve_control_with(connector, options, manager, None).await
+    serve_control_with(connector, options, manager, None, None).await
 }
 
-/// [`serve_control`], with the event store's health in the health report.
+/// [`serve_control`], with the event store's and detection's health in the health report.
 pub async fn serve_control_with<C: Connector>(
     connector: C,
     options: ClientOptions,
     manager: mpsc::Sender<Request>,
     store: Option<store::StoreHealth>,
+    detection: Option<detection::DetectionHealth>,
 ) -> Result<(), ClientError> {
     let client = Client::connect_via(connector, options).await?;
     let mut lifecycle = client.subscribe(Subscribe::new(topics::LIFECYCLE)).await?;
@@ -180,7 +193,7 @@ pub async fn serve_control_with<C: Connector>(
                 let Some(req) = req else { return Ok(()) };
                 // Our own periodic reports arrive here too; only requests carry reply_to.
                 if req.reply_to.is_some() {
-                    let report = health_report(&client, &manager, store.as_ref()).await;
+                    let report = health_report(&client, &manager, store.as_ref(), detection.as_ref()).await;
                     reply(&client, &req, report.encode_to_vec()).await;
                 }
             }
@@ -219,7 +232,7 @@ pub async fn serve_control_with<C: Connector>(
                 incoming.serve(&client, &manager).await;
             }
             _ = tick.tick() => {
-                let report = health_report(&client, &manager, store.as_ref()).await;
+                let report = health_report(&client, &manager, store.as_ref(), detection.as_ref()).await;
                 let p = Publish::new(topics::HEALTH_STATUS, Bytes::from(report.encode_to_vec()), QoS::AtMostOnce);
                 let _ = client.publish(p).await;
             }

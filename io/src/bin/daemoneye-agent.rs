@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use daemoneye_core::broker::Broker;
 use daemoneye_io::LogFilter;
+use daemoneye_io::agent::detection::{self, DetectionHealth, DetectionService};
 use daemoneye_io::agent::process::{ProcessManager, Request};
 use daemoneye_io::agent::shim::OsSpawner;
 use daemoneye_io::agent::store::{self, StoreHealth, StoreService};
@@ -27,7 +28,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Configuration: --config FILE (TOML; every key is checked and a bad one is named), then
 /// the DAEMONEYE_AGENT_<SECTION>_<KEY> environment variables listed below, then the flags. The socket path is --socket, else [broker] socket, else
 /// DAEMONEYE_BROKER_SOCKET, else $XDG_RUNTIME_DIR/daemoneye/broker.sock, else
-/// /tmp/daemoneye-<uid>/broker.sock. SIGINT or SIGTERM shuts down within 500 ms.
+/// /tmp/daemoneye-<uid>/broker.sock. SIGINT or SIGTERM shuts down within 500 ms; SIGHUP
+/// reloads the detection rules.
 #[derive(Debug, Parser)]
 #[command(name = "daemoneye-agent", version = daemoneye_io::VERSION)]
 struct Args {
@@ -133,6 +135,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let state_dir = paths::agent_state_dir(&config.state_root(), &socket);
     let store_plan = config.store.resolve(&state_dir)?;
     let tasks = config.tasks.resolve()?;
+    let detection_settings = config.detection.resolve()?;
     let shim = std::env::current_exe()?;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -145,6 +148,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         paths::create_private_dir(&state_dir)?;
         // Installed before announcing the socket: a SIGTERM right after it is a shutdown.
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         match (&configured_collectors, specs.is_empty()) {
             (true, true) => tracing::info!("collectors = []: starting with no collectors"),
             (false, true) => tracing::info!(
@@ -197,12 +201,38 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             })
         });
         let enrich = daemoneye_io::agent::enrich::start(&config.detection, UnixConnector(socket.clone()))?;
-        // The collectors start once the store subscribes, so that their first events
-        // are kept; a store that cannot subscribe in time is not waited for.
-        if store.is_some()
-            && tokio::time::timeout(std::time::Duration::from_secs(2), subscribed).await.is_err()
-        {
-            tracing::warn!("the event store did not subscribe within 2 s: starting without waiting");
+        // Detection evaluates the process events through a client of its own, off the
+        // broker's thread.
+        let detection_health = detection_settings.as_ref().map(|_| DetectionHealth::default());
+        let (stop_detection, detection_stopped) = tokio::sync::oneshot::channel::<()>();
+        let (detection_ready, detection_subscribed) = tokio::sync::oneshot::channel::<()>();
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::channel::<()>(4);
+        let detection = {
+            let service = DetectionService {
+                settings: detection_settings,
+                health: detection_health.clone().unwrap_or_default(),
+            };
+            let connector = UnixConnector(socket.clone());
+            tokio::task::spawn_local(async move {
+                let stopped = async move {
+                    let _ = detection_stopped.await;
+                };
+                if let Err(e) = detection::serve_detection(connector, detection::client_options(), service, detection_ready, reload_rx, stopped).await {
+                    tracing::error!(error = %e, "detection service ended");
+                }
+            })
+        };
+        // The collectors start once the store and detection subscribe, so that their
+        // first events are kept and evaluated; one that cannot subscribe in time is not
+        // waited for.
+        let both = async {
+            if store.is_some() {
+                let _ = subscribed.await;
+            }
+            let _ = detection_subscribed.await;
+        };
+        if tokio::time::timeout(std::time::Duration::from_secs(2), both).await.is_err() {
+            tracing::warn!("the event store or detection did not subscribe within 2 s: starting without waiting");
         }
         eprintln!("listening on {}", socket.display());
         tracing::info!(socket = %socket.display(), state = %state_dir.display(), uid, "broker started");
@@ -230,28 +260,47 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             let socket = socket.clone();
             let manager_tx = manager_tx.clone();
             tokio::task::spawn_local(async move {
-                if let Err(e) = daemoneye_io::agent::serve_control_with(UnixConnector(socket), daemoneye_io::agent::control_options(), manager_tx, store_health).await {
+                if let Err(e) = daemoneye_io::agent::serve_control_with(UnixConnector(socket), daemoneye_io::agent::control_options(), manager_tx, store_health, detection_health).await {
                     tracing::error!(error = %e, "lifecycle control unavailable");
                 }
             })
         };
-        tokio::select! {
-            biased;
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        loop {
+            tokio::select! {
+                biased;
+                _ = tokio::signal::ctrl_c() => {
+                    tracing::info!("SIGINT: shutting down");
+                    break;
+                }
+                _ = term.recv() => {
+                    tracing::info!("SIGTERM: shutting down");
+                    break;
+                }
+                _ = hangup.recv() => {
+                    let _ = reload_tx.try_send(());
+                }
+            }
         }
-        // Collectors first (in parallel, SIGKILL after their stop timeout) while the store
-        // commits what it holds and closes its file, then the broker.
-        let _ = stop_store.send(());
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-        if manager_tx
-            .send(Request::Shutdown { reply: done_tx })
-            .await
-            .is_ok()
-        {
-            let _ = done_rx.await;
-        }
-        let _ = manager.await;
+        // Collectors stop (in parallel, SIGKILL after their stop timeout) while detection
+        // publishes its open fold windows' counts, then the store commits what it holds
+        // and closes its file, then the broker goes.
+        let _ = stop_detection.send(());
+        let detection_then_store = async {
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(300), detection).await;
+            let _ = stop_store.send(());
+        };
+        let collectors = async {
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+            if manager_tx
+                .send(Request::Shutdown { reply: done_tx })
+                .await
+                .is_ok()
+            {
+                let _ = done_rx.await;
+            }
+            let _ = manager.await;
+        };
+        tokio::join!(detection_then_store, collectors);
         if let Some(store) = store {
             let _ = tokio::time::timeout(std::time::Duration::from_millis(450), store).await;
         }

@@ -84,7 +84,7 @@ fn unix_ms(t: SystemTime) -> u64 {
 }
 
 /// `when` as Unix ms: a time, or a duration before `now`.
-fn parse_when(flag: &'static str, when: &str, now: SystemTime) -> Result<u64, CliError> {
+pub fn parse_when(flag: &'static str, when: &str, now: SystemTime) -> Result<u64, CliError> {
     if let Ok(t) = humantime::parse_rfc3339_weak(when.trim()) {
         return Ok(unix_ms(t));
     }
@@ -139,9 +139,35 @@ pub async fn run(socket: Option<&Path>, command: EventsCommand) -> Result<(), Cl
 async fn query(socket: Option<&Path>, args: QueryArgs) -> Result<(), CliError> {
     let query = args.query(SystemTime::now())?;
     let mut out = Printer::new(args.json);
-    if let Some(path) = &args.database {
+    let timeout = seconds(args.timeout)?;
+    let more = fetch(
+        socket,
+        args.database.as_deref(),
+        &query,
+        timeout,
+        "events",
+        |e| out.event(e),
+    )
+    .await?;
+    out.more = more;
+    out.finish()
+}
+
+/// Reads what `query` selects (oldest first) from `database`, else through the agent on
+/// `socket` (paged, each answer within `timeout`), else from that agent's default store
+/// file (see the module docs; `what` names the records on stderr), handing each to
+/// `each`. Returns whether more matched than `query.limit` let through.
+pub async fn fetch(
+    socket: Option<&Path>,
+    database: Option<&Path>,
+    query: &EventQuery,
+    timeout: Duration,
+    what: &str,
+    mut each: impl FnMut(&StoredEvent) -> Result<(), CliError>,
+) -> Result<bool, CliError> {
+    if let Some(path) = database {
         eprintln!("reading the event store {}", path.display());
-        return from_file(path, &query, out);
+        return from_file(path, query, each);
     }
     let socket_path = paths::resolve_socket_path(socket);
     let client = match connect(socket, "daemoneye-cli").await {
@@ -161,13 +187,13 @@ async fn query(socket: Option<&Path>, args: QueryArgs) -> Result<(), CliError> {
                 socket_path.display(),
                 default.display()
             );
-            return from_file(&default, &query, out);
+            return from_file(&default, query, each);
         }
     };
-    eprintln!("events from the agent on {}", socket_path.display());
-    let timeout = seconds(args.timeout)?;
+    eprintln!("{what} from the agent on {}", socket_path.display());
     let mut page = query.clone();
     let mut left = query.limit;
+    let mut more = false;
     loop {
         page.limit = left;
         let request = Publish::new(
@@ -193,7 +219,7 @@ async fn query(socket: Option<&Path>, args: QueryArgs) -> Result<(), CliError> {
         }
         let shown = answer.events.len() as u32;
         for e in &answer.events {
-            out.event(e)?;
+            each(e)?;
         }
         let Some(last) = answer.events.last() else {
             break;
@@ -204,7 +230,7 @@ async fn query(socket: Option<&Path>, args: QueryArgs) -> Result<(), CliError> {
         if query.limit != 0 {
             left -= shown.min(left);
             if left == 0 {
-                out.more = true;
+                more = true;
                 break;
             }
         }
@@ -212,10 +238,14 @@ async fn query(socket: Option<&Path>, args: QueryArgs) -> Result<(), CliError> {
         page.after_id = last.id;
     }
     client.close().await;
-    out.finish()
+    Ok(more)
 }
 
-fn from_file(path: &Path, query: &EventQuery, mut out: Printer) -> Result<(), CliError> {
+fn from_file(
+    path: &Path,
+    query: &EventQuery,
+    mut each: impl FnMut(&StoredEvent) -> Result<(), CliError>,
+) -> Result<bool, CliError> {
     // A damaged file can trip redb's debug checks; the store turns that into an error,
     // and the default hook would print the panic above it.
     let hook = std::panic::take_hook();
@@ -224,10 +254,9 @@ fn from_file(path: &Path, query: &EventQuery, mut out: Printer) -> Result<(), Cl
     std::panic::set_hook(hook);
     let answer = answer?;
     for e in &answer.events {
-        out.event(e)?;
+        each(e)?;
     }
-    out.more = answer.truncated;
-    out.finish()
+    Ok(answer.truncated)
 }
 
 /// Writes events to stdout, one line each.
@@ -255,12 +284,12 @@ struct EventJson<'a> {
     event: Option<serde_json::Value>,
 }
 
-fn time_text(ms: u64) -> String {
+pub fn time_text(ms: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
 /// argv on one line: words as they are, a word with spaces or controls quoted.
-fn argv_text(argv: &[String]) -> String {
+pub fn argv_text(argv: &[String]) -> String {
     argv.iter()
         .map(|a| {
             if a.is_empty()

@@ -9,9 +9,11 @@
 //! [`Command`] and its arm in [`Command::run`] below. Flags that name a protocol value
 //! (QoS, queue strategy, overflow) take the protocol's own names (`daemoneye_proto::names`).
 
+mod alerts;
 mod bench;
 mod collectors;
 mod connection;
+mod detection;
 mod error;
 mod events;
 mod messaging;
@@ -77,6 +79,16 @@ enum Command {
         #[command(subcommand)]
         command: tasks::TasksCommand,
     },
+    /// The agent's detection rules: `detection status`, `detection reload`.
+    Detection {
+        #[command(subcommand)]
+        command: detection::DetectionCommand,
+    },
+    /// Alerts: `alerts list --since 1h --level high`, `alerts follow`.
+    Alerts {
+        #[command(subcommand)]
+        command: alerts::AlertsCommand,
+    },
     /// Measure throughput and latency with separate publisher and subscriber connections.
     Bench(bench::BenchArgs),
     /// Print a shell completion script, e.g. `daemoneye-cli completions bash >
@@ -101,6 +113,8 @@ impl Command {
             Command::Health(args) => status::health(socket, args).await,
             Command::Events { command } => events::run(socket, command).await,
             Command::Tasks { command } => tasks::run(socket, command).await,
+            Command::Detection { command } => detection::run(socket, command).await,
+            Command::Alerts { command } => alerts::run(socket, command).await,
             Command::Bench(args) => bench::run(socket, args).await,
             Command::Completions { shell } => {
                 use clap::CommandFactory;
