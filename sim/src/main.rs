@@ -104,6 +104,11 @@ fn main() -> ExitCode {
                     out.late,
                     out.duplicates,
                     out.crashes
+                );
+                (out.steps, out.trace, summary)
+            })
+        });
+    }
     if args.fold {
         return sweep(start, end, 1000, |seed| {
             let cfg = FoldSimConfig {

@@ -1,18 +1,18 @@
 //! The agent's own bus client: lifecycle RPC on `control.collector.lifecycle`, collectors'
 //! registrations, heartbeats and deregistrations, the task RPC on `control.tasks.*` and the
-//! tasks sent to collectors, and the health report on `control.health.status`, all answered by the process manager ([`process`]) from the core
-//! fleet's state.
+//! tasks sent to collectors, and the health report on
+//! `control.health.status`, all answered by the process manager ([`process`]) from the
+//! core fleet's state.
 //!
 //! - [`process`]: the process manager, which runs the fleet and carries out its actions;
 //! - [`shim`]: real collector processes, started through the `exec-collector` shim;
 //! - [`store`]: the event store service (what crosses the bus, kept and queried);
 //! - [`tasks`]: the task RPC and the collectors' results, for the fleet's coordinator;
-//! - [`enrich`]: the enrichment service (alerts enriched by `process` tasks).
-
-pub mod enrich;
+//! - [`enrich`]: the enrichment service (alerts enriched by `process` tasks);
 //! - [`detection`]: the detection service (Sigma rules over the process events, alerts).
 
 pub mod detection;
+pub mod enrich;
 pub mod process;
 pub mod shim;
 pub mod store;
