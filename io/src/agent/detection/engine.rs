@@ -513,3 +513,132 @@ fn run(
         send_updates(engine.handle_timeout(now()));
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn engine(dir: &std::path::Path, rule: &str) -> Engine {
+        std::fs::write(dir.join("r.yml"), rule).unwrap();
+        let sources = RuleSources {
+            builtin: false,
+            directories: vec![dir.to_path_buf()],
+        };
+        let rules = Arc::new(RuleSet::load(&sources));
+        Engine::new(
+            rules,
+            sources,
+            1,
+            FoldConfig::new(Duration::from_secs(60)),
+            "host-1".into(),
+            DetectionHealth::default(),
+        )
+    }
+
+    const RULE: &str = "title: Marker\nid: r-1\nlevel: high\ntags: [attack.t1059]\n\
+        logsource:\n  product: linux\n  category: process_creation\n\
+        detection:\n  sel:\n    CommandLine|contains: MARK\n  condition: sel\n";
+
+    fn incoming(pid: u32, argv: &str, sequence: u64) -> Incoming {
+        let event = ProcessEvent {
+            kind: daemoneye_proto::pb::events::ProcessEventKind::New as i32,
+            process: Some(daemoneye_proto::pb::events::ProcessInfo {
+                pid,
+                exe: "/usr/bin/dash".into(),
+                cmdline: argv.split(' ').map(String::from).collect(),
+                ..Default::default()
+            }),
+            observed_at_ms: 5_000,
+            ..Default::default()
+        };
+        Incoming {
+            topic: topics::PROCESS_NEW.into(),
+            payload: Bytes::from(event.encode_to_vec()),
+            correlation: Some(Box::new(Correlation {
+                correlation_id: "procmond/batch/7".into(),
+                ..Default::default()
+            })),
+            publisher: "procmond".into(),
+            sequence,
+        }
+    }
+
+    #[test]
+    fn a_match_raises_an_alert_tied_to_its_event_and_repeats_fold_into_its_update() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = engine(dir.path(), RULE);
+        let t = Instant::from_nanos(1);
+        let out = e.evaluate(
+            &[
+                incoming(10, "sh -c MARK", 1),
+                incoming(11, "sh -c benign", 2),
+            ],
+            t,
+            9_000,
+        );
+        assert_eq!(out.len(), 1);
+        let raised = &out[0];
+        assert_eq!(raised.topic, "alerts.high");
+        let alert = Alert::decode(raised.payload.clone()).unwrap();
+        assert_eq!(
+            (
+                alert.rule_id.as_str(),
+                alert.count,
+                alert.update,
+                alert.time_ms
+            ),
+            ("r-1", 1, false, 5_000)
+        );
+        assert_eq!(alert.event.unwrap().process.unwrap().pid, 10);
+        assert_eq!(alert.host, "host-1");
+        assert_eq!(alert.event_correlation_id, "procmond/batch/7");
+        assert_eq!(raised.correlation.correlation_id, alert.alert_id);
+        assert_eq!(raised.correlation.parent_id, "procmond/batch/7");
+        // The same event again (a redelivery after a crash) gets the same id.
+        let mut again = engine(dir.path(), RULE);
+        let out2 = again.evaluate(&[incoming(10, "sh -c MARK", 1)], t, 9_000);
+        assert_eq!(out2[0].alert_id, raised.alert_id);
+        // Repeats only count; the flush publishes the final count under the same id.
+        assert!(
+            e.evaluate(&[incoming(12, "sh -c MARK", 3)], t, 9_000)
+                .is_empty()
+        );
+        assert!(
+            e.evaluate(&[incoming(13, "sh -c MARK", 4)], t, 9_000)
+                .is_empty()
+        );
+        let updates = e.flush(t);
+        assert_eq!(updates.len(), 1);
+        let update = Alert::decode(updates[0].payload.clone()).unwrap();
+        assert_eq!((update.count, update.update), (3, true));
+        assert_eq!(update.alert_id, raised.alert_id);
+        let status = e.status();
+        assert_eq!(
+            (
+                status.events_evaluated,
+                status.alerts_raised,
+                status.matches_folded
+            ),
+            (4, 1, 2)
+        );
+        assert_eq!(status.health, HealthState::Healthy as i32);
+    }
+
+    #[test]
+    fn a_refused_rule_file_or_a_lag_degrades_the_health_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = engine(dir.path(), "title: [unclosed\n");
+        let problem = e.health.problem().expect("refused");
+        assert!(problem.contains("r.yml"), "{problem}");
+        let dir2 = tempfile::tempdir().unwrap();
+        let mut fine = engine(dir2.path(), RULE);
+        assert_eq!(fine.health.problem(), None);
+        // Evaluated 10 s after it was observed: behind; then caught up.
+        fine.evaluate(&[incoming(1, "x", 1)], Instant::ZERO, 15_000);
+        assert!(fine.health.problem().is_some_and(|p| p.contains("behind")));
+        fine.evaluate(&[incoming(1, "x", 2)], Instant::ZERO, 5_100);
+        assert_eq!(fine.health.problem(), None);
+        e.idle();
+    }
+}
