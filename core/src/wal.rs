@@ -19,6 +19,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
+use std::time::Duration;
 
 use crate::Instant;
 
@@ -309,7 +310,14 @@ pub struct WalConfig {
     /// Acknowledged bytes in the log before a compaction is considered; a compaction also
     /// needs at least half the log to be acknowledged.
     pub compact_after: u64,
+    /// Once everything is acknowledged, the log shrinks to a checkpoint after it has stayed
+    /// that way this long (see [`Wal::poll_timeout`]): a rewrite costs three syncs, so a
+    /// source that publishes now and then must not pay them for every event.
+    pub idle_compact_delay: Duration,
 }
+
+/// The default [`WalConfig::idle_compact_delay`].
+pub const DEFAULT_IDLE_COMPACT_DELAY: Duration = Duration::from_secs(1);
 
 impl WalConfig {
     /// Defaults for `source`: 1 MiB records, 100,000 held, compaction past 4 MiB.
@@ -319,6 +327,7 @@ impl WalConfig {
             max_record: DEFAULT_MAX_RECORD,
             max_pending: 100_000,
             compact_after: 4 * 1024 * 1024,
+            idle_compact_delay: DEFAULT_IDLE_COMPACT_DELAY,
         }
     }
 }
@@ -340,6 +349,8 @@ pub struct Wal {
     syncs_in_flight: u32,
     actions: VecDeque<WalAction>,
     compactions: u64,
+    /// Since when everything has been acknowledged (the idle compaction's clock).
+    idle_since: Option<Instant>,
 }
 
 impl Wal {
@@ -357,6 +368,7 @@ impl Wal {
             syncs_in_flight: 0,
             actions: VecDeque::new(),
             compactions: 0,
+            idle_since: None,
         };
         if replayed.tail.is_some() {
             wal.actions.push_back(WalAction::Truncate {
@@ -421,6 +433,7 @@ impl Wal {
             });
         }
         self.last_sequence = record.sequence;
+        self.idle_since = None;
         let mut out = BytesMut::new();
         encode_record(&record, &mut out);
         self.file_len += out.len() as u64;
@@ -460,31 +473,55 @@ impl Wal {
     }
 
     /// The broker acknowledged `sequence`: the record may go. Returns whether it was held.
-    pub fn handle_puback(&mut self, _now: Instant, sequence: u64) -> bool {
+    pub fn handle_puback(&mut self, now: Instant, sequence: u64) -> bool {
         let Some(record) = self.pending.remove(&sequence) else {
             return false;
         };
         self.live_bytes -= framed_len(&record);
+        if self.is_idle() && self.idle_since.is_none() {
+            self.idle_since = Some(now);
+        }
         self.maybe_compact();
         true
     }
 
+    /// Nothing unsynced, unacknowledged or being synced.
+    fn is_idle(&self) -> bool {
+        self.pending.is_empty() && self.unsynced.is_empty() && self.syncs_in_flight == 0
+    }
+
+    /// When the idle compaction is due: everything has been acknowledged for
+    /// [`WalConfig::idle_compact_delay`] and the log holds more than a checkpoint. The
+    /// driver calls [`handle_timeout`](Self::handle_timeout) then.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let since = self.idle_since?;
+        (self.is_idle() && self.file_len > checkpoint_len(self))
+            .then(|| since.saturating_add(self.config.idle_compact_delay))
+    }
+
+    /// Time passed: once the idle compaction is due, the log shrinks to a checkpoint, so
+    /// that a restart re-sends nothing.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.poll_timeout().is_some_and(|due| due <= now) {
+            self.rewrite();
+        }
+    }
+
+    /// A compaction under load: enough of the log is acknowledged to be worth a rewrite.
     fn maybe_compact(&mut self) {
         if !self.unsynced.is_empty() || self.syncs_in_flight > 0 || self.file_len == 0 {
             return;
         }
         let dead = self.file_len - self.live_bytes;
-        let rewrite = if self.pending.is_empty() {
-            // Everything is acknowledged: shrink to a checkpoint, so that a restart re-sends
-            // nothing. Under load something is nearly always in flight, so this happens when
-            // the source is idle, and a rewrite that small is cheap.
-            self.file_len > checkpoint_len(self)
-        } else {
-            dead >= self.config.compact_after && dead * 2 >= self.file_len
-        };
-        if !rewrite {
-            return;
+        if dead >= self.config.compact_after && dead * 2 >= self.file_len {
+            self.rewrite();
         }
+    }
+
+    /// Rewrites the log as the pending records, plus a checkpoint of the last sequence
+    /// when the newest record is gone.
+    fn rewrite(&mut self) {
         let mut out = BytesMut::new();
         for r in self.pending.values() {
             encode_record(r, &mut out);
@@ -496,6 +533,7 @@ impl Wal {
         self.file_len = out.len() as u64;
         self.live_bytes = self.file_len;
         self.compactions += 1;
+        self.idle_since = None;
         self.actions.push_back(WalAction::Rewrite(out.freeze()));
     }
 

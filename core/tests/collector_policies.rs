@@ -49,9 +49,11 @@ impl Reference {
             self.cut(FlushReason::Full);
         }
     }
-    fn tick(&mut self, now: Instant, delay: Duration) {
+    fn tick(&mut self, now: Instant, delay: Duration, idle: Duration) {
         if self.held.first().is_some_and(|(_, at)| *at + delay <= now) {
             self.cut(FlushReason::Deadline);
+        } else if self.held.last().is_some_and(|(_, at)| *at + idle <= now) {
+            self.cut(FlushReason::Idle);
         }
     }
     fn resize(&mut self, max: usize) {
@@ -81,11 +83,13 @@ proptest! {
     fn batches_match_the_reference_never_exceed_the_bound_and_nothing_waits_past_its_deadline(
         max in 1usize..50,
         delay_ms in 1u64..200,
+        idle_ms in 1u64..300,
         ops in proptest::collection::vec(batch_op(), 1..200),
     ) {
         let delay = Duration::from_millis(delay_ms);
+        let idle = Duration::from_millis(idle_ms);
         let mut max = max;
-        let mut b = Batcher::new(BatchConfig { max_events: max, max_delay: delay });
+        let mut b = Batcher::new(BatchConfig { max_events: max, max_delay: delay, max_idle: idle });
         let mut r = Reference::default();
         let mut now_ms = 0u64;
         let mut next_id = 0u64;
@@ -103,12 +107,12 @@ proptest! {
                         if due_ms > target { break; }
                         now_ms = now_ms.max(due_ms);
                         b.handle_timeout(ms(now_ms));
-                        r.tick(ms(now_ms), delay);
+                        r.tick(ms(now_ms), delay, idle);
                         got.extend(std::iter::from_fn(|| b.poll_output()).map(|x| (x.items, x.reason)));
                     }
                     now_ms = target;
                     b.handle_timeout(ms(now_ms));
-                    r.tick(ms(now_ms), delay);
+                    r.tick(ms(now_ms), delay, idle);
                 }
                 BatchOp::Events(n) => {
                     for _ in 0..n {
@@ -121,9 +125,9 @@ proptest! {
                 BatchOp::Flush => { b.flush(ms(now_ms)); r.cut(FlushReason::Requested); }
                 BatchOp::Resize(m) => {
                     max = m;
-                    b.set_config(ms(now_ms), BatchConfig { max_events: m, max_delay: delay });
+                    b.set_config(ms(now_ms), BatchConfig { max_events: m, max_delay: delay, max_idle: idle });
                     r.resize(m);
-                    r.tick(ms(now_ms), delay);
+                    r.tick(ms(now_ms), delay, idle);
                 }
             }
             got.extend(std::iter::from_fn(|| b.poll_output()).map(|x| (x.items, x.reason)));
@@ -137,6 +141,9 @@ proptest! {
             checked = got.len();
             if let Some(oldest) = b.oldest() {
                 prop_assert!(oldest + delay > ms(now_ms), "an event held past its flush deadline");
+            }
+            if let Some((_, last)) = r.held.last() {
+                prop_assert!(*last + idle > ms(now_ms), "a batch held after its sources went quiet");
             }
             prop_assert!(b.pending() < max, "a full batch is still held");
             prop_assert_eq!(&got, &r.out);

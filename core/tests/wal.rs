@@ -198,6 +198,52 @@ fn records_are_published_only_once_synced_and_leave_after_their_puback() {
 }
 
 #[test]
+fn an_idle_log_shrinks_to_a_checkpoint_only_after_its_delay_and_an_append_defers_it() {
+    let ms = |n: u64| Instant::from_nanos(n * 1_000_000);
+    let mut wal = Wal::new(WalConfig::new("procmond"));
+    let delay = WalConfig::new("procmond").idle_compact_delay;
+    let mut disk = Vec::new();
+    let append_acked = |wal: &mut Wal, disk: &mut Vec<u8>, at: Instant| {
+        let s = wal
+            .append(0, "events.process.new", Bytes::from_static(b"x"))
+            .expect("room");
+        wal.commit();
+        drive(wal, disk);
+        assert!(wal.handle_puback(at, s));
+        drive(wal, disk);
+        s
+    };
+    // Everything acknowledged: nothing is rewritten yet, the compaction waits its delay.
+    append_acked(&mut wal, &mut disk, ms(10));
+    let before = disk.len();
+    assert_eq!(wal.compactions(), 0);
+    assert_eq!(wal.poll_timeout(), Some(ms(10) + delay));
+    wal.handle_timeout(ms(9) + delay);
+    drive(&mut wal, &mut disk);
+    assert_eq!((wal.compactions(), disk.len()), (0, before));
+    // An event in the meantime: the clock starts again from its acknowledgement.
+    let last = append_acked(&mut wal, &mut disk, ms(500));
+    assert_eq!(wal.poll_timeout(), Some(ms(500) + delay));
+    wal.handle_timeout(ms(10) + delay);
+    drive(&mut wal, &mut disk);
+    assert_eq!(wal.compactions(), 0);
+    // Due: the log becomes one checkpoint that keeps the sequence, and nothing is re-sent.
+    wal.handle_timeout(ms(500) + delay);
+    drive(&mut wal, &mut disk);
+    assert_eq!(wal.compactions(), 1);
+    assert_eq!(wal.poll_timeout(), None);
+    let (records, end) = wal::replay(&disk, DEFAULT_MAX_RECORD);
+    assert!(records.iter().all(wal::is_checkpoint), "{records:?}");
+    assert_eq!(end.last_sequence, last);
+    // While a record waits for its PubAck there is no idle compaction.
+    wal.append(0, "events.process.new", Bytes::from_static(b"y"))
+        .expect("room");
+    wal.commit();
+    drive(&mut wal, &mut disk);
+    assert_eq!(wal.poll_timeout(), None);
+}
+
+#[test]
 fn refuses_when_full_empty_topics_and_oversized_records() {
     let mut cfg = WalConfig::new("procmond");
     cfg.max_pending = 2;

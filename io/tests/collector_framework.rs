@@ -38,7 +38,8 @@ fn config(example: &std::path::Path) -> String {
          [[collectors]]\nname = \"loadavg\"\nbinary = {:?}\ncapabilities = [\"performance\"]\n\
          stop_timeout_ms = 5000\nauto_restart = false\n\
          env = {{ DAEMONEYE_EXAMPLE_INTERVAL_SECS = \"5\", DAEMONEYE_EXAMPLE_BURST = \"250\", \
-         DAEMONEYE_EXAMPLE_WAIT_FOR_BEGIN_MONITORING = \"true\", DAEMONEYE_EXAMPLE_LOG_LEVEL = \"info\" }}\n",
+         DAEMONEYE_EXAMPLE_WAIT_FOR_BEGIN_MONITORING = \"true\", DAEMONEYE_EXAMPLE_LOG_LEVEL = \"info\", \
+         DAEMONEYE_EXAMPLE_BATCH_MAX_IDLE_MS = \"100\" }}\n",
         example.display().to_string()
     )
 }
@@ -95,7 +96,8 @@ fn the_example_collector_registers_batches_takes_config_and_tasks_and_stops_in_t
     let pid = c["pid"].as_u64().expect("pid") as i32;
 
     // A subscriber sees a round's 250 events in batches of at most 100: every event of a
-    // batch carries the batch's correlation id.
+    // batch carries the batch's correlation id. (The batches' idle flush is set to 100 ms
+    // above, so a loaded machine's pause in the middle of the round cannot cut it short.)
     let mut sub = agent.subscriber(&["events.performance.loadavg", "--json", "--count", "250"]);
     let lines = sub.stdout.wait_count(250, Duration::from_secs(15)).to_vec();
     assert_eq!(lines.len(), 250, "one round arrives whole");

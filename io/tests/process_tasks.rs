@@ -280,18 +280,7 @@ fn the_hash_is_the_binarys_sha256_also_after_it_is_deleted_and_reads_need_only_t
 }
 
 fn procmond_pid(agent: &Agent) -> u32 {
-    let mut pid = 0;
-    eventually("procmond runs", T, || {
-        let (_, out, _) = agent.run_cli(&["collectors", "list", "--json"]);
-        let all: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-        let p = all
-            .as_array()
-            .and_then(|a| a.iter().find(|c| c["name"] == "procmond").cloned())
-            .unwrap_or_default();
-        pid = p["pid"].as_u64().unwrap_or(0) as u32;
-        p["state"] == "running" && p["detail"].as_str().is_some_and(|d| d.contains("realtime"))
-    });
-    pid
+    agent.wait_realtime("procmond", T)
 }
 
 #[test]

@@ -396,3 +396,130 @@ fn an_agent_killed_mid_stream_keeps_every_accepted_event_exactly_once() {
             == EVENTS as usize
     });
 }
+
+/// The (topic, sequence) of each event record in a WAL file (checkpoints left out).
+fn wal_events(path: &Path) -> Vec<u64> {
+    let data = std::fs::read(path).unwrap_or_default();
+    daemoneye_core::wal::replay(&data, daemoneye_core::wal::DEFAULT_MAX_RECORD)
+        .0
+        .iter()
+        .filter(|r| !r.topic.is_empty())
+        .map(|r| r.sequence)
+        .collect()
+}
+
+/// procmond's sequences in the store and how often each is kept.
+fn procmond_sequences(agent: &Agent, db: &Path) -> BTreeMap<u64, u32> {
+    let mut counts = BTreeMap::new();
+    for v in query(
+        agent,
+        &[
+            "--database",
+            db.to_str().expect("utf-8"),
+            "--since",
+            "1h",
+            "--limit",
+            "0",
+        ],
+    ) {
+        if v["publisher_id"] == "procmond" {
+            *counts
+                .entry(v["sequence"].as_u64().expect("sequence"))
+                .or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// procmond and the agent SIGKILLed together while processes start and end: after both
+/// come back, every event procmond had accepted (the store's, and the WAL's unacknowledged
+/// ones) is kept exactly once, and procmond's sequences have no hole.
+#[test]
+fn procmond_and_the_agent_killed_together_keep_every_accepted_event_exactly_once() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let socket = home.path().join("run").join("broker.sock");
+    let db = home.path().join("events.redb");
+    let wal = home.path().join("procmond.wal");
+    let config = format!(
+        "[agent]\nstate_dir = {:?}\n{}[broker]\nheartbeat_interval_ms = 200\n\
+         [[collectors]]\nname = \"procmond\"\nbinary = {:?}\n\
+         args = [\"--interval\", \"5\", \"--wal\", {:?}]\nstop_timeout_ms = 300\n",
+        home.path().join("state").display().to_string(),
+        store_config(&db),
+        env!("CARGO_BIN_EXE_procmond"),
+        wal.display().to_string(),
+    );
+    let start = || {
+        let agent = Agent::start_at(
+            &bins(),
+            Some(&config),
+            tempfile::tempdir().expect("tempdir"),
+            socket.clone(),
+        );
+        let pid = agent.wait_realtime("procmond", T) as i32;
+        (agent, pid)
+    };
+    let (mut first, procmond) = start();
+
+    // A stream of short processes, until the kill.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spawner = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut i = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = std::process::Command::new("/bin/sh")
+                    .args(["-c", "exit 0", &format!("KILLBOTH-{i}")])
+                    .status();
+                i += 1;
+            }
+            i
+        })
+    };
+    // Mid-stream: some events kept, more in flight.
+    eventually("the store keeps procmond's events", T, || {
+        procmond_sequences(&first, &db).len() >= 200
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(procmond),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill procmond");
+    signal(&first.child, Signal::SIGKILL);
+    wait_exit(&mut first.child, T).expect("agent killed");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let spawned = spawner.join().expect("spawner");
+    assert!(spawned > 0);
+    // procmond's group is gone with the agent's supervisor shim.
+    eventually("procmond is gone", T, || {
+        !Path::new(&format!("/proc/{procmond}")).exists()
+            || std::fs::read_to_string(format!("/proc/{procmond}/stat"))
+                .is_ok_and(|s| s.contains(") Z"))
+    });
+
+    // What was accepted when both died: kept by the store, or waiting in the WAL.
+    let kept = procmond_sequences(&first, &db);
+    let waiting = wal_events(&wal);
+    let accepted_top = kept
+        .keys()
+        .chain(waiting.iter())
+        .copied()
+        .max()
+        .expect("some events");
+    drop(first);
+
+    let (second, _) = start();
+    eventually("every accepted event is kept after the restart", T, || {
+        let now = procmond_sequences(&second, &db);
+        (1..=accepted_top).all(|s| now.contains_key(&s))
+    });
+    let now = procmond_sequences(&second, &db);
+    let twice: Vec<_> = now.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "kept more than once: {twice:?}");
+    for s in waiting {
+        assert_eq!(now.get(&s), Some(&1), "WAL event #{s}");
+    }
+    for s in kept.keys() {
+        assert_eq!(now.get(s), Some(&1), "stored event #{s}");
+    }
+}

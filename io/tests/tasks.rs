@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use daemoneye_tests::{Agent, Bins, Lines, wait_exit};
 use serde_json::Value;
+use sha2::Digest;
 
 const T: Duration = Duration::from_secs(20);
 
@@ -96,6 +97,22 @@ fn submit(agent: &Agent, args: &[&str]) -> (bool, Value, String) {
     let (status, out, err) = agent.run_cli(&full);
     let answer = serde_json::from_str(&out).unwrap_or(Value::Null);
     (status.success(), answer, err)
+}
+
+/// `tasks submit ARGS --wait --json`, running: the CLI and its stdout.
+fn submit_in_background(agent: &Agent, args: &[&str]) -> (std::process::Child, Lines) {
+    let mut full = vec!["tasks", "submit"];
+    full.extend_from_slice(args);
+    full.extend_from_slice(&["--wait", "--json"]);
+    let mut child = agent
+        .cli(&full)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn cli");
+    let out = Lines::follow(child.stdout.take().expect("stdout"));
+    (child, out)
 }
 
 #[test]
@@ -200,25 +217,10 @@ fn a_task_nobody_can_take_waits_then_fails_after_its_attempts() {
 fn the_owner_killed_mid_task_the_task_completes_once_on_the_other() {
     let agent = agent_with(&["perf-a", "perf-b"]);
     // A slow task: the owner sleeps 1.5 s before answering.
-    let mut child = agent
-        .cli(&[
-            "tasks",
-            "submit",
-            "performance",
-            "1500",
-            "--kind",
-            "sleep",
-            "--timeout",
-            "20s",
-            "--wait",
-            "--json",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn cli");
-    let mut out = Lines::follow(child.stdout.take().expect("stdout"));
+    let (mut child, mut out) = submit_in_background(
+        &agent,
+        &["performance", "1500", "--kind", "sleep", "--timeout", "20s"],
+    );
     let mut owner = String::new();
     let mut id = String::new();
     eventually("the task is assigned", || {
@@ -257,4 +259,92 @@ fn the_owner_killed_mid_task_the_task_completes_once_on_the_other() {
     assert_eq!(all.len(), 1, "{all:?}");
     assert_eq!(all[0]["id"], id.as_str());
     assert_eq!(all[0]["state"], "completed");
+}
+
+/// procmond SIGKILLed while it holds a task: the agent restarts it (its supervisor's
+/// backoff), the coordinator gives the task a second attempt, and the task completes once
+/// with the real answer.
+#[test]
+fn procmond_killed_mid_task_the_task_completes_once_after_its_restart() {
+    let wal = tempfile::tempdir().expect("tempdir");
+    // Heartbeats every second: the stopped procmond below is killed long before the agent
+    // would count it missing.
+    let config = format!(
+        "[broker]\nheartbeat_interval_ms = 1000\n\
+         [[collectors]]\nname = \"procmond\"\nbinary = {:?}\n\
+         args = [\"--interval\", \"5\", \"--wal\", {:?}]\nstop_timeout_ms = 300\n",
+        env!("CARGO_BIN_EXE_procmond"),
+        wal.path().join("procmond.wal"),
+    );
+    let agent = Agent::start(&bins(), Some(&config));
+    let procmond = |agent: &Agent| {
+        collectors(agent)
+            .into_iter()
+            .find(|c| {
+                c["name"] == "procmond"
+                    && c["state"] == "running"
+                    && c["capabilities"]
+                        .as_array()
+                        .is_some_and(|a| a.iter().any(|x| x == "process"))
+            })
+            .and_then(|c| c["pid"].as_u64())
+    };
+    let mut first = 0;
+    eventually("procmond registered with the process capability", || {
+        first = procmond(&agent).unwrap_or(0);
+        first != 0
+    });
+    let target = std::process::Command::new("/usr/bin/sleep")
+        .arg("60")
+        .spawn()
+        .expect("sleep");
+    let expected: String =
+        sha2::Sha256::digest(std::fs::read("/usr/bin/sleep").expect("read sleep"))
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+
+    // Stopped, procmond takes the task and cannot answer it.
+    let stopped = nix::unistd::Pid::from_raw(first as i32);
+    nix::sys::signal::kill(stopped, nix::sys::signal::Signal::SIGSTOP).expect("stop procmond");
+    let payload = format!("{{\"pid\":{}}}", target.id());
+    let (mut child, mut out) = submit_in_background(
+        &agent,
+        &["process", &payload, "--kind", "hash", "--timeout", "20s"],
+    );
+    let mut id = String::new();
+    eventually("the task is assigned to procmond", || {
+        if let Some(t) = tasks(&agent)
+            .into_iter()
+            .find(|t| t["state"] == "assigned" && t["owner"] == "procmond")
+        {
+            id = t["id"].as_str().unwrap_or_default().to_string();
+            return true;
+        }
+        false
+    });
+    nix::sys::signal::kill(stopped, nix::sys::signal::Signal::SIGKILL).expect("kill procmond");
+
+    let status = wait_exit(&mut child, T).expect("the submit returns");
+    let line = out.wait_count(1, T).first().cloned().unwrap_or_default();
+    assert!(status.success(), "{line}");
+    let answer: Value = serde_json::from_str(&line).expect("json");
+    assert_eq!(answer["task"]["id"], id.as_str(), "{answer}");
+    assert_eq!(answer["task"]["state"], "completed", "{answer}");
+    assert_eq!(answer["task"]["owner"], "procmond", "{answer}");
+    assert_eq!(answer["task"]["attempts"], 2, "{answer}");
+    assert_eq!(
+        answer["result"]["process"]["exe_sha256"],
+        expected.as_str(),
+        "{answer}"
+    );
+    let restarted = procmond(&agent).expect("procmond runs again");
+    assert_ne!(restarted, first, "a new procmond answered");
+    // Once: one record, completed, and nothing else.
+    let all = tasks(&agent);
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(all[0]["state"], "completed", "{all:?}");
+    let mut target = target;
+    let _ = target.kill();
+    let _ = target.wait();
 }

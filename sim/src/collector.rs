@@ -7,7 +7,8 @@
 //! The driver wakes exactly at the machines' deadlines, as the runtime's timer does. After
 //! every step it checks:
 //! - no batch is over the bound in force (and a full one is exactly that long);
-//! - no event is held past its flush deadline (`first arrival + max_delay`);
+//! - no event is held past its flush deadline (`first arrival + max_delay`), nor after its
+//!   sources went quiet (`last arrival + max_idle`);
 //! - every event goes out exactly once, in arrival order;
 //! - the interval in force is within `[configured, configured x cap]`;
 //! - after a clear (None, or a lapse), the interval is the configured one.
@@ -121,6 +122,18 @@ impl World {
                 format!("an event from {first:?} is still held at {:?}", self.now),
             ));
         }
+        let idle = self.batcher.config().max_idle;
+        if let Some(last) = self.arrivals.back()
+            && *last + idle < self.now
+        {
+            return Err(self.violation(
+                "idle-flush",
+                format!(
+                    "events held at {:?}, the last arrived at {last:?}, quiet since",
+                    self.now
+                ),
+            ));
+        }
         while let Some(d) = self.pacing.poll_output() {
             self.record(format!("interval {d:?}"));
             self.out.max_interval_ms = self.out.max_interval_ms.max(d.as_millis() as u64);
@@ -177,6 +190,9 @@ impl World {
             self.next_straggler = self.now + ms(1 + self.rng.below(300));
         }
         if self.now >= self.next_signal {
+            // What the arrivals cut goes out under the bound in force when it was cut, as
+            // the runtime sends it before it reads the next control message.
+            self.drain_and_check()?;
             self.signal();
             self.next_signal = self.now + ms(50 + self.rng.below(20_000));
         }
@@ -213,12 +229,16 @@ impl World {
             14 => {
                 let max_events = 1 + usize::try_from(self.rng.below(200)).unwrap_or(0);
                 let max_delay = ms(1 + self.rng.below(300));
-                self.record(format!("batch config {max_events} / {max_delay:?}"));
+                let max_idle = ms(1 + self.rng.below(400));
+                self.record(format!(
+                    "batch config {max_events} / {max_delay:?} / idle {max_idle:?}"
+                ));
                 self.batcher.set_config(
                     now,
                     BatchConfig {
                         max_events,
                         max_delay,
+                        max_idle,
                     },
                 );
             }
@@ -238,6 +258,7 @@ pub fn run_collector(cfg: &CollectorSimConfig) -> Result<CollectorOutcome, Viola
     let batch = BatchConfig {
         max_events: 1 + usize::try_from(rng.below(150)).unwrap_or(0),
         max_delay: ms(1 + rng.below(200)),
+        max_idle: ms(1 + rng.below(300)),
     };
     let pacing = PacingConfig {
         interval: Duration::from_secs(5 + rng.below(60)),

@@ -183,6 +183,24 @@ impl Agent {
         }
     }
 
+    /// Waits until the agent's collector `name` runs and watches in real time (its
+    /// `collectors list` detail says `realtime`, as procmond's does with the process
+    /// connector); returns its pid.
+    pub fn wait_realtime(&self, name: &str, timeout: Duration) -> u32 {
+        let mut pid = 0;
+        eventually(&format!("{name} watches in real time"), timeout, || {
+            let (_, out, _) = self.run_cli(&["collectors", "list", "--json"]);
+            let all: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+            let c = all
+                .as_array()
+                .and_then(|a| a.iter().find(|c| c["name"] == name).cloned())
+                .unwrap_or_default();
+            pid = c["pid"].as_u64().unwrap_or(0) as u32;
+            c["state"] == "running" && c["detail"].as_str().is_some_and(|d| d.contains("realtime"))
+        });
+        pid
+    }
+
     /// A CLI command against this agent (`--socket` appended).
     pub fn cli(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.bins.cli);

@@ -1,6 +1,9 @@
 //! The event batcher: events a collector's sources produce are held and sent together, at
 //! most `max_events` at a time, and none waits longer than `max_delay` after the first event
 //! of its batch arrived (DESIGN.md section 8: 100 events or 100 ms, whichever comes first).
+//! A batch also goes out once its sources have been quiet for `max_idle` (default 2 ms):
+//! a burst still fills batches (its events arrive microseconds apart), while a lone event,
+//! a process started on an idle host, is not held for the whole `max_delay`.
 //!
 //! The batcher holds the items themselves (`T`: the runtime's `(topic, payload)`), so that a
 //! batch that goes out is exactly what was counted. It never drops: bounding what arrives is
@@ -8,8 +11,9 @@
 //!
 //! Rules:
 //! - an event that makes the batch `max_events` long flushes it at once ([`FlushReason::Full`]);
-//! - otherwise the batch goes out at `first_event_at + max_delay` ([`FlushReason::Deadline`]),
-//!   given by [`Batcher::poll_timeout`];
+//! - otherwise the batch goes out at `first_event_at + max_delay` ([`FlushReason::Deadline`])
+//!   or at `last_event_at + max_idle` ([`FlushReason::Idle`]), whichever comes first, given
+//!   by [`Batcher::poll_timeout`];
 //! - [`Batcher::flush`] sends what is held now (shutdown), and a new configuration whose
 //!   bound what is held reaches flushes it.
 
@@ -32,13 +36,20 @@ pub struct BatchConfig {
     pub max_events: usize,
     /// Longest an event waits for its batch to go out.
     pub max_delay: Duration,
+    /// A batch goes out once no event has arrived for this long (at or above `max_delay`,
+    /// only `max_delay` counts).
+    pub max_idle: Duration,
 }
+
+/// The default `max_idle`.
+pub const DEFAULT_MAX_IDLE: Duration = Duration::from_millis(2);
 
 impl Default for BatchConfig {
     fn default() -> Self {
         Self {
             max_events: 100,
             max_delay: Duration::from_millis(100),
+            max_idle: DEFAULT_MAX_IDLE,
         }
     }
 }
@@ -50,6 +61,8 @@ pub enum FlushReason {
     Full,
     /// Its first event waited `max_delay`.
     Deadline,
+    /// No event arrived for `max_idle`.
+    Idle,
     /// The owner asked (shutdown, or a configuration that lowered the bound).
     Requested,
 }
@@ -70,6 +83,8 @@ pub struct Batcher<T> {
     current: Vec<T>,
     /// When the first event of `current` arrived.
     first_at: Option<Instant>,
+    /// When the last event of `current` arrived.
+    last_at: Option<Instant>,
     ready: VecDeque<Batch<T>>,
 }
 
@@ -80,6 +95,7 @@ impl<T> Batcher<T> {
             config: Self::sane(config),
             current: Vec::new(),
             first_at: None,
+            last_at: None,
             ready: VecDeque::new(),
         }
     }
@@ -109,18 +125,23 @@ impl<T> Batcher<T> {
         if self.current.is_empty() {
             self.first_at = Some(now);
         }
+        self.last_at = Some(now);
         self.current.push(item);
         if self.current.len() >= self.config.max_events {
             self.cut(FlushReason::Full);
         }
     }
 
-    /// Time passed: a batch whose first event has waited `max_delay` goes out.
+    /// Time passed: a batch whose first event has waited `max_delay`, or whose sources
+    /// have been quiet for `max_idle`, goes out.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if let Some((due, Timer::Flush)) = self.poll_timeout()
-            && due <= now
-        {
+        let (Some(first), Some(last)) = (self.first_at, self.last_at) else {
+            return;
+        };
+        if first.saturating_add(self.config.max_delay) <= now {
             self.cut(FlushReason::Deadline);
+        } else if last.saturating_add(self.config.max_idle) <= now {
+            self.cut(FlushReason::Idle);
         }
     }
 
@@ -150,6 +171,7 @@ impl<T> Batcher<T> {
 
     fn cut(&mut self, reason: FlushReason) {
         self.first_at = None;
+        self.last_at = None;
         if self.current.is_empty() {
             return;
         }
@@ -166,8 +188,9 @@ impl<T> Batcher<T> {
     /// When the batch being filled must go out.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<(Instant, Timer)> {
-        self.first_at
-            .map(|at| (at.saturating_add(self.config.max_delay), Timer::Flush))
+        let deadline = self.first_at?.saturating_add(self.config.max_delay);
+        let idle = self.last_at?.saturating_add(self.config.max_idle);
+        Some((deadline.min(idle), Timer::Flush))
     }
 }
 
@@ -184,6 +207,7 @@ mod tests {
         let mut b = Batcher::new(BatchConfig {
             max_events: 3,
             max_delay: Duration::from_millis(100),
+            max_idle: Duration::from_millis(100),
         });
         for i in 0..4 {
             b.handle_event(at(10), i);
@@ -200,5 +224,53 @@ mod tests {
         let late = b.poll_output().expect("deadline batch");
         assert_eq!((late.items, late.reason), (vec![3], FlushReason::Deadline));
         assert_eq!(b.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_burst_fills_batches_and_a_lone_event_goes_once_its_source_is_quiet() {
+        let mut b = Batcher::new(BatchConfig {
+            max_events: 3,
+            max_delay: Duration::from_millis(100),
+            max_idle: Duration::from_millis(2),
+        });
+        // Events 1 ms apart keep the batch open until it is full.
+        for i in 0..3 {
+            b.handle_event(at(10 + i), i);
+            b.handle_timeout(at(10 + i));
+        }
+        let full = b.poll_output().expect("full batch");
+        assert_eq!(
+            (full.items, full.reason),
+            (vec![0, 1, 2], FlushReason::Full)
+        );
+        // A lone event: out 2 ms after it, not 100.
+        b.handle_event(at(50), 9);
+        assert_eq!(b.poll_timeout(), Some((at(52), Timer::Flush)));
+        b.handle_timeout(at(51));
+        assert!(b.poll_output().is_none());
+        b.handle_timeout(at(52));
+        let lone = b.poll_output().expect("idle batch");
+        assert_eq!((lone.items, lone.reason), (vec![9], FlushReason::Idle));
+        // A steady trickle 1 ms apart still goes by the deadline of its first event.
+        for i in 0..2u64 {
+            b.handle_event(at(200 + i), i);
+        }
+        b.set_config(
+            at(201),
+            BatchConfig {
+                max_events: 1000,
+                max_delay: Duration::from_millis(5),
+                max_idle: Duration::from_millis(2),
+            },
+        );
+        for t in 202..205 {
+            b.handle_event(at(t), t);
+            b.handle_timeout(at(t));
+        }
+        assert!(b.poll_output().is_none());
+        b.handle_timeout(at(205));
+        let due = b.poll_output().expect("deadline batch");
+        assert_eq!(due.reason, FlushReason::Deadline);
+        assert_eq!(due.items.len(), 5);
     }
 }

@@ -16,6 +16,7 @@
 //! compute_hashes = false
 //! batch_max_events = 100
 //! batch_max_delay_ms = 100
+//! batch_max_idle_ms = 2
 //! event_buffer = 1000
 //! send_timeout_ms = 500
 //! shutdown_timeout_ms = 500
@@ -70,6 +71,9 @@ pub struct CollectorSettings {
     pub batch_max_events: usize,
     /// Longest an event waits for its batch, in ms.
     pub batch_max_delay_ms: u64,
+    /// A batch goes out once its sources were quiet this long, in ms (0: as soon as the
+    /// queue is drained).
+    pub batch_max_idle_ms: u64,
     /// The sources' event queue.
     pub event_buffer: usize,
     /// Longest a source's send waits for room before the event is dropped, in ms.
@@ -104,6 +108,7 @@ impl Default for CollectorSettings {
             compute_hashes: false,
             batch_max_events: 100,
             batch_max_delay_ms: 100,
+            batch_max_idle_ms: 2,
             event_buffer: 1000,
             send_timeout_ms: 500,
             shutdown_timeout_ms: 500,
@@ -206,6 +211,7 @@ impl CollectorSettings {
         )?;
         check("batch_max_events", self.batch_max_events as u64, 1, 100_000)?;
         check("batch_max_delay_ms", self.batch_max_delay_ms, 1, 60_000)?;
+        check("batch_max_idle_ms", self.batch_max_idle_ms, 0, 60_000)?;
         check("event_buffer", self.event_buffer as u64, 1, 10_000_000)?;
         check("send_timeout_ms", self.send_timeout_ms, 0, 60_000)?;
         check("shutdown_timeout_ms", self.shutdown_timeout_ms, 50, 600_000)?;

@@ -198,9 +198,14 @@ impl Running {
         loop {
             let batch_due = self.batcher.poll_timeout().map(|(at, _)| at);
             let lapse_due = self.pacing.poll_timeout().map(|(at, _)| at);
-            let next = [batch_due, lapse_due].into_iter().flatten().min();
-            let sleep = match next {
-                Some(at) => tokio::time::sleep_until(self.clock.to_std(at).into()),
+            let next = [batch_due, lapse_due]
+                .into_iter()
+                .flatten()
+                .min()
+                .map(|at| self.clock.to_std(at));
+            let wal_due = self.wal.as_ref().and_then(WalFile::poll_timeout);
+            let sleep = match [next, wal_due].into_iter().flatten().min() {
+                Some(at) => tokio::time::sleep_until(at.into()),
                 None => tokio::time::sleep(Duration::from_secs(3600)),
             };
             tokio::select! {
@@ -220,6 +225,9 @@ impl Running {
                     self.batcher.handle_timeout(now);
                     self.pacing.handle_timeout(now);
                     self.drain_pacing();
+                    if let Some(wal) = self.wal.as_mut() {
+                        wal.handle_timeout()?;
+                    }
                 }
                 Some(sequence) = self.ack_rx.recv() => {
                     if let Some(wal) = self.wal.as_mut() {

@@ -459,6 +459,7 @@ impl Collector {
             batcher: Batcher::new(BatchConfig {
                 max_events: self.settings.batch_max_events,
                 max_delay: Duration::from_millis(self.settings.batch_max_delay_ms),
+                max_idle: Duration::from_millis(self.settings.batch_max_idle_ms),
             }),
             settings: self.settings,
             sources: Arc::new(self.sources),

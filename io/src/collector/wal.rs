@@ -2,20 +2,28 @@
 //!
 //! One process owns a log at a time (an exclusive `flock` on `<log>.lock`, a file that is
 //! never replaced, so compaction cannot open a window); the log is created with mode
-//! 0600 in a directory made 0700. Appends are plain writes, a commit is one `fdatasync`
-//! (group commit), and a compaction writes a temporary file, syncs it, renames it over
-//! the log and syncs the directory, so a crash leaves either the old log or the new one.
-//! The calls block on the disk: a collector calls them between scans, not on a hot path.
+//! 0600 in a directory made 0700. Appends are positioned writes, a commit is one
+//! `fdatasync` (group commit), and a compaction writes a temporary file, syncs it, renames
+//! it over the log and syncs the directory, so a crash leaves either the old log or the
+//! new one. The calls block on the disk: a collector calls them between scans, not on a
+//! hot path.
+//!
+//! The file is kept ahead of the log by zeros, [`PREALLOCATE`] bytes at a time: an
+//! `fdatasync` of a file whose size changed must commit the filesystem's journal, which
+//! waits behind every other writer on the disk (on ext4, hundreds of milliseconds at
+//! times); one over blocks already written is a plain data flush. Replay reads a zero
+//! length as the end of the log, and zeros up to the end of the file as padding, not as a
+//! damaged tail.
 
 use crate::clock::{Clock, MonotonicClock};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use daemoneye_core::wal::{
-    Replayed, Wal, WalAction, WalConfig, WalError, WalReader, is_checkpoint,
+    Replayed, TailError, Wal, WalAction, WalConfig, WalError, WalReader, is_checkpoint,
 };
 use daemoneye_proto::pb::wal::WalRecord;
 use nix::fcntl::{Flock, FlockArg};
@@ -50,6 +58,42 @@ fn io_error<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(io::Error) ->
     }
 }
 
+/// The file grows by this many zeros at a time, ahead of the log.
+pub const PREALLOCATE: u64 = 1024 * 1024;
+
+/// `n` rounded up to a whole number of [`PREALLOCATE`] steps.
+fn allocation_for(n: u64) -> u64 {
+    n.div_ceil(PREALLOCATE).max(1) * PREALLOCATE
+}
+
+/// Writes zeros over `[from, to)` of `file`.
+fn write_zeros(file: &File, from: u64, to: u64) -> io::Result<()> {
+    let zeros = [0u8; 64 * 1024];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(zeros.len() as u64) as usize;
+        file.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// True when `file` holds only zeros from `from` to its end.
+fn zeros_from(file: &File, from: u64) -> io::Result<bool> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut at = from;
+    loop {
+        let n = file.read_at(&mut buf, at)?;
+        if n == 0 {
+            return Ok(true);
+        }
+        if buf[..n].iter().any(|b| *b != 0) {
+            return Ok(false);
+        }
+        at += n as u64;
+    }
+}
+
 /// A record the caller must publish (QoS1, under its sequence).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ToPublish {
@@ -68,6 +112,10 @@ pub struct WalFile {
     machine: Wal,
     outbox: Vec<ToPublish>,
     clock: MonotonicClock,
+    /// Where the log ends (the next append goes here).
+    end: u64,
+    /// The file's size: the log, then zeros.
+    allocated: u64,
 }
 
 impl WalFile {
@@ -95,8 +143,9 @@ impl WalFile {
             .map_err(|_| WalFileError::Locked(path.to_path_buf()))?;
         let mut file = OpenOptions::new()
             .read(true)
-            .append(true)
+            .write(true)
             .create(true)
+            .truncate(false)
             .mode(0o600)
             .open(path)
             .map_err(io_err("opening"))?;
@@ -115,7 +164,17 @@ impl WalFile {
                 }
             }
         }
-        let replayed = reader.finish();
+        let mut replayed = reader.finish();
+        let allocated = file
+            .metadata()
+            .map_err(io_err("reading its metadata"))?
+            .len();
+        if replayed.tail == Some(TailError::Empty)
+            && zeros_from(&file, replayed.valid_len).map_err(io_err("reading"))?
+        {
+            // The zeros kept ahead of the log.
+            replayed.tail = None;
+        }
         if let Some(tail) = &replayed.tail {
             tracing::warn!(wal = %path.display(), valid_bytes = replayed.valid_len, %tail,
                 "WAL has a damaged tail; truncating it");
@@ -128,6 +187,8 @@ impl WalFile {
             machine,
             outbox: Vec::new(),
             clock: MonotonicClock::default(),
+            end: replayed.valid_len,
+            allocated,
         };
         wal.run()?;
         tracing::info!(wal = %path.display(), %replayed, "WAL replayed");
@@ -166,6 +227,19 @@ impl WalFile {
         self.run()
     }
 
+    /// When [`handle_timeout`](Self::handle_timeout) is due (the idle compaction: see
+    /// [`WalConfig::idle_compact_delay`](daemoneye_core::wal::WalConfig)).
+    pub fn poll_timeout(&self) -> Option<std::time::Instant> {
+        self.machine.poll_timeout().map(|at| self.clock.to_std(at))
+    }
+
+    /// Time passed: the log shrinks to a checkpoint once it has been idle long enough.
+    pub fn handle_timeout(&mut self) -> Result<(), WalFileError> {
+        let now = self.clock.now();
+        self.machine.handle_timeout(now);
+        self.run()
+    }
+
     /// Records to publish now, in order.
     pub fn take_publishes(&mut self) -> Vec<ToPublish> {
         std::mem::take(&mut self.outbox)
@@ -195,11 +269,24 @@ impl WalFile {
             match action {
                 WalAction::Truncate { len } => {
                     self.file.set_len(len).map_err(self.io_err("truncating"))?;
+                    self.end = len;
+                    self.allocated = len;
                 }
                 WalAction::Append(bytes) => {
+                    let end = self.end + bytes.len() as u64;
+                    if end > self.allocated {
+                        let to = allocation_for(end);
+                        // Synced at once: until the zeros are on the disk, with their
+                        // size, each data sync into them still commits the journal.
+                        write_zeros(&self.file, self.allocated, to)
+                            .and_then(|()| self.file.sync_all())
+                            .map_err(self.io_err("growing"))?;
+                        self.allocated = to;
+                    }
                     self.file
-                        .write_all(&bytes)
+                        .write_all_at(&bytes, self.end)
                         .map_err(self.io_err("appending"))?;
+                    self.end = end;
                 }
                 WalAction::Sync { len } => {
                     self.file.sync_data().map_err(self.io_err("syncing"))?;
@@ -224,7 +311,9 @@ impl WalFile {
             .mode(0o600)
             .open(&tmp)
             .map_err(self.io_err("creating the compacted log"))?;
+        let allocated = allocation_for(bytes.len() as u64);
         out.write_all(bytes)
+            .and_then(|()| write_zeros(&out, bytes.len() as u64, allocated))
             .and_then(|()| out.sync_all())
             .map_err(self.io_err("writing the compacted log"))?;
         std::fs::rename(&tmp, &self.path).map_err(self.io_err("replacing the log"))?;
@@ -235,9 +324,11 @@ impl WalFile {
         }
         self.file = OpenOptions::new()
             .read(true)
-            .append(true)
+            .write(true)
             .open(&self.path)
             .map_err(self.io_err("reopening the compacted log"))?;
+        self.end = bytes.len() as u64;
+        self.allocated = allocated;
         tracing::debug!(wal = %self.path.display(), bytes = bytes.len(), "WAL compacted");
         Ok(())
     }

@@ -43,7 +43,7 @@ pub const PROCESS_CREATION: &[FieldMap] = &[
     },
     FieldMap {
         sigma: "CommandLine",
-        source: "cmdline (argv joined as a shell shows it)",
+        source: "cmdline (argv joined by spaces, as ps shows it)",
         read: |p| command_line(p, "cmdline", &p.cmdline),
     },
     FieldMap {
@@ -123,12 +123,14 @@ fn command_line<'a>(p: &ProcessInfo, field: &str, argv: &'a [String]) -> Option<
     if argv.is_empty() || unread(p, field) {
         return None;
     }
-    Some(Value::Str(Cow::Owned(shell_join(argv))))
+    Some(Value::Str(Cow::Owned(argv.join(" "))))
 }
 
-/// argv joined as a shell shows it: an argument is single-quoted when it holds anything
+/// argv as a shell would take it back: an argument is single-quoted when it holds anything
 /// but letters, digits and `@%+=:,./-_` (as Python's `shlex.join`), so `sh -c 'a | b'`
-/// reads as typed.
+/// reads as typed. For people (the CLI's tables); rules see `CommandLine` joined by plain
+/// spaces, as `ps`, auditd's execve records and Sysmon for Linux show it, which is what
+/// community rules are written against (`CommandLine|endswith: '| sh'`).
 pub fn shell_join(argv: &[String]) -> String {
     let mut out = String::with_capacity(argv.iter().map(|a| a.len() + 1).sum());
     for (i, arg) in argv.iter().enumerate() {

@@ -181,6 +181,18 @@ pub struct EventStore {
     counters: Counters,
     /// The latest records written, the material of the next dictionary.
     samples: record::Samples,
+    /// For a reader of a file its writer left unclean: the private, repaired copy it
+    /// reads (removed on drop, after `db`).
+    copy: Option<TempCopy>,
+}
+
+/// A file removed when dropped.
+struct TempCopy(PathBuf);
+
+impl Drop for TempCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 impl std::fmt::Debug for EventStore {
@@ -416,11 +428,15 @@ impl EventStore {
             },
             counters,
             samples: record::Samples::default(),
+            copy: None,
         })
     }
 
     /// Opens an existing store read-only: beside its running writer (it reads the last
-    /// commit), or after its writer was killed (no repair needed to read).
+    /// commit), or after its writer was killed. Such a file needs redb's repair before it
+    /// can be read, and only a writer repairs: the reader repairs and reads a private copy
+    /// instead ([`repaired_copy`](Self::repaired_copy)), so the file itself is left as
+    /// it was found (the agent repairs it when it starts).
     pub fn open_read_only(path: &Path) -> Result<EventStore, StoreError> {
         match std::fs::metadata(path) {
             Ok(_) => sniff(path)?,
@@ -435,9 +451,14 @@ impl EventStore {
                 });
             }
         }
-        let db = guarded(path, || {
-            builder().open_read_only(path).map_err(at(path, "opening"))
+        let opened = guarded(path, || match builder().open_read_only(path) {
+            Ok(db) => Ok(Some(db)),
+            Err(redb::DatabaseError::RepairAborted) => Ok(None),
+            Err(e) => Err(StoreError::from_redb(path, "opening", e)),
         })?;
+        let Some(db) = opened else {
+            return Self::open_repaired_copy(path);
+        };
         let counters = guarded(path, || {
             let txn = db.begin_read().map_err(at(path, "reading"))?;
             read_meta(path, &txn)?.ok_or_else(|| foreign(path, &txn))
@@ -451,7 +472,66 @@ impl EventStore {
             },
             counters,
             samples: record::Samples::default(),
+            copy: None,
         })
+    }
+
+    /// Copies an unclean store (its writer was killed) to the temporary directory, repairs
+    /// the copy and opens it; the copy goes when the store is dropped.
+    fn open_repaired_copy(path: &Path) -> Result<EventStore, StoreError> {
+        static COPIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = COPIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let copy = TempCopy(
+            std::env::temp_dir().join(format!("daemoneye-store-{}-{n}.redb", std::process::id())),
+        );
+        tracing::warn!(
+            store = %path.display(),
+            copy = %copy.0.display(),
+            "event store was not closed cleanly and no agent holds it: reading a repaired copy"
+        );
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut from = std::fs::File::open(path).map_err(|source| StoreError::Io {
+                what: "reading it",
+                path: path.into(),
+                source,
+            })?;
+            let mut to = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&copy.0)
+                .map_err(|source| StoreError::Io {
+                    what: "copying it to repair the copy",
+                    path: copy.0.clone(),
+                    source,
+                })?;
+            std::io::copy(&mut from, &mut to).map_err(|source| StoreError::Io {
+                what: "copying it to repair the copy",
+                path: copy.0.clone(),
+                source,
+            })?;
+        }
+        let mut store = EventStore::open(&copy.0, StoreConfig::default()).map_err(|e| match e {
+            // Name the file the user gave, not the copy.
+            StoreError::Corrupt { why, .. } => StoreError::Corrupt {
+                path: path.into(),
+                why,
+            },
+            other => other,
+        })?;
+        store.path = path.into();
+        store.limits = Limits {
+            max_bytes: u64::MAX,
+            max_age: Duration::MAX,
+        };
+        store.copy = Some(copy);
+        Ok(store)
+    }
+
+    /// True when this reader reads a repaired copy of a file its writer left unclean.
+    pub fn repaired_copy(&self) -> bool {
+        self.copy.is_some()
     }
 
     /// The file.
@@ -465,8 +545,8 @@ impl EventStore {
 
     fn writer(&self) -> Result<&Database, StoreError> {
         match &self.db {
-            Handle::Writer(db) => Ok(db),
-            Handle::Reader(_) => Err(StoreError::ReadOnly {
+            Handle::Writer(db) if self.copy.is_none() => Ok(db),
+            Handle::Writer(_) | Handle::Reader(_) => Err(StoreError::ReadOnly {
                 path: self.path.clone(),
             }),
         }

@@ -435,6 +435,76 @@ fn a_reader_opens_beside_the_writer_and_sees_its_commits() {
     }
 }
 
+const UNCLEAN_WRITER_ENV: &str = "DAEMONEYE_TEST_UNCLEAN_STORE";
+
+/// Run as a child by the test below: writes two events to the store named by the
+/// environment, says so, and waits to be killed.
+#[test]
+#[ignore = "a helper process for the test below"]
+fn helper_writer_killed_mid_life() {
+    let Some(path) = std::env::var_os(UNCLEAN_WRITER_ENV) else {
+        return;
+    };
+    let mut writer =
+        EventStore::open(std::path::Path::new(&path), StoreConfig::default()).expect("open");
+    writer
+        .append_batch(1, &[plain("events.a", b"1"), plain("events.a", b"2")])
+        .expect("append");
+    println!("WRITTEN");
+    std::thread::sleep(std::time::Duration::from_secs(60));
+}
+
+#[test]
+fn a_file_its_writer_left_unclean_is_read_through_a_repaired_copy_and_left_as_it_was() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("events.redb");
+    let mut child = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "store::tests::helper_writer_killed_mid_life",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(UNCLEAN_WRITER_ENV, &path)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("helper");
+    let stdout = child.stdout.take().expect("stdout");
+    let written = std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.contains("WRITTEN"));
+    assert!(written, "the helper wrote its events");
+    // kill -9 mid-life: the file stays marked for recovery and no writer holds it.
+    child.kill().expect("kill");
+    child.wait().expect("reap");
+
+    let before = std::fs::read(&path).expect("read");
+    let mut reader = EventStore::open_read_only(&path).expect("reader of an unclean file");
+    assert!(reader.repaired_copy());
+    assert_eq!(all(&reader).len(), 2);
+    assert!(matches!(
+        reader.append_batch(3, &[]),
+        Err(StoreError::ReadOnly { .. })
+    ));
+    let copy = reader.copy.as_ref().map(|c| c.0.clone()).expect("a copy");
+    assert!(copy.exists());
+    drop(reader);
+    assert_eq!(
+        std::fs::read(&path).expect("read"),
+        before,
+        "the file is untouched"
+    );
+    assert!(!copy.exists(), "the repaired copy is removed");
+    // The agent's writer repairs the file itself when it opens it.
+    let writer = EventStore::open(&path, StoreConfig::default()).expect("writer repairs");
+    assert_eq!(all(&writer).len(), 2);
+    drop(writer);
+    let reader = EventStore::open_read_only(&path).expect("reader");
+    assert!(!reader.repaired_copy(), "clean after the writer's repair");
+}
+
 /// The one-line error for `path`, from both kinds of open.
 fn refused(path: &std::path::Path) -> [String; 2] {
     let w = EventStore::open(path, StoreConfig::default()).expect_err("writer refused");

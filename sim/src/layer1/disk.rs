@@ -1,7 +1,8 @@
 //! The collectors' WAL files: the WAL machine's actions carried out against a simulated
 //! file and device (appends, truncations, atomic rewrites, syncs that take time), what a
 //! crash leaves of the file (the synced prefix, a torn tail, maybe garbage), and the replay
-//! of a restarted collector, held to invariant 1 (nothing accepted is lost).
+//! of a restarted collector, held to invariant 1 (nothing accepted is lost). The idle
+//! compaction's timer is served every step, and must not be left due (the timer contract).
 
 use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
@@ -145,6 +146,14 @@ impl World {
             }
             w.machine.handle_synced(self.now, len);
         }
-        self.drive_wal(i)
+        // The idle compaction's timer, served as the io driver serves it.
+        w.machine.handle_timeout(now);
+        self.drive_wal(i)?;
+        let next = self.clients[i]
+            .wal
+            .as_ref()
+            .and_then(|w| w.machine.poll_timeout())
+            .map(|at| (at, "idle compaction"));
+        self.check_nothing_due(&format!("c{i} WAL"), next)
     }
 }

@@ -14,7 +14,7 @@ impl World {
     /// The timer contract: once a machine has handled the time `now`, nothing it reports
     /// is still due (a deadline it forgot to clear, or one the broker's deadline structure
     /// kept stale, would otherwise show up here).
-    fn check_nothing_due<T: std::fmt::Debug>(
+    pub(super) fn check_nothing_due<T: std::fmt::Debug>(
         &self,
         machine: &str,
         next: Option<(daemoneye_core::Instant, T)>,

@@ -124,6 +124,8 @@ impl World {
                 let mut config = WalConfig::new(format!("c{i}"));
                 config.max_pending = [8, 64, 1000][rng.below(3) as usize];
                 config.compact_after = [1, 512, 1 << 20][rng.below(3) as usize];
+                config.idle_compact_delay =
+                    Duration::from_millis([0, 100, 1000][rng.below(3) as usize]);
                 SimWal {
                     machine: Wal::new(config.clone()),
                     config,

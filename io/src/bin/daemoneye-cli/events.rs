@@ -250,7 +250,16 @@ fn from_file(
     // and the default hook would print the panic above it.
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
-    let answer = EventStore::open_read_only(path).and_then(|s| s.query(query));
+    let answer = EventStore::open_read_only(path).and_then(|s| {
+        if s.repaired_copy() {
+            eprintln!(
+                "{}: not closed cleanly (its agent was killed): reading a repaired copy; \
+                 the file is left as it is until the agent starts again",
+                path.display()
+            );
+        }
+        s.query(query)
+    });
     std::panic::set_hook(hook);
     let answer = answer?;
     for e in &answer.events {
