@@ -198,6 +198,14 @@ fn a_task_nobody_can_take_waits_then_fails_after_its_attempts() {
     let health: Value = serde_json::from_str(&out).expect("json");
     let reasons = health["reasons"].to_string();
     assert!(reasons.contains("task(s) failed in the last"), "{health}");
+    assert_eq!(health["coordinator"], "degraded", "{health}");
+    assert_eq!(health["detection"], "healthy", "{health}");
+    let (_, text, _) = agent.run_cli(&["health"]);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("coordinator") && l.ends_with("degraded")),
+        "{text}"
+    );
 
     // A waiting task can be cancelled; `list` without --all shows only active ones.
     let (_, answer, _) = submit(&agent, &["network", "y", "--timeout", "30s"]);

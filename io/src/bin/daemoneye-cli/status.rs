@@ -107,6 +107,8 @@ pub async fn health(socket: Option<&Path>, args: HealthArgs) -> Result<(), CliEr
     } else {
         println!("overall  {}", report.overall);
         println!("broker   {}", report.broker);
+        println!("coordinator {}", report.coordinator);
+        println!("detection {}", report.detection);
         if h.collectors.is_empty() {
             println!("collectors: none");
         } else {
@@ -141,6 +143,10 @@ fn health_state(value: i32) -> &'static str {
 struct HealthJson<'a> {
     overall: &'static str,
     broker: &'static str,
+    /// The task coordinator (`unspecified` when the agent could not tell).
+    coordinator: &'static str,
+    /// The detection engine.
+    detection: &'static str,
     collectors: Vec<CollectorJson<'a>>,
     reasons: &'a [String],
 }
@@ -150,6 +156,8 @@ impl<'a> From<&'a pbc::HealthReport> for HealthJson<'a> {
         HealthJson {
             overall: health_state(h.overall),
             broker: health_state(h.broker),
+            coordinator: health_state(h.coordinator),
+            detection: health_state(h.detection),
             collectors: h.collectors.iter().map(CollectorJson::from).collect(),
             reasons: &h.reasons,
         }
