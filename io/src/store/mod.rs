@@ -491,26 +491,19 @@ impl EventStore {
         );
         {
             use std::os::unix::fs::OpenOptionsExt;
-            let mut from = std::fs::File::open(path).map_err(|source| StoreError::Io {
-                what: "reading it",
-                path: path.into(),
-                source,
-            })?;
+            let io = |what, path: &Path| {
+                let path = path.to_path_buf();
+                move |source| StoreError::Io { what, path, source }
+            };
+            let mut from = std::fs::File::open(path).map_err(io("reading it", path))?;
             let mut to = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
                 .open(&copy.0)
-                .map_err(|source| StoreError::Io {
-                    what: "copying it to repair the copy",
-                    path: copy.0.clone(),
-                    source,
-                })?;
-            std::io::copy(&mut from, &mut to).map_err(|source| StoreError::Io {
-                what: "copying it to repair the copy",
-                path: copy.0.clone(),
-                source,
-            })?;
+                .map_err(io("copying it to repair the copy", &copy.0))?;
+            std::io::copy(&mut from, &mut to)
+                .map_err(io("copying it to repair the copy", &copy.0))?;
         }
         let mut store = EventStore::open(&copy.0, StoreConfig::default()).map_err(|e| match e {
             // Name the file the user gave, not the copy.
