@@ -253,6 +253,13 @@ fn the_scanner_alone_sees_a_long_lived_process_with_its_fields_and_its_exit() {
         .spawn()
         .expect("spawn");
     let pid = child.id();
+    // `spawn` returns once the exec has begun; the kernel sets the new argv a moment
+    // later, and a scan in between reads an empty one. Scan once the exec is complete.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.is_empty()) {
+        assert!(Instant::now() < deadline, "the child's exec did not complete");
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let all = scan(&reader, 0);
     let found = all.iter().find(|p| p.pid == pid).expect("the scan sees it");
     assert_eq!(found.cmdline, vec!["/bin/sleep", "30"]);
