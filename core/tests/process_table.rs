@@ -173,6 +173,47 @@ fn an_exec_of_an_unknown_process_is_new_and_its_next_exec_is_modified_with_what_
 }
 
 #[test]
+fn an_id_change_without_an_exec_is_modified_only_for_the_same_process_and_only_when_changed() {
+    let mut table = started(
+        TableConfig::default(),
+        vec![proc_(40, 5, "/usr/bin/python3")],
+    );
+    let mut root = proc_(40, 5, "/usr/bin/python3");
+    (root.uid, root.user) = (0, "root".into());
+    // The same ids again (a saved-uid change, say): nothing to tell.
+    table.handle_credentials(t(1), 50, proc_(40, 5, "/usr/bin/python3"));
+    assert_eq!(events(&mut table), []);
+    table.handle_credentials(t(1), 60, root.clone());
+    let evs = events(&mut table);
+    let [
+        ProcessEvent::Modified {
+            process,
+            changed,
+            source,
+        },
+    ] = evs.as_slice()
+    else {
+        panic!("{evs:?}")
+    };
+    assert_eq!((process.uid, process.user.as_str()), (0, "root"));
+    assert_eq!(*changed, ["uid", "user"]);
+    assert_eq!(*source, Source::Netlink);
+    assert_eq!(table.get(40).map(|p| p.uid), Some(0));
+    assert_eq!(table.stats().credential_changes, 1);
+    // A read of a later holder of the pid, of an unknown pid, or without a start: nothing
+    // (the exec or the scan that finds them tells).
+    table.handle_credentials(t(2), 70, proc_(40, 65, "/bin/nc"));
+    table.handle_credentials(t(2), 70, proc_(41, 66, "/bin/nc"));
+    table.handle_credentials(t(2), 70, partial(40));
+    assert_eq!(events(&mut table), []);
+    assert_eq!(
+        table.get(40).map(|p| p.exe.as_str()),
+        Some("/usr/bin/python3")
+    );
+    assert_eq!(table.stats().credential_changes, 1);
+}
+
+#[test]
 fn a_reused_pid_is_an_exit_of_the_old_process_then_a_new_one_never_a_modification() {
     let mut table = started(TableConfig::default(), vec![proc_(7, 3, "/usr/sbin/sshd")]);
     table.handle_exec(t(1), 200, proc_(7, 150, "/bin/nc"));

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use daemoneye_io::collector::process::{
     Observation, ProcessReader, ReadOptions, Watch, WatchOptions,
     connector::{ConnectorOptions, ProcConnector},
-    scan,
+    scan, scan_known,
 };
 
 #[cfg(not(target_os = "linux"))]
@@ -30,6 +30,22 @@ fn main() {
         return;
     }
     let mut rows: Vec<(String, String)> = Vec::new();
+    // DAEMONEYE_BENCH_ONLY=scan measures the scans alone.
+    if std::env::var("DAEMONEYE_BENCH_ONLY").as_deref() != Ok("scan") {
+        capture(&mut rows);
+    }
+    scans(&mut rows);
+    let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    println!("\n{:width$}  result", "measure");
+    println!("{}  {}", "-".repeat(width), "-".repeat(40));
+    for (k, v) in rows {
+        println!("{k:width$}  {v}");
+    }
+}
+
+/// Exec-to-event latency and the two bursts.
+#[cfg(target_os = "linux")]
+fn capture(rows: &mut Vec<(String, String)>) {
     let (p50, p99, n) = latency(500);
     rows.push((
         format!("exec-to-event latency ({n} execs of /bin/true)"),
@@ -56,6 +72,12 @@ fn main() {
             ),
         ));
     }
+}
+
+/// Full scans of the live system and of 10,000 more processes, and the reconciliation
+/// scan of those 10,000 once known.
+#[cfg(target_os = "linux")]
+fn scans(rows: &mut Vec<(String, String)>) {
     let reader = ProcessReader::new(ReadOptions::default());
     let hashing = ProcessReader::new(ReadOptions {
         compute_hashes: true,
@@ -77,17 +99,34 @@ fn main() {
     });
     let _ = scan(&enhanced, 0);
     let (full, _) = time_scan(&enhanced);
+    // The reconciliation scan: every process known from the scan before (as the process
+    // table knows them), read identity first; with the connector live the ids come from its
+    // events (no `status` read), scanning alone reads them.
+    let reconcile = |reader: &ProcessReader, ids: bool| {
+        let known: HashMap<u32, _> = scan(reader, 0).into_iter().map(|p| (p.pid, p)).collect();
+        time_scan_with(|| scan_known(reader, 0, ids, |pid| known.get(&pid)).len()).0
+    };
+    let (live_plain, live_hashed, live_full) = (
+        reconcile(&reader, false),
+        reconcile(&hashing, false),
+        reconcile(&enhanced, false),
+    );
+    let (alone_plain, alone_full) = (reconcile(&reader, true), reconcile(&enhanced, true));
     drop(tree);
     rows.push((
-        format!("scan of {count} processes (10,000 sleeping + the system)"),
+        format!("full scan of {count} processes (10,000 sleeping + the system)"),
         format!("{plain:.1} ms; hashes from the cache {hashed:.1} ms; + enhanced {full:.1} ms"),
     ));
-    let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
-    println!("\n{:width$}  result", "measure");
-    println!("{}  {}", "-".repeat(width), "-".repeat(40));
-    for (k, v) in rows {
-        println!("{k:width$}  {v}");
-    }
+    rows.push((
+        format!("reconciliation scan of the same {count}, all known, connector live"),
+        format!(
+            "{live_plain:.1} ms; with hashes {live_hashed:.1} ms; + enhanced {live_full:.1} ms"
+        ),
+    ));
+    rows.push((
+        format!("reconciliation scan of the same {count}, all known, scanning alone"),
+        format!("{alone_plain:.1} ms; + enhanced {alone_full:.1} ms"),
+    ));
 }
 
 #[cfg(target_os = "linux")]
@@ -231,14 +270,20 @@ fn capture_burst(n: usize, parallel: usize, five_ms: bool) -> BurstResult {
     }
 }
 
-/// Median of five scans, ms, and the number of processes.
+/// Median of five full scans, ms, and the number of processes.
 #[cfg(target_os = "linux")]
 fn time_scan(reader: &ProcessReader) -> (f64, usize) {
+    time_scan_with(|| scan(reader, 0).len())
+}
+
+/// Median of five runs of `scan` (which returns how many processes it read), ms, and the
+/// number of processes.
+fn time_scan_with(mut scan: impl FnMut() -> usize) -> (f64, usize) {
     let mut times = Vec::new();
     let mut count = 0;
     for _ in 0..5 {
         let t = Instant::now();
-        count = scan(reader, 0).len();
+        count = scan();
         times.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     times.sort_by(f64::total_cmp);

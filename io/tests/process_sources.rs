@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use daemoneye_io::collector::process::connector::{ConnectorOptions, ProcConnector};
 use daemoneye_io::collector::process::{
     Observation, ProcessReader, ReadOptions, Watch, WatchOptions, privileges, read_process, scan,
+    scan_known,
 };
 use daemoneye_proto::pb::events::ProcessInfo;
 
@@ -254,12 +255,8 @@ fn the_scanner_alone_sees_a_long_lived_process_with_its_fields_and_its_exit() {
         .expect("spawn");
     let pid = child.id();
     // `spawn` returns once the exec has begun; the kernel sets the new argv a moment
-    // later, and a scan in between reads an empty one. Scan once the exec is complete.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.is_empty()) {
-        assert!(Instant::now() < deadline, "the child's exec did not complete");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    // later, and a scan in between reads an empty one.
+    exec_done(pid);
     let all = scan(&reader, 0);
     let found = all.iter().find(|p| p.pid == pid).expect("the scan sees it");
     assert_eq!(found.cmdline, vec!["/bin/sleep", "30"]);
@@ -282,6 +279,83 @@ fn the_scanner_alone_sees_a_long_lived_process_with_its_fields_and_its_exit() {
         !scan(&reader, 0).iter().any(|p| p.pid == pid),
         "gone after its exit"
     );
+}
+
+/// Waits until `pid` has completed its exec (its argv is set).
+fn exec_done(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.is_empty()) {
+        assert!(
+            Instant::now() < deadline,
+            "the child's exec did not complete"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn a_reconciliation_scan_keeps_a_known_process_and_rereads_one_that_changed() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let binary = dir.path().join(marker("kept"));
+    std::fs::copy("/bin/sleep", &binary).expect("copy");
+    let reader = ProcessReader::new(ReadOptions {
+        compute_hashes: true,
+        enhanced_metadata: false,
+    });
+    let mut child = Command::new(&binary)
+        .arg("30")
+        .current_dir("/tmp")
+        .spawn()
+        .expect("spawn");
+    let pid = child.id();
+    exec_done(pid);
+    let first = scan(&reader, 0);
+    let before = first.iter().find(|p| p.pid == pid).expect("seen").clone();
+    assert_eq!(before.cwd, "/tmp");
+    // A field the cheap read does not look at tells which read produced the result.
+    let mut known = before.clone();
+    known.cwd = "/known".into();
+    let again = |known: &ProcessInfo| {
+        scan_known(&reader, 0, true, |p| (p == pid).then_some(known))
+            .into_iter()
+            .find(|p| p.pid == pid)
+            .expect("seen again")
+    };
+    let kept = again(&known);
+    assert_eq!(kept.cwd, "/known", "the same process is kept as known");
+    assert_eq!(kept.cmdline, before.cmdline);
+    assert_eq!(kept.exe_sha256, before.exe_sha256);
+    assert_eq!(
+        kept.parent_exe, before.parent_exe,
+        "the scan fills the parent"
+    );
+    assert!(kept.memory_bytes > 0 && kept.unread.is_empty());
+
+    // Another start at the pid, another name, other ids: each is read in full.
+    for change in [
+        (|k: &mut ProcessInfo| k.start_ticks += 1) as fn(&mut ProcessInfo),
+        |k| k.name = "other".into(),
+        |k| k.uid = 4242,
+        |k| k.exe = "/bin/other".into(),
+        |k| k.unread = vec!["cwd".into()],
+    ] {
+        let mut stale = known.clone();
+        change(&mut stale);
+        assert_eq!(again(&stale).cwd, "/tmp", "{stale:?}");
+    }
+    // The binary deleted after the start: the cheap read notices and the full read says so.
+    std::fs::remove_file(&binary).expect("delete the binary");
+    let reread = again(&known);
+    assert_eq!(reread.cwd, "/tmp");
+    assert!(reread.exe_deleted);
+    assert_eq!(reread.exe_sha256, before.exe_sha256);
+    // Known as deleted, it is kept from then on.
+    let mut deleted = reread;
+    deleted.cwd = "/known".into();
+    assert_eq!(again(&deleted).cwd, "/known");
+    child.kill().expect("kill");
+    child.wait().expect("wait");
 }
 
 struct Burst {

@@ -192,6 +192,8 @@ pub struct TableStats {
     pub late_exits: u64,
     /// Execs that belonged to an earlier holder of their pid.
     pub stale_execs: u64,
+    /// Id changes without an exec published as MODIFIED.
+    pub credential_changes: u64,
     /// Scans asked for.
     pub scans_requested: u64,
     /// Scan results handled.
@@ -337,6 +339,40 @@ impl ProcessTable {
                 });
             }
         }
+    }
+
+    /// A process changed its user or group ids at kernel tick `at` without an exec (the
+    /// connector's UID and GID events), read again as `info`. When the read is of the
+    /// process the table holds at the pid (the same start) and a compared field differs,
+    /// it publishes MODIFIED with the changes. A read without a start, of another holder
+    /// of the pid, of an unknown pid, or with nothing changed publishes nothing: an exec,
+    /// an exit or a scan tells about those.
+    pub fn handle_credentials(&mut self, now: Instant, at: u64, info: ProcessInfo) {
+        let _ = now;
+        let pid = info.pid;
+        let Some(s) = start_ticks(&info) else {
+            return;
+        };
+        let Some(entry) = self.entries.get_mut(&pid) else {
+            return;
+        };
+        match entry.known {
+            Known::Started(se) if se == s => {}
+            Known::SeenAt(t) if s <= t => entry.known = Known::Started(s),
+            _ => return,
+        }
+        entry.last_seen = entry.last_seen.max(at);
+        let changed = changed_fields(&entry.info, &info);
+        if changed.is_empty() {
+            return;
+        }
+        entry.info = info.clone();
+        self.stats.credential_changes += 1;
+        self.publish(ProcessEvent::Modified {
+            process: info,
+            changed,
+            source: Source::Netlink,
+        });
     }
 
     /// A process exited at kernel tick `at` with `code` (the low byte of a normal exit's

@@ -81,6 +81,8 @@ pub struct ProcmonOutcome {
     pub execs: u64,
     /// Exits in the world.
     pub exits: u64,
+    /// User id changes without an exec in the world.
+    pub setuids: u64,
     /// Messages the socket dropped.
     pub lost: u64,
     /// Exec reads that found the process gone (partial) or a zombie.
@@ -378,7 +380,12 @@ impl Sim {
         {
             let uid = self.rng.below(3) as u32 * 500;
             self.procs.setuid(pid, uid, tick);
+            let start = self.procs.by_pid[&pid].start;
             self.log(format!("setuid {pid} -> {uid}"));
+            self.kernel(KernelMsg::Credentials {
+                id: (pid, start),
+                at: tick,
+            });
         }
     }
 
@@ -386,6 +393,7 @@ impl Sim {
         match msg {
             KernelMsg::Exec { .. } => self.outcome.execs += 1,
             KernelMsg::Exit { .. } => self.outcome.exits += 1,
+            KernelMsg::Credentials { .. } => self.outcome.setuids += 1,
         }
         if !self.socket.send(msg) {
             self.log(format!("socket drops {msg:?}"));
@@ -448,6 +456,22 @@ impl Sim {
                 self.log(format!("deliver exec {id:?}@{at}, read {how}"));
                 self.table.handle_exec(self.now, at, info);
                 self.drain(Cause::Exec(id))
+            }
+            KernelMsg::Credentials { id, at } => {
+                let rss = self.rng.below(1 << 20);
+                let (info, how) = self.procs.exec_read(id, rss);
+                self.log(format!("deliver setuid {id:?}@{at}, read {how}"));
+                // It tells the table only while the table holds that process; otherwise
+                // a scan listed after the change does.
+                let held = self.table.get(id.0).is_some_and(|p| p.start_ticks == id.1);
+                if how == "full"
+                    && held
+                    && let Some(p) = self.procs.by_pid.get_mut(&id.0)
+                {
+                    p.uid_reported = true;
+                }
+                self.table.handle_credentials(self.now, at, info);
+                self.drain(Cause::Credentials(id))
             }
             KernelMsg::Exit { id, at, code } => {
                 self.log(format!("deliver exit {id:?}@{at} code {code}"));
@@ -658,7 +682,8 @@ impl Sim {
             let Some(info) = self.table.get(pid) else {
                 continue;
             };
-            let uid_known = p.uid_changed_at < listing;
+            // Known from a scan listed after it, or from its connector message.
+            let uid_known = p.uid_changed_at < listing || p.uid_reported;
             if info.exe != p.exe || info.cmdline != p.cmdline || (uid_known && info.uid != p.uid) {
                 return Err(self.violation((
                     "procmon-reconciled",

@@ -33,6 +33,8 @@ pub(crate) enum Cause {
     Exec(TrueId),
     /// The exit of this identity, with its code, was delivered.
     Exit(TrueId, i32),
+    /// An id change of this identity was delivered.
+    Credentials(TrueId),
     /// A scan result, an overrun, a timer or a configuration change.
     Other,
 }
@@ -204,7 +206,7 @@ impl Model {
                         format!("MODIFIED of pid {} never announced", process.pid),
                     ));
                 };
-                if let Cause::Exec(x) = cause
+                if let Cause::Exec(x) | Cause::Credentials(x) = cause
                     && x != id
                 {
                     return Err((

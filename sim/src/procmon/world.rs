@@ -48,6 +48,8 @@ pub(crate) struct Proc {
     pub(crate) uid: u32,
     /// The tick of its last setuid without an exec (0: never).
     pub(crate) uid_changed_at: u64,
+    /// The connector's message for that setuid reached the table with a read of it.
+    pub(crate) uid_reported: bool,
     /// Exec'd since its fork (a fork-only child shows its parent's image).
     pub(crate) execd: bool,
     /// A scan has read it alive (how the table learns of a child that never execs).
@@ -80,6 +82,7 @@ impl Procs {
                 cmdline: vec!["/sbin/init".into()],
                 uid: 0,
                 uid_changed_at: 0,
+                uid_reported: false,
                 execd: true,
                 scanned: false,
                 zombie_until: None,
@@ -138,6 +141,7 @@ impl Procs {
                 scanned: false,
                 zombie_until: None,
                 uid_changed_at: 0,
+                uid_reported: false,
                 ..p
             },
         );
@@ -165,6 +169,7 @@ impl Procs {
         if let Some(p) = self.by_pid.get_mut(&pid) {
             p.uid = uid;
             p.uid_changed_at = tick;
+            p.uid_reported = false;
         }
     }
 
@@ -296,6 +301,8 @@ pub(crate) enum KernelMsg {
     Exec { id: TrueId, at: u64 },
     /// `id` exited at tick `at` with `code`.
     Exit { id: TrueId, at: u64, code: i32 },
+    /// `id` changed its user id at tick `at` without an exec (PROC_EVENT_UID).
+    Credentials { id: TrueId, at: u64 },
 }
 
 /// What one read of the socket returns.

@@ -120,6 +120,12 @@ struct Monitor<'a, S: MonitorSink> {
     ticks: Ticks,
     origin: std::time::Instant,
     sink: &'a mut S,
+    /// Real-time events arrive (the connector is live).
+    realtime: bool,
+    /// Every id change of a process the table holds, since it was read, reached the table
+    /// through the connector (real time, no overrun since the last scan that read the
+    /// ids): a reconciliation scan need not read `status` again.
+    ids_told: bool,
 }
 
 impl<S: MonitorSink> Monitor<'_, S> {
@@ -139,7 +145,13 @@ impl<S: MonitorSink> Monitor<'_, S> {
                 }
                 Output::Scan => {
                     let listed_at = self.ticks.now();
-                    let processes = super::scan(&self.reader, self.options.max_processes);
+                    let table = &self.table;
+                    let ids = !self.ids_told;
+                    let processes =
+                        super::scan_known(&self.reader, self.options.max_processes, ids, |pid| {
+                            table.get(pid)
+                        });
+                    self.ids_told = self.realtime;
                     let finished_at = self.ticks.now();
                     let now = self.now();
                     self.table.handle_scan(
@@ -224,8 +236,12 @@ pub fn run<S: MonitorSink>(
         ticks,
         origin,
         sink,
+        realtime: false,
+        ids_told: false,
     };
     let watch = open_watch(&mut monitor);
+    // Listening before the start-up scan reads anything: every later id change is told.
+    monitor.realtime = watch.is_some();
     #[cfg(target_os = "linux")]
     if monitor.options.drop_privileges {
         // Capabilities are per thread: this one drops its own (the watch's threads did).
@@ -248,6 +264,8 @@ pub fn run<S: MonitorSink>(
             ));
             let fell_back = realtime_loop(&mut monitor, &observations, &controls, &stop);
             watch.stop();
+            monitor.realtime = false;
+            monitor.ids_told = false;
             if let Some(why) = fell_back {
                 let line = monitor.scanning_detail(&why);
                 monitor.sink.detail(line);
@@ -321,6 +339,7 @@ fn realtime_loop<S: MonitorSink>(
                 let now = monitor.now();
                 let at = match &observation {
                     Observation::Exec { timestamp_ns, .. }
+                    | Observation::Credentials { timestamp_ns, .. }
                     | Observation::Exit { timestamp_ns, .. }
                     | Observation::Fork { timestamp_ns, .. } => {
                         monitor.ticks.of_monotonic_ns(*timestamp_ns)
@@ -333,12 +352,16 @@ fn realtime_loop<S: MonitorSink>(
                 }
                 match observation {
                     Observation::Exec { info, .. } => monitor.table.handle_exec(now, at, *info),
+                    Observation::Credentials { info, .. } => {
+                        monitor.table.handle_credentials(now, at, *info)
+                    }
                     Observation::Exit { pid, exit_code, .. } => {
                         monitor.table.handle_exit(now, at, pid, Some(exit_code))
                     }
                     Observation::Fork { .. } => {}
                     Observation::Overrun => {
                         overrun = true;
+                        monitor.ids_told = false;
                         tracing::warn!("process events lost (socket overrun): rescanning");
                         monitor.table.handle_overrun(now, at);
                     }

@@ -475,6 +475,84 @@ impl ProcessReader {
         ReadOutcome { info, gone: false }
     }
 
+    /// A process read before, read again cheaply for a reconciliation scan: its `stat`
+    /// (already read by the caller), the `exe` link and, with `ids`, `status`. When it is still the
+    /// process `known` describes (same start and name) and nothing compared changed (the
+    /// executable's path, its deletion or replacement, the ids and, with enhanced metadata,
+    /// the capabilities), returns `known` with the `stat` fields refreshed (state, parent
+    /// pid, session, terminal, CPU, memory) and its parent fields left for the scan to fill.
+    /// `None` means read it in full: another process, something changed, or `known` misses
+    /// a field the options ask for.
+    ///
+    /// argv, cwd and cgroup stay as read before: a process's own rewrite of its argv (a
+    /// title) and a move between cgroups are not followed between full reads.
+    pub(crate) fn refresh(
+        &self,
+        known: &ProcessInfo,
+        stat: &Stat,
+        ids: bool,
+    ) -> Option<ProcessInfo> {
+        let options = self.options();
+        let parent_field = |f: &String| Source::Parent.fields().contains(&f.as_str());
+        let same = known.start_ticks != 0
+            && stat.start_ticks == known.start_ticks
+            && stat.state != 'Z'
+            && stat.comm == known.name
+            && known.unread.iter().all(parent_field);
+        if !same {
+            return None;
+        }
+        let kernel_thread = stat.is_kernel_thread();
+        if !kernel_thread {
+            if options.compute_hashes && known.exe_sha256.is_empty() {
+                return None;
+            }
+            let target = procfs::read_link(known.pid, "exe").ok()?;
+            let (path, unlinked) = match target.strip_suffix(" (deleted)") {
+                Some(p) => (p, true),
+                None => (target.as_str(), false),
+            };
+            if path != known.exe {
+                return None;
+            }
+            // The path now names another file than the one that runs (the id at exec).
+            let replaced = !unlinked
+                && match std::fs::metadata(path) {
+                    Ok(m) => {
+                        let now = FileId::of(&m);
+                        (now.dev, now.ino) != (known.exe_dev, known.exe_inode)
+                    }
+                    Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+                };
+            if (unlinked || replaced) != known.exe_deleted {
+                return None;
+            }
+            if !ids {
+                return self.refreshed(known, stat);
+            }
+            let status = procfs::read_status(known.pid).ok()?;
+            let ids_same = (status.ruid, status.euid, status.rgid)
+                == (known.uid, known.euid, known.gid)
+                && (!options.enhanced_metadata
+                    || (status.cap_eff, status.cap_prm)
+                        == (known.cap_effective, known.cap_permitted));
+            if !ids_same {
+                return None;
+            }
+        }
+        self.refreshed(known, stat)
+    }
+
+    /// `known` with the `stat` fields refreshed and the parent left for the scan to fill.
+    fn refreshed(&self, known: &ProcessInfo, stat: &Stat) -> Option<ProcessInfo> {
+        let mut info = known.clone();
+        self.fill_from_stat(&mut info, stat);
+        info.parent_exe.clear();
+        info.parent_cmdline.clear();
+        info.unread.clear();
+        Some(info)
+    }
+
     fn fill_from_stat(&self, info: &mut ProcessInfo, stat: &Stat) {
         let boot = &self.inner.boot;
         info.ppid = stat.ppid;

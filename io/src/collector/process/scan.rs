@@ -1,14 +1,20 @@
 //! The full `/proc` scan: the fallback where the process connector is refused, the
 //! reconciliation that catches what the connector missed, and the start-up snapshot.
 //!
-//! A scan must stay cheap (10,000 processes in under 100 ms): it reads each process once
-//! (no parent reads: the parent's exe and argv come from the scan's own results), and a
-//! hash is computed once per executable file and then served from the cache.
+//! A scan must stay cheap (10,000 processes in under 100 ms), so it goes identity first:
+//! a process the caller already knows (a reconciliation scan passes the process table) is
+//! read again with `stat`, the `exe` link and `status` only, and kept as known when it is
+//! the same process (pid and start) with nothing compared changed
+//! ([`ProcessReader::refresh`](super::ProcessReader)); only the processes it does not know,
+//! or that changed, are read in full. No scan reads parents (the parent's exe and argv come
+//! from the scan's own results), and a hash is computed once per executable file and then
+//! served from the cache.
 
 use std::collections::HashMap;
 
 use daemoneye_proto::pb::events::ProcessInfo;
 
+use super::procfs;
 use super::reader::{ProcessReader, Reason, Source};
 
 /// Below this many pids per thread, one thread is faster than several.
@@ -30,22 +36,41 @@ pub fn list_pids(max: usize) -> Vec<u32> {
     pids
 }
 
-/// Every process in `/proc` (at most `max`, lowest pids first; 0 = unlimited), read with
-/// `reader`'s options, by pid. A process that vanished during the scan is left out.
+/// Every process in `/proc` (at most `max`, lowest pids first; 0 = unlimited), read in
+/// full with `reader`'s options, by pid. A process that vanished during the scan is left
+/// out.
 pub fn scan(reader: &ProcessReader, max: usize) -> Vec<ProcessInfo> {
+    scan_known(reader, max, true, |_| None)
+}
+
+/// [`scan`], identity first: a pid for which `known` gives the info read before is read
+/// cheaply and that info kept (its `stat` fields refreshed) when it is still the same,
+/// unchanged process; any other pid is read in full. Without `ids` the cheap read leaves
+/// out `status` (the user and group ids, the capabilities): for a caller that learns of
+/// every id change otherwise (the process connector's UID and GID events, no overrun).
+pub fn scan_known<'k>(
+    reader: &ProcessReader,
+    max: usize,
+    ids: bool,
+    known: impl Fn(u32) -> Option<&'k ProcessInfo> + Sync,
+) -> Vec<ProcessInfo> {
     let pids = list_pids(max);
     // Reading /proc is system calls all the way: spread the pids over the cores.
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(pids.len().div_ceil(MIN_PIDS_PER_THREAD))
         .max(1);
-    let read = |pids: &[u32]| -> Vec<ProcessInfo> {
-        pids.iter()
-            .map(|pid| reader.complete_with(reader.read_early(*pid), false))
-            .filter(|o| !o.gone)
-            .map(|o| o.info)
-            .collect()
+    let one = |pid: u32| -> Option<ProcessInfo> {
+        if let Some(before) = known(pid)
+            && let Ok(stat) = procfs::read_stat(pid)
+            && let Some(info) = reader.refresh(before, &stat, ids)
+        {
+            return Some(info);
+        }
+        let read = reader.complete_with(reader.read_early(pid), false);
+        (!read.gone).then_some(read.info)
     };
+    let read = |pids: &[u32]| -> Vec<ProcessInfo> { pids.iter().filter_map(|p| one(*p)).collect() };
     let mut out: Vec<ProcessInfo> = if threads <= 1 {
         read(&pids)
     } else {

@@ -72,6 +72,14 @@ pub enum Observation {
         /// When the receive thread got the datagram.
         received_at: Instant,
     },
+    /// A process changed its user or group ids without an exec (setuid, setgid and
+    /// their kin), read again after the change.
+    Credentials {
+        /// What was read; `unread` lists what was not.
+        info: Box<ProcessInfo>,
+        /// The kernel's timestamp (nanoseconds since boot, `CLOCK_MONOTONIC`).
+        timestamp_ns: u64,
+    },
     /// A process (thread group) exited.
     Exit {
         /// The process.
@@ -120,6 +128,8 @@ pub struct WatchStats {
     pub exits: u64,
     /// Process fork events.
     pub forks: u64,
+    /// User and group id changes of processes (threads' own are not reported).
+    pub credentials: u64,
     /// Execs whose process was gone before anything could be read.
     pub lost_to_race: u64,
     /// Execs read without their argv (the process exited first).
@@ -140,6 +150,7 @@ struct Counters {
     execs: AtomicU64,
     exits: AtomicU64,
     forks: AtomicU64,
+    credentials: AtomicU64,
     lost_to_race: AtomicU64,
     execs_without_argv: AtomicU64,
     overruns: AtomicU64,
@@ -159,6 +170,10 @@ enum Pending {
         early: Box<EarlyRead>,
         timestamp_ns: u64,
         received_at: Instant,
+    },
+    Credentials {
+        pid: u32,
+        timestamp_ns: u64,
     },
     Ready(Observation),
 }
@@ -230,6 +245,7 @@ impl Watch {
             execs: get(&c.execs),
             exits: get(&c.exits),
             forks: get(&c.forks),
+            credentials: get(&c.credentials),
             lost_to_race: get(&c.lost_to_race),
             execs_without_argv: get(&c.execs_without_argv),
             overruns: get(&c.overruns),
@@ -367,6 +383,15 @@ fn receive_loop(
                             received_at,
                         }))
                     }
+                    ProcEventKind::Uid { pid, tgid, .. } | ProcEventKind::Gid { pid, tgid, .. }
+                        if pid == tgid =>
+                    {
+                        bump(&counters.credentials);
+                        Some(Pending::Credentials {
+                            pid: tgid,
+                            timestamp_ns: event.timestamp_ns,
+                        })
+                    }
                     ProcEventKind::Fork {
                         parent_tgid,
                         child_pid,
@@ -417,6 +442,16 @@ fn reader_loop(
     while let Ok(item) = pending.recv() {
         let observation = match item {
             Pending::Ready(o) => o,
+            Pending::Credentials { pid, timestamp_ns } => {
+                let outcome = reader.read(pid);
+                if outcome.gone {
+                    continue;
+                }
+                Observation::Credentials {
+                    info: Box::new(outcome.info),
+                    timestamp_ns,
+                }
+            }
             Pending::Exec {
                 early,
                 timestamp_ns,
