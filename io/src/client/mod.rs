@@ -277,19 +277,26 @@ impl Client {
             .subscribe_with(plain_subscribe(&reply_to), AckMode::OnHandOver)
             .await?;
         p.reply_to = Some(reply_to);
+        // Whether the broker said nobody was subscribed: a deadline that passes while the
+        // next try's PubAck is on its way (a loaded host) is still "no responders".
+        let mut unheard = false;
+        let no_responders = |topic: &str| ClientError::NoResponders {
+            topic: topic.to_string(),
+            waited: timeout,
+        };
         loop {
-            let ack = tokio::time::timeout_at(deadline, self.publish(p.clone()))
-                .await
-                .map_err(|_| ClientError::Timeout(timeout))??;
+            let ack = match tokio::time::timeout_at(deadline, self.publish(p.clone())).await {
+                Ok(ack) => ack?,
+                Err(_) if unheard => return Err(no_responders(&p.topic)),
+                Err(_) => return Err(ClientError::Timeout(timeout)),
+            };
             if !ack.is_some_and(|a| a.no_interest) {
                 break;
             }
+            unheard = true;
             let retry = tokio::time::Instant::now() + Duration::from_millis(50);
             if retry >= deadline {
-                return Err(ClientError::NoResponders {
-                    topic: p.topic.clone(),
-                    waited: timeout,
-                });
+                return Err(no_responders(&p.topic));
             }
             tokio::time::sleep_until(retry).await;
         }
