@@ -287,6 +287,45 @@ fn drop_newest_overflow_is_visible_from_outside_with_a_stalled_subscriber() {
     );
 }
 
+/// Far more than a socket buffer holds goes to a stopped subscriber: the broker's writes
+/// come back short, the rest waits for the socket to drain, and once the subscriber reads
+/// again it gets every message, once, in order.
+#[test]
+fn a_stalled_subscriber_gets_everything_in_order_once_it_reads_again() {
+    use daemoneye_io::client::simple_publish;
+    use daemoneye_proto::frame::QoS;
+    const N: usize = 3_000;
+    let agent = Agent::start(&bins(), None);
+    let mut sub = agent.subscriber(&["ordered", "--capacity", "5000", "--overflow", "block"]);
+    signal(&sub.child, Signal::SIGSTOP);
+    runtime().block_on(async {
+        let client = lib_client(&agent, "orderly").await;
+        let pad = "x".repeat(4000);
+        for k in 0..N {
+            client
+                .publish(simple_publish(
+                    "ordered",
+                    bytes::Bytes::from(format!("{k:05}{pad}")),
+                    QoS::AtMostOnce,
+                ))
+                .await
+                .expect("publish");
+        }
+        let report = client.close().await;
+        assert_eq!(report.unconfirmed, 0);
+    });
+    signal(&sub.child, Signal::SIGCONT);
+    let lines = sub.stdout.wait_count(N, T);
+    assert_eq!(lines.len(), N, "every message arrives");
+    for (k, line) in lines.iter().enumerate() {
+        assert!(
+            line.starts_with(&format!("ordered {k:05}x")),
+            "message {k} out of order: {}",
+            &line[..line.len().min(20)]
+        );
+    }
+}
+
 #[test]
 fn socket_is_0600_in_a_0700_directory() {
     let agent = Agent::start(&bins(), None);
