@@ -14,7 +14,9 @@ use daemoneye_core::broker::{Broker, BrokerConfig, ConnId, Output, PeerCreds};
 use daemoneye_core::client::{ClientConfig, ClientSession};
 use daemoneye_core::index::SubscriptionIndex;
 use daemoneye_core::topic::{TopicFilter, TopicName};
-use daemoneye_proto::frame::{ClientFrame, Overflow, Publish, QoS, Subscribe};
+use daemoneye_proto::frame::{
+    ClientFrame, GroupSpec, Overflow, Publish, QoS, QueueStrategy, Subscribe,
+};
 
 // The agent runs on mimalloc; measure with the allocator it uses.
 #[global_allocator]
@@ -129,6 +131,58 @@ fn route(c: &mut Criterion) {
     assert_eq!(broker.totals().dropped, 0);
 }
 
+/// The same publishes to a queue group of three members, round robin.
+fn route_queue_group(c: &mut Criterion) {
+    let now = Instant::from_nanos(1);
+    let config = BrokerConfig {
+        owner_uid: 1000,
+        default_capacity: 100_000,
+        ..Default::default()
+    };
+    let mut broker = Broker::new(config, Acl::owner_only(1000), 1);
+    for i in 0..3 {
+        let (conn, mut member) = handshake(&mut broker, now, &format!("member{i}"));
+        member.subscribe(Subscribe {
+            overflow: Some(Overflow::Block),
+            group: Some(GroupSpec {
+                name: "workers".into(),
+                strategy: QueueStrategy::RoundRobin,
+            }),
+            ..Subscribe::new("events.#")
+        });
+        exchange(&mut broker, now, conn, &mut member);
+    }
+    let (pub_conn, mut publisher) = handshake(&mut broker, now, "pub");
+    let payload = Bytes::from(vec![0xAB; 256]);
+    for _ in 0..BATCH {
+        publisher
+            .publish(Publish::new(
+                "events.process.new",
+                payload.clone(),
+                QoS::AtMostOnce,
+            ))
+            .expect("publish");
+    }
+    let chunk = publisher.poll_transmit().expect("bytes");
+    let mut group = c.benchmark_group("route_256B");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.bench_function("publish_to_a_queue_group_of_3_bytes_in_bytes_out", |b| {
+        b.iter(|| {
+            broker.handle_bytes(now, pub_conn, black_box(&chunk));
+            let mut delivered = 0;
+            while let Some(out) = broker.poll_output() {
+                if let Output::Transmit { conn, data } = out {
+                    delivered += data.len();
+                    broker.handle_written(now, conn, data.len());
+                }
+            }
+            black_box(delivered)
+        })
+    });
+    group.finish();
+    assert_eq!(broker.totals().dropped, 0);
+}
+
 /// The io server asks `poll_timeout` after every dispatch: a frame from one of many
 /// connections (which moves that connection's keepalive later) and then the question.
 fn poll_timeout_after_each_read(c: &mut Criterion) {
@@ -163,5 +217,11 @@ fn poll_timeout_after_each_read(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, topic_match, route, poll_timeout_after_each_read);
+criterion_group!(
+    benches,
+    topic_match,
+    route,
+    route_queue_group,
+    poll_timeout_after_each_read
+);
 criterion_main!(benches);

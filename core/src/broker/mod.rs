@@ -277,6 +277,8 @@ pub struct Broker {
     in_frames: Vec<ConnId>,
     scratch: Vec<u64>,
     targets: Vec<u64>,
+    /// Reused by routing: the queue groups one publish matched, each once.
+    groups_seen: Vec<Arc<str>>,
 }
 
 impl Broker {
@@ -324,6 +326,7 @@ impl Broker {
             in_frames: Vec::new(),
             scratch: Vec::new(),
             targets: Vec::new(),
+            groups_seen: Vec::new(),
         }
     }
 

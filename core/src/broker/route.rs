@@ -342,17 +342,22 @@ impl Broker {
             let subs = &self.subs;
             matched.retain(|k| subs.get(k).is_some_and(|s| s.owner == Some(t)));
         }
-        let mut groups_seen: Vec<Arc<str>> = Vec::new();
+        // Each group once, its name cloned once (not once per member: the reference counts
+        // are a hot spot of a group's publishes).
+        let mut groups_seen = std::mem::take(&mut self.groups_seen);
+        groups_seen.clear();
         for k in &matched {
-            match self.subs.get(k).and_then(|s| s.group.clone()) {
+            match self.subs.get(k).and_then(|s| s.group.as_ref()) {
                 None => targets.push(*k),
-                Some(g) if !groups_seen.contains(&g) => groups_seen.push(g),
+                Some(g) if !groups_seen.iter().any(|seen| **seen == **g) => {
+                    groups_seen.push(g.clone());
+                }
                 Some(_) => {}
             }
         }
         let mut skipped = Vec::new();
-        let mut picks = Vec::with_capacity(groups_seen.len());
-        for g in &groups_seen {
+        let mut picks = Vec::new();
+        for g in groups_seen.drain(..) {
             if p.resent
                 && let Some(publisher) = dedup_publisher
             {
@@ -363,11 +368,12 @@ impl Broker {
                     continue;
                 }
             }
-            if let Some(k) = self.pick_member(g, &matched) {
+            if let Some(k) = self.pick_member(&g, &matched) {
                 targets.push(k);
-                picks.push((g.clone(), k));
+                picks.push((g, k));
             }
         }
+        self.groups_seen = groups_seen;
         self.scratch = matched;
         GroupChoices { picks, skipped }
     }
