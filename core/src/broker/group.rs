@@ -78,32 +78,31 @@ impl QueueGroup {
         load: impl Fn(u64) -> MemberLoad,
         rng: &mut SeededRng,
     ) -> Option<u64> {
-        let candidates: Vec<u64> = matched
-            .iter()
-            .copied()
-            .filter(|k| self.members.contains(k))
-            .collect();
-        if candidates.is_empty() {
-            return None;
-        }
+        // Round robin and least loaded walk the candidates in place: this runs for every
+        // publish a group gets, so it allocates nothing.
+        let candidates = || matched.iter().copied().filter(|k| self.members.contains(k));
         let has_room = |k: &u64| !load(*k).full;
         let chosen = match self.strategy {
             QueueStrategy::RoundRobin => {
-                let after = candidates.iter().copied().filter(|k| *k > self.last);
-                let before = candidates.iter().copied().filter(|k| *k <= self.last);
-                let order: Vec<u64> = after.chain(before).collect();
-                order
-                    .iter()
-                    .copied()
-                    .find(|k| has_room(k))
-                    .unwrap_or(order[0])
+                // The order is the candidates after the last served, then the others; the
+                // first with room, else the first in that order.
+                let mut first = None;
+                for after in [true, false] {
+                    for k in candidates().filter(|k| (*k > self.last) == after) {
+                        first.get_or_insert(k);
+                        if has_room(&k) {
+                            return Some(k);
+                        }
+                    }
+                }
+                first?
             }
-            QueueStrategy::LeastLoaded => candidates
-                .iter()
-                .copied()
-                .min_by_key(|k| (load(*k).occupancy, *k))
-                .unwrap_or(candidates[0]),
+            QueueStrategy::LeastLoaded => candidates().min_by_key(|k| (load(*k).occupancy, *k))?,
             QueueStrategy::Random => {
+                let candidates: Vec<u64> = candidates().collect();
+                if candidates.is_empty() {
+                    return None;
+                }
                 let roomy: Vec<u64> = candidates.iter().copied().filter(has_room).collect();
                 let pool = if roomy.is_empty() {
                     &candidates
