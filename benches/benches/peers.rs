@@ -1443,6 +1443,8 @@ fn main() {
         "peers: {reps} runs; {msgs} messages of {SIZE} B a throughput run (mosquitto {}), {qos1_msgs} at QoS1, {LAT_MSGS} paced at {LAT_RATE} msg/s",
         msgs / 5
     );
+    // The machine as the run starts (its load average included: the host is shared).
+    let machine = machine();
     let mut results = Results::default();
     let mut cdfs: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
     for rep in 0..reps {
@@ -1612,7 +1614,7 @@ fn main() {
         .map(|k| (k.name().to_string(), Value::from(version(*k, &agent))))
         .collect();
     let report = json!({
-        "machine": machine(),
+        "machine": machine,
         "versions": versions,
         "runs": reps,
         "messages": msgs,
