@@ -147,9 +147,15 @@ impl BridgeThread {
                     let stopped = async move {
                         let _ = stopped.await;
                     };
-                    if let Err(e) = serve_bridge(connector, settings, queue, health, stopped).await
+                    if let Err(e) =
+                        serve_bridge(connector, settings, queue, health.clone(), stopped).await
                     {
                         tracing::error!("bridge stopped: {e}");
+                        let mut s = health.status();
+                        s.enabled = true;
+                        s.state = pbc::HealthState::Degraded as i32;
+                        s.last_error = format!("stopped: {e}");
+                        health.set(s);
                     }
                 });
             })?;
@@ -349,11 +355,32 @@ async fn ensure_stream(
         duplicate_window: DUPLICATE_WINDOW,
         ..Default::default()
     };
-    js.create_stream(config)
-        .await
-        .map_err(|e| format!("creating JetStream stream {name}: {e}"))?;
-    tracing::info!(stream = %name, subjects = %subjects.join(", "),
-        "bridge: created a JetStream stream for this host's exports");
+    match js.create_stream(config).await {
+        Ok(_) => {
+            tracing::info!(stream = %name, subjects = %subjects.join(", "),
+                "bridge: created a JetStream stream for this host's exports");
+        }
+        // This host's own stream, from an earlier export list: it takes the new subjects
+        // too (what it holds stays).
+        Err(e) if e.to_string().contains("already in use") => {
+            let stream = js
+                .get_stream(&name)
+                .await
+                .map_err(|e| format!("reading JetStream stream {name}: {e}"))?;
+            let mut config = stream.cached_info().config.clone();
+            for s in subjects {
+                if !config.subjects.contains(s) {
+                    config.subjects.push(s.clone());
+                }
+            }
+            js.update_stream(config).await.map_err(|e| {
+                format!("adding the export subjects to JetStream stream {name}: {e}")
+            })?;
+            tracing::info!(stream = %name, subjects = %subjects.join(", "),
+                "bridge: added the export subjects to this host's JetStream stream");
+        }
+        Err(e) => return Err(format!("creating JetStream stream {name}: {e}")),
+    }
     Ok(Mode::JetStream(name))
 }
 
@@ -517,12 +544,47 @@ impl Driver {
         }
     }
 
+    /// Plain publishes of a batch's QoS0 exports, all within one hand-over timeout (a
+    /// server that stalls while connected costs the batch, never the local bus for long).
+    async fn publish_qos0(&mut self, exports: Vec<Export>) {
+        if exports.is_empty() {
+            return;
+        }
+        let host = self.machine.config().host_id.clone();
+        let total = exports.len();
+        let mut sent = 0;
+        let mut error = None;
+        let all = async {
+            for e in exports {
+                let headers = headers_of(&host, &e);
+                if let Err(err) = self
+                    .nats
+                    .publish_with_headers(e.subject, headers, e.payload)
+                    .await
+                {
+                    error = Some(err.to_string());
+                    break;
+                }
+                sent += 1;
+            }
+        };
+        if tokio::time::timeout(HAND_OVER_TIMEOUT, all).await.is_err() {
+            error = Some("the NATS client did not take the publishes in time".into());
+        }
+        if let Some(why) = error {
+            for _ in sent..total {
+                self.machine.handle_qos0_failed(&why);
+            }
+        }
+    }
+
     /// One batch of local deliveries: QoS0 exports published, QoS1 ones on disk (one
     /// commit), then every delivery acknowledged locally.
     async fn take_batch(&mut self, batch: Vec<Delivery>) -> Result<(), BridgeError> {
         let now = self.clock.now();
         let mut done = Vec::with_capacity(batch.len());
         let mut appended = false;
+        let mut qos0 = Vec::new();
         for d in batch {
             let Ok(topic) = TopicName::parse(&d.topic) else {
                 done.push(d);
@@ -537,23 +599,7 @@ impl Driver {
                 imported_from: imported_from(d.correlation.as_deref()),
             };
             match self.machine.offer(now, m) {
-                Offer::Publish(e) => {
-                    let host = self.machine.config().host_id.clone();
-                    let headers = headers_of(&host, &e);
-                    let sent = tokio::time::timeout(
-                        HAND_OVER_TIMEOUT,
-                        self.nats
-                            .publish_with_headers(e.subject, headers, e.payload),
-                    )
-                    .await;
-                    match sent {
-                        Ok(Ok(())) => {}
-                        Ok(Err(err)) => self.machine.handle_qos0_failed(&err.to_string()),
-                        Err(_) => self
-                            .machine
-                            .handle_qos0_failed("the NATS client did not take the publish in time"),
-                    }
-                }
+                Offer::Publish(e) => qos0.push(e),
                 Offer::Queued(seq) => {
                     // The oldest dropped for it are released after the commit: the disk
                     // queue has room for a batch beyond the machine's bound.
@@ -577,6 +623,7 @@ impl Driver {
             }
             done.push(d);
         }
+        self.publish_qos0(qos0).await;
         if appended {
             self.wal.commit()?;
             // The WAL's own publish list is not ours: the machine sends.
@@ -603,6 +650,8 @@ pub async fn serve_bridge<C: Connector>(
     let mut machine = Bridge::new(settings.bridge.clone());
     let mut wal_config = WalConfig::new("bridge");
     wal_config.max_pending = settings.bridge.max_queued + 2 * MAX_BATCH;
+    // Any message the broker carries fits (its max_frame is at most 64 MiB).
+    wal_config.max_record = 65 * 1024 * 1024;
     let (mut wal, replayed) = WalFile::open(&queue, wal_config)?;
     let mut on_disk = BTreeMap::new();
     let now = clock.now();
@@ -798,6 +847,6 @@ pub async fn serve_bridge<C: Connector>(
     }
     driver.snapshot();
     let _ = client.close().await;
-    let _ = tokio::time::timeout(Duration::from_millis(200), nats.flush()).await;
+    let _ = tokio::time::timeout(Duration::from_millis(100), nats.flush()).await;
     Ok(())
 }

@@ -316,12 +316,17 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             }
             let _ = manager.await;
         };
-        tokio::join!(detection_then_store, collectors);
+        // The bridge stops beside them (what waits on its disk queue stays there).
+        let bridge_stopped = async {
+            if let Some(bridge) = bridge {
+                bridge.stop(std::time::Duration::from_millis(400)).await;
+            }
+        };
+        tokio::join!(detection_then_store, collectors, bridge_stopped);
         if let Some(store) = store {
             let _ = tokio::time::timeout(std::time::Duration::from_millis(450), store).await;
         }
         if let Some(enrich) = enrich { enrich.stop().await; }
-        if let Some(bridge) = bridge { bridge.stop(std::time::Duration::from_millis(300)).await; }
         control.abort();
         let _ = stop_server.send(());
         let _ = server.await;
