@@ -412,7 +412,10 @@ mod tests {
         ] {
             let err = resolve(text).expect_err(text);
             assert!(err.contains(key), "{text}: {err}");
-            assert!(!err.contains('\n'), "one line: {err}");
+            // A value error is one line (toml's own parse errors quote the line below).
+            if key.starts_with("bridge.nats.") {
+                assert!(!err.contains('\n'), "one line: {err}");
+            }
         }
     }
 }
