@@ -64,9 +64,11 @@
 //!   priority, retries, reassignment, late duplicates);
 //! - [`registration`]: a collector's side of registering and heartbeating;
 //! - [`wal`]: the write-ahead log of a collector's accepted events.
+//! - [`bridge`]: the NATS bridge (what crosses, the QoS1 export queue, loop prevention).
 #![forbid(unsafe_code)]
 
 pub mod acl;
+pub mod bridge;
 pub mod broker;
 pub mod client;
 pub mod collector;

@@ -311,6 +311,8 @@ pub mod topics {
     pub const DETECTION_STATUS: &str = "control.detection.status";
     /// Reloads the rules (request/reply: `DetectionReload`, `DetectionReloadResponse`).
     pub const DETECTION_RELOAD: &str = "control.detection.reload";
+    /// The NATS bridge's status (request/reply, served by the agent).
+    pub const BRIDGE_STATUS: &str = "control.bridge.status";
     /// Prefix of alerts: `alerts.<level>`.
     pub const ALERTS_PREFIX: &str = "alerts";
     /// Prefix of enriched alerts: `alerts.enriched.<level>`.

@@ -42,6 +42,11 @@
 //! timeout = "10s"
 //! max_attempts = 3
 //!
+//! [bridge.nats]
+//! # The NATS bridge (see `config/bridge.rs`); no section, no bridge.
+//! servers = ["nats://127.0.0.1:4222"]
+//! export = ["alerts.#"]
+//!
 //! [agent]
 //! # Root of the agents' state; each agent instance keeps its own directory below it,
 //! # named after its socket, and each collector one inside that.
@@ -72,10 +77,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::logging::LogFilter;
 
+mod bridge;
 mod detection;
 pub(crate) mod env;
 mod store;
 
+pub use bridge::{BridgeSection, MACHINE_ID, NatsAuth, NatsSection, NatsSettings, read_machine_id};
 pub use detection::{
     DetectionSection, DetectionSettings, ENRICHMENT_KINDS, LEVELS, TasksSection, TasksSettings,
 };
@@ -265,6 +272,8 @@ pub struct AgentConfig {
     pub detection: DetectionSection,
     /// The task coordinator.
     pub tasks: TasksSection,
+    /// Bridges to other buses (`[bridge.nats]`).
+    pub bridge: BridgeSection,
     /// Topic ACL.
     pub acl: AclConfig,
     /// Collectors to supervise. Absent: procmond, if a procmond binary is found.

@@ -125,11 +125,22 @@ pub fn parse_filter(filter: &str) -> Result<tracing_subscriber::EnvFilter, Level
 
 /// Logs to stderr with `tracing` at `level` (a filter such as `info` or `daemoneye_io=debug`),
 /// with colours only on a terminal.
+///
+/// The NATS client's own log (`async_nats`) is off unless the filter names it: it repeats
+/// every failed reconnect, and the bridge reports each problem once itself.
 pub fn init_logging(level: &str) -> Result<(), LoggingError> {
-    let filter = parse_filter(level).map_err(|source| LoggingError::InvalidLevel {
+    let mut filter = parse_filter(level).map_err(|source| LoggingError::InvalidLevel {
         level: level.to_string(),
         source,
     })?;
+    if !level.contains("async_nats") {
+        filter = filter.add_directive("async_nats=off".parse().map_err(|source| {
+            LoggingError::InvalidLevel {
+                level: level.to_string(),
+                source: LevelError::from(source),
+            }
+        })?);
+    }
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)

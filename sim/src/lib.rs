@@ -47,11 +47,13 @@
 //! | the process table ([`run_procmon`], `--procmon`): scheduler, world, invariants | `procmon/{mod,world,model}.rs` |
 //! | alert enrichment ([`run_enrich`], `--enrich`): alerts, collectors' answers, invariants | `enrich.rs` |
 //! | alert storms against the fold machine ([`run_fold`], `--fold`) and its ledger of invariants | `fold.rs` |
+//! | the NATS bridge's export queue against a fake server ([`run_bridge`], `--bridge`) | `bridge.rs` |
 //!
 //! A new fault touches `fault.rs` (and, if it needs new mechanics, the file of the concern
 //! it hits); a new invariant the layer's `model.rs`; a new kind of client behaviour the
 //! layer's `workload.rs`.
 
+pub mod bridge;
 pub mod collector;
 pub mod enrich;
 pub mod fault;
@@ -64,6 +66,7 @@ pub mod procmon;
 pub mod reference;
 mod report;
 
+pub use bridge::{BridgeOutcome, BridgeSimConfig, run_bridge};
 pub use collector::{CollectorOutcome, CollectorSimConfig, run_collector};
 pub use enrich::{EnrichOutcome, EnrichSimConfig, run_enrich};
 pub use fault::{Fault, FaultRates, Target};

@@ -7,6 +7,7 @@
 //! cargo run -p daemoneye-sim --release -- --procmon --seeds 0..1000  # the process table
 //! cargo run -p daemoneye-sim --release -- --enrich --seeds 0..1000   # alert enrichment
 //! cargo run -p daemoneye-sim --release -- --fold --seeds 0..1000     # alert storms
+//! cargo run -p daemoneye-sim --release -- --bridge --seeds 0..1000   # the NATS bridge's queue
 //! ```
 //!
 //! The last line on stdout is `seed=N steps=S trace=<hash>` (for a sweep, of its last
@@ -17,8 +18,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use daemoneye_sim::{
-    Canary, CollectorSimConfig, EnrichSimConfig, FoldSimConfig, NetConfig, ProcmonConfig,
-    SimConfig, run, run_collector, run_enrich, run_fold, run_net, run_procmon,
+    BridgeSimConfig, Canary, CollectorSimConfig, EnrichSimConfig, FoldSimConfig, NetConfig,
+    ProcmonConfig, SimConfig, run, run_bridge, run_collector, run_enrich, run_fold, run_net,
+    run_procmon,
 };
 
 /// Deterministic simulation of the DaemonEye bus with injected faults and crashes.
@@ -52,6 +54,11 @@ struct Args {
     /// bus (its own invariants; `--steps` as in layer 1, default 2000).
     #[arg(long, conflicts_with_all = ["layer", "procmon", "canary"])]
     fold: bool,
+    /// Simulate the NATS bridge's export queue against a fake NATS server with outages,
+    /// lost and duplicated acks instead of the bus (its own invariants; `--steps` as in
+    /// layer 1, default 3000).
+    #[arg(long, conflicts_with_all = ["layer", "procmon", "canary", "enrich", "fold"])]
+    bridge: bool,
     /// Print every event.
     #[arg(long)]
     verbose: bool,
@@ -104,6 +111,27 @@ fn main() -> ExitCode {
                     out.late,
                     out.duplicates,
                     out.crashes
+                );
+                (out.steps, out.trace, summary)
+            })
+        });
+    }
+    if args.bridge {
+        return sweep(start, end, 1000, |seed| {
+            let cfg = BridgeSimConfig {
+                seed,
+                steps: args.steps.unwrap_or(3000),
+                verbose: args.verbose,
+            };
+            run_bridge(&cfg).map(|out| {
+                let summary = format!(
+                    "offered={} stored={} duplicates={} dropped={} outages={} lost acks={}",
+                    out.offered,
+                    out.stored,
+                    out.duplicates,
+                    out.dropped,
+                    out.outages,
+                    out.lost_acks
                 );
                 (out.steps, out.trace, summary)
             })

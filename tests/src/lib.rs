@@ -355,3 +355,117 @@ pub fn eventually(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
     }
     panic!("timed out waiting for {what}");
 }
+
+/// A nats-server (with JetStream) started for a test on a free loopback port, its store
+/// in a temporary directory; killed on drop.
+#[derive(Debug)]
+pub struct NatsServer {
+    child: Option<Child>,
+    /// Its port.
+    pub port: u16,
+    /// Extra arguments (authentication, say), kept for a restart.
+    args: Vec<String>,
+    /// JetStream's store (kept across a restart).
+    pub store: tempfile::TempDir,
+}
+
+/// The nats-server binary: `NATS_SERVER` if set, else `nats-server` on the PATH, else
+/// Debian's `/usr/sbin/nats-server`.
+pub fn nats_server_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("NATS_SERVER") {
+        return p.into();
+    }
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("nats-server"))
+        .find(|p| p.is_file());
+    on_path.unwrap_or_else(|| PathBuf::from("/usr/sbin/nats-server"))
+}
+
+/// A port nobody listens on now.
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("local addr").port()
+}
+
+impl NatsServer {
+    /// Starts `nats-server -js` with no authentication.
+    pub fn start() -> NatsServer {
+        Self::start_with(&[])
+    }
+
+    /// Starts `nats-server -js` with extra arguments (e.g. `--auth TOKEN`).
+    pub fn start_with(args: &[&str]) -> NatsServer {
+        let mut server = NatsServer {
+            child: None,
+            port: free_port(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            store: tempfile::tempdir().expect("tempdir"),
+        };
+        server.spawn();
+        server
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut child = Command::new(nats_server_binary())
+                .args(["-js", "-a", "127.0.0.1", "-p"])
+                .arg(self.port.to_string())
+                .arg("-sd")
+                .arg(self.store.path())
+                .args(&self.args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn nats-server (install the nats-server package)");
+            let mut log = Lines::follow(child.stderr.take().expect("stderr"));
+            match log.wait_for("Server is ready", Duration::from_secs(10)) {
+                Ok(_) => {
+                    // Keep draining its log so that it never blocks on a full pipe.
+                    std::thread::spawn(move || while log.rx.recv().is_ok() {});
+                    self.child = Some(child);
+                    return;
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    // The port of a server just killed can linger for a moment.
+                    assert!(
+                        Instant::now() < deadline,
+                        "nats-server did not become ready on port {}: {e}",
+                        self.port
+                    );
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+
+    /// SIGKILL: nothing flushed, no goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port with the same store (after [`kill`](Self::kill)).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

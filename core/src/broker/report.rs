@@ -77,6 +77,7 @@ impl Broker {
             broker: state,
             coordinator: 0,
             detection: 0,
+            bridge: 0,
             collectors: Vec::new(),
             reasons,
         }

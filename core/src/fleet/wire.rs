@@ -55,6 +55,7 @@ impl Fleet {
             broker: broker.broker,
             coordinator: wire_state(health.coordinator) as i32,
             detection: broker.detection,
+            bridge: broker.bridge,
             collectors: self.wire_collectors(now, unix_ms_at_now),
             reasons: health.reasons,
         }

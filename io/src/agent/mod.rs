@@ -9,8 +9,10 @@
 //! - [`store`]: the event store service (what crosses the bus, kept and queried);
 //! - [`tasks`]: the task RPC and the collectors' results, for the fleet's coordinator;
 //! - [`enrich`]: the enrichment service (alerts enriched by `process` tasks);
-//! - [`detection`]: the detection service (Sigma rules over the process events, alerts).
+//! - [`detection`]: the detection service (Sigma rules over the process events, alerts);
+//! - [`bridge`]: the NATS bridge (exports, imports, its disk queue), on its own thread.
 
+pub mod bridge;
 pub mod detection;
 pub mod enrich;
 pub mod process;
@@ -51,6 +53,7 @@ async fn health_report(
     manager: &mpsc::Sender<Request>,
     store: Option<&store::StoreHealth>,
     detection: Option<&detection::DetectionHealth>,
+    bridge: Option<&bridge::BridgeHealth>,
 ) -> pbc::HealthReport {
     let mut broker = client
         .request(
@@ -85,6 +88,11 @@ async fn health_report(
         report.detection = d.state() as i32;
         report.overall = report.overall.max(report.detection);
         report.reasons.extend(d.problem());
+    }
+    if let Some(b) = bridge {
+        report.bridge = b.state() as i32;
+        report.overall = report.overall.max(report.bridge);
+        report.reasons.extend(b.problem());
     }
     report
 }
@@ -138,16 +146,18 @@ pub async fn serve_control<C: Connector>(
     options: ClientOptions,
     manager: mpsc::Sender<Request>,
 ) -> Result<(), ClientError> {
-    serve_control_with(connector, options, manager, None, None).await
+    serve_control_with(connector, options, manager, None, None, None).await
 }
 
-/// [`serve_control`], with the event store's and detection's health in the health report.
+/// [`serve_control`], with the event store's, detection's and the bridge's health in the
+/// health report; it also answers `control.bridge.status` (not enabled without a bridge).
 pub async fn serve_control_with<C: Connector>(
     connector: C,
     options: ClientOptions,
     manager: mpsc::Sender<Request>,
     store: Option<store::StoreHealth>,
     detection: Option<detection::DetectionHealth>,
+    bridge: Option<bridge::BridgeHealth>,
 ) -> Result<(), ClientError> {
     let client = Client::connect_via(connector, options).await?;
     let mut lifecycle = client.subscribe(Subscribe::new(topics::LIFECYCLE)).await?;
@@ -163,6 +173,9 @@ pub async fn serve_control_with<C: Connector>(
     let heartbeat_filter = format!("{}.+", topics::HEARTBEAT_PREFIX);
     let mut heartbeats = client.subscribe(Subscribe::new(heartbeat_filter)).await?;
     let mut tasks = tasks::TaskTopics::subscribe(&client, &manager).await?;
+    let mut bridge_status = client
+        .subscribe(Subscribe::new(topics::BRIDGE_STATUS))
+        .await?;
     let mut tick = tokio::time::interval(HEALTH_EVERY);
     loop {
         tokio::select! {
@@ -193,7 +206,7 @@ pub async fn serve_control_with<C: Connector>(
                 let Some(req) = req else { return Ok(()) };
                 // Our own periodic reports arrive here too; only requests carry reply_to.
                 if req.reply_to.is_some() {
-                    let report = health_report(&client, &manager, store.as_ref(), detection.as_ref()).await;
+                    let report = health_report(&client, &manager, store.as_ref(), detection.as_ref(), bridge.as_ref()).await;
                     reply(&client, &req, report.encode_to_vec()).await;
                 }
             }
@@ -227,12 +240,17 @@ pub async fn serve_control_with<C: Connector>(
                     let _ = manager.send(Request::Deregister { id: m.collector_id, peer }).await;
                 }
             }
+            req = bridge_status.recv() => {
+                let Some(req) = req else { return Ok(()) };
+                let status = bridge.as_ref().map(bridge::BridgeHealth::status).unwrap_or_default();
+                reply(&client, &req, status.encode_to_vec()).await;
+            }
             incoming = tasks.next() => {
                 let Some(incoming) = incoming else { return Ok(()) };
                 incoming.serve(&client, &manager).await;
             }
             _ = tick.tick() => {
-                let report = health_report(&client, &manager, store.as_ref(), detection.as_ref()).await;
+                let report = health_report(&client, &manager, store.as_ref(), detection.as_ref(), bridge.as_ref()).await;
                 let p = Publish::new(topics::HEALTH_STATUS, Bytes::from(report.encode_to_vec()), QoS::AtMostOnce);
                 let _ = client.publish(p).await;
             }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use daemoneye_core::broker::Broker;
 use daemoneye_io::LogFilter;
+use daemoneye_io::agent::bridge::{BridgeHealth, BridgeThread};
 use daemoneye_io::agent::detection::{self, DetectionHealth, DetectionService};
 use daemoneye_io::agent::process::{ProcessManager, Request};
 use daemoneye_io::agent::shim::OsSpawner;
@@ -141,6 +142,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let store_plan = config.store.resolve(&state_dir)?;
     let tasks = config.tasks.resolve()?;
     let detection_settings = config.detection.resolve()?;
+    let bridge_settings = config
+        .bridge
+        .resolve(std::path::Path::new(daemoneye_io::config::MACHINE_ID))?;
     let shim = std::env::current_exe()?;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -239,6 +243,18 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         if tokio::time::timeout(std::time::Duration::from_secs(2), both).await.is_err() {
             tracing::warn!("the event store or detection did not subscribe within 2 s: starting without waiting");
         }
+        // The NATS bridge runs on a thread of its own: a remote outage never reaches the
+        // broker's loop.
+        let bridge_health = bridge_settings.as_ref().map(|_| BridgeHealth::default());
+        let bridge = match bridge_settings {
+            Some(settings) => Some(BridgeThread::start(
+                UnixConnector(socket.clone()),
+                settings,
+                state_dir.join("bridge").join("export.wal"),
+                bridge_health.clone().unwrap_or_default(),
+            )?),
+            None => None,
+        };
         eprintln!("listening on {}", socket.display());
         tracing::info!(socket = %socket.display(), state = %state_dir.display(), uid, "broker started");
         let (manager_tx, manager_rx) = tokio::sync::mpsc::channel(64);
@@ -265,7 +281,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             let socket = socket.clone();
             let manager_tx = manager_tx.clone();
             tokio::task::spawn_local(async move {
-                if let Err(e) = daemoneye_io::agent::serve_control_with(UnixConnector(socket), daemoneye_io::agent::control_options(), manager_tx, store_health, detection_health).await {
+                if let Err(e) = daemoneye_io::agent::serve_control_with(UnixConnector(socket), daemoneye_io::agent::control_options(), manager_tx, store_health, detection_health, bridge_health).await {
                     tracing::error!(error = %e, "lifecycle control unavailable");
                 }
             })
@@ -305,7 +321,13 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             }
             let _ = manager.await;
         };
-        tokio::join!(detection_then_store, collectors);
+        // The bridge stops beside them (what waits on its disk queue stays there).
+        let bridge_stopped = async {
+            if let Some(bridge) = bridge {
+                bridge.stop(std::time::Duration::from_millis(400)).await;
+            }
+        };
+        tokio::join!(detection_then_store, collectors, bridge_stopped);
         if let Some(store) = store {
             let _ = tokio::time::timeout(std::time::Duration::from_millis(450), store).await;
         }

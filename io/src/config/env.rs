@@ -103,7 +103,9 @@ pub(crate) fn field_names<T: DeserializeOwned>() -> &'static [&'static str] {
 
 impl AgentConfig {
     /// The sections of plain values, by name: every key of these has an environment
-    /// override. The other sections (`acl`, `collectors`) are lists and have none.
+    /// override. The other sections (`acl`, `collectors`) are lists and have none, and
+    /// `bridge` holds tables (`[bridge.nats]`, whose lists and optional keys are set in
+    /// the file).
     pub(super) fn value_sections(&mut self) -> [(&'static str, &mut dyn ValueSection); 6] {
         [
             ("broker", &mut self.broker),
@@ -256,7 +258,7 @@ mod tests {
             .iter()
             .map(|(name, _)| *name)
             .collect();
-        value_sections.extend(["acl", "collectors"]);
+        value_sections.extend(["acl", "collectors", "bridge"]);
         value_sections.sort_unstable();
         let mut declared = field_names::<AgentConfig>().to_vec();
         declared.sort_unstable();

@@ -205,6 +205,55 @@ pub struct HealthReport {
     /// The detection engine's state (rules refused, evaluation falling behind).
     #[prost(enumeration = "HealthState", tag = "6")]
     pub detection: i32,
+    /// The NATS bridge's state (Unspecified when no bridge is configured).
+    #[prost(enumeration = "HealthState", tag = "7")]
+    pub bridge: i32,
+}
+/// `control.bridge.status` (request/reply, empty request): the NATS bridge as the operator
+/// sees it (`daemoneye-cli bridge status`).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct BridgeStatus {
+    /// False when the agent has no \[bridge.nats\] section (the rest is empty).
+    #[prost(bool, tag = "1")]
+    pub enabled: bool,
+    /// Healthy when connected and publishing, else Degraded.
+    #[prost(enumeration = "HealthState", tag = "2")]
+    pub state: i32,
+    /// The server connected to; empty while disconnected.
+    #[prost(string, tag = "3")]
+    pub server: ::prost::alloc::string::String,
+    /// The last error since the last success; empty if none.
+    #[prost(string, tag = "4")]
+    pub last_error: ::prost::alloc::string::String,
+    /// QoS1 exports held (on disk, waiting or in flight).
+    #[prost(uint64, tag = "5")]
+    pub queued: u64,
+    #[prost(uint64, tag = "6")]
+    pub in_flight: u64,
+    /// QoS1 exports dropped because the queue was full (the oldest go).
+    #[prost(uint64, tag = "7")]
+    pub dropped: u64,
+    /// QoS0 exports dropped while NATS was unreachable.
+    #[prost(uint64, tag = "8")]
+    pub dropped_qos0: u64,
+    #[prost(uint64, tag = "9")]
+    pub exported: u64,
+    #[prost(uint64, tag = "10")]
+    pub imported: u64,
+    /// Age of the oldest unacknowledged QoS1 export, in milliseconds.
+    #[prost(uint64, tag = "11")]
+    pub lag_ms: u64,
+    #[prost(string, tag = "12")]
+    pub host_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "13")]
+    pub prefix: ::prost::alloc::string::String,
+    /// "jetstream <stream>" or "plain" (no JetStream on the server), empty until known.
+    #[prost(string, tag = "14")]
+    pub mode: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "15")]
+    pub loops_prevented: u64,
+    #[prost(uint64, tag = "16")]
+    pub unmappable: u64,
 }
 /// `control.tasks.submit` (request/reply): a task for a collector with `capability`.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

@@ -11,6 +11,7 @@
 
 mod alerts;
 mod bench;
+mod bridge;
 mod collectors;
 mod connection;
 mod detection;
@@ -84,6 +85,11 @@ enum Command {
         #[command(subcommand)]
         command: detection::DetectionCommand,
     },
+    /// The agent's NATS bridge: `bridge status [--json]`.
+    Bridge {
+        #[command(subcommand)]
+        command: bridge::BridgeCommand,
+    },
     /// Alerts: `alerts list --since 1h --level high`, `alerts follow`.
     Alerts {
         #[command(subcommand)]
@@ -115,6 +121,7 @@ impl Command {
             Command::Tasks { command } => tasks::run(socket, command).await,
             Command::Detection { command } => detection::run(socket, command).await,
             Command::Alerts { command } => alerts::run(socket, command).await,
+            Command::Bridge { command } => bridge::run(socket, command).await,
             Command::Bench(args) => bench::run(socket, args).await,
             Command::Completions { shell } => {
                 use clap::CommandFactory;

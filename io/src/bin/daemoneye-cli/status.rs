@@ -109,6 +109,9 @@ pub async fn health(socket: Option<&Path>, args: HealthArgs) -> Result<(), CliEr
         println!("broker   {}", report.broker);
         println!("coordinator {}", report.coordinator);
         println!("detection {}", report.detection);
+        if h.bridge != pbc::HealthState::Unspecified as i32 {
+            println!("bridge   {}", report.bridge);
+        }
         if h.collectors.is_empty() {
             println!("collectors: none");
         } else {
@@ -147,6 +150,8 @@ struct HealthJson<'a> {
     coordinator: &'static str,
     /// The detection engine.
     detection: &'static str,
+    /// The NATS bridge (`unspecified` when none is configured).
+    bridge: &'static str,
     collectors: Vec<CollectorJson<'a>>,
     reasons: &'a [String],
 }
@@ -158,6 +163,7 @@ impl<'a> From<&'a pbc::HealthReport> for HealthJson<'a> {
             broker: health_state(h.broker),
             coordinator: health_state(h.coordinator),
             detection: health_state(h.detection),
+            bridge: health_state(h.bridge),
             collectors: h.collectors.iter().map(CollectorJson::from).collect(),
             reasons: &h.reasons,
         }

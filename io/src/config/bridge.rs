@@ -1,0 +1,421 @@
+//! `[bridge.nats]`: the agent's bridge to a NATS cluster (DESIGN.md section 14). No
+//! section, no bridge.
+//!
+//! ```toml
+//! [bridge.nats]
+//! servers = ["nats://nats1.example:4222", "nats://nats2.example:4222"]
+//! # Authentication: a .creds file (JWT + nkey seed) or a token, not both.
+//! credentials = "/etc/daemoneye/nats.creds"
+//! # token = "s3cret"
+//! tls = true
+//! # This host's id (default: /etc/machine-id).
+//! host_id = "web-17"
+//! # Exports go to <prefix>.<topic> (default "daemoneye.<host_id>").
+//! prefix = "daemoneye.web-17"
+//! # Tasks for every host come from <all_prefix>.<topic>.
+//! all_prefix = "daemoneye.all"
+//! # Local topic filters exported (default: alerts).
+//! export = ["alerts.#"]
+//! # Local topic filters imported from <prefix>.<filter> and <all_prefix>.<filter>
+//! # (default: the collectors' tasks).
+//! import = ["control.collector.task.#"]
+//! # Imports from other subject prefixes, as full NATS-side filters "<prefix>:<filter>"
+//! # (for example another host's alerts: "daemoneye.web-18:alerts.#").
+//! import_from = []
+//! # QoS1 exports kept on disk while NATS is unreachable; beyond it the oldest go.
+//! max_queued = 100000
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use daemoneye_core::bridge::BridgeConfig;
+use daemoneye_core::bridge::subject::{is_valid_prefix, subscriptions_for};
+use daemoneye_core::topic::{FilterLevel, TopicFilter};
+use serde::{Deserialize, Serialize};
+
+use super::ConfigError;
+
+/// Where the machine id is read from when `host_id` is not set.
+pub const MACHINE_ID: &str = "/etc/machine-id";
+
+/// `[bridge]`: bridges to other buses (only NATS so far).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BridgeSection {
+    /// `[bridge.nats]`; absent: no bridge.
+    pub nats: Option<NatsSection>,
+}
+
+/// `[bridge.nats]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsSection {
+    /// `nats://` (or `tls://`) URLs.
+    pub servers: Vec<String>,
+    /// A .creds file (exclusive with `token`).
+    pub credentials: Option<PathBuf>,
+    /// A token (exclusive with `credentials`).
+    pub token: Option<String>,
+    /// Require TLS.
+    pub tls: bool,
+    /// This host's id (default: the machine id).
+    pub host_id: Option<String>,
+    /// Subject prefix of the exports (default `daemoneye.<host_id>`).
+    pub prefix: Option<String>,
+    /// Subject prefix of the tasks addressed to every host.
+    pub all_prefix: String,
+    /// Local topic filters exported.
+    pub export: Vec<String>,
+    /// Local topic filters imported from `<prefix>` and `<all_prefix>`.
+    pub import: Vec<String>,
+    /// Extra imports: `"<subject prefix>:<topic filter>"`.
+    pub import_from: Vec<String>,
+    /// QoS1 exports held on disk at most.
+    pub max_queued: u64,
+    /// QoS1 exports sent and not yet acknowledged at most.
+    pub max_in_flight: u64,
+}
+
+impl Default for NatsSection {
+    fn default() -> Self {
+        Self {
+            servers: vec!["nats://127.0.0.1:4222".into()],
+            credentials: None,
+            token: None,
+            tls: false,
+            host_id: None,
+            prefix: None,
+            all_prefix: "daemoneye.all".into(),
+            export: vec!["alerts.#".into()],
+            import: vec!["control.collector.task.#".into()],
+            import_from: Vec::new(),
+            max_queued: 100_000,
+            max_in_flight: 256,
+        }
+    }
+}
+
+/// How the bridge authenticates.
+#[derive(Clone, PartialEq, Eq)]
+pub enum NatsAuth {
+    /// No credentials.
+    None,
+    /// A .creds file.
+    Credentials(PathBuf),
+    /// A token.
+    Token(String),
+}
+
+impl std::fmt::Debug for NatsAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NatsAuth::None => f.write_str("None"),
+            NatsAuth::Credentials(p) => write!(f, "Credentials({})", p.display()),
+            NatsAuth::Token(_) => f.write_str("Token(..)"),
+        }
+    }
+}
+
+/// `[bridge.nats]`, checked.
+#[derive(Debug, Clone)]
+pub struct NatsSettings {
+    /// The servers.
+    pub servers: Vec<String>,
+    /// Authentication.
+    pub auth: NatsAuth,
+    /// Require TLS.
+    pub tls: bool,
+    /// The machine's settings (host, prefix, filters, limits).
+    pub bridge: BridgeConfig,
+}
+
+fn invalid(key: &str, value: impl Into<String>, why: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: format!("bridge.nats.{key}"),
+        value: value.into(),
+        why: why.into(),
+    }
+}
+
+/// A filter the bridge can carry: valid, not reserved, every literal level a NATS token.
+fn bridge_filter(key: &str, text: &str) -> Result<TopicFilter, ConfigError> {
+    let f = TopicFilter::parse(text).map_err(|e| invalid(key, text, e.to_string()))?;
+    let bad = f.levels().iter().any(|l| match l {
+        FilterLevel::Literal(t) => {
+            t.starts_with('$') || t.chars().any(|c| c.is_whitespace() || c == '*' || c == '>')
+        }
+        _ => false,
+    });
+    if bad {
+        return Err(invalid(
+            key,
+            text,
+            "a level holds whitespace, '*', '>' or a reserved '$' name, which NATS cannot carry",
+        ));
+    }
+    Ok(f)
+}
+
+/// A host id: one NATS token without `.` (it is one level of the prefix and of message ids).
+fn check_host_id(key: &str, id: &str) -> Result<(), ConfigError> {
+    if id.is_empty()
+        || id.len() > 128
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(invalid(
+            key,
+            id,
+            "must be 1 to 128 letters, digits, '-' or '_'",
+        ));
+    }
+    Ok(())
+}
+
+/// The machine id at `path`, trimmed.
+pub fn read_machine_id(path: &Path) -> Option<String> {
+    let id = std::fs::read_to_string(path).ok()?;
+    let id = id.trim();
+    (!id.is_empty()).then(|| id.to_string())
+}
+
+impl BridgeSection {
+    /// Checks `[bridge.nats]`; `None` when there is none. The host id defaults to the
+    /// machine id at `machine_id`.
+    pub fn resolve(&self, machine_id: &Path) -> Result<Option<NatsSettings>, ConfigError> {
+        let Some(n) = &self.nats else {
+            return Ok(None);
+        };
+        if n.servers.is_empty() {
+            return Err(invalid("servers", "[]", "needs at least one nats:// URL"));
+        }
+        for s in &n.servers {
+            let scheme_ok = ["nats://", "tls://"].iter().any(|p| s.starts_with(p));
+            if !scheme_ok || s.len() <= "nats://".len() {
+                return Err(invalid(
+                    "servers",
+                    s.clone(),
+                    "must be a nats://host:port (or tls://host:port) URL",
+                ));
+            }
+        }
+        let auth = match (&n.credentials, &n.token) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "token",
+                    "(hidden)",
+                    "credentials and token are exclusive: give one",
+                ));
+            }
+            (Some(path), None) => {
+                if let Err(e) = std::fs::metadata(path) {
+                    return Err(invalid(
+                        "credentials",
+                        path.display().to_string(),
+                        format!("cannot read the file: {e}"),
+                    ));
+                }
+                NatsAuth::Credentials(path.clone())
+            }
+            (None, Some(t)) if t.is_empty() => {
+                return Err(invalid("token", "\"\"", "must not be empty"));
+            }
+            (None, Some(t)) => NatsAuth::Token(t.clone()),
+            (None, None) => NatsAuth::None,
+        };
+        let host_id = match &n.host_id {
+            Some(id) => {
+                check_host_id("host_id", id)?;
+                id.clone()
+            }
+            None => {
+                let id = read_machine_id(machine_id).ok_or_else(|| {
+                    invalid(
+                        "host_id",
+                        "",
+                        format!(
+                            "not set and {} is unreadable or empty",
+                            machine_id.display()
+                        ),
+                    )
+                })?;
+                check_host_id("host_id", &id)?;
+                id
+            }
+        };
+        let mut bridge = BridgeConfig::new(&host_id);
+        if let Some(p) = &n.prefix {
+            if !is_valid_prefix(p) {
+                return Err(invalid(
+                    "prefix",
+                    p.clone(),
+                    "must be '.'-separated NATS tokens without wildcards or whitespace",
+                ));
+            }
+            bridge.prefix = p.clone();
+        }
+        if !is_valid_prefix(&n.all_prefix) {
+            return Err(invalid(
+                "all_prefix",
+                n.all_prefix.clone(),
+                "must be '.'-separated NATS tokens without wildcards or whitespace",
+            ));
+        }
+        if n.all_prefix == bridge.prefix {
+            return Err(invalid(
+                "all_prefix",
+                n.all_prefix.clone(),
+                "must differ from prefix",
+            ));
+        }
+        bridge.export = n
+            .export
+            .iter()
+            .map(|f| bridge_filter("export", f))
+            .collect::<Result<_, _>>()?;
+        let mut import = Vec::new();
+        for f in &n.import {
+            let filter = bridge_filter("import", f)?;
+            import.push((bridge.prefix.clone(), filter.clone()));
+            import.push((n.all_prefix.clone(), filter));
+        }
+        for entry in &n.import_from {
+            let Some((prefix, f)) = entry.split_once(':') else {
+                return Err(invalid(
+                    "import_from",
+                    entry.clone(),
+                    "must be \"<subject prefix>:<topic filter>\"",
+                ));
+            };
+            if !is_valid_prefix(prefix) {
+                return Err(invalid(
+                    "import_from",
+                    entry.clone(),
+                    "the subject prefix must be '.'-separated NATS tokens",
+                ));
+            }
+            import.push((prefix.to_string(), bridge_filter("import_from", f)?));
+        }
+        bridge.import = import;
+        // Importing what we export would only be refused message by message: say so now.
+        for s in bridge.export_subjects() {
+            if let Some((p, f)) = bridge
+                .import
+                .iter()
+                .find(|(p, f)| subscriptions_for(p, f).contains(&s))
+            {
+                tracing::warn!(subject = %s, import = %format!("{p}:{}", f.as_str()),
+                    "the bridge imports a subject it exports; its own messages are not imported back");
+            }
+        }
+        if !(1..=10_000_000).contains(&n.max_queued) {
+            return Err(invalid(
+                "max_queued",
+                n.max_queued.to_string(),
+                "must be between 1 and 10000000",
+            ));
+        }
+        if !(1..=65_536).contains(&n.max_in_flight) {
+            return Err(invalid(
+                "max_in_flight",
+                n.max_in_flight.to_string(),
+                "must be between 1 and 65536",
+            ));
+        }
+        bridge.max_queued = n.max_queued as usize;
+        bridge.max_in_flight = n.max_in_flight as usize;
+        Ok(Some(NatsSettings {
+            servers: n.servers.clone(),
+            auth,
+            tls: n.tls,
+            bridge,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::AgentConfig;
+
+    fn resolve(text: &str) -> Result<Option<super::NatsSettings>, String> {
+        let c = AgentConfig::parse(std::path::Path::new("agent.toml"), text)
+            .map_err(|e| e.to_string())?;
+        c.bridge
+            .resolve(std::path::Path::new("/nonexistent/machine-id"))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn no_section_no_bridge() {
+        assert!(resolve("").expect("valid").is_none());
+    }
+
+    #[test]
+    fn defaults_export_alerts_and_import_tasks_for_this_host_and_all() {
+        let s = resolve("[bridge.nats]\nhost_id = \"h1\"\n")
+            .expect("valid")
+            .expect("a bridge");
+        assert_eq!(s.bridge.prefix, "daemoneye.h1");
+        assert_eq!(
+            s.bridge.export_subjects(),
+            vec!["daemoneye.h1.alerts", "daemoneye.h1.alerts.>"]
+        );
+        let subs: Vec<String> = s
+            .bridge
+            .import_subscriptions()
+            .into_iter()
+            .map(|(_, s)| s)
+            .collect();
+        assert!(subs.contains(&"daemoneye.h1.control.collector.task.>".to_string()));
+        assert!(subs.contains(&"daemoneye.all.control.collector.task.>".to_string()));
+    }
+
+    #[test]
+    fn bad_values_name_their_key_on_one_line() {
+        for (text, key) in [
+            (
+                "[bridge.nats]\nhost_id = \"h1\"\nservers = []\n",
+                "bridge.nats.servers",
+            ),
+            (
+                "[bridge.nats]\nhost_id = \"h1\"\nservers = [\"http://x\"]\n",
+                "bridge.nats.servers",
+            ),
+            (
+                "[bridge.nats]\nhost_id = \"h1\"\ntoken = \"a\"\ncredentials = \"/etc/passwd\"\n",
+                "bridge.nats.token",
+            ),
+            (
+                "[bridge.nats]\nhost_id = \"h1\"\ncredentials = \"/no/such.creds\"\n",
+                "bridge.nats.credentials",
+            ),
+            ("[bridge.nats]\nhost_id = \"a.b\"\n", "bridge.nats.host_id"),
+            ("[bridge.nats]\n", "bridge.nats.host_id"),
+            (
+                "[bridge.nats]\nhost_id = \"h1\"\nexport = [\"a.#.b\"]\n",
+                "bridge.nats.export",
+            ),
+            (
+                "[bridge.nats]\nhost_id = \"h1\"\nprefix = \"a.*\"\n",
+                "bridge.nats.prefix",
+            ),
+            (
+                "[bridge.nats]\nhost_id = \"h1\"\nmax_queued = 0\n",
+                "bridge.nats.max_queued",
+            ),
+            (
+                "[bridge.nats]\nhost_id = \"h1\"\nimport_from = [\"nocolon\"]\n",
+                "bridge.nats.import_from",
+            ),
+            ("[bridge.nats]\nhost_id = \"h1\"\nservrs = []\n", "servrs"),
+        ] {
+            let err = resolve(text).expect_err(text);
+            assert!(err.contains(key), "{text}: {err}");
+            // A value error is one line (toml's own parse errors quote the line below).
+            if key.starts_with("bridge.nats.") {
+                assert!(!err.contains('\n'), "one line: {err}");
+            }
+        }
+    }
+}
