@@ -984,6 +984,16 @@ impl Running {
             Running::Mosquitto(p, c) => fan(c, p.0.id(), load),
         }
     }
+    /// Sends SIGTERM and waits for the exit: how long it took.
+    fn terminate(self) -> Duration {
+        let (Running::DaemonEye(mut p, _) | Running::Nats(mut p, _) | Running::Mosquitto(mut p, _)) =
+            self;
+        let t = Instant::now();
+        let pid = nix::unistd::Pid::from_raw(p.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = p.0.wait();
+        t.elapsed()
+    }
     fn idle_memory(&self) -> (u64, u64) {
         match self {
             Running::DaemonEye(p, c) => idle_memory(c.as_ref(), p.0.id()),
@@ -1153,6 +1163,7 @@ const MEASURES: &[(&str, &str, &str, bool)] = &[
     ("idle_mb", "1,000 idle connections", "MB RSS", false),
     ("idle_kib_per_conn", "  per connection", "KiB", false),
     ("start_ms", "start to accepting", "ms", false),
+    ("stop_ms", "SIGTERM to exit, after the runs", "ms", false),
 ];
 
 fn fmt(v: f64) -> String {
@@ -1548,7 +1559,7 @@ fn main() {
                 floor.pct(0.5),
                 with as f64 / 1024.0,
             );
-            drop(broker);
+            results.add(name, "stop_ms", broker.terminate().as_secs_f64() * 1e3);
         }
     }
 
