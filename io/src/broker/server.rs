@@ -134,19 +134,22 @@ fn try_write<W: AsyncWrite + Unpin>(wr: &mut W, data: &[u8]) -> io::Result<usize
 }
 
 impl<C: Clock, W: AsyncWrite + Unpin> Shared<C, W> {
-    /// Carries out everything the core asked for, writes what it queued, then re-arms the
-    /// timer if the core's next deadline moved earlier than the one the timer sleeps until.
+    /// Carries out everything the core asked for, saves changed durable definitions, writes
+    /// what the core queued, then re-arms the timer if the core's next deadline moved earlier
+    /// than the one the timer sleeps until.
     fn dispatch(&mut self) {
         loop {
             self.take_outputs();
+            // A changed durable definition is on disk before any answer leaves: the SubAck
+            // of a durable subscription promises that it survives a crash of the agent.
+            if let Some(store) = &mut self.durables
+                && let Err(e) = store.save_if_changed(&self.broker)
+            {
+                tracing::error!(error = %e, "durable subscriptions not saved: they will not survive a crash");
+            }
             if !self.flush() {
                 break;
             }
-        }
-        if let Some(store) = &mut self.durables
-            && let Err(e) = store.save_if_changed(&self.broker)
-        {
-            tracing::error!(error = %e, "durable subscriptions not saved: they will not survive a crash");
         }
         if let Some((at, _)) = self.broker.poll_timeout()
             && self.armed.is_none_or(|armed| at < armed)
