@@ -86,7 +86,9 @@ fn exchange(broker: &mut Broker, now: Instant, conn: ConnId, client: &mut Client
     }
 }
 
-fn route(c: &mut Criterion) {
+/// Routes 256-byte publishes from one connection to subscribers on connections of their
+/// own (one per Subscribe), bytes in to bytes out.
+fn bench_route(c: &mut Criterion, name: &str, subscriptions: Vec<Subscribe>) {
     let now = Instant::from_nanos(1);
     let config = BrokerConfig {
         owner_uid: 1000,
@@ -94,12 +96,11 @@ fn route(c: &mut Criterion) {
         ..Default::default()
     };
     let mut broker = Broker::new(config, Acl::owner_only(1000), 1);
-    let (sub_conn, mut sub) = handshake(&mut broker, now, "sub");
-    sub.subscribe(Subscribe {
-        overflow: Some(Overflow::Block),
-        ..Subscribe::new("events.#")
-    });
-    exchange(&mut broker, now, sub_conn, &mut sub);
+    for (i, subscribe) in subscriptions.into_iter().enumerate() {
+        let (conn, mut sub) = handshake(&mut broker, now, &format!("sub{i}"));
+        sub.subscribe(subscribe);
+        exchange(&mut broker, now, conn, &mut sub);
+    }
     let (pub_conn, mut publisher) = handshake(&mut broker, now, "pub");
     let payload = Bytes::from(vec![0xAB; 256]);
     for _ in 0..BATCH {
@@ -114,7 +115,7 @@ fn route(c: &mut Criterion) {
     let chunk = publisher.poll_transmit().expect("bytes");
     let mut group = c.benchmark_group("route_256B");
     group.throughput(Throughput::Elements(BATCH as u64));
-    group.bench_function("publish_to_one_subscriber_bytes_in_bytes_out", |b| {
+    group.bench_function(name, |b| {
         b.iter(|| {
             broker.handle_bytes(now, pub_conn, black_box(&chunk));
             let mut delivered = 0;
@@ -131,56 +132,33 @@ fn route(c: &mut Criterion) {
     assert_eq!(broker.totals().dropped, 0);
 }
 
+fn route(c: &mut Criterion) {
+    let subscribe = Subscribe {
+        overflow: Some(Overflow::Block),
+        ..Subscribe::new("events.#")
+    };
+    bench_route(
+        c,
+        "publish_to_one_subscriber_bytes_in_bytes_out",
+        vec![subscribe],
+    );
+}
+
 /// The same publishes to a queue group of three members, round robin.
 fn route_queue_group(c: &mut Criterion) {
-    let now = Instant::from_nanos(1);
-    let config = BrokerConfig {
-        owner_uid: 1000,
-        default_capacity: 100_000,
-        ..Default::default()
+    let member = Subscribe {
+        overflow: Some(Overflow::Block),
+        group: Some(GroupSpec {
+            name: "workers".into(),
+            strategy: QueueStrategy::RoundRobin,
+        }),
+        ..Subscribe::new("events.#")
     };
-    let mut broker = Broker::new(config, Acl::owner_only(1000), 1);
-    for i in 0..3 {
-        let (conn, mut member) = handshake(&mut broker, now, &format!("member{i}"));
-        member.subscribe(Subscribe {
-            overflow: Some(Overflow::Block),
-            group: Some(GroupSpec {
-                name: "workers".into(),
-                strategy: QueueStrategy::RoundRobin,
-            }),
-            ..Subscribe::new("events.#")
-        });
-        exchange(&mut broker, now, conn, &mut member);
-    }
-    let (pub_conn, mut publisher) = handshake(&mut broker, now, "pub");
-    let payload = Bytes::from(vec![0xAB; 256]);
-    for _ in 0..BATCH {
-        publisher
-            .publish(Publish::new(
-                "events.process.new",
-                payload.clone(),
-                QoS::AtMostOnce,
-            ))
-            .expect("publish");
-    }
-    let chunk = publisher.poll_transmit().expect("bytes");
-    let mut group = c.benchmark_group("route_256B");
-    group.throughput(Throughput::Elements(BATCH as u64));
-    group.bench_function("publish_to_a_queue_group_of_3_bytes_in_bytes_out", |b| {
-        b.iter(|| {
-            broker.handle_bytes(now, pub_conn, black_box(&chunk));
-            let mut delivered = 0;
-            while let Some(out) = broker.poll_output() {
-                if let Output::Transmit { conn, data } = out {
-                    delivered += data.len();
-                    broker.handle_written(now, conn, data.len());
-                }
-            }
-            black_box(delivered)
-        })
-    });
-    group.finish();
-    assert_eq!(broker.totals().dropped, 0);
+    bench_route(
+        c,
+        "publish_to_a_queue_group_of_3_bytes_in_bytes_out",
+        vec![member; 3],
+    );
 }
 
 /// The io server asks `poll_timeout` after every dispatch: a frame from one of many
