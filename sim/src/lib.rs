@@ -76,6 +76,23 @@ pub use layer2::{NetConfig, NetOutcome, run_net};
 pub use procmon::{ProcmonConfig, ProcmonOutcome, run_procmon};
 pub use report::Violation;
 
+/// How many seeds a CI test of a simulation runs: the environment variable `var` (a
+/// number), else `default`.
+pub fn seeds_from_env(var: &str, default: u64) -> u64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A seed from the wall clock, for the one random run each CI test adds (and prints, so
+/// that a failure can be replayed).
+pub fn clock_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
 /// The reference matcher under its former path (`daemoneye_sim::world::naive_match`).
 pub mod world {
     pub use crate::reference::naive_match;

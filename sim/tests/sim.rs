@@ -26,10 +26,7 @@ fn check(seed: u64) {
 
 #[test]
 fn fixed_seed_range_keeps_every_invariant() {
-    let n: u64 = std::env::var("DAEMONEYE_SIM_SEEDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
+    let n: u64 = daemoneye_sim::seeds_from_env("DAEMONEYE_SIM_SEEDS", 1000);
     for seed in 0..n {
         check(seed);
     }
@@ -37,9 +34,7 @@ fn fixed_seed_range_keeps_every_invariant() {
 
 #[test]
 fn one_random_seed_keeps_every_invariant() {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
+    let seed = daemoneye_sim::clock_seed();
     println!("random seed {seed}; replay: cargo run -p daemoneye-sim --release -- --seed {seed}");
     check(seed);
 }
