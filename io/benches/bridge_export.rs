@@ -3,14 +3,20 @@
 //! 1. the raw async-nats plain publish rate of 256-byte messages (the ceiling: one
 //!    client, its own batching), counted by a NATS subscriber;
 //! 2. QoS0 256-byte exports through the agent: a local publisher, the bridge, the same
-//!    NATS subscriber;
+//!    NATS subscriber; once to a server without JetStream (plain publishes, nothing
+//!    stored) and once to one with JetStream, where the stream the bridge creates over its
+//!    export subjects stores the QoS0 exports as well;
 //! 3. QoS1 exports through JetStream (disk queue, acknowledged publishes), until the
 //!    stream holds them all;
 //! 4. local pub -> sub latency (QoS1, 1,000 msg/s) on an agent whose bridge cannot reach
 //!    NATS, against an agent without a bridge.
 //!
+//! The QoS0 row also gives the agent's CPU time per export and the bridge thread's share
+//! (from `/proc`), which a busy machine moves less than the rate.
+//!
 //! `cargo bench -p daemoneye-io --bench bridge_export`; `DAEMONEYE_BENCH_MESSAGES` sets the
-//! QoS0 count (default 1,000,000), `DAEMONEYE_BENCH_QOS1` the QoS1 count (default 50,000).
+//! QoS0 count (default 1,000,000), `DAEMONEYE_BENCH_QOS1` the QoS1 count (default 50,000);
+//! `DAEMONEYE_BENCH_ONLY=qos0` runs the QoS0 export row alone.
 
 use std::time::{Duration, Instant};
 
@@ -135,9 +141,40 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-fn qos0_through_the_agent(nats: &NatsServer, n: u64) -> (f64, u64) {
+/// CPU time (user + system) of a process's threads whose name starts with `thread`, or
+/// of the whole process with `None`, from `/proc` (clock ticks of 10 ms).
+fn cpu_time(pid: u32, thread: Option<&str>) -> Duration {
+    let ticks = |stat: &str| -> u64 {
+        // The fields after the command name (which may hold spaces) in parentheses.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let at = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+        at(11) + at(12)
+    };
+    let total = match thread {
+        None => ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default()),
+        Some(name) => std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|t| {
+                std::fs::read_to_string(t.path().join("comm"))
+                    .is_ok_and(|c| c.trim_end().starts_with(name))
+            })
+            .map(|t| ticks(&std::fs::read_to_string(t.path().join("stat")).unwrap_or_default()))
+            .sum(),
+    };
+    Duration::from_millis(total * 10)
+}
+
+/// QoS0 exports through the agent: (rate, received, agent CPU per export, bridge thread
+/// CPU per export), the CPU in microseconds.
+fn qos0_through_the_agent(nats: &NatsServer, n: u64) -> (f64, u64, f64, f64) {
     let agent = agent(Some(&nats.url()), "bench.#");
     wait_bridge(&agent, "the bridge connects", |s| s["state"] == "healthy");
+    let pid = agent.child.id();
+    let (agent_before, bridge_before) = (cpu_time(pid, None), cpu_time(pid, Some("nats-bridge")));
     let counter = counter(nats.url(), "daemoneye.b1.bench.>", n);
     let start = runtime().block_on(async {
         let client = Client::connect(&agent.socket, ClientOptions::new("bench-pub"))
@@ -156,7 +193,13 @@ fn qos0_through_the_agent(nats: &NatsServer, n: u64) -> (f64, u64) {
         start
     });
     let (last, got) = counter.join().expect("counter");
-    (got as f64 / (last - start).as_secs_f64(), got)
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / got.max(1) as f64;
+    (
+        got as f64 / (last - start).as_secs_f64(),
+        got,
+        per(cpu_time(pid, None) - agent_before),
+        per(cpu_time(pid, Some("nats-bridge")) - bridge_before),
+    )
 }
 
 fn qos1_through_jetstream(nats: &NatsServer, n: u64) -> f64 {
@@ -252,15 +295,31 @@ fn main() {
     }
     let n = env_count("DAEMONEYE_BENCH_MESSAGES", 1_000_000);
     let q1 = env_count("DAEMONEYE_BENCH_QOS1", 50_000);
+    let only_qos0 = std::env::var("DAEMONEYE_BENCH_ONLY").is_ok_and(|v| v == "qos0");
+    let plain = NatsServer::start_without_jetstream();
     let nats = NatsServer::start();
-    let (raw, raw_got) = raw_publish_rate(&nats, n);
-    println!(
-        "raw async-nats plain publish, {PAYLOAD} B: {raw:.0} msg/s ({raw_got} of {n} received)"
-    );
-    let (through, got) = qos0_through_the_agent(&nats, n);
-    println!(
-        "QoS0 export through the agent, {PAYLOAD} B: {through:.0} msg/s ({got} of {n} received)"
-    );
+    if !only_qos0 {
+        let (raw, raw_got) = raw_publish_rate(&plain, n);
+        println!(
+            "raw async-nats plain publish, {PAYLOAD} B: {raw:.0} msg/s ({raw_got} of {n} received)"
+        );
+    }
+    for (server, what) in [
+        (&plain, "a server without JetStream"),
+        (
+            &nats,
+            "a server with JetStream (the bridge's stream stores them too)",
+        ),
+    ] {
+        let (through, got, agent_cpu, bridge_cpu) = qos0_through_the_agent(server, n);
+        println!(
+            "QoS0 export through the agent to {what}, {PAYLOAD} B: {through:.0} msg/s ({got} of {n} received); \
+             CPU per export: agent {agent_cpu:.2} us, of which the bridge thread {bridge_cpu:.2} us"
+        );
+    }
+    if only_qos0 {
+        return;
+    }
     let qos1 = qos1_through_jetstream(&nats, q1);
     println!("QoS1 export through JetStream, {PAYLOAD} B: {qos1:.0} msg/s ({q1} stored)");
     let no_bridge = agent(None, "alerts.#");

@@ -413,3 +413,39 @@ fn bad_credentials_give_one_line_error_and_degraded_health_while_the_local_bus_w
     );
     let _ = agent.terminate();
 }
+
+#[test]
+fn a_server_without_jetstream_takes_qos1_exports_as_plain_publishes() {
+    let nats = NatsServer::start_without_jetstream();
+    let mut agent = agent(&nats.url(), "h1", "");
+    wait_healthy(&agent);
+    let s = status(&agent);
+    assert_eq!(s["mode"], "plain", "{s}");
+    agent
+        .stderr
+        .wait_for("no JetStream", T)
+        .expect("the fallback is logged");
+    runtime().block_on(async {
+        let central = async_nats::connect(nats.url()).await.expect("central");
+        let mut sub = central.subscribe("daemoneye.h1.>").await.expect("sub");
+        central.flush().await.expect("flush");
+        let client = local(&agent, "publisher").await;
+        for i in 0..50 {
+            publish(&client, "alerts.high", &i.to_string(), QoS::AtLeastOnce).await;
+        }
+        for i in 0..50 {
+            let m = next_nats(&mut sub).await;
+            assert_eq!(m.subject.as_str(), "daemoneye.h1.alerts.high");
+            assert_eq!(
+                String::from_utf8_lossy(&m.payload),
+                i.to_string(),
+                "in order"
+            );
+            assert_eq!(header(&m, "DaemonEye-Origin"), "h1");
+        }
+    });
+    eventually("every export acknowledged", T, || {
+        let s = status(&agent);
+        s["exported"] == 50 && s["queued"] == 0 && s["in_flight"] == 0
+    });
+}

@@ -367,6 +367,8 @@ pub struct NatsServer {
     args: Vec<String>,
     /// JetStream's store (kept across a restart).
     pub store: tempfile::TempDir,
+    /// Started with `-js`.
+    jetstream: bool,
 }
 
 /// The nats-server binary: `NATS_SERVER` if set, else `nats-server` on the PATH, else
@@ -397,11 +399,21 @@ impl NatsServer {
 
     /// Starts `nats-server -js` with extra arguments (e.g. `--auth TOKEN`).
     pub fn start_with(args: &[&str]) -> NatsServer {
+        Self::start_as(args, true)
+    }
+
+    /// Starts `nats-server` without JetStream (plain publishes only).
+    pub fn start_without_jetstream() -> NatsServer {
+        Self::start_as(&[], false)
+    }
+
+    fn start_as(args: &[&str], jetstream: bool) -> NatsServer {
         let mut server = NatsServer {
             child: None,
             port: free_port(),
             args: args.iter().map(|a| a.to_string()).collect(),
             store: tempfile::tempdir().expect("tempdir"),
+            jetstream,
         };
         server.spawn();
         server
@@ -416,7 +428,8 @@ impl NatsServer {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let mut child = Command::new(nats_server_binary())
-                .args(["-js", "-a", "127.0.0.1", "-p"])
+                .args(self.jetstream.then_some("-js"))
+                .args(["-a", "127.0.0.1", "-p"])
                 .arg(self.port.to_string())
                 .arg("-sd")
                 .arg(self.store.path())

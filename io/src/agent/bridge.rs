@@ -31,8 +31,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::HeaderMap;
 use async_nats::jetstream;
+use async_nats::{HeaderMap, HeaderName};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use daemoneye_core::bridge::subject::{nats_covers, nats_overlap};
 use daemoneye_core::bridge::{
@@ -218,13 +218,20 @@ fn decode_envelope(mut b: Bytes) -> Option<(String, u64, Bytes)> {
     Some((publisher, sequence, b))
 }
 
+/// The export headers' names, built once (a name from a `&str` is a copy per message).
+const ORIGIN: HeaderName = HeaderName::from_static(HEADER_ORIGIN);
+const TOPIC: HeaderName = HeaderName::from_static(HEADER_TOPIC);
+const PUBLISHER: HeaderName = HeaderName::from_static(HEADER_PUBLISHER);
+const SEQUENCE: HeaderName = HeaderName::from_static(HEADER_SEQUENCE);
+const MSG_ID: HeaderName = HeaderName::from_static(HEADER_MSG_ID);
+
 fn headers_of(host: &str, e: &Export) -> HeaderMap {
     let mut h = HeaderMap::new();
-    h.insert(HEADER_ORIGIN, host);
-    h.insert(HEADER_TOPIC, e.topic.as_str());
-    h.insert(HEADER_PUBLISHER, e.publisher.as_str());
-    h.insert(HEADER_SEQUENCE, e.sequence.to_string().as_str());
-    h.insert(HEADER_MSG_ID, e.msg_id.as_str());
+    h.insert(ORIGIN, host);
+    h.insert(TOPIC, e.topic.as_str());
+    h.insert(PUBLISHER, e.publisher.as_str());
+    h.insert(SEQUENCE, e.sequence.to_string().as_str());
+    h.insert(MSG_ID, e.msg_id.as_str());
     h
 }
 
@@ -271,7 +278,10 @@ async fn connect_nats(
         .reconnect_delay_callback(|attempts| {
             Duration::from_millis((100u64 << attempts.min(5)).min(2000))
         })
-        .client_capacity(65_536)
+        // Publishes handed to the client and not yet written. Deep enough for a batch
+        // (MAX_BATCH) and its successor; a deeper one (65,536 was tried) lets the exports
+        // waiting in it fall out of the cache and cost twice the CPU per export.
+        .client_capacity(2 * MAX_BATCH)
         .require_tls(settings.tls)
         .event_callback(move |event| {
             let events = events.clone();
@@ -305,10 +315,15 @@ async fn connect_nats(
         .map_err(|e| BridgeError::Nats(e.to_string()))
 }
 
-/// Whether a JetStream API error says the server has no JetStream.
+/// Whether a JetStream API error says the server has no JetStream (for this account):
+/// nobody answers its API (async-nats words "no responders" as "requested JetStream
+/// resource does not exist"), or it answers that JetStream is not enabled.
 fn is_no_jetstream(error: &str) -> bool {
     let e = error.to_lowercase();
-    e.contains("no responders") || e.contains("not enabled") || e.contains("503")
+    e.contains("no responders")
+        || e.contains("resource does not exist")
+        || e.contains("not enabled")
+        || e.contains("503")
 }
 
 /// Finds (or creates) the stream for `subjects`: one that covers them all, else a new one
@@ -450,11 +465,19 @@ impl Driver {
     async fn on_connected(&mut self) {
         let subjects = self.machine.config().export_subjects();
         let host = self.machine.config().host_id.clone();
-        self.mode = match ensure_stream(&self.js, &host, &subjects).await {
-            Ok(mode) => mode,
-            Err(why) => {
-                self.log_error(&why);
-                Mode::Conflict(why)
+        // A server says in its INFO whether it runs JetStream at all.
+        self.mode = if !self.nats.server_info().jetstream {
+            tracing::warn!(
+                "bridge: the NATS server has no JetStream: QoS1 exports use plain publishes"
+            );
+            Mode::Plain
+        } else {
+            match ensure_stream(&self.js, &host, &subjects).await {
+                Ok(mode) => mode,
+                Err(why) => {
+                    self.log_error(&why);
+                    Mode::Conflict(why)
+                }
             }
         };
         let info = self.nats.server_info();
