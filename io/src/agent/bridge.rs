@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use async_nats::{HeaderMap, HeaderName};
+use async_nats::{HeaderMap, HeaderName, Subject};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use daemoneye_core::bridge::subject::{nats_covers, nats_overlap};
 use daemoneye_core::bridge::{
@@ -225,14 +225,31 @@ const PUBLISHER: HeaderName = HeaderName::from_static(HEADER_PUBLISHER);
 const SEQUENCE: HeaderName = HeaderName::from_static(HEADER_SEQUENCE);
 const MSG_ID: HeaderName = HeaderName::from_static(HEADER_MSG_ID);
 
-fn headers_of(host: &str, e: &Export) -> HeaderMap {
+/// An export's headers; its strings are moved in (a header value from a `&str` is a copy).
+fn headers(
+    host: &str,
+    topic: String,
+    publisher: String,
+    sequence: u64,
+    msg_id: String,
+) -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert(ORIGIN, host);
-    h.insert(TOPIC, e.topic.as_str());
-    h.insert(PUBLISHER, e.publisher.as_str());
-    h.insert(SEQUENCE, e.sequence.to_string().as_str());
-    h.insert(MSG_ID, e.msg_id.as_str());
+    h.insert(TOPIC, topic);
+    h.insert(PUBLISHER, publisher);
+    h.insert(SEQUENCE, sequence.to_string());
+    h.insert(MSG_ID, msg_id);
     h
+}
+
+fn headers_of(host: &str, e: &Export) -> HeaderMap {
+    headers(
+        host,
+        e.topic.clone(),
+        e.publisher.clone(),
+        e.sequence,
+        e.msg_id.clone(),
+    )
 }
 
 /// The origin host a local message was imported from, if it was.
@@ -577,14 +594,21 @@ impl Driver {
         let total = exports.len();
         let mut sent = 0;
         let mut error = None;
+        // Consecutive exports mostly share a subject: its NATS form is made once and then
+        // shared (a `Subject` from a `String` is a copy).
+        let mut subject: Option<(String, Subject)> = None;
         let all = async {
             for e in exports {
-                let headers = headers_of(&host, &e);
-                if let Err(err) = self
-                    .nats
-                    .publish_with_headers(e.subject, headers, e.payload)
-                    .await
-                {
+                let to = match &subject {
+                    Some((s, to)) if *s == e.subject => to.clone(),
+                    _ => {
+                        let to = Subject::from(e.subject.as_str());
+                        subject = Some((e.subject, to.clone()));
+                        to
+                    }
+                };
+                let headers = headers(&host, e.topic, e.publisher, e.sequence, e.msg_id);
+                if let Err(err) = self.nats.publish_with_headers(to, headers, e.payload).await {
                     error = Some(err.to_string());
                     break;
                 }
@@ -608,10 +632,21 @@ impl Driver {
         let mut done = Vec::with_capacity(batch.len());
         let mut appended = false;
         let mut qos0 = Vec::new();
+        // Consecutive deliveries mostly share a topic: parsed once.
+        let mut last: Option<TopicName> = None;
         for d in batch {
-            let Ok(topic) = TopicName::parse(&d.topic) else {
-                done.push(d);
-                continue;
+            let topic = match &last {
+                Some(t) if t.as_str() == d.topic => t.clone(),
+                _ => match TopicName::parse(&d.topic) {
+                    Ok(t) => {
+                        last = Some(t.clone());
+                        t
+                    }
+                    Err(_) => {
+                        done.push(d);
+                        continue;
+                    }
+                },
             };
             let m = LocalMessage {
                 topic,
