@@ -203,12 +203,24 @@ fn check_credentials(path: &Path) -> Result<(), ConfigError> {
 fn check_tls_ca(path: &Path) -> Result<(), ConfigError> {
     use async_nats::rustls::RootCertStore;
     use async_nats::rustls::pki_types::CertificateDer;
-    use async_nats::rustls::pki_types::pem::PemObject;
+    use async_nats::rustls::pki_types::pem::{self, PemObject};
     let bad = |why: String| invalid("tls_ca", path.display().to_string(), why);
     let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read the file: {e}")))?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad(format!("not a PEM certificate file: {e}")))?;
+        .map_err(|e| {
+            let why = match e {
+                pem::Error::MissingSectionEnd { end_marker } => format!(
+                    "no \"-----END {}-----\" line",
+                    String::from_utf8_lossy(&end_marker)
+                ),
+                pem::Error::IllegalSectionStart { line } => {
+                    format!("a bad line {:?}", String::from_utf8_lossy(&line))
+                }
+                other => other.to_string(),
+            };
+            bad(format!("not a PEM certificate file: {why}"))
+        })?;
     if certs.is_empty() {
         return Err(bad("holds no PEM certificate".into()));
     }
