@@ -3,8 +3,11 @@
 //! wildcard mapping (`+`, and `#` at the end), loop prevention between two hosts that
 //! import each other's exports, a central subscriber that sees both hosts, a task for one
 //! host that reaches only that host, nothing lost at QoS1 across a nats-server killed and
-//! restarted mid-stream, and bad credentials (one-line error, Degraded health, the local
-//! bus unaffected).
+//! restarted mid-stream, bad credentials (one-line error, Degraded health, the local bus
+//! unaffected), a JetStream stream that overlaps the exports without covering them
+//! (Degraded until it is removed, then the queue flows in order), and QoS1 exports on disk
+//! across an agent stopped (SIGTERM and SIGKILL) and restarted. Credentials files and TLS
+//! are in `bridge_auth.rs`.
 //!
 //! Every wait is for a condition with a deadline, never a sleep.
 
@@ -14,8 +17,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use daemoneye_io::client::{Client, ClientOptions};
 use daemoneye_proto::frame::{Publish, QoS, Subscribe};
-use daemoneye_tests::{Agent, Bins, NatsServer, eventually};
+use daemoneye_tests::{Agent, Bins, NatsServer, eventually, signal, wait_exit};
 use futures_util::StreamExt;
+use nix::sys::signal::Signal;
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(20);
@@ -448,4 +452,167 @@ fn a_server_without_jetstream_takes_qos1_exports_as_plain_publishes() {
         let s = status(&agent);
         s["exported"] == 50 && s["queued"] == 0 && s["in_flight"] == 0
     });
+}
+
+/// Every message JetStream stream `name` holds, in order, as payload strings; checks it
+/// holds exactly `n`.
+async fn stored(nats: &str, name: &str, n: usize) -> Vec<String> {
+    let central = async_nats::connect(nats).await.expect("central");
+    let js = async_nats::jetstream::new(central);
+    let mut stream = js.get_stream(name).await.expect("the stream");
+    let info = stream.info().await.expect("info");
+    assert_eq!(info.state.messages, n as u64, "stream {name} holds {n}");
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config::default())
+        .await
+        .expect("consumer");
+    let mut messages = consumer.messages().await.expect("messages");
+    let mut payloads = Vec::new();
+    while payloads.len() < n {
+        let m = tokio::time::timeout(T, messages.next())
+            .await
+            .expect("in time")
+            .expect("open")
+            .expect("a message");
+        payloads.push(String::from_utf8_lossy(&m.payload).into_owned());
+        let _ = m.ack().await;
+    }
+    payloads
+}
+
+#[test]
+fn a_stream_overlapping_the_exports_without_covering_them_degrades_the_bridge_until_removed() {
+    const N: usize = 50;
+    let nats = NatsServer::start();
+    // A stream on one of the subjects `alerts.#` exports to (`daemoneye.h1.alerts` and
+    // `daemoneye.h1.alerts.>`), covering neither.
+    runtime().block_on(async {
+        let central = async_nats::connect(nats.url()).await.expect("central");
+        async_nats::jetstream::new(central)
+            .create_stream(async_nats::jetstream::stream::Config {
+                name: "NARROW".into(),
+                subjects: vec!["daemoneye.h1.alerts.high".into()],
+                ..Default::default()
+            })
+            .await
+            .expect("create the overlapping stream");
+    });
+    let agent = agent(&nats.url(), "h1", "");
+    let mut last = Value::Null;
+    eventually("the bridge reports the conflict", T, || {
+        last = status(&agent);
+        last["state"] == "degraded"
+            && last["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("NARROW") && !e.contains('\n'))
+    });
+    assert_eq!(last["mode"], "", "no stream chosen: {last}");
+    // The local bus works; the exports wait on disk.
+    runtime().block_on(async {
+        let client = local(&agent, "detector").await;
+        let mut sub = client
+            .subscribe(Subscribe::new("alerts.#"))
+            .await
+            .expect("sub");
+        for i in 0..N {
+            publish(&client, "alerts.high", &format!("{i:05}"), QoS::AtLeastOnce).await;
+            let d = tokio::time::timeout(T, sub.recv())
+                .await
+                .expect("delivered locally")
+                .expect("open");
+            assert_eq!(d.payload, Bytes::from(format!("{i:05}")));
+        }
+    });
+    eventually("the exports wait on disk", T, || {
+        status(&agent)["queued"] == N
+    });
+    let s = status(&agent);
+    assert_eq!(s["state"], "degraded", "{s}");
+    assert_eq!(s["exported"], 0, "{s}");
+    // An operator removes the stream: the bridge looks again by itself, creates its own
+    // and sends what waited, in order.
+    runtime().block_on(async {
+        let central = async_nats::connect(nats.url()).await.expect("central");
+        async_nats::jetstream::new(central)
+            .delete_stream("NARROW")
+            .await
+            .expect("delete the overlapping stream");
+    });
+    eventually("the bridge recovers and sends the queue", T, || {
+        let s = status(&agent);
+        s["state"] == "healthy" && s["queued"] == 0 && s["exported"] == N
+    });
+    let s = status(&agent);
+    assert_eq!(s["mode"], "jetstream DAEMONEYE_h1", "{s}");
+    assert_eq!(s["last_error"], "", "{s}");
+    let payloads = runtime().block_on(stored(&nats.url(), "DAEMONEYE_h1", N));
+    let expected: Vec<String> = (0..N).map(|i| format!("{i:05}")).collect();
+    assert_eq!(payloads, expected, "in order, none missing, none twice");
+}
+
+/// QoS1 exports acknowledged locally while NATS is down, the agent stopped by `sig`, then
+/// NATS up and the agent restarted on the same state directory: JetStream gets each once,
+/// in order.
+fn qos1_exports_on_disk_survive_an_agent_stopped_by(sig: Signal) {
+    const N: usize = 200;
+    let mut nats = NatsServer::stopped();
+    let home = tempfile::tempdir().expect("tempdir");
+    let socket = home.path().join("run").join("broker.sock");
+    let state = home.path().join("state");
+    let config = format!(
+        "[agent]\nstate_dir = \"{}\"\n\
+         [detection]\nenabled = false\n[store]\nenabled = false\n\
+         [bridge.nats]\nservers = [\"{}\"]\nhost_id = \"h1\"\n",
+        state.display(),
+        nats.url()
+    );
+    let start = || {
+        Agent::start_at(
+            &bins(),
+            Some(&config),
+            tempfile::tempdir().expect("tempdir"),
+            socket.clone(),
+        )
+    };
+    let mut first = start();
+    eventually("the bridge sees no server", T, || {
+        status(&first)["state"] == "degraded"
+    });
+    runtime().block_on(async {
+        let client = local(&first, "detector").await;
+        for i in 0..N {
+            // Returns with the local PubAck: the export is on disk.
+            publish(&client, "alerts.high", &format!("{i:05}"), QoS::AtLeastOnce).await;
+        }
+    });
+    // The status is a snapshot refreshed after each turn of the bridge's loop: it may lag
+    // the PubAcks a moment.
+    eventually("the exports counted on disk", T, || {
+        status(&first)["queued"] == N
+    });
+    assert_eq!(status(&first)["exported"], 0);
+    signal(&first.child, sig);
+    wait_exit(&mut first.child, T).expect("the agent exits");
+    drop(first);
+
+    nats.restart();
+    let second = start();
+    eventually("the exports from the last run are sent", T, || {
+        let s = status(&second);
+        s["state"] == "healthy" && s["queued"] == 0 && s["exported"] == N
+    });
+    assert_eq!(status(&second)["dropped"], 0);
+    let payloads = runtime().block_on(stored(&nats.url(), "DAEMONEYE_h1", N));
+    let expected: Vec<String> = (0..N).map(|i| format!("{i:05}")).collect();
+    assert_eq!(payloads, expected, "in order, none missing, none twice");
+}
+
+#[test]
+fn qos1_exports_on_disk_survive_an_agent_terminated_and_restarted() {
+    qos1_exports_on_disk_survive_an_agent_stopped_by(Signal::SIGTERM);
+}
+
+#[test]
+fn qos1_exports_on_disk_survive_an_agent_killed_and_restarted() {
+    qos1_exports_on_disk_survive_an_agent_stopped_by(Signal::SIGKILL);
 }

@@ -183,6 +183,36 @@ impl Agent {
         }
     }
 
+    /// Runs an agent with a config it must refuse: waits (up to 10 s) for it to exit with
+    /// an error and returns its stderr.
+    pub fn refuses_to_start(bins: &Bins, config: &str) -> String {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, format!("collectors = []\n{config}")).expect("write config");
+        let mut child = Command::new(&bins.agent)
+            .arg("--socket")
+            .arg(dir.path().join("broker.sock"))
+            .arg("--config")
+            .arg(&path)
+            .env("DAEMONEYE_AGENT_STATE_DIR", dir.path().join("state"))
+            .env_remove("DAEMONEYE_BROKER_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn agent");
+        let mut stderr = Lines::follow(child.stderr.take().expect("stderr"));
+        let status = wait_exit(&mut child, Duration::from_secs(10));
+        if status.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let lines = stderr.drain(Duration::from_secs(2)).join("\n");
+        let status = status.unwrap_or_else(|| panic!("the agent started anyway: {lines}"));
+        assert!(!status.success(), "the agent exits with an error: {lines}");
+        lines
+    }
+
     /// Waits until the agent's collector `name` runs and watches in real time (its
     /// `collectors list` detail says `realtime`, as procmond's does with the process
     /// connector); returns its pid.
@@ -244,6 +274,13 @@ impl Agent {
             stdout,
             stderr,
         }
+    }
+
+    /// `daemoneye-cli bridge status --json`, parsed.
+    pub fn bridge_status(&self) -> serde_json::Value {
+        let (ok, out, err) = self.run_cli(&["bridge", "status", "--json"]);
+        assert!(ok.success(), "bridge status: {err}");
+        serde_json::from_str(&out).expect("bridge status is JSON")
     }
 
     /// Sends SIGTERM and waits for the exit; returns how long it took.
@@ -419,6 +456,18 @@ impl NatsServer {
         server
     }
 
+    /// A server not running yet (start it with [`restart`](Self::restart)), on a port
+    /// free now: the address a client can be given before the server is up.
+    pub fn stopped() -> NatsServer {
+        NatsServer {
+            child: None,
+            port: free_port(),
+            args: Vec::new(),
+            store: tempfile::tempdir().expect("tempdir"),
+            jetstream: true,
+        }
+    }
+
     /// `nats://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
@@ -470,7 +519,8 @@ impl NatsServer {
         }
     }
 
-    /// Starts it again on the same port with the same store (after [`kill`](Self::kill)).
+    /// Starts it again on the same port with the same store (after [`kill`](Self::kill)),
+    /// or for the first time (after [`stopped`](Self::stopped)).
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
@@ -480,5 +530,266 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// NATS's decentralised authentication for a test: an operator, its system account and one
+/// account (with JetStream), all signed here; users of that account are written as .creds
+/// files (a user JWT and its nkey seed), the format the bridge's `credentials` reads.
+pub struct NatsOperator {
+    operator: nkeys::KeyPair,
+    operator_jwt: String,
+    system: nkeys::KeyPair,
+    system_jwt: String,
+    account: nkeys::KeyPair,
+    account_jwt: String,
+}
+
+impl std::fmt::Debug for NatsOperator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NatsOperator({})", self.operator.public_key())
+    }
+}
+
+/// Base64url without padding, as JWTs are encoded.
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A JWT with the NATS claims `nats`, for `subject`, signed by `issuer`.
+fn nats_jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: serde_json::Value) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let header = b64(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let claims = serde_json::json!({
+        "jti": format!("T{}{now}{n}", std::process::id()),
+        "iat": now,
+        "iss": issuer.public_key(),
+        "sub": subject,
+        "name": name,
+        "nats": nats,
+    });
+    let signed = format!("{header}.{}", b64(claims.to_string().as_bytes()));
+    let signature = issuer.sign(signed.as_bytes()).expect("sign a JWT");
+    format!("{signed}.{}", b64(&signature))
+}
+
+/// Account claims without limits, JetStream enabled when `jetstream`.
+fn account_claims(jetstream: bool) -> serde_json::Value {
+    let mut limits = serde_json::json!({
+        "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+        "wildcards": true, "conn": -1, "leaf": -1,
+    });
+    if jetstream {
+        for key in ["mem_storage", "disk_storage", "streams", "consumer"] {
+            limits[key] = (-1).into();
+        }
+    }
+    serde_json::json!({ "limits": limits, "type": "account", "version": 2 })
+}
+
+/// A user of `account` as a .creds file's text; `seed` signs (normally the user's own).
+fn creds_text(account: &nkeys::KeyPair, user: &nkeys::KeyPair, seed: &nkeys::KeyPair) -> String {
+    let jwt = nats_jwt(
+        account,
+        &user.public_key(),
+        "daemoneye-test-user",
+        serde_json::json!({
+            "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1,
+            "type": "user", "version": 2,
+        }),
+    );
+    format!(
+        "-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n\
+         ************************* IMPORTANT *************************\n\
+         NKEY Seed printed below can be used to sign and prove identity.\n\n\
+         -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+        seed.seed().expect("a seed")
+    )
+}
+
+impl NatsOperator {
+    /// New keys for an operator, a system account and an account.
+    pub fn new() -> NatsOperator {
+        let operator = nkeys::KeyPair::new_operator();
+        let system = nkeys::KeyPair::new_account();
+        let account = nkeys::KeyPair::new_account();
+        let operator_jwt = nats_jwt(
+            &operator,
+            &operator.public_key(),
+            "daemoneye-test-operator",
+            serde_json::json!({
+                "system_account": system.public_key(), "type": "operator", "version": 2,
+            }),
+        );
+        let system_jwt = nats_jwt(
+            &operator,
+            &system.public_key(),
+            "SYS",
+            account_claims(false),
+        );
+        let account_jwt = nats_jwt(
+            &operator,
+            &account.public_key(),
+            "FLEET",
+            account_claims(true),
+        );
+        NatsOperator {
+            operator,
+            operator_jwt,
+            system,
+            system_jwt,
+            account,
+            account_jwt,
+        }
+    }
+
+    /// Writes a nats-server configuration trusting this operator (its accounts preloaded in
+    /// a memory resolver) into `dir`; returns its path, for `NatsServer::start_with(&["-c",
+    /// path])`.
+    pub fn server_config(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("nats-operator.conf");
+        let text = format!(
+            "operator: \"{}\"\nsystem_account: {}\nresolver: MEMORY\n\
+             resolver_preload: {{\n  {}: \"{}\"\n  {}: \"{}\"\n}}\n",
+            self.operator_jwt,
+            self.system.public_key(),
+            self.system.public_key(),
+            self.system_jwt,
+            self.account.public_key(),
+            self.account_jwt,
+        );
+        std::fs::write(&path, text).expect("write the nats-server config");
+        path
+    }
+
+    /// Writes a .creds file for a new user of the account at `path`.
+    pub fn user_creds(&self, path: &Path) {
+        let user = nkeys::KeyPair::new_user();
+        std::fs::write(path, creds_text(&self.account, &user, &user)).expect("write creds");
+    }
+
+    /// Writes a .creds file for a user of an account this server does not know.
+    pub fn unknown_user_creds(&self, path: &Path) {
+        let stranger = nkeys::KeyPair::new_account();
+        let user = nkeys::KeyPair::new_user();
+        std::fs::write(path, creds_text(&stranger, &user, &user)).expect("write creds");
+    }
+
+    /// Writes a .creds file whose user JWT is valid but whose seed is another user's.
+    pub fn wrong_seed_creds(&self, path: &Path) {
+        let user = nkeys::KeyPair::new_user();
+        let other = nkeys::KeyPair::new_user();
+        std::fs::write(path, creds_text(&self.account, &user, &other)).expect("write creds");
+    }
+}
+
+impl Default for NatsOperator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, made with the openssl CLI.
+#[derive(Debug)]
+pub struct TestCerts {
+    /// The CA's certificate (PEM).
+    pub ca: PathBuf,
+    /// The server's certificate (PEM).
+    pub cert: PathBuf,
+    /// The server's key (PEM).
+    pub key: PathBuf,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run openssl (install openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl TestCerts {
+    /// A new CA (`<name>-ca.pem`) and a server certificate for 127.0.0.1 and localhost
+    /// signed by it, in `dir`.
+    pub fn new(dir: &Path, name: &str) -> TestCerts {
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let (ca_key, ca) = (format!("{name}-ca.key"), format!("{name}-ca.pem"));
+        let (key, csr, cert) = (
+            format!("{name}-server.key"),
+            format!("{name}-server.csr"),
+            format!("{name}-server.pem"),
+        );
+        let ext = format!("{name}-server.ext");
+        std::fs::write(
+            dir.join(&ext),
+            "subjectAltName = IP:127.0.0.1, DNS:localhost\nbasicConstraints = CA:FALSE\n\
+             keyUsage = digitalSignature\nextendedKeyUsage = serverAuth\n",
+        )
+        .expect("write extensions");
+        let subject = format!("/CN=DaemonEye test CA {name}");
+        openssl(
+            dir,
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &[
+                    "-keyout", &ca_key, "-out", &ca, "-days", "2", "-subj", &subject,
+                ],
+            ]
+            .concat(),
+        );
+        openssl(
+            dir,
+            &[
+                &["req"][..],
+                &ec,
+                &["-keyout", &key, "-out", &csr, "-subj", "/CN=127.0.0.1"],
+            ]
+            .concat(),
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                &ca,
+                "-CAkey",
+                &ca_key,
+                "-set_serial",
+                "2",
+                "-days",
+                "2",
+                "-out",
+                &cert,
+                "-extfile",
+                &ext,
+            ],
+        );
+        TestCerts {
+            ca: dir.join(ca),
+            cert: dir.join(cert),
+            key: dir.join(key),
+        }
     }
 }

@@ -281,17 +281,78 @@ enum NatsEvent {
     Error(String),
 }
 
+/// The options every connection to NATS shares: name, TLS (and its CA), credentials.
+async fn base_options(settings: &NatsSettings) -> Result<async_nats::ConnectOptions, BridgeError> {
+    let mut options = async_nats::ConnectOptions::new()
+        .name(format!("daemoneye-agent {}", settings.bridge.host_id))
+        .connection_timeout(Duration::from_secs(2))
+        .require_tls(settings.tls);
+    if let Some(ca) = &settings.tls_ca {
+        options = options.add_root_certificates(ca.clone());
+    }
+    Ok(match &settings.auth {
+        NatsAuth::None => options,
+        NatsAuth::Token(t) => options.token(t.clone()),
+        NatsAuth::Credentials(path) => options
+            .credentials_file(path)
+            .await
+            .map_err(|e| BridgeError::Nats(format!("credentials {}: {e}", path.display())))?,
+    })
+}
+
+fn server_addrs(settings: &NatsSettings) -> Vec<async_nats::ServerAddr> {
+    settings
+        .servers
+        .iter()
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+/// Why connecting fails, in full. The client's reconnect events carry only the kind of a
+/// failed attempt ("IO error", "TLS error"), not its cause (no TLS on the server, a
+/// certificate from an unknown issuer): one attempt of its own, without retries, has it.
+async fn why_connecting_fails(settings: &NatsSettings) -> Option<String> {
+    let attempt = async {
+        let options = base_options(settings).await.map_err(|e| e.to_string())?;
+        options
+            .connect(server_addrs(settings))
+            .await
+            .map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(Duration::from_secs(10), attempt).await {
+        Ok(Err(why)) => Some(why),
+        // It connected this time, or took too long to say.
+        Ok(Ok(_)) | Err(_) => None,
+    }
+}
+
+/// A connection failure with what it most likely means, where the TLS library's words
+/// (`InvalidContentType`, `UnknownIssuer`) would leave an operator guessing.
+fn explain(cause: &str) -> String {
+    if cause.contains("InvalidContentType") {
+        format!("{cause} (the server does not answer in TLS: does it have TLS enabled?)")
+    } else if cause.contains("UnknownIssuer") {
+        format!(
+            "{cause} (the server's certificate is not signed by a CA in bridge.nats.tls_ca, or the system's roots without it)"
+        )
+    } else {
+        cause.to_string()
+    }
+}
+
 /// Connects to NATS with the configured servers and credentials; the client retries in the
 /// background, reporting its connection changes to `events`.
 async fn connect_nats(
     settings: &NatsSettings,
     events: mpsc::UnboundedSender<NatsEvent>,
 ) -> Result<async_nats::Client, BridgeError> {
-    let mut options = async_nats::ConnectOptions::new()
-        .name(format!("daemoneye-agent {}", settings.bridge.host_id))
+    // A failed attempt's kind and its cause, found once per kind (not at every retry).
+    let explained: Arc<Mutex<Option<(String, String)>>> = Arc::default();
+    let probe = Arc::new(settings.clone());
+    base_options(settings)
+        .await?
         .retry_on_initial_connect()
         .max_reconnects(None)
-        .connection_timeout(Duration::from_secs(2))
         .reconnect_delay_callback(|attempts| {
             Duration::from_millis((100u64 << attempts.min(5)).min(2000))
         })
@@ -299,35 +360,57 @@ async fn connect_nats(
         // (MAX_BATCH) and its successor; a deeper one (65,536 was tried) lets the exports
         // waiting in it fall out of the cache and cost twice the CPU per export.
         .client_capacity(2 * MAX_BATCH)
-        .require_tls(settings.tls)
         .event_callback(move |event| {
             let events = events.clone();
+            let explained = explained.clone();
+            let probe = probe.clone();
             async move {
                 let e = match event {
-                    async_nats::Event::Connected => NatsEvent::Connected,
+                    async_nats::Event::Connected => {
+                        if let Ok(mut x) = explained.lock() {
+                            *x = None;
+                        }
+                        NatsEvent::Connected
+                    }
                     async_nats::Event::Disconnected => NatsEvent::Disconnected,
                     async_nats::Event::ServerError(e) => NatsEvent::Error(format!("server: {e}")),
-                    async_nats::Event::ClientError(e) => NatsEvent::Error(format!("client: {e}")),
+                    async_nats::Event::ClientError(e) => {
+                        let kind = e.to_string();
+                        let known = explained
+                            .lock()
+                            .ok()
+                            .and_then(|x| x.clone())
+                            .filter(|(k, _)| *k == kind)
+                            .map(|(_, why)| why);
+                        let why = match known {
+                            Some(why) => why,
+                            None => {
+                                // A task of its own: the attempt's future is not Sync,
+                                // as a callback's must be.
+                                let probe = probe.clone();
+                                let cause =
+                                    tokio::spawn(async move { why_connecting_fails(&probe).await })
+                                        .await
+                                        .ok()
+                                        .flatten();
+                                let why = match cause {
+                                    Some(cause) => format!("connecting: {}", explain(&cause)),
+                                    None => format!("client: {kind}"),
+                                };
+                                if let Ok(mut x) = explained.lock() {
+                                    *x = Some((kind, why.clone()));
+                                }
+                                why
+                            }
+                        };
+                        NatsEvent::Error(why)
+                    }
                     other => NatsEvent::Error(other.to_string()),
                 };
                 let _ = events.send(e);
             }
-        });
-    options = match &settings.auth {
-        NatsAuth::None => options,
-        NatsAuth::Token(t) => options.token(t.clone()),
-        NatsAuth::Credentials(path) => options
-            .credentials_file(path)
-            .await
-            .map_err(|e| BridgeError::Nats(format!("credentials {}: {e}", path.display())))?,
-    };
-    let servers: Vec<async_nats::ServerAddr> = settings
-        .servers
-        .iter()
-        .filter_map(|s| s.parse().ok())
-        .collect();
-    options
-        .connect(servers)
+        })
+        .connect(server_addrs(settings))
         .await
         .map_err(|e| BridgeError::Nats(e.to_string()))
 }

@@ -7,7 +7,10 @@
 //! # Authentication: a .creds file (JWT + nkey seed) or a token, not both.
 //! credentials = "/etc/daemoneye/nats.creds"
 //! # token = "s3cret"
+//! # Require TLS (also implied by tls:// URLs).
 //! tls = true
+//! # The CA that signed the servers' certificates, PEM (default: the system's roots).
+//! tls_ca = "/etc/daemoneye/nats-ca.pem"
 //! # This host's id (default: /etc/machine-id).
 //! host_id = "web-17"
 //! # Exports go to <prefix>.<topic> (default "daemoneye.<host_id>").
@@ -58,6 +61,9 @@ pub struct NatsSection {
     pub token: Option<String>,
     /// Require TLS.
     pub tls: bool,
+    /// The CA certificates (PEM) the servers' certificates must chain to, instead of the
+    /// system's roots.
+    pub tls_ca: Option<PathBuf>,
     /// This host's id (default: the machine id).
     pub host_id: Option<String>,
     /// Subject prefix of the exports (default `daemoneye.<host_id>`).
@@ -83,6 +89,7 @@ impl Default for NatsSection {
             credentials: None,
             token: None,
             tls: false,
+            tls_ca: None,
             host_id: None,
             prefix: None,
             all_prefix: "daemoneye.all".into(),
@@ -125,6 +132,8 @@ pub struct NatsSettings {
     pub auth: NatsAuth,
     /// Require TLS.
     pub tls: bool,
+    /// CA certificates (PEM) trusted instead of the system's roots.
+    pub tls_ca: Option<PathBuf>,
     /// The machine's settings (host, prefix, filters, limits).
     pub bridge: BridgeConfig,
 }
@@ -173,6 +182,57 @@ fn check_host_id(key: &str, id: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// A .creds file that can be read and holds a user JWT and an nkey seed (what the NATS
+/// client parses when it connects): a bad one is a config error naming the file, not a
+/// bridge that stops at start-up.
+fn check_credentials(path: &Path) -> Result<(), ConfigError> {
+    let bad = |why: String| invalid("credentials", path.display().to_string(), why);
+    let text =
+        std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read the file: {e}")))?;
+    async_nats::ConnectOptions::new()
+        .credentials(&text)
+        .map(|_| ())
+        .map_err(|e| {
+            bad(format!(
+                "not a NATS .creds file (user JWT and nkey seed): {e}"
+            ))
+        })
+}
+
+/// A PEM file with at least one CA certificate, all of them parsable.
+fn check_tls_ca(path: &Path) -> Result<(), ConfigError> {
+    use async_nats::rustls::RootCertStore;
+    use async_nats::rustls::pki_types::CertificateDer;
+    use async_nats::rustls::pki_types::pem::{self, PemObject};
+    let bad = |why: String| invalid("tls_ca", path.display().to_string(), why);
+    let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read the file: {e}")))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            let why = match e {
+                pem::Error::MissingSectionEnd { end_marker } => format!(
+                    "no \"-----END {}-----\" line",
+                    String::from_utf8_lossy(&end_marker)
+                ),
+                pem::Error::IllegalSectionStart { line } => {
+                    format!("a bad line {:?}", String::from_utf8_lossy(&line))
+                }
+                other => other.to_string(),
+            };
+            bad(format!("not a PEM certificate file: {why}"))
+        })?;
+    if certs.is_empty() {
+        return Err(bad("holds no PEM certificate".into()));
+    }
+    let mut roots = RootCertStore::empty();
+    for cert in certs {
+        roots
+            .add(cert)
+            .map_err(|e| bad(format!("a certificate does not parse: {e}")))?;
+    }
+    Ok(())
+}
+
 /// The machine id at `path`, trimmed.
 pub fn read_machine_id(path: &Path) -> Option<String> {
     let id = std::fs::read_to_string(path).ok()?;
@@ -209,13 +269,7 @@ impl BridgeSection {
                 ));
             }
             (Some(path), None) => {
-                if let Err(e) = std::fs::metadata(path) {
-                    return Err(invalid(
-                        "credentials",
-                        path.display().to_string(),
-                        format!("cannot read the file: {e}"),
-                    ));
-                }
+                check_credentials(path)?;
                 NatsAuth::Credentials(path.clone())
             }
             (None, Some(t)) if t.is_empty() => {
@@ -224,6 +278,9 @@ impl BridgeSection {
             (None, Some(t)) => NatsAuth::Token(t.clone()),
             (None, None) => NatsAuth::None,
         };
+        if let Some(path) = &n.tls_ca {
+            check_tls_ca(path)?;
+        }
         let host_id = match &n.host_id {
             Some(id) => {
                 check_host_id("host_id", id)?;
@@ -329,6 +386,7 @@ impl BridgeSection {
             servers: n.servers.clone(),
             auth,
             tls: n.tls,
+            tls_ca: n.tls_ca.clone(),
             bridge,
         }))
     }
@@ -409,6 +467,10 @@ mod tests {
                 "bridge.nats.import_from",
             ),
             ("[bridge.nats]\nhost_id = \"h1\"\nservrs = []\n", "servrs"),
+            (
+                "[bridge.nats]\nhost_id = \"h1\"\ntls_ca = \"/no/such-ca.pem\"\n",
+                "bridge.nats.tls_ca",
+            ),
         ] {
             let err = resolve(text).expect_err(text);
             assert!(err.contains(key), "{text}: {err}");
@@ -416,6 +478,33 @@ mod tests {
             if key.starts_with("bridge.nats.") {
                 assert!(!err.contains('\n'), "one line: {err}");
             }
+        }
+    }
+
+    #[test]
+    fn a_creds_or_ca_file_that_does_not_parse_names_its_key_and_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let junk = dir.path().join("junk");
+        std::fs::write(&junk, "-----BEGIN NATS USER JWT-----\nnot a jwt\n").expect("write");
+        let bad_pem = dir.path().join("bad.pem");
+        std::fs::write(
+            &bad_pem,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
+        for (key, path) in [
+            ("credentials", &junk),
+            ("tls_ca", &junk),
+            ("tls_ca", &bad_pem),
+        ] {
+            let text = format!(
+                "[bridge.nats]\nhost_id = \"h1\"\n{key} = \"{}\"\n",
+                path.display()
+            );
+            let err = resolve(&text).expect_err(&text);
+            assert!(err.contains(&format!("bridge.nats.{key}")), "{err}");
+            assert!(err.contains(&path.display().to_string()), "{err}");
+            assert!(!err.contains('\n'), "one line: {err}");
         }
     }
 }
