@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use daemoneye_core::Instant;
 use daemoneye_core::bridge::subject::{nats_matches, subject_for, subscriptions_for, topic_under};
-use daemoneye_core::bridge::{Bridge, BridgeConfig, LocalMessage, Offer, Output, Skip};
+use daemoneye_core::bridge::{Bridge, BridgeConfig, LocalMessage, Offer, Output, Skip, msg_id};
 use daemoneye_core::topic::{TopicFilter, TopicName};
 use proptest::prelude::*;
 
@@ -62,6 +62,15 @@ fn drain(b: &mut Bridge) -> Vec<Output> {
 }
 
 proptest! {
+    #[test]
+    fn the_message_id_is_host_publisher_and_sequence_in_decimal(
+        host in "[a-z0-9_-]{1,12}",
+        publisher in "[a-z0-9._-]{0,12}",
+        sequence in prop_oneof![Just(0u64), Just(u64::MAX), any::<u64>()],
+    ) {
+        prop_assert_eq!(msg_id(&host, &publisher, sequence), format!("{host}.{publisher}.{sequence}"));
+    }
+
     #[test]
     fn a_topic_maps_to_a_subject_and_back(prefix in prop::collection::vec(level(), 1..3), t in topic()) {
         let prefix = prefix.join(".");

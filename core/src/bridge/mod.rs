@@ -138,6 +138,31 @@ pub struct LocalMessage {
     pub imported_from: Option<String>,
 }
 
+/// The message id JetStream deduplicates by: `host.publisher.sequence` (built by hand:
+/// `format!` costs more than the copies on the per-message path).
+pub fn msg_id(host: &str, publisher: &str, sequence: u64) -> String {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = sequence;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let digits = &digits[at..];
+    let mut id = String::with_capacity(host.len() + publisher.len() + 2 + digits.len());
+    id.push_str(host);
+    id.push('.');
+    id.push_str(publisher);
+    id.push('.');
+    // ASCII digits.
+    id.extend(digits.iter().map(|d| char::from(*d)));
+    id
+}
+
 /// One export to publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Export {
@@ -295,7 +320,7 @@ impl Bridge {
         Export {
             seq,
             subject,
-            msg_id: format!("{}.{}.{}", self.config.host_id, m.publisher, m.sequence),
+            msg_id: msg_id(&self.config.host_id, &m.publisher, m.sequence),
             topic: m.topic.as_str().to_string(),
             publisher: m.publisher,
             sequence: m.sequence,

@@ -819,7 +819,7 @@ pub async fn serve_bridge<C: Connector>(
                 seq,
                 subject,
                 topic: r.record.topic.clone(),
-                msg_id: format!("{host}.{publisher}.{sequence}"),
+                msg_id: daemoneye_core::bridge::msg_id(&host, &publisher, sequence),
                 publisher,
                 sequence,
                 payload,
