@@ -122,7 +122,21 @@ fn exports_and_imports_round_trip_with_wildcards_and_headers() {
             ));
             assert_eq!(header(&m, "DaemonEye-Origin"), "h1");
             assert!(!header(&m, "DaemonEye-Publisher").is_empty());
-            assert!(!header(&m, "Nats-Msg-Id").is_empty());
+            // QoS1 exports carry the id JetStream deduplicates resends by; the QoS0 one
+            // (a2) is never resent and carries none.
+            let qos0 = m.payload.as_ref() == b"a2";
+            let id = header(&m, "Nats-Msg-Id");
+            assert_eq!(id.is_empty(), qos0, "Nats-Msg-Id {id:?}");
+            if !qos0 {
+                assert_eq!(
+                    id,
+                    format!(
+                        "h1.{}.{}",
+                        header(&m, "DaemonEye-Publisher"),
+                        header(&m, "DaemonEye-Sequence")
+                    )
+                );
+            }
             assert_eq!(
                 format!("daemoneye.h1.{}", header(&m, "DaemonEye-Topic")),
                 m.subject.as_str()
@@ -615,4 +629,25 @@ fn qos1_exports_on_disk_survive_an_agent_terminated_and_restarted() {
 #[test]
 fn qos1_exports_on_disk_survive_an_agent_killed_and_restarted() {
     qos1_exports_on_disk_survive_an_agent_stopped_by(Signal::SIGKILL);
+}
+
+#[test]
+fn the_stream_the_bridge_creates_takes_the_configured_deduplication_window() {
+    let nats = NatsServer::start();
+    let window = |nats: &NatsServer| {
+        runtime().block_on(async {
+            let central = async_nats::connect(nats.url()).await.expect("central");
+            let js = async_nats::jetstream::new(central);
+            let mut stream = js.get_stream("DAEMONEYE_h1").await.expect("the stream");
+            stream.info().await.expect("info").config.duplicate_window
+        })
+    };
+    let agent1 = agent(&nats.url(), "h1", "duplicate_window = \"2h\"");
+    wait_healthy(&agent1);
+    assert_eq!(window(&nats), Duration::from_secs(7200));
+    drop(agent1);
+    // Its own stream follows a changed setting on the next connection.
+    let agent2 = agent(&nats.url(), "h1", "duplicate_window = \"30m\"");
+    wait_healthy(&agent2);
+    assert_eq!(window(&nats), Duration::from_secs(1800));
 }

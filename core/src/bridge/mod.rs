@@ -176,7 +176,8 @@ pub struct Export {
     pub publisher: String,
     /// The local publisher's sequence.
     pub sequence: u64,
-    /// The message id JetStream deduplicates by: `host.publisher.sequence`.
+    /// The message id JetStream deduplicates by: `host.publisher.sequence` (QoS1; empty
+    /// for QoS0, which is never sent twice).
     pub msg_id: String,
     /// Payload.
     pub payload: Bytes,
@@ -320,7 +321,13 @@ impl Bridge {
         Export {
             seq,
             subject,
-            msg_id: msg_id(&self.config.host_id, &m.publisher, m.sequence),
+            // Only what JetStream may see twice (a QoS1 resend) needs an id to be
+            // deduplicated by; a stream would otherwise keep every QoS0 id for its window.
+            msg_id: if m.at_least_once {
+                msg_id(&self.config.host_id, &m.publisher, m.sequence)
+            } else {
+                String::new()
+            },
             topic: m.topic.as_str().to_string(),
             publisher: m.publisher,
             sequence: m.sequence,

@@ -64,8 +64,6 @@ const HEALTH_EVERY: Duration = Duration::from_millis(100);
 const HAND_OVER_TIMEOUT: Duration = Duration::from_secs(2);
 /// A stream conflict is looked at again this often.
 const STREAM_RETRY: Duration = Duration::from_secs(5);
-/// JetStream deduplicates resends within this window (the stream the bridge creates).
-const DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
 
 /// What the health report and `bridge status` see of the bridge. Cheap to clone; all
 /// clones share the state.
@@ -226,6 +224,7 @@ const SEQUENCE: HeaderName = HeaderName::from_static(HEADER_SEQUENCE);
 const MSG_ID: HeaderName = HeaderName::from_static(HEADER_MSG_ID);
 
 /// An export's headers; its strings are moved in (a header value from a `&str` is a copy).
+/// A QoS0 export has no message id (`msg_id` empty) and no `Nats-Msg-Id`.
 fn headers(
     host: &str,
     topic: String,
@@ -238,7 +237,9 @@ fn headers(
     h.insert(TOPIC, topic);
     h.insert(PUBLISHER, publisher);
     h.insert(SEQUENCE, sequence.to_string());
-    h.insert(MSG_ID, msg_id);
+    if !msg_id.is_empty() {
+        h.insert(MSG_ID, msg_id);
+    }
     h
 }
 
@@ -432,6 +433,7 @@ async fn ensure_stream(
     js: &jetstream::Context,
     host: &str,
     subjects: &[String],
+    duplicate_window: Duration,
 ) -> Result<Mode, String> {
     let mut streams = js.streams();
     while let Some(info) = streams.next().await {
@@ -449,6 +451,19 @@ async fn ensure_stream(
             .iter()
             .all(|s| theirs.iter().any(|t| nats_covers(t, s)));
         if covers {
+            // This host's own stream follows the configured window.
+            if info.config.name == format!("DAEMONEYE_{host}")
+                && info.config.duplicate_window != duplicate_window
+            {
+                let mut config = info.config.clone();
+                config.duplicate_window = duplicate_window;
+                js.update_stream(config).await.map_err(|e| {
+                    format!(
+                        "setting the deduplication window of JetStream stream {}: {e}",
+                        info.config.name
+                    )
+                })?;
+            }
             return Ok(Mode::JetStream(info.config.name.clone()));
         }
         if subjects
@@ -467,7 +482,7 @@ async fn ensure_stream(
     let config = jetstream::stream::Config {
         name: name.clone(),
         subjects: subjects.to_vec(),
-        duplicate_window: DUPLICATE_WINDOW,
+        duplicate_window,
         ..Default::default()
     };
     match js.create_stream(config).await {
@@ -476,13 +491,14 @@ async fn ensure_stream(
                 "bridge: created a JetStream stream for this host's exports");
         }
         // This host's own stream, from an earlier export list: it takes the new subjects
-        // too (what it holds stays).
+        // and the configured window too (what it holds stays).
         Err(e) if e.to_string().contains("already in use") => {
             let stream = js
                 .get_stream(&name)
                 .await
                 .map_err(|e| format!("reading JetStream stream {name}: {e}"))?;
             let mut config = stream.cached_info().config.clone();
+            config.duplicate_window = duplicate_window;
             for s in subjects {
                 if !config.subjects.contains(s) {
                     config.subjects.push(s.clone());
@@ -515,6 +531,8 @@ struct Driver {
     last_logged: Option<String>,
     /// When a stream conflict is looked at again.
     retry_stream_at: Option<std::time::Instant>,
+    /// The deduplication window of a stream the bridge creates.
+    duplicate_window: Duration,
 }
 
 impl Driver {
@@ -572,7 +590,7 @@ impl Driver {
             );
             Mode::Plain
         } else {
-            match ensure_stream(&self.js, &host, &subjects).await {
+            match ensure_stream(&self.js, &host, &subjects, self.duplicate_window).await {
                 Ok(mode) => mode,
                 Err(why) => {
                     self.log_error(&why);
@@ -848,6 +866,7 @@ pub async fn serve_bridge<C: Connector>(
         health,
         last_logged: None,
         retry_stream_at: None,
+        duplicate_window: settings.duplicate_window,
     };
     driver.snapshot();
     // Imports: one task per NATS subscription, all into one channel.

@@ -27,16 +27,24 @@
 //! import_from = []
 //! # QoS1 exports kept on disk while NATS is unreachable; beyond it the oldest go.
 //! max_queued = 100000
+//! # The deduplication window of the JetStream stream the bridge creates: a QoS1 export
+//! # JetStream stored but whose acknowledgement was lost is stored again when resent
+//! # after a longer outage. Longer costs the server memory for each id in the window.
+//! duplicate_window = "10m"
 //! ```
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use daemoneye_core::bridge::BridgeConfig;
 use daemoneye_core::bridge::subject::{is_valid_prefix, subscriptions_for};
 use daemoneye_core::topic::{FilterLevel, TopicFilter};
 use serde::{Deserialize, Serialize};
 
-use super::ConfigError;
+use super::{ConfigError, HumaneDuration};
+
+/// The default deduplication window of the stream the bridge creates.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
 
 /// Where the machine id is read from when `host_id` is not set.
 pub const MACHINE_ID: &str = "/etc/machine-id";
@@ -80,6 +88,8 @@ pub struct NatsSection {
     pub max_queued: u64,
     /// QoS1 exports sent and not yet acknowledged at most.
     pub max_in_flight: u64,
+    /// The deduplication window of the stream the bridge creates.
+    pub duplicate_window: HumaneDuration,
 }
 
 impl Default for NatsSection {
@@ -98,6 +108,7 @@ impl Default for NatsSection {
             import_from: Vec::new(),
             max_queued: 100_000,
             max_in_flight: 256,
+            duplicate_window: HumaneDuration::new(DUPLICATE_WINDOW, "10m"),
         }
     }
 }
@@ -134,6 +145,8 @@ pub struct NatsSettings {
     pub tls: bool,
     /// CA certificates (PEM) trusted instead of the system's roots.
     pub tls_ca: Option<PathBuf>,
+    /// The deduplication window of the stream the bridge creates.
+    pub duplicate_window: Duration,
     /// The machine's settings (host, prefix, filters, limits).
     pub bridge: BridgeConfig,
 }
@@ -380,6 +393,14 @@ impl BridgeSection {
                 "must be between 1 and 65536",
             ));
         }
+        let window = n.duplicate_window.duration;
+        if !(Duration::from_secs(1)..=Duration::from_secs(7 * 86_400)).contains(&window) {
+            return Err(invalid(
+                "duplicate_window",
+                n.duplicate_window.to_string(),
+                "must be between 1 second and 7 days",
+            ));
+        }
         bridge.max_queued = n.max_queued as usize;
         bridge.max_in_flight = n.max_in_flight as usize;
         Ok(Some(NatsSettings {
@@ -387,6 +408,7 @@ impl BridgeSection {
             auth,
             tls: n.tls,
             tls_ca: n.tls_ca.clone(),
+            duplicate_window: window,
             bridge,
         }))
     }
@@ -427,6 +449,11 @@ mod tests {
             .collect();
         assert!(subs.contains(&"daemoneye.h1.control.collector.task.>".to_string()));
         assert!(subs.contains(&"daemoneye.all.control.collector.task.>".to_string()));
+        assert_eq!(s.duplicate_window, super::DUPLICATE_WINDOW);
+        let s = resolve("[bridge.nats]\nhost_id = \"h1\"\nduplicate_window = \"2h\"\n")
+            .expect("valid")
+            .expect("a bridge");
+        assert_eq!(s.duplicate_window, std::time::Duration::from_secs(7200));
     }
 
     #[test]
@@ -449,6 +476,14 @@ mod tests {
                 "bridge.nats.credentials",
             ),
             ("[bridge.nats]\nhost_id = \"a.b\"\n", "bridge.nats.host_id"),
+            (
+                "[bridge.nats]\nhost_id = \"h1\"\nduplicate_window = \"0s\"\n",
+                "bridge.nats.duplicate_window",
+            ),
+            (
+                "[bridge.nats]\nhost_id = \"h1\"\nduplicate_window = \"8d\"\n",
+                "bridge.nats.duplicate_window",
+            ),
             ("[bridge.nats]\n", "bridge.nats.host_id"),
             (
                 "[bridge.nats]\nhost_id = \"h1\"\nexport = [\"a.#.b\"]\n",
