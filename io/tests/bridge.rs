@@ -651,3 +651,43 @@ fn the_stream_the_bridge_creates_takes_the_configured_deduplication_window() {
     wait_healthy(&agent2);
     assert_eq!(window(&nats), Duration::from_secs(1800));
 }
+
+#[test]
+fn a_stream_with_a_short_max_age_keeps_working_with_the_window_shortened_to_it() {
+    let nats = NatsServer::start();
+    // This host's stream as an operator set it up, keeping a minute of exports.
+    runtime().block_on(async {
+        let central = async_nats::connect(nats.url()).await.expect("central");
+        async_nats::jetstream::new(central)
+            .create_stream(async_nats::jetstream::stream::Config {
+                name: "DAEMONEYE_h1".into(),
+                subjects: vec!["daemoneye.h1.alerts".into(), "daemoneye.h1.alerts.>".into()],
+                max_age: Duration::from_secs(60),
+                duplicate_window: Duration::from_secs(30),
+                ..Default::default()
+            })
+            .await
+            .expect("create the stream");
+    });
+    let agent = agent(&nats.url(), "h1", "");
+    wait_healthy(&agent);
+    assert_eq!(status(&agent)["mode"], "jetstream DAEMONEYE_h1");
+    runtime().block_on(async {
+        let client = local(&agent, "publisher").await;
+        publish(&client, "alerts.high", "kept", QoS::AtLeastOnce).await;
+    });
+    eventually("the export stored", T, || status(&agent)["exported"] == 1);
+    runtime().block_on(async {
+        let payloads = stored(&nats.url(), "DAEMONEYE_h1", 1).await;
+        assert_eq!(payloads, vec!["kept".to_string()]);
+        let central = async_nats::connect(nats.url()).await.expect("central");
+        let js = async_nats::jetstream::new(central);
+        let mut stream = js.get_stream("DAEMONEYE_h1").await.expect("the stream");
+        let config = stream.info().await.expect("info").config.clone();
+        assert_eq!(
+            config.duplicate_window,
+            Duration::from_secs(60),
+            "the configured 10 minutes, within the stream's max age"
+        );
+    });
+}

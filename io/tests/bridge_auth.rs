@@ -296,11 +296,8 @@ fn tls_against_a_server_without_tls_gives_one_line_error_and_degraded_health() {
     let dir = tempfile::tempdir().expect("tempdir");
     let certs = TestCerts::new(dir.path(), "fleet");
     let nats = NatsServer::start();
-    let mut agent = agent(
-        &nats.url(),
-        "h1",
-        &format!("tls = true\n{}", path_key("tls_ca", &certs.ca)),
-    );
+    // `tls_ca` alone means TLS: the credentials never go in clear to a server without it.
+    let mut agent = agent(&nats.url(), "h1", &path_key("tls_ca", &certs.ca));
     refused(&mut agent, "the TLS failure", |e| {
         e.contains("does not answer in TLS")
     });

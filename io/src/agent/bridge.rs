@@ -341,6 +341,14 @@ fn explain(cause: &str) -> String {
     }
 }
 
+/// What the bridge knows of why connecting fails: the client error's kind and its cause
+/// in full, found by a probe (at most one at a time).
+#[derive(Debug, Default)]
+struct Explained {
+    known: Option<(String, String)>,
+    probing: bool,
+}
+
 /// Connects to NATS with the configured servers and credentials; the client retries in the
 /// background, reporting its connection changes to `events`.
 async fn connect_nats(
@@ -348,7 +356,7 @@ async fn connect_nats(
     events: mpsc::UnboundedSender<NatsEvent>,
 ) -> Result<async_nats::Client, BridgeError> {
     // A failed attempt's kind and its cause, found once per kind (not at every retry).
-    let explained: Arc<Mutex<Option<(String, String)>>> = Arc::default();
+    let explained: Arc<Mutex<Explained>> = Arc::default();
     let probe = Arc::new(settings.clone());
     base_options(settings)
         .await?
@@ -369,7 +377,7 @@ async fn connect_nats(
                 let e = match event {
                     async_nats::Event::Connected => {
                         if let Ok(mut x) = explained.lock() {
-                            *x = None;
+                            *x = Explained::default();
                         }
                         NatsEvent::Connected
                     }
@@ -377,34 +385,34 @@ async fn connect_nats(
                     async_nats::Event::ServerError(e) => NatsEvent::Error(format!("server: {e}")),
                     async_nats::Event::ClientError(e) => {
                         let kind = e.to_string();
-                        let known = explained
-                            .lock()
-                            .ok()
-                            .and_then(|x| x.clone())
-                            .filter(|(k, _)| *k == kind)
-                            .map(|(_, why)| why);
-                        let why = match known {
-                            Some(why) => why,
-                            None => {
-                                // A task of its own: the attempt's future is not Sync,
-                                // as a callback's must be.
-                                let probe = probe.clone();
-                                let cause =
-                                    tokio::spawn(async move { why_connecting_fails(&probe).await })
-                                        .await
-                                        .ok()
-                                        .flatten();
-                                let why = match cause {
-                                    Some(cause) => format!("connecting: {}", explain(&cause)),
-                                    None => format!("client: {kind}"),
-                                };
-                                if let Ok(mut x) = explained.lock() {
-                                    *x = Some((kind, why.clone()));
-                                }
-                                why
+                        let Ok(mut x) = explained.lock() else { return };
+                        if let Some((k, why)) = &x.known
+                            && *k == kind
+                        {
+                            NatsEvent::Error(why.clone())
+                        } else {
+                            // The cause is found by an attempt of its own, in a task of
+                            // its own: the client waits for this callback before it hands
+                            // over its next event, a Connected among them. One at a time;
+                            // its answer comes as an event.
+                            if !x.probing {
+                                x.probing = true;
+                                let (events, explained, probe) =
+                                    (events.clone(), explained.clone(), probe.clone());
+                                tokio::spawn(async move {
+                                    let why = match why_connecting_fails(&probe).await {
+                                        Some(cause) => format!("connecting: {}", explain(&cause)),
+                                        None => format!("client: {kind}"),
+                                    };
+                                    if let Ok(mut x) = explained.lock() {
+                                        x.probing = false;
+                                        x.known = Some((kind, why.clone()));
+                                    }
+                                    let _ = events.send(NatsEvent::Error(why));
+                                });
                             }
-                        };
-                        NatsEvent::Error(why)
+                            return;
+                        }
                     }
                     other => NatsEvent::Error(other.to_string()),
                 };
@@ -425,6 +433,16 @@ fn is_no_jetstream(error: &str) -> bool {
         || e.contains("resource does not exist")
         || e.contains("not enabled")
         || e.contains("503")
+}
+
+/// `window`, shortened to the stream's max age where it has one (JetStream refuses a
+/// deduplication window longer than what the stream keeps).
+fn window_within(window: Duration, config: &jetstream::stream::Config) -> Duration {
+    if config.max_age.is_zero() {
+        window
+    } else {
+        window.min(config.max_age)
+    }
 }
 
 /// Finds (or creates) the stream for `subjects`: one that covers them all, else a new one
@@ -451,18 +469,19 @@ async fn ensure_stream(
             .iter()
             .all(|s| theirs.iter().any(|t| nats_covers(t, s)));
         if covers {
-            // This host's own stream follows the configured window.
+            // This host's own stream follows the configured window, within its max age
+            // (the server refuses a longer one). Not being allowed to change it (a user
+            // who may only publish) is worth a warning, not a stop: the stream works.
+            let window = window_within(duplicate_window, &info.config);
             if info.config.name == format!("DAEMONEYE_{host}")
-                && info.config.duplicate_window != duplicate_window
+                && info.config.duplicate_window != window
             {
                 let mut config = info.config.clone();
-                config.duplicate_window = duplicate_window;
-                js.update_stream(config).await.map_err(|e| {
-                    format!(
-                        "setting the deduplication window of JetStream stream {}: {e}",
-                        info.config.name
-                    )
-                })?;
+                config.duplicate_window = window;
+                if let Err(e) = js.update_stream(config).await {
+                    tracing::warn!(stream = %info.config.name, error = %e,
+                        "bridge: could not set the deduplication window of this host's JetStream stream; it keeps its own");
+                }
             }
             return Ok(Mode::JetStream(info.config.name.clone()));
         }
@@ -498,7 +517,7 @@ async fn ensure_stream(
                 .await
                 .map_err(|e| format!("reading JetStream stream {name}: {e}"))?;
             let mut config = stream.cached_info().config.clone();
-            config.duplicate_window = duplicate_window;
+            config.duplicate_window = window_within(duplicate_window, &config);
             for s in subjects {
                 if !config.subjects.contains(s) {
                     config.subjects.push(s.clone());
@@ -533,6 +552,8 @@ struct Driver {
     retry_stream_at: Option<std::time::Instant>,
     /// The deduplication window of a stream the bridge creates.
     duplicate_window: Duration,
+    /// When the NATS client last did not take a publish in time.
+    stalled_at: Option<std::time::Instant>,
 }
 
 impl Driver {
@@ -583,21 +604,7 @@ impl Driver {
     async fn on_connected(&mut self) {
         let subjects = self.machine.config().export_subjects();
         let host = self.machine.config().host_id.clone();
-        // A server says in its INFO whether it runs JetStream at all.
-        self.mode = if !self.nats.server_info().jetstream {
-            tracing::warn!(
-                "bridge: the NATS server has no JetStream: QoS1 exports use plain publishes"
-            );
-            Mode::Plain
-        } else {
-            match ensure_stream(&self.js, &host, &subjects, self.duplicate_window).await {
-                Ok(mode) => mode,
-                Err(why) => {
-                    self.log_error(&why);
-                    Mode::Conflict(why)
-                }
-            }
-        };
+        self.mode = self.decide_mode(&host, &subjects).await;
         let info = self.nats.server_info();
         self.server = format!("nats://{}:{}", info.host, info.port);
         if self.server.starts_with("nats://0.0.0.0") || info.host.is_empty() {
@@ -611,6 +618,58 @@ impl Driver {
             tracing::info!(server = %self.server, mode = ?self.mode, "bridge: connected to NATS");
             self.last_logged = None;
             self.machine.handle_connected(now, &self.server);
+        }
+    }
+
+    /// How QoS1 exports go: JetStream (the account's API answers; a leaf node without
+    /// JetStream of its own may still reach a hub's), plain publishes (nobody answers it, or
+    /// it says JetStream is not enabled), or a conflict to report.
+    async fn decide_mode(&mut self, host: &str, subjects: &[String]) -> Mode {
+        if let Err(e) = self.js.query_account().await {
+            use async_nats::jetstream::ErrorCode;
+            use async_nats::jetstream::context::AccountErrorKind;
+            let unavailable = match e.kind() {
+                AccountErrorKind::JetStreamUnavailable => true,
+                AccountErrorKind::JetStream(err) => matches!(
+                    err.error_code(),
+                    ErrorCode::JETSTREAM_NOT_ENABLED | ErrorCode::JETSTREAM_NOT_ENABLED_FOR_ACCOUNT
+                ),
+                _ => false,
+            };
+            if unavailable {
+                if self.mode != Mode::Plain {
+                    tracing::warn!(error = %e, "bridge: no JetStream on this NATS server or account: QoS1 exports use plain publishes (looked at again every {}s)", STREAM_RETRY.as_secs());
+                }
+                return Mode::Plain;
+            }
+        }
+        match ensure_stream(&self.js, host, subjects, self.duplicate_window).await {
+            Ok(mode) => mode,
+            Err(why) => {
+                self.log_error(&why);
+                Mode::Conflict(why)
+            }
+        }
+    }
+
+    /// In plain mode, whether JetStream answers now: then QoS1 exports go through it.
+    async fn recheck_plain(&mut self) {
+        let subjects = self.machine.config().export_subjects();
+        let host = self.machine.config().host_id.clone();
+        match self.decide_mode(&host, &subjects).await {
+            Mode::Plain => {}
+            Mode::Conflict(why) => {
+                self.mode = Mode::Conflict(why.clone());
+                let now = self.clock.now();
+                self.machine.handle_disconnected(now, &why);
+            }
+            mode => {
+                tracing::info!(
+                    ?mode,
+                    "bridge: JetStream answers now: QoS1 exports go through it"
+                );
+                self.mode = mode;
+            }
         }
     }
 
@@ -636,9 +695,19 @@ impl Driver {
 
     async fn publish_qos1(&mut self, e: Export) {
         let seq = e.seq;
+        let acks = self.acks.clone();
+        // A client that is not connected, or that just did not take a publish in time
+        // (a stalled connection), fails the rest at once: waiting the hand-over timeout
+        // for each of up to max_in_flight would keep the bridge from the local bus.
+        let stalled = self
+            .stalled_at
+            .is_some_and(|t| t.elapsed() < HAND_OVER_TIMEOUT);
+        if stalled || self.nats.connection_state() != async_nats::connection::State::Connected {
+            let _ = acks.send((seq, Err("not connected to NATS".into())));
+            return;
+        }
         let host = self.machine.config().host_id.clone();
         let headers = headers_of(&host, &e);
-        let acks = self.acks.clone();
         match &self.mode {
             Mode::JetStream(_) => {
                 let publish = jetstream::message::PublishMessage::build()
@@ -661,6 +730,7 @@ impl Driver {
                         let _ = acks.send((seq, Err(err.to_string())));
                     }
                     Err(_) => {
+                        self.stalled_at = Some(std::time::Instant::now());
                         let _ = acks.send((
                             seq,
                             Err("the NATS client did not take the publish in time".into()),
@@ -678,7 +748,10 @@ impl Driver {
                 let r = match sent {
                     Ok(Ok(())) => Ok(()),
                     Ok(Err(err)) => Err(err.to_string()),
-                    Err(_) => Err("the NATS client did not take the publish in time".into()),
+                    Err(_) => {
+                        self.stalled_at = Some(std::time::Instant::now());
+                        Err("the NATS client did not take the publish in time".into())
+                    }
                 };
                 let _ = acks.send((seq, r));
             }
@@ -867,6 +940,7 @@ pub async fn serve_bridge<C: Connector>(
         last_logged: None,
         retry_stream_at: None,
         duplicate_window: settings.duplicate_window,
+        stalled_at: None,
     };
     driver.snapshot();
     // Imports: one task per NATS subscription, all into one channel.
@@ -987,6 +1061,16 @@ pub async fn serve_bridge<C: Connector>(
                 driver.run_outputs().await?;
             }
             _ = tick.tick() => {
+                // Plain publishes are looked at again now and then: JetStream may have
+                // been busy (a leader election) or enabled since.
+                if driver.mode == Mode::Plain
+                    && driver.retry_stream_at.is_none_or(|t| t <= std::time::Instant::now())
+                    && driver.nats.connection_state() == async_nats::connection::State::Connected
+                {
+                    driver.retry_stream_at = Some(std::time::Instant::now() + STREAM_RETRY);
+                    driver.recheck_plain().await;
+                    driver.run_outputs().await?;
+                }
                 // A stream conflict is looked at again now and then: an operator may fix it.
                 if matches!(driver.mode, Mode::Conflict(_))
                     && driver.retry_stream_at.is_none_or(|t| t <= std::time::Instant::now())

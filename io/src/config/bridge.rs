@@ -7,7 +7,7 @@
 //! # Authentication: a .creds file (JWT + nkey seed) or a token, not both.
 //! credentials = "/etc/daemoneye/nats.creds"
 //! # token = "s3cret"
-//! # Require TLS (also implied by tls:// URLs).
+//! # Require TLS (also implied by tls:// URLs and by tls_ca).
 //! tls = true
 //! # The CA that signed the servers' certificates, PEM (default: the system's roots).
 //! tls_ca = "/etc/daemoneye/nats-ca.pem"
@@ -406,7 +406,8 @@ impl BridgeSection {
         Ok(Some(NatsSettings {
             servers: n.servers.clone(),
             auth,
-            tls: n.tls,
+            // A CA to trust means TLS: never the credentials in clear beside it.
+            tls: n.tls || n.tls_ca.is_some(),
             tls_ca: n.tls_ca.clone(),
             duplicate_window: window,
             bridge,
