@@ -406,6 +406,9 @@ pub struct NatsServer {
     pub store: tempfile::TempDir,
     /// Started with `-js`.
     jetstream: bool,
+    /// While stopped from the start: its port, held so that no other test's server
+    /// takes it (a client connecting meanwhile gets no answer, as from a dead server).
+    hold: Option<std::net::TcpListener>,
 }
 
 /// The nats-server binary: `NATS_SERVER` if set, else `nats-server` on the PATH, else
@@ -451,20 +454,23 @@ impl NatsServer {
             args: args.iter().map(|a| a.to_string()).collect(),
             store: tempfile::tempdir().expect("tempdir"),
             jetstream,
+            hold: None,
         };
         server.spawn();
         server
     }
 
     /// A server not running yet (start it with [`restart`](Self::restart)), on a port
-    /// free now: the address a client can be given before the server is up.
+    /// held for it until then: the address a client can be given before the server is up.
     pub fn stopped() -> NatsServer {
+        let hold = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
         NatsServer {
             child: None,
-            port: free_port(),
+            port: hold.local_addr().expect("local addr").port(),
             args: Vec::new(),
             store: tempfile::tempdir().expect("tempdir"),
             jetstream: true,
+            hold: Some(hold),
         }
     }
 
@@ -474,6 +480,8 @@ impl NatsServer {
     }
 
     fn spawn(&mut self) {
+        // The port held while stopped is the server's now.
+        self.hold = None;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let mut child = Command::new(nats_server_binary())
