@@ -318,3 +318,100 @@ fn a_server_certificate_from_another_ca_gives_one_line_error_and_degraded_health
         e.contains("invalid peer certificate") && e.contains("bridge.nats.tls_ca")
     });
 }
+
+/// A nats-server that requires TLS and a client certificate signed by `certs`' CA.
+fn verifying_server(certs: &TestCerts) -> NatsServer {
+    let (cert, key, ca) = (
+        certs.cert.to_str().expect("UTF-8"),
+        certs.key.to_str().expect("UTF-8"),
+        certs.ca.to_str().expect("UTF-8"),
+    );
+    NatsServer::start_with(&[
+        "--tlsverify",
+        "--tlscert",
+        cert,
+        "--tlskey",
+        key,
+        "--tlscacert",
+        ca,
+    ])
+}
+
+#[test]
+fn a_client_certificate_gets_the_bridge_through_a_server_that_verifies_clients() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = TestCerts::new(dir.path(), "fleet");
+    let (bridge_cert, bridge_key) = certs.client(dir.path(), "bridge");
+    let (central_cert, central_key) = certs.client(dir.path(), "central");
+    let nats = verifying_server(&certs);
+    let agent = agent(
+        &nats.url(),
+        "h1",
+        &format!(
+            "{}\n{}\n{}",
+            path_key("tls_ca", &certs.ca),
+            path_key("tls_cert", &bridge_cert),
+            path_key("tls_key", &bridge_key)
+        ),
+    );
+    wait_healthy(&agent);
+    runtime().block_on(async {
+        let central = async_nats::ConnectOptions::new()
+            .require_tls(true)
+            .add_root_certificates(certs.ca.clone())
+            .add_client_certificate(central_cert, central_key)
+            .connect(nats.url())
+            .await
+            .expect("central with its client certificate");
+        let mut sub = central.subscribe("daemoneye.h1.>").await.expect("sub");
+        central.flush().await.expect("flush");
+        export_arrives(&agent, &mut sub).await;
+    });
+    eventually("the export acknowledged", T, || {
+        let s = agent.bridge_status();
+        s["exported"] == 1 && s["queued"] == 0
+    });
+}
+
+#[test]
+fn without_a_client_certificate_a_verifying_server_refuses_the_bridge_on_one_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = TestCerts::new(dir.path(), "fleet");
+    let nats = verifying_server(&certs);
+    let mut agent = agent(&nats.url(), "h1", &path_key("tls_ca", &certs.ca));
+    refused(&mut agent, "the refusal", |e| e.starts_with("connecting:"));
+}
+
+#[test]
+fn a_client_certificate_without_its_key_is_a_config_error_naming_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = TestCerts::new(dir.path(), "fleet");
+    let (cert, key) = certs.client(dir.path(), "bridge");
+    for (extra, named) in [
+        (path_key("tls_cert", &cert), "bridge.nats.tls_key"),
+        (path_key("tls_key", &key), "bridge.nats.tls_cert"),
+        (
+            format!(
+                "{}\n{}",
+                path_key("tls_cert", &key),
+                path_key("tls_key", &key)
+            ),
+            "bridge.nats.tls_cert",
+        ),
+        (
+            format!(
+                "{}\n{}",
+                path_key("tls_cert", &cert),
+                path_key("tls_key", &cert)
+            ),
+            "bridge.nats.tls_key",
+        ),
+    ] {
+        let config = format!(
+            "[detection]\nenabled = false\n[store]\nenabled = false\n\
+             [bridge.nats]\nservers = [\"nats://127.0.0.1:1\"]\nhost_id = \"h1\"\n{extra}\n"
+        );
+        let why = Agent::refuses_to_start(&bins(), &config);
+        assert!(why.contains(named), "{extra}: {why}");
+    }
+}

@@ -712,6 +712,8 @@ pub struct TestCerts {
     pub cert: PathBuf,
     /// The server's key (PEM).
     pub key: PathBuf,
+    /// The CA's key, for [`client`](Self::client) certificates.
+    ca_key: PathBuf,
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -798,6 +800,68 @@ impl TestCerts {
             ca: dir.join(ca),
             cert: dir.join(cert),
             key: dir.join(key),
+            ca_key: dir.join(ca_key),
         }
+    }
+
+    /// A client certificate signed by this CA (for servers that verify clients):
+    /// (certificate, key), PEM, in `dir`.
+    pub fn client(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let (key, csr, cert, ext) = (
+            format!("{name}-client.key"),
+            format!("{name}-client.csr"),
+            format!("{name}-client.pem"),
+            format!("{name}-client.ext"),
+        );
+        std::fs::write(
+            dir.join(&ext),
+            "basicConstraints = CA:FALSE\nkeyUsage = digitalSignature\n\
+             extendedKeyUsage = clientAuth\n",
+        )
+        .expect("write extensions");
+        let subject = format!("/CN={name}");
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                &subject,
+            ],
+        );
+        let (ca, ca_key) = (
+            self.ca.display().to_string(),
+            self.ca_key.display().to_string(),
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                &ca,
+                "-CAkey",
+                &ca_key,
+                "-set_serial",
+                "3",
+                "-days",
+                "2",
+                "-out",
+                &cert,
+                "-extfile",
+                &ext,
+            ],
+        );
+        (dir.join(cert), dir.join(key))
     }
 }

@@ -288,6 +288,9 @@ async fn base_options(settings: &NatsSettings) -> Result<async_nats::ConnectOpti
         .name(format!("daemoneye-agent {}", settings.bridge.host_id))
         .connection_timeout(Duration::from_secs(2))
         .require_tls(settings.tls);
+    if let Some((cert, key)) = &settings.tls_client {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
     if let Some(ca) = &settings.tls_ca {
         options = options.add_root_certificates(ca.clone());
     }

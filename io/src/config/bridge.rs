@@ -11,6 +11,10 @@
 //! tls = true
 //! # The CA that signed the servers' certificates, PEM (default: the system's roots).
 //! tls_ca = "/etc/daemoneye/nats-ca.pem"
+//! # A client certificate and its key, PEM, for servers that verify clients (both or
+//! # neither; implies TLS).
+//! tls_cert = "/etc/daemoneye/nats-client.pem"
+//! tls_key = "/etc/daemoneye/nats-client.key"
 //! # This host's id (default: /etc/machine-id).
 //! host_id = "web-17"
 //! # Exports go to <prefix>.<topic> (default "daemoneye.<host_id>").
@@ -72,6 +76,10 @@ pub struct NatsSection {
     /// The CA certificates (PEM) the servers' certificates must chain to, instead of the
     /// system's roots.
     pub tls_ca: Option<PathBuf>,
+    /// A client certificate (PEM), with `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM), with `tls_cert`.
+    pub tls_key: Option<PathBuf>,
     /// This host's id (default: the machine id).
     pub host_id: Option<String>,
     /// Subject prefix of the exports (default `daemoneye.<host_id>`).
@@ -100,6 +108,8 @@ impl Default for NatsSection {
             token: None,
             tls: false,
             tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
             host_id: None,
             prefix: None,
             all_prefix: "daemoneye.all".into(),
@@ -145,6 +155,8 @@ pub struct NatsSettings {
     pub tls: bool,
     /// CA certificates (PEM) trusted instead of the system's roots.
     pub tls_ca: Option<PathBuf>,
+    /// The client certificate and its key (PEM), for servers that verify clients.
+    pub tls_client: Option<(PathBuf, PathBuf)>,
     /// The deduplication window of the stream the bridge creates.
     pub duplicate_window: Duration,
     /// The machine's settings (host, prefix, filters, limits).
@@ -214,36 +226,59 @@ fn check_credentials(path: &Path) -> Result<(), ConfigError> {
 
 /// A PEM file with at least one CA certificate, all of them parsable.
 fn check_tls_ca(path: &Path) -> Result<(), ConfigError> {
-    use async_nats::rustls::RootCertStore;
-    use async_nats::rustls::pki_types::CertificateDer;
-    use async_nats::rustls::pki_types::pem::{self, PemObject};
+    let certs = check_certificates("tls_ca", path)?;
     let bad = |why: String| invalid("tls_ca", path.display().to_string(), why);
-    let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read the file: {e}")))?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| {
-            let why = match e {
-                pem::Error::MissingSectionEnd { end_marker } => format!(
-                    "no \"-----END {}-----\" line",
-                    String::from_utf8_lossy(&end_marker)
-                ),
-                pem::Error::IllegalSectionStart { line } => {
-                    format!("a bad line {:?}", String::from_utf8_lossy(&line))
-                }
-                other => other.to_string(),
-            };
-            bad(format!("not a PEM certificate file: {why}"))
-        })?;
-    if certs.is_empty() {
-        return Err(bad("holds no PEM certificate".into()));
-    }
-    let mut roots = RootCertStore::empty();
+    let mut roots = async_nats::rustls::RootCertStore::empty();
     for cert in certs {
         roots
             .add(cert)
             .map_err(|e| bad(format!("a certificate does not parse: {e}")))?;
     }
     Ok(())
+}
+
+/// Why a PEM file does not parse, in words.
+fn pem_error(e: async_nats::rustls::pki_types::pem::Error) -> String {
+    use async_nats::rustls::pki_types::pem;
+    match e {
+        pem::Error::MissingSectionEnd { end_marker } => format!(
+            "no \"-----END {}-----\" line",
+            String::from_utf8_lossy(&end_marker)
+        ),
+        pem::Error::IllegalSectionStart { line } => {
+            format!("a bad line {:?}", String::from_utf8_lossy(&line))
+        }
+        other => other.to_string(),
+    }
+}
+
+/// The PEM certificates in the file `key` names (at least one).
+fn check_certificates(
+    key: &str,
+    path: &Path,
+) -> Result<Vec<async_nats::rustls::pki_types::CertificateDer<'static>>, ConfigError> {
+    use async_nats::rustls::pki_types::CertificateDer;
+    use async_nats::rustls::pki_types::pem::PemObject;
+    let bad = |why: String| invalid(key, path.display().to_string(), why);
+    let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read the file: {e}")))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(format!("not a PEM certificate file: {}", pem_error(e))))?;
+    if certs.is_empty() {
+        return Err(bad("holds no PEM certificate".into()));
+    }
+    Ok(certs)
+}
+
+/// The file `tls_key` names holds a PEM private key.
+fn check_private_key(path: &Path) -> Result<(), ConfigError> {
+    use async_nats::rustls::pki_types::PrivateKeyDer;
+    use async_nats::rustls::pki_types::pem::PemObject;
+    let bad = |why: String| invalid("tls_key", path.display().to_string(), why);
+    let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read the file: {e}")))?;
+    PrivateKeyDer::from_pem_slice(&pem)
+        .map(|_| ())
+        .map_err(|e| bad(format!("not a PEM private key: {}", pem_error(e))))
 }
 
 /// The machine id at `path`, trimmed.
@@ -294,6 +329,31 @@ impl BridgeSection {
         if let Some(path) = &n.tls_ca {
             check_tls_ca(path)?;
         }
+        let tls_client = match (&n.tls_cert, &n.tls_key) {
+            (Some(cert), Some(key)) => {
+                check_certificates("tls_cert", cert)?;
+                check_private_key(key)?;
+                Some((cert.clone(), key.clone()))
+            }
+            (Some(cert), None) => {
+                return Err(invalid(
+                    "tls_key",
+                    "(absent)",
+                    format!("tls_cert = {} needs the key beside it", cert.display()),
+                ));
+            }
+            (None, Some(key)) => {
+                return Err(invalid(
+                    "tls_cert",
+                    "(absent)",
+                    format!(
+                        "tls_key = {} needs the certificate beside it",
+                        key.display()
+                    ),
+                ));
+            }
+            (None, None) => None,
+        };
         let host_id = match &n.host_id {
             Some(id) => {
                 check_host_id("host_id", id)?;
@@ -407,8 +467,9 @@ impl BridgeSection {
             servers: n.servers.clone(),
             auth,
             // A CA to trust means TLS: never the credentials in clear beside it.
-            tls: n.tls || n.tls_ca.is_some(),
+            tls: n.tls || n.tls_ca.is_some() || tls_client.is_some(),
             tls_ca: n.tls_ca.clone(),
+            tls_client,
             duplicate_window: window,
             bridge,
         }))
