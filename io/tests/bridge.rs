@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use daemoneye_io::client::{Client, ClientOptions};
 use daemoneye_proto::frame::{Publish, QoS, Subscribe};
-use daemoneye_tests::{Agent, Bins, NatsServer, eventually, signal, wait_exit};
+use daemoneye_tests::{Agent, Bins, NatsServer, bridge_config, eventually, signal, wait_exit};
 use futures_util::StreamExt;
 use nix::sys::signal::Signal;
 use serde_json::Value;
@@ -40,22 +40,12 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// An agent on host `host` bridged to `nats`, with `extra` lines in `[bridge.nats]`.
 fn agent(nats: &str, host: &str, extra: &str) -> Agent {
-    let config = format!(
-        "[detection]\nenabled = false\n[store]\nenabled = false\n\
-         [bridge.nats]\nservers = [\"{nats}\"]\nhost_id = \"{host}\"\n{extra}\n"
-    );
-    Agent::start(&bins(), Some(&config))
-}
-
-fn status(agent: &Agent) -> Value {
-    let (ok, out, err) = agent.run_cli(&["bridge", "status", "--json"]);
-    assert!(ok.success(), "bridge status: {err}");
-    serde_json::from_str(&out).expect("bridge status is JSON")
+    Agent::start(&bins(), Some(&bridge_config(nats, host, extra)))
 }
 
 fn wait_healthy(agent: &Agent) {
     eventually("the bridge connects", T, || {
-        status(agent)["state"] == "healthy"
+        agent.bridge_status()["state"] == "healthy"
     });
 }
 
@@ -180,7 +170,9 @@ fn exports_and_imports_round_trip_with_wildcards_and_headers() {
         }
         assert_eq!(bodies, ["for all".to_string(), "for h1".to_string()].into());
     });
-    eventually("two imports counted", T, || status(&agent)["imported"] == 2);
+    eventually("two imports counted", T, || {
+        agent.bridge_status()["imported"] == 2
+    });
 }
 
 #[test]
@@ -252,7 +244,7 @@ fn two_hosts_importing_each_others_exports_do_not_loop_and_a_central_subscriber_
     // Each exported only its own alert and marker, and refused to export the other's.
     for agent in [&a, &b] {
         eventually("the counters settle", T, || {
-            let s = status(agent);
+            let s = agent.bridge_status();
             // Imported: the other's alert and marker, neither exported back.
             s["exported"] == 2 && s["imported"] == 2 && s["loops_prevented"] == 2
         });
@@ -306,8 +298,10 @@ fn a_task_published_centrally_for_one_host_reaches_only_that_host() {
             .expect("open");
         assert_eq!(&d.payload[..], b"all", "h2 never sees h1's task");
     });
-    eventually("h2 imported exactly one", T, || status(&b)["imported"] == 1);
-    assert_eq!(status(&a)["imported"], 2);
+    eventually("h2 imported exactly one", T, || {
+        b.bridge_status()["imported"] == 1
+    });
+    assert_eq!(a.bridge_status()["imported"], 2);
 }
 
 #[test]
@@ -322,13 +316,13 @@ fn qos1_exports_survive_nats_server_killed_and_restarted_mid_stream() {
             if i == N / 3 {
                 nats.kill();
                 eventually("the bridge sees the outage", T, || {
-                    status(&agent)["state"] == "degraded"
+                    agent.bridge_status()["state"] == "degraded"
                 });
             }
             if i == 2 * N / 3 {
                 // The local bus never waited for NATS: these were acknowledged while it
                 // was down (the disk queue holds them).
-                let s = status(&agent);
+                let s = agent.bridge_status();
                 assert!(s["queued"].as_u64().unwrap_or(0) > 0, "{s}");
                 nats.restart();
             }
@@ -342,10 +336,10 @@ fn qos1_exports_survive_nats_server_killed_and_restarted_mid_stream() {
         }
     });
     eventually("everything exported", Duration::from_secs(60), || {
-        let s = status(&agent);
+        let s = agent.bridge_status();
         s["state"] == "healthy" && s["queued"] == 0
     });
-    assert_eq!(status(&agent)["dropped"], 0);
+    assert_eq!(agent.bridge_status()["dropped"], 0);
     runtime().block_on(async {
         let central = async_nats::connect(nats.url()).await.expect("central");
         let js = async_nats::jetstream::new(central);
@@ -382,7 +376,7 @@ fn bad_credentials_give_one_line_error_and_degraded_health_while_the_local_bus_w
     let nats = NatsServer::start_with(&["--auth", "right-token"]);
     let mut agent = agent(&nats.url(), "h1", "token = \"wrong-token\"");
     eventually("the bridge reports the refusal", T, || {
-        let s = status(&agent);
+        let s = agent.bridge_status();
         s["state"] == "degraded"
             && s["last_error"]
                 .as_str()
@@ -416,7 +410,7 @@ fn bad_credentials_give_one_line_error_and_degraded_health_while_the_local_bus_w
         }
     });
     eventually("the exports wait on disk", T, || {
-        status(&agent)["queued"] == 100
+        agent.bridge_status()["queued"] == 100
     });
     let errors = agent
         .stderr
@@ -437,7 +431,7 @@ fn a_server_without_jetstream_takes_qos1_exports_as_plain_publishes() {
     let nats = NatsServer::start_without_jetstream();
     let mut agent = agent(&nats.url(), "h1", "");
     wait_healthy(&agent);
-    let s = status(&agent);
+    let s = agent.bridge_status();
     assert_eq!(s["mode"], "plain", "{s}");
     agent
         .stderr
@@ -463,7 +457,7 @@ fn a_server_without_jetstream_takes_qos1_exports_as_plain_publishes() {
         }
     });
     eventually("every export acknowledged", T, || {
-        let s = status(&agent);
+        let s = agent.bridge_status();
         s["exported"] == 50 && s["queued"] == 0 && s["in_flight"] == 0
     });
 }
@@ -514,7 +508,7 @@ fn a_stream_overlapping_the_exports_without_covering_them_degrades_the_bridge_un
     let agent = agent(&nats.url(), "h1", "");
     let mut last = Value::Null;
     eventually("the bridge reports the conflict", T, || {
-        last = status(&agent);
+        last = agent.bridge_status();
         last["state"] == "degraded"
             && last["last_error"]
                 .as_str()
@@ -538,9 +532,9 @@ fn a_stream_overlapping_the_exports_without_covering_them_degrades_the_bridge_un
         }
     });
     eventually("the exports wait on disk", T, || {
-        status(&agent)["queued"] == N
+        agent.bridge_status()["queued"] == N
     });
-    let s = status(&agent);
+    let s = agent.bridge_status();
     assert_eq!(s["state"], "degraded", "{s}");
     assert_eq!(s["exported"], 0, "{s}");
     // An operator removes the stream: the bridge looks again by itself, creates its own
@@ -553,10 +547,10 @@ fn a_stream_overlapping_the_exports_without_covering_them_degrades_the_bridge_un
             .expect("delete the overlapping stream");
     });
     eventually("the bridge recovers and sends the queue", T, || {
-        let s = status(&agent);
+        let s = agent.bridge_status();
         s["state"] == "healthy" && s["queued"] == 0 && s["exported"] == N
     });
-    let s = status(&agent);
+    let s = agent.bridge_status();
     assert_eq!(s["mode"], "jetstream DAEMONEYE_h1", "{s}");
     assert_eq!(s["last_error"], "", "{s}");
     let payloads = runtime().block_on(stored(&nats.url(), "DAEMONEYE_h1", N));
@@ -574,11 +568,9 @@ fn qos1_exports_on_disk_survive_an_agent_stopped_by(sig: Signal) {
     let socket = home.path().join("run").join("broker.sock");
     let state = home.path().join("state");
     let config = format!(
-        "[agent]\nstate_dir = \"{}\"\n\
-         [detection]\nenabled = false\n[store]\nenabled = false\n\
-         [bridge.nats]\nservers = [\"{}\"]\nhost_id = \"h1\"\n",
+        "[agent]\nstate_dir = \"{}\"\n{}",
         state.display(),
-        nats.url()
+        bridge_config(&nats.url(), "h1", "")
     );
     let start = || {
         Agent::start_at(
@@ -590,7 +582,7 @@ fn qos1_exports_on_disk_survive_an_agent_stopped_by(sig: Signal) {
     };
     let mut first = start();
     eventually("the bridge sees no server", T, || {
-        status(&first)["state"] == "degraded"
+        first.bridge_status()["state"] == "degraded"
     });
     runtime().block_on(async {
         let client = local(&first, "detector").await;
@@ -602,9 +594,9 @@ fn qos1_exports_on_disk_survive_an_agent_stopped_by(sig: Signal) {
     // The status is a snapshot refreshed after each turn of the bridge's loop: it may lag
     // the PubAcks a moment.
     eventually("the exports counted on disk", T, || {
-        status(&first)["queued"] == N
+        first.bridge_status()["queued"] == N
     });
-    assert_eq!(status(&first)["exported"], 0);
+    assert_eq!(first.bridge_status()["exported"], 0);
     signal(&first.child, sig);
     wait_exit(&mut first.child, T).expect("the agent exits");
     drop(first);
@@ -612,10 +604,10 @@ fn qos1_exports_on_disk_survive_an_agent_stopped_by(sig: Signal) {
     nats.restart();
     let second = start();
     eventually("the exports from the last run are sent", T, || {
-        let s = status(&second);
+        let s = second.bridge_status();
         s["state"] == "healthy" && s["queued"] == 0 && s["exported"] == N
     });
-    assert_eq!(status(&second)["dropped"], 0);
+    assert_eq!(second.bridge_status()["dropped"], 0);
     let payloads = runtime().block_on(stored(&nats.url(), "DAEMONEYE_h1", N));
     let expected: Vec<String> = (0..N).map(|i| format!("{i:05}")).collect();
     assert_eq!(payloads, expected, "in order, none missing, none twice");
@@ -671,12 +663,14 @@ fn a_stream_with_a_short_max_age_keeps_working_with_the_window_shortened_to_it()
     });
     let agent = agent(&nats.url(), "h1", "");
     wait_healthy(&agent);
-    assert_eq!(status(&agent)["mode"], "jetstream DAEMONEYE_h1");
+    assert_eq!(agent.bridge_status()["mode"], "jetstream DAEMONEYE_h1");
     runtime().block_on(async {
         let client = local(&agent, "publisher").await;
         publish(&client, "alerts.high", "kept", QoS::AtLeastOnce).await;
     });
-    eventually("the export stored", T, || status(&agent)["exported"] == 1);
+    eventually("the export stored", T, || {
+        agent.bridge_status()["exported"] == 1
+    });
     runtime().block_on(async {
         let payloads = stored(&nats.url(), "DAEMONEYE_h1", 1).await;
         assert_eq!(payloads, vec!["kept".to_string()]);

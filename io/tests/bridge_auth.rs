@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use daemoneye_io::client::{Client, ClientOptions};
 use daemoneye_proto::frame::{Publish, QoS, Subscribe};
-use daemoneye_tests::{Agent, Bins, NatsOperator, NatsServer, TestCerts, eventually};
+use daemoneye_tests::{
+    Agent, Bins, NatsOperator, NatsServer, TestCerts, bridge_config, eventually,
+};
 use futures_util::StreamExt;
 use serde_json::Value;
 
@@ -33,13 +35,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("runtime")
-}
-
-fn bridge_config(nats: &str, host: &str, extra: &str) -> String {
-    format!(
-        "[detection]\nenabled = false\n[store]\nenabled = false\n\
-         [bridge.nats]\nservers = [\"{nats}\"]\nhost_id = \"{host}\"\n{extra}\n"
-    )
 }
 
 /// An agent on host `host` bridged to `nats`, with `extra` lines in `[bridge.nats]`.
@@ -407,10 +402,7 @@ fn a_client_certificate_without_its_key_is_a_config_error_naming_the_key() {
             "bridge.nats.tls_key",
         ),
     ] {
-        let config = format!(
-            "[detection]\nenabled = false\n[store]\nenabled = false\n\
-             [bridge.nats]\nservers = [\"nats://127.0.0.1:1\"]\nhost_id = \"h1\"\n{extra}\n"
-        );
+        let config = bridge_config("nats://127.0.0.1:1", "h1", &extra);
         let why = Agent::refuses_to_start(&bins(), &config);
         assert!(why.contains(named), "{extra}: {why}");
     }

@@ -411,6 +411,15 @@ pub struct NatsServer {
     hold: Option<std::net::TcpListener>,
 }
 
+/// An agent config bridged to `nats` as host `host`, with `extra` lines in
+/// `[bridge.nats]` (detection and the store off: the bus and the bridge alone).
+pub fn bridge_config(nats: &str, host: &str, extra: &str) -> String {
+    format!(
+        "[detection]\nenabled = false\n[store]\nenabled = false\n\
+         [bridge.nats]\nservers = [\"{nats}\"]\nhost_id = \"{host}\"\n{extra}\n"
+    )
+}
+
 /// The nats-server binary: `NATS_SERVER` if set, else `nats-server` on the PATH, else
 /// Debian's `/usr/sbin/nats-server`.
 pub fn nats_server_binary() -> PathBuf {
@@ -730,38 +739,101 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
+/// The arguments that make a new P-256 key without a passphrase.
+const EC_KEY: [&str; 5] = [
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:prime256v1",
+    "-nodes",
+];
+
 impl TestCerts {
     /// A new CA (`<name>-ca.pem`) and a server certificate for 127.0.0.1 and localhost
     /// signed by it, in `dir`.
     pub fn new(dir: &Path, name: &str) -> TestCerts {
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ];
-        let (ca_key, ca) = (format!("{name}-ca.key"), format!("{name}-ca.pem"));
-        let (key, csr, cert) = (
-            format!("{name}-server.key"),
-            format!("{name}-server.csr"),
-            format!("{name}-server.pem"),
+        let (ca_key, ca) = (
+            dir.join(format!("{name}-ca.key")),
+            dir.join(format!("{name}-ca.pem")),
         );
-        let ext = format!("{name}-server.ext");
-        std::fs::write(
-            dir.join(&ext),
-            "subjectAltName = IP:127.0.0.1, DNS:localhost\nbasicConstraints = CA:FALSE\n\
-             keyUsage = digitalSignature\nextendedKeyUsage = serverAuth\n",
-        )
-        .expect("write extensions");
         let subject = format!("/CN=DaemonEye test CA {name}");
         openssl(
             dir,
             &[
                 &["req", "-x509"][..],
-                &ec,
+                &EC_KEY,
                 &[
-                    "-keyout", &ca_key, "-out", &ca, "-days", "2", "-subj", &subject,
+                    "-keyout",
+                    path_str(&ca_key),
+                    "-out",
+                    path_str(&ca),
+                    "-days",
+                    "2",
+                    "-subj",
+                    &subject,
+                ],
+            ]
+            .concat(),
+        );
+        let mut certs = TestCerts {
+            ca,
+            cert: PathBuf::new(),
+            key: PathBuf::new(),
+            ca_key,
+        };
+        (certs.cert, certs.key) = certs.issue(
+            dir,
+            &format!("{name}-server"),
+            "/CN=127.0.0.1",
+            "subjectAltName = IP:127.0.0.1, DNS:localhost\nbasicConstraints = CA:FALSE\n\
+             keyUsage = digitalSignature\nextendedKeyUsage = serverAuth\n",
+            "2",
+        );
+        certs
+    }
+
+    /// A client certificate signed by this CA (for servers that verify clients):
+    /// (certificate, key), PEM, in `dir`.
+    pub fn client(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        self.issue(
+            dir,
+            &format!("{name}-client"),
+            &format!("/CN={name}"),
+            "basicConstraints = CA:FALSE\nkeyUsage = digitalSignature\n\
+             extendedKeyUsage = clientAuth\n",
+            "3",
+        )
+    }
+
+    /// A new key and a certificate for `subject` with the extensions `ext`, signed by
+    /// this CA: `<stem>.pem` and `<stem>.key` in `dir`.
+    fn issue(
+        &self,
+        dir: &Path,
+        stem: &str,
+        subject: &str,
+        ext: &str,
+        serial: &str,
+    ) -> (PathBuf, PathBuf) {
+        let (key, csr, cert, ext_file) = (
+            dir.join(format!("{stem}.key")),
+            dir.join(format!("{stem}.csr")),
+            dir.join(format!("{stem}.pem")),
+            dir.join(format!("{stem}.ext")),
+        );
+        std::fs::write(&ext_file, ext).expect("write extensions");
+        openssl(
+            dir,
+            &[
+                &["req"][..],
+                &EC_KEY,
+                &[
+                    "-keyout",
+                    path_str(&key),
+                    "-out",
+                    path_str(&csr),
+                    "-subj",
+                    subject,
                 ],
             ]
             .concat(),
@@ -769,99 +841,28 @@ impl TestCerts {
         openssl(
             dir,
             &[
-                &["req"][..],
-                &ec,
-                &["-keyout", &key, "-out", &csr, "-subj", "/CN=127.0.0.1"],
-            ]
-            .concat(),
-        );
-        openssl(
-            dir,
-            &[
                 "x509",
                 "-req",
                 "-in",
-                &csr,
+                path_str(&csr),
                 "-CA",
-                &ca,
+                path_str(&self.ca),
                 "-CAkey",
-                &ca_key,
+                path_str(&self.ca_key),
                 "-set_serial",
-                "2",
+                serial,
                 "-days",
                 "2",
                 "-out",
-                &cert,
+                path_str(&cert),
                 "-extfile",
-                &ext,
+                path_str(&ext_file),
             ],
         );
-        TestCerts {
-            ca: dir.join(ca),
-            cert: dir.join(cert),
-            key: dir.join(key),
-            ca_key: dir.join(ca_key),
-        }
+        (cert, key)
     }
+}
 
-    /// A client certificate signed by this CA (for servers that verify clients):
-    /// (certificate, key), PEM, in `dir`.
-    pub fn client(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-        let (key, csr, cert, ext) = (
-            format!("{name}-client.key"),
-            format!("{name}-client.csr"),
-            format!("{name}-client.pem"),
-            format!("{name}-client.ext"),
-        );
-        std::fs::write(
-            dir.join(&ext),
-            "basicConstraints = CA:FALSE\nkeyUsage = digitalSignature\n\
-             extendedKeyUsage = clientAuth\n",
-        )
-        .expect("write extensions");
-        let subject = format!("/CN={name}");
-        openssl(
-            dir,
-            &[
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                &key,
-                "-out",
-                &csr,
-                "-subj",
-                &subject,
-            ],
-        );
-        let (ca, ca_key) = (
-            self.ca.display().to_string(),
-            self.ca_key.display().to_string(),
-        );
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                &ca,
-                "-CAkey",
-                &ca_key,
-                "-set_serial",
-                "3",
-                "-days",
-                "2",
-                "-out",
-                &cert,
-                "-extfile",
-                &ext,
-            ],
-        );
-        (dir.join(cert), dir.join(key))
-    }
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("a UTF-8 path")
 }
