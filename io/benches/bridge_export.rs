@@ -16,7 +16,8 @@
 //!
 //! `cargo bench -p daemoneye-io --bench bridge_export`; `DAEMONEYE_BENCH_MESSAGES` sets the
 //! QoS0 count (default 1,000,000), `DAEMONEYE_BENCH_QOS1` the QoS1 count (default 50,000);
-//! `DAEMONEYE_BENCH_ONLY=qos0` runs the QoS0 export row alone.
+//! `DAEMONEYE_BENCH_ONLY=qos0` runs the QoS0 export rows alone, `DAEMONEYE_BENCH_ONLY=latency`
+//! the latency rows alone.
 
 use std::time::{Duration, Instant};
 
@@ -295,7 +296,12 @@ fn main() {
     }
     let n = env_count("DAEMONEYE_BENCH_MESSAGES", 1_000_000);
     let q1 = env_count("DAEMONEYE_BENCH_QOS1", 50_000);
-    let only_qos0 = std::env::var("DAEMONEYE_BENCH_ONLY").is_ok_and(|v| v == "qos0");
+    let only = std::env::var("DAEMONEYE_BENCH_ONLY").unwrap_or_default();
+    if only == "latency" {
+        latency_rows();
+        return;
+    }
+    let only_qos0 = only == "qos0";
     let plain = NatsServer::start_without_jetstream();
     let nats = NatsServer::start();
     if !only_qos0 {
@@ -322,6 +328,10 @@ fn main() {
     }
     let qos1 = qos1_through_jetstream(&nats, q1);
     println!("QoS1 export through JetStream, {PAYLOAD} B: {qos1:.0} msg/s ({q1} stored)");
+    latency_rows();
+}
+
+fn latency_rows() {
     let no_bridge = agent(None, "alerts.#");
     let (p50, p99) = local_latency(&no_bridge, 3000);
     println!("local latency, no bridge: p50 {p50} us, p99 {p99} us");

@@ -20,6 +20,7 @@
 //! The binaries (`src/bin/`) only parse their flags and wire these together.
 
 pub mod agent;
+pub mod args;
 pub mod broker;
 pub mod client;
 pub mod clock;

@@ -500,18 +500,19 @@ fn procmond_without_a_broker_says_what_is_missing() {
         .output()
         .expect("procmond");
     assert!(!out.status.success(), "interval below 5 s is refused");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("5..=3600"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.contains("5..=3600"), "{err}");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_procmond"))
         .args(["--max-processes", "-1", "--broker", "/nonexistent"])
         .output()
         .expect("procmond");
     assert!(!out.status.success(), "a negative limit is refused");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stderr)
-            .lines()
-            .filter(|l| l.starts_with("error"))
-            .count(),
-        1
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(
+        err.starts_with("error:") && err.contains("--max-processes"),
+        "{err}"
     );
 }
 

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use daemoneye_io::collector::process::connector::{ConnectorOptions, ProcConnector};
 use daemoneye_io::collector::process::{
-    Observation, ProcessReader, ReadOptions, Watch, WatchOptions, privileges, read_process, scan,
-    scan_known,
+    Observation, ProcessReader, ReadOptions, RunStamps, Watch, WatchOptions, privileges,
+    read_process, scan, scan_known,
 };
 use daemoneye_proto::pb::events::ProcessInfo;
 
@@ -317,10 +317,16 @@ fn a_reconciliation_scan_keeps_a_known_process_and_rereads_one_that_changed() {
     let mut known = before.clone();
     known.cwd = "/known".into();
     let again = |known: &ProcessInfo| {
-        scan_known(&reader, 0, true, |p| (p == pid).then_some(known))
-            .into_iter()
-            .find(|p| p.pid == pid)
-            .expect("seen again")
+        scan_known(
+            &reader,
+            0,
+            true,
+            |p| (p == pid).then_some(known),
+            &mut RunStamps::default(),
+        )
+        .into_iter()
+        .find(|p| p.pid == pid)
+        .expect("seen again")
     };
     let kept = again(&known);
     assert_eq!(kept.cwd, "/known", "the same process is kept as known");
@@ -356,6 +362,185 @@ fn a_reconciliation_scan_keeps_a_known_process_and_rereads_one_that_changed() {
     assert_eq!(again(&deleted).cwd, "/known");
     child.kill().expect("kill");
     child.wait().expect("wait");
+}
+
+/// Waits until `pid` is in `state` (`S` asleep, `T` stopped).
+fn in_state(pid: u32, state: char) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let now = || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.rsplit_once(") ").and_then(|(_, r)| r.chars().next())
+    };
+    while now() != Some(state) {
+        assert!(Instant::now() < deadline, "the child never reached {state}");
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn a_process_that_has_not_run_since_the_last_scan_is_kept_unless_its_binary_changed() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let binary = dir.path().join(marker("idle"));
+    std::fs::copy("/bin/sleep", &binary).expect("copy");
+    let reader = ProcessReader::new(ReadOptions::default());
+    let mut child = Command::new(&binary).arg("30").spawn().expect("spawn");
+    let pid = child.id();
+    exec_done(pid);
+    in_state(pid, 'S');
+    let real = scan(&reader, 0)
+        .into_iter()
+        .find(|p| p.pid == pid)
+        .expect("seen");
+    let mut stamps = RunStamps::default();
+    let mut reconcile = |known: &ProcessInfo| {
+        scan_known(
+            &reader,
+            0,
+            true,
+            |p| (p == pid).then_some(known),
+            &mut stamps,
+        )
+        .into_iter()
+        .find(|p| p.pid == pid)
+        .expect("seen again")
+    };
+    // Confirmed once (its counts remembered); then, while it sleeps, `status` is not read
+    // again: an id only `status` shows stays as known.
+    assert_eq!(reconcile(&real).uid, real.uid);
+    let mut stale = real.clone();
+    stale.uid = 4242;
+    assert_eq!(
+        reconcile(&stale).uid,
+        4242,
+        "an idle process is not read again"
+    );
+    assert_eq!(reconcile(&stale).uid, 4242);
+    // Once it has run (a stop and a continue), it is checked again in full.
+    let signal = |s| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), s);
+    signal(nix::sys::signal::Signal::SIGSTOP).expect("stop");
+    in_state(pid, 'T');
+    signal(nix::sys::signal::Signal::SIGCONT).expect("continue");
+    in_state(pid, 'S');
+    assert_eq!(reconcile(&stale).uid, real.uid, "read again after it ran");
+    // Idle again, but its binary replaced on disk: noticed without it running.
+    assert_eq!(reconcile(&real).uid, real.uid);
+    let new = dir.path().join("replacement");
+    std::fs::copy("/bin/true", &new).expect("copy");
+    std::fs::rename(&new, &binary).expect("replace the binary");
+    let after = reconcile(&real);
+    assert!(after.exe_deleted, "{after:?}");
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+
+    // A process with a second thread is always checked in full: the counts are its main
+    // thread's, and another thread may act while that one sleeps.
+    let mut threaded = Command::new("python3")
+        .args([
+            "-c",
+            "import threading, time\n\
+             threading.Thread(target=time.sleep, args=(30,)).start()\n\
+             print('ready', flush=True)\n\
+             time.sleep(30)",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn python3");
+    let pid = threaded.id();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(threaded.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("ready");
+    in_state(pid, 'S');
+    let real = scan(&reader, 0)
+        .into_iter()
+        .find(|p| p.pid == pid)
+        .expect("seen");
+    let mut stale = real.clone();
+    stale.uid = 4242;
+    let mut stamps = RunStamps::default();
+    for _ in 0..3 {
+        let seen = scan_known(
+            &reader,
+            0,
+            true,
+            |p| (p == pid).then_some(&stale),
+            &mut stamps,
+        )
+        .into_iter()
+        .find(|p| p.pid == pid)
+        .expect("seen again");
+        assert_eq!(seen.uid, real.uid, "a threaded process is read again");
+    }
+    threaded.kill().expect("kill");
+    threaded.wait().expect("wait");
+}
+
+#[test]
+fn a_sleeping_process_whose_parent_exits_is_read_again_for_its_new_parent() {
+    let _serial = serial();
+    let reader = ProcessReader::new(ReadOptions::default());
+    let mut parent = Command::new("sh")
+        .args(["-c", "sleep 30 & echo $!; read line"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn sh");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(parent.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("the sleeper's pid");
+    let pid: u32 = line.trim().parse().expect("a pid");
+    exec_done(pid);
+    in_state(pid, 'S');
+    let real = scan(&reader, 0)
+        .into_iter()
+        .find(|p| p.pid == pid)
+        .expect("seen");
+    assert_eq!(real.ppid, parent.id());
+    let mut stamps = RunStamps::default();
+    let mut reconcile = |known: &ProcessInfo| {
+        scan_known(
+            &reader,
+            0,
+            true,
+            |p| (p == pid).then_some(known),
+            &mut stamps,
+        )
+        .into_iter()
+        .find(|p| p.pid == pid)
+        .expect("seen again")
+    };
+    assert_eq!(reconcile(&real).uid, real.uid);
+    let mut stale = real.clone();
+    stale.uid = 4242;
+    let kept = reconcile(&stale);
+    assert_eq!(
+        (kept.uid, kept.ppid),
+        (4242, parent.id()),
+        "kept while idle"
+    );
+    // Its parent exits: the sleeper gets another one without running.
+    drop(parent.stdin.take());
+    parent.wait().expect("wait for sh");
+    let now = reconcile(&stale);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let ppid: u32 = stat
+        .rsplit_once(") ")
+        .and_then(|(_, rest)| rest.split(' ').nth(1)?.parse().ok())
+        .expect("ppid");
+    assert_ne!(ppid, parent.id());
+    assert_eq!(now.ppid, ppid, "read again for its new parent");
+    assert_eq!(now.uid, real.uid);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the sleeper");
 }
 
 struct Burst {

@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use daemoneye_tests::{Agent, Bins, eventually};
+use daemoneye_tests::{Agent, Bins, Lines, eventually, signal, wait_exit};
 
 const T: Duration = Duration::from_secs(15);
 
@@ -140,6 +140,12 @@ fn forced_scanning_says_so_and_still_finds_processes() {
     let state = tempfile::tempdir().expect("tempdir");
     let agent = Agent::start(&bins(), Some(&config(&state, ", \"--scan-only\"")));
     wait_mode(&agent, "scanning every 5s");
+    // Its health says so at once (not at the next periodic health check, a minute on).
+    eventually(
+        "procmond reports itself degraded",
+        Duration::from_secs(5),
+        || procmond(&agent)["health"] == "degraded",
+    );
     let caps = procmond(&agent)["capabilities"].clone();
     assert_eq!(caps, serde_json::json!(["process", "system_wide"]));
     let mut sub = agent.subscriber(&["events.process.new", "--json"]);
@@ -163,6 +169,7 @@ fn procmond_keeps_only_the_capabilities_reading_needs() {
     let state = tempfile::tempdir().expect("tempdir");
     let agent = Agent::start(&bins(), Some(&config(&state, "")));
     let pid = wait_mode(&agent, "realtime");
+    assert_eq!(procmond(&agent)["health"], "healthy");
     // Every thread: CAP_SYS_PTRACE (19) and CAP_DAC_READ_SEARCH (2), nothing else.
     let expected = format!("{:016x}", (1u64 << 19) | (1 << 2));
     eventually("every procmond thread dropped its capabilities", T, || {
@@ -177,4 +184,98 @@ fn procmond_keeps_only_the_capabilities_reading_needs() {
             })
         })
     });
+}
+
+#[test]
+fn standalone_procmond_takes_its_settings_file_and_keeps_what_it_saw() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let binary = dir
+        .path()
+        .join(format!("de-standalone-{}", std::process::id()));
+    std::fs::copy("/bin/sleep", &binary).expect("copy");
+    let mut child = Command::new(&binary).arg("60").spawn().expect("spawn");
+    // Its own keys (scan_only) and the runtime's (interval, log level) from one file.
+    let settings = dir.path().join("procmond.toml");
+    std::fs::write(
+        &settings,
+        "scan_only = true\ninterval_secs = 7\nlog_level = \"debug\"\n",
+    )
+    .expect("write");
+    let db = dir.path().join("events.redb");
+    let procmond = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_procmond"));
+        c.arg("--database")
+            .arg(&db)
+            .env("DAEMONEYE_PROCMOND_CONFIG", &settings)
+            .env_remove("DAEMONEYE_BROKER_SOCKET")
+            .stderr(std::process::Stdio::piped());
+        c
+    };
+    let mut running = procmond().spawn().expect("procmond");
+    let mut log = Lines::follow(running.stderr.take().expect("stderr"));
+    log.wait_for("scanning every 7s", T)
+        .expect("scanning, as the file says");
+    log.wait_for("stored", T).expect("the snapshot stored");
+    signal(&running, nix::sys::signal::Signal::SIGTERM);
+    let status = wait_exit(&mut running, T).expect("procmond stops on SIGTERM");
+    assert!(status.success(), "{status:?}");
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let glob = format!("*{}", binary.file_name().expect("name").to_string_lossy());
+    let out = Command::new(env!("CARGO_BIN_EXE_daemoneye-cli"))
+        .args([
+            "events", "query", "--since", "10m", "--json", "--exe", &glob,
+        ])
+        .arg("--database")
+        .arg(&db)
+        .output()
+        .expect("events query");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let path = binary.display().to_string();
+    assert!(
+        text.lines().any(|l| l.contains(&path)),
+        "the store has the process: {text}"
+    );
+
+    // A key neither procmond nor the runtime knows: one line naming it.
+    std::fs::write(&settings, "scan_only = true\nscan_everything = 1\n").expect("write");
+    let out = procmond().output().expect("procmond");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("scan_everything"), "{err}");
+    std::fs::write(&settings, "scan_only = \"yes please\"\n").expect("write");
+    let out = procmond().output().expect("procmond");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("scan_only"), "{err}");
+}
+
+#[test]
+fn what_procmond_loses_is_in_its_detail_line() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let agent = Agent::start(
+        &bins(),
+        Some(&config(&state, ", \"--max-processes\", \"3\"")),
+    );
+    // More processes run than it may track: the start-up snapshot refuses the rest, and
+    // `collectors list` says how many.
+    wait_mode(&agent, "realtime");
+    wait_mode(&agent, "processes refused at the process limit");
+    let detail = procmond(&agent)["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let refused: u64 = detail
+        .split("lost: ")
+        .nth(1)
+        .and_then(|l| l.split(", ").find(|p| p.contains("refused")))
+        .and_then(|p| p.split(' ').next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(refused > 0, "{detail}");
 }

@@ -125,6 +125,8 @@ pub struct CollectorReport {
     pub last_error: String,
     /// One line on how it collects (for instance, real time or scanning, and why).
     pub detail: String,
+    /// Its own health, the worst of its sources' (`HealthState` on the wire).
+    pub health: i32,
 }
 
 impl CollectorReport {
@@ -136,6 +138,7 @@ impl CollectorReport {
             queue_depth: heartbeat.queue_depth,
             last_error: heartbeat.last_error.clone(),
             detail: heartbeat.detail.clone(),
+            health: heartbeat.state,
         }
     }
 }

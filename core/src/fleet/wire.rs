@@ -95,6 +95,7 @@ impl CollectorView {
             queue_depth: report.queue_depth,
             last_error: report.last_error,
             detail: report.detail,
+            reported_health: report.health,
         }
     }
 }

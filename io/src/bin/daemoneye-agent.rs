@@ -86,17 +86,14 @@ fn environment_help() -> String {
 }
 
 fn main() -> ExitCode {
-    use clap::{CommandFactory, FromArgMatches};
+    use clap::CommandFactory;
     // mimalloc marks its arenas for transparent huge pages, so every 2 MiB it touches counts
     // whole in RSS: half of an idle agent's 15 MB. A host agent is judged by its memory and
     // its heap is small; collectors started from here inherit the setting.
     #[cfg(target_os = "linux")]
     let _ = nix::sys::prctl::set_thp_disable(true);
-    let matches = Args::command().after_help(environment_help()).get_matches();
-    let args = match Args::from_arg_matches(&matches) {
-        Ok(args) => args,
-        Err(e) => e.exit(),
-    };
+    let args: Args =
+        daemoneye_io::args::parse_or_exit(Args::command().after_help(environment_help()));
     if let Some(AgentCommand::ExecCollector { exec, binary, args }) = &args.command {
         if !*exec {
             return ExitCode::from(daemoneye_io::agent::shim::collector_shim(binary, args));

@@ -27,15 +27,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use daemoneye_io::collector::process::ReadOptions;
 use daemoneye_io::collector::process::monitor::{
     self, MonitorControl, MonitorOptions, MonitorSink,
 };
 use daemoneye_io::collector::process::tasks::ProcessTasks;
 use daemoneye_io::collector::{
-    BoxFuture, Collector, EventSender, EventSource, SourceCaps, SourceContext, SourceError,
-    SourceHealth, SourceStatus, TaskOutcome,
+    BoxFuture, Collector, CollectorBuilder, CollectorSettings, EventSender, EventSource,
+    SourceCaps, SourceContext, SourceError, SourceHealth, SourceStatus, TaskOutcome,
 };
 use daemoneye_io::store::{EventStore, NewEvent, StoreConfig};
 use daemoneye_proto::pb::control::Task;
@@ -62,7 +62,7 @@ struct Args {
     #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(5..=3600))]
     interval: Option<u64>,
     /// Most processes tracked and read per scan; 0 is unlimited (the default).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
     max_processes: Option<usize>,
     /// Log filter (a level, or tracing directives).
     #[arg(long)]
@@ -95,44 +95,82 @@ fn env_flag(key: &str) -> Option<String> {
     std::env::var(format!("DAEMONEYE_PROCMOND_{key}")).ok()
 }
 
-fn env_bool(key: &str) -> Result<bool, String> {
-    match env_flag(key).as_deref() {
+/// One of procmond's own numbers: the flag, else `DAEMONEYE_PROCMOND_<KEY>`, else the
+/// settings file's key, else 0.
+fn own_number(flag: Option<usize>, key: &str, file: &toml::Table) -> Result<usize, String> {
+    if let Some(n) = flag {
+        return Ok(n);
+    }
+    if let Some(v) = env_flag(key) {
+        return v
+            .parse()
+            .map_err(|_| format!("DAEMONEYE_PROCMOND_{key}={v:?}: expected a number, 0 or more"));
+    }
+    let name = key.to_ascii_lowercase();
+    match file.get(&name) {
+        None => Ok(0),
+        Some(v) => v
+            .as_integer()
+            .and_then(|i| usize::try_from(i).ok())
+            .ok_or_else(|| format!("settings file: {name} = {v}: expected a number, 0 or more")),
+    }
+}
+
+/// One of procmond's own switches: set by its flag, else `DAEMONEYE_PROCMOND_<KEY>`, else
+/// the settings file's key.
+fn own_switch(flag: bool, key: &str, file: &toml::Table) -> Result<bool, String> {
+    if flag {
+        return Ok(true);
+    }
+    if let Some(v) = env_flag(key) {
+        return match v.as_str() {
+            "1" | "true" | "yes" | "on" => Ok(true),
+            "0" | "false" | "no" | "off" | "" => Ok(false),
+            other => Err(format!(
+                "DAEMONEYE_PROCMOND_{key}={other:?}: expected true or false"
+            )),
+        };
+    }
+    let name = key.to_ascii_lowercase();
+    match file.get(&name) {
         None => Ok(false),
-        Some("1" | "true" | "yes" | "on") => Ok(true),
-        Some("0" | "false" | "no" | "off" | "") => Ok(false),
-        Some(other) => Err(format!(
-            "DAEMONEYE_PROCMOND_{key}={other:?}: expected true or false"
-        )),
+        Some(v) => v
+            .as_bool()
+            .ok_or_else(|| format!("settings file: {name} = {v}: expected true or false")),
     }
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    let max_processes = match args.max_processes {
-        Some(n) => n,
-        None => match env_flag("MAX_PROCESSES").map(|v| v.parse::<usize>()) {
-            None => 0,
-            Some(Ok(n)) => n,
-            Some(Err(_)) => {
-                eprintln!("procmond: DAEMONEYE_PROCMOND_MAX_PROCESSES: expected a number");
-                return ExitCode::FAILURE;
-            }
-        },
+    let args: Args = daemoneye_io::args::parse_or_exit(Args::command());
+    let fail = |e: &dyn std::fmt::Display| {
+        eprintln!("procmond: {e}");
+        ExitCode::FAILURE
     };
-    let (enhanced_metadata, scan_only) =
-        match (env_bool("ENHANCED_METADATA"), env_bool("SCAN_ONLY")) {
-            (Ok(e), Ok(s)) => (args.enhanced_metadata || e, args.scan_only || s),
-            (Err(e), _) | (_, Err(e)) => {
-                eprintln!("procmond: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
     let broker = args
         .broker
         .clone()
         .or_else(|| std::env::var_os("DAEMONEYE_BROKER_SOCKET").map(PathBuf::from));
+    let database = args.database.clone();
+    let (flags, collector_id) = (
+        (args.max_processes, args.enhanced_metadata, args.scan_only),
+        args.collector_id.clone(),
+    );
+    let builder = settings(args, broker.clone());
+    let file = match builder.own_settings() {
+        Ok(table) => table,
+        Err(e) => return fail(&e),
+    };
+    let own = (
+        own_number(flags.0, "MAX_PROCESSES", &file),
+        own_switch(flags.1, "ENHANCED_METADATA", &file),
+        own_switch(flags.2, "SCAN_ONLY", &file),
+    );
+    let (max_processes, enhanced_metadata, scan_only) = match own {
+        (Ok(m), Ok(e), Ok(s)) => (m, e, s),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return fail(&e),
+    };
     let source = ProcessSource {
-        collector_id: args.collector_id.clone(),
+        collector_id,
         max_processes,
         enhanced_metadata,
         scan_only,
@@ -140,14 +178,21 @@ fn main() -> ExitCode {
         tasks: ProcessTasks::new(true),
     };
     if broker.is_none() {
-        if let Some(database) = args.database.clone() {
-            return standalone(&args, source, database);
-        }
-        eprintln!(
-            "procmond: no broker: run it under daemoneye-agent, pass --broker PATH, or --database PATH for standalone mode"
-        );
-        return ExitCode::FAILURE;
+        let Some(database) = database else {
+            return fail(
+                &"no broker: run it under daemoneye-agent, pass --broker PATH, or --database PATH for standalone mode",
+            );
+        };
+        return match builder.settings() {
+            Ok(settings) => standalone(&settings, source, database),
+            Err(e) => fail(&e),
+        };
     }
+    builder.source(source).main()
+}
+
+/// The runtime's settings: defaults, the file, the environment, then these flags.
+fn settings(args: Args, broker: Option<PathBuf>) -> CollectorBuilder {
     Collector::builder("procmond")
         .collector_type("process")
         .allow_env(&["MAX_PROCESSES", "ENHANCED_METADATA", "SCAN_ONLY"])
@@ -176,15 +221,12 @@ fn main() -> ExitCode {
                 s.compute_hashes = true;
             }
         })
-        .source(source)
-        .main()
 }
 
 /// Standalone: the monitor on this thread, its events in the store at `database`, until
 /// SIGTERM or SIGINT.
-fn standalone(args: &Args, source: ProcessSource, database: PathBuf) -> ExitCode {
-    let level = args.log_level.clone().unwrap_or_else(|| "info".into());
-    if let Err(e) = daemoneye_io::init_logging(&level) {
+fn standalone(settings: &CollectorSettings, source: ProcessSource, database: PathBuf) -> ExitCode {
+    if let Err(e) = daemoneye_io::init_logging(&settings.log_level) {
         eprintln!("procmond: {e}");
         return ExitCode::FAILURE;
     }
@@ -201,8 +243,8 @@ fn standalone(args: &Args, source: ProcessSource, database: PathBuf) -> ExitCode
         return ExitCode::FAILURE;
     }
     let options = source.options(
-        Duration::from_secs(args.interval.unwrap_or(30)),
-        args.compute_hashes,
+        Duration::from_secs(settings.interval_secs),
+        settings.compute_hashes,
     );
     tracing::info!(database = %database.display(), "standalone: storing process events");
     let (_controls, controls_rx) = std::sync::mpsc::channel();
@@ -268,9 +310,12 @@ impl MonitorSink for StoreSink {
             return;
         }
         let now = daemoneye_io::clock::unix_ms();
-        if let Err(e) = self.store.append_batch(now, &self.pending) {
-            tracing::error!(error = %e, dropped = self.pending.len(), "could not store events");
-            self.failed = true;
+        match self.store.append_batch(now, &self.pending) {
+            Ok(_) => tracing::debug!(events = self.pending.len(), "stored"),
+            Err(e) => {
+                tracing::error!(error = %e, dropped = self.pending.len(), "could not store events");
+                self.failed = true;
+            }
         }
         self.pending.clear();
     }

@@ -6,7 +6,9 @@
 //! derived from the fields here exactly as the agent's `DAEMONEYE_AGENT_*` are (the same
 //! code, `crate::config::env`), so a collector never reads its parent's settings by
 //! accident. An unknown `DAEMONEYE_<COMPONENT>_*` variable is an error unless the binary
-//! declared it its own ([`super::CollectorBuilder::allow_env`]). Three variables are shared
+//! declared it its own ([`super::CollectorBuilder::allow_env`]), and so is an unknown key
+//! of the file (the binary's own keys there are handed to it apart,
+//! [`super::CollectorBuilder::own_settings`]). Three variables are shared
 //! and set by the agent: `DAEMONEYE_BROKER_SOCKET`, `DAEMONEYE_COLLECTOR_ID` and
 //! `DAEMONEYE_COLLECTOR_STATE_DIR`; they win over the file.
 //!
@@ -18,6 +20,7 @@
 //! batch_max_delay_ms = 100
 //! batch_max_idle_ms = 2
 //! event_buffer = 1000
+//! backpressure_threshold = 800
 //! send_timeout_ms = 500
 //! shutdown_timeout_ms = 500
 //! health_check_secs = 60
@@ -74,9 +77,13 @@ pub struct CollectorSettings {
     /// A batch goes out once its sources were quiet this long, in ms (0: as soon as the
     /// queue is drained).
     pub batch_max_idle_ms: u64,
-    /// The sources' event queue.
+    /// The sources' event queue (at least `backpressure_threshold`).
     pub event_buffer: usize,
-    /// Longest a source's send waits for room before the event is dropped, in ms.
+    /// Most events held between the sources and the WAL's sync (queued or batched): a
+    /// source's send waits while this many are held.
+    pub backpressure_threshold: usize,
+    /// Longest a source's send waits at the backpressure threshold before the event is
+    /// dropped, in ms.
     pub send_timeout_ms: u64,
     /// The whole shutdown's budget (stop sources, flush, commit, deregister), in ms.
     pub shutdown_timeout_ms: u64,
@@ -110,6 +117,7 @@ impl Default for CollectorSettings {
             batch_max_delay_ms: 100,
             batch_max_idle_ms: 2,
             event_buffer: 1000,
+            backpressure_threshold: 800,
             send_timeout_ms: 500,
             shutdown_timeout_ms: 500,
             health_check_secs: 60,
@@ -141,14 +149,64 @@ pub fn env_prefix(component: &str) -> String {
 impl CollectorSettings {
     /// Reads `path` (every key known and typed).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Ok(Self::load_with(path, &[])?.0)
+    }
+
+    /// Reads `path`, whose keys in `own` (any case) are the binary's own settings: returned
+    /// apart, untyped, for it to read; every other key known and typed.
+    pub fn load_with(path: &Path, own: &[String]) -> Result<(Self, toml::Table), ConfigError> {
+        let parse = |message: String| ConfigError::Parse {
+            path: path.into(),
+            message,
+        };
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.into(),
             source,
         })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.into(),
-            message: e.to_string(),
-        })
+        // One line: the message, and where when the parser knows.
+        let one_line = |e: &toml::de::Error| {
+            let message = e.message().trim().replace('\n', " ");
+            match e.span() {
+                Some(span) => {
+                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                    format!("line {line}: {message}")
+                }
+                None => message,
+            }
+        };
+        let mut table: toml::Table = toml::from_str(&text).map_err(|e| parse(one_line(&e)))?;
+        let mut theirs = toml::Table::new();
+        for key in own {
+            if let Some(k) = table.keys().find(|k| k.eq_ignore_ascii_case(key)).cloned()
+                && let Some(value) = table.remove(&k)
+            {
+                theirs.insert(k.to_ascii_lowercase(), value);
+            }
+        }
+        // Typed from text, so that an error points at its key.
+        let rest = toml::to_string(&table).map_err(|e| parse(e.to_string()))?;
+        let settings = toml::from_str(&rest).map_err(|e: toml::de::Error| {
+            // A value's error: its line up to the value is `key = `.
+            let key = e.span().and_then(|span| {
+                let before = &rest[..span.start.min(rest.len())];
+                let line = &before[before.rfind('\n').map_or(0, |i| i + 1)..];
+                let key = line.split('=').next()?.trim();
+                (!key.is_empty()).then(|| key.to_string())
+            });
+            let mut message = e.message().trim().replace('\n', " ");
+            if let Some(key) = key {
+                message = format!("{key}: {message}");
+            }
+            if !own.is_empty() && message.starts_with("unknown field") {
+                let own: Vec<String> = own.iter().map(|k| k.to_ascii_lowercase()).collect();
+                message.push_str(&format!(
+                    ", or one of this binary's own: {}",
+                    own.join(", ")
+                ));
+            }
+            parse(message)
+        })?;
+        Ok((settings, theirs))
     }
 
     /// The variable of every key, for `prefix` (see [`env_prefix`]).
@@ -213,6 +271,16 @@ impl CollectorSettings {
         check("batch_max_delay_ms", self.batch_max_delay_ms, 1, 60_000)?;
         check("batch_max_idle_ms", self.batch_max_idle_ms, 0, 60_000)?;
         check("event_buffer", self.event_buffer as u64, 1, 10_000_000)?;
+        if !(1..=self.event_buffer).contains(&self.backpressure_threshold) {
+            return Err(ConfigError::Invalid {
+                key: "backpressure_threshold".into(),
+                value: self.backpressure_threshold.to_string(),
+                why: format!(
+                    "must be between 1 and event_buffer ({}); lower it with event_buffer",
+                    self.event_buffer
+                ),
+            });
+        }
         check("send_timeout_ms", self.send_timeout_ms, 0, 60_000)?;
         check("shutdown_timeout_ms", self.shutdown_timeout_ms, 50, 600_000)?;
         check("health_check_secs", self.health_check_secs, 1, 86_400)?;
@@ -317,5 +385,47 @@ mod tests {
         let bounds = (Duration::from_secs(5), Duration::from_secs(3600));
         let err = s.validate(bounds).expect_err("below 5");
         assert!(err.to_string().contains("interval_secs"), "{err}");
+        s.interval_secs = 30;
+        s.validate(bounds).expect("the defaults with interval 30");
+        s.backpressure_threshold = 1001;
+        let err = s.validate(bounds).expect_err("above the queue");
+        assert!(
+            err.to_string().contains("backpressure_threshold")
+                && err.to_string().contains("event_buffer (1000)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_file_holds_the_binarys_own_keys_and_each_error_is_one_line_naming_its_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        let own = vec!["SCAN_ONLY".to_string()];
+        std::fs::write(&path, "interval_secs = 7\nscan_only = true\n").expect("write");
+        let (settings, theirs) = CollectorSettings::load_with(&path, &own).expect("load");
+        assert_eq!(settings.interval_secs, 7);
+        assert_eq!(theirs.get("scan_only"), Some(&toml::Value::Boolean(true)));
+        let err = CollectorSettings::load(&path).expect_err("scan_only is not the runtime's");
+        assert!(
+            err.to_string().contains("unknown field `scan_only`"),
+            "{err}"
+        );
+        for (text, needle) in [
+            ("interval_secs = \"x\"\n", "interval_secs: invalid type"),
+            (
+                "scan_only = true\nlog_level = 3\n",
+                "log_level: invalid type",
+            ),
+            ("interval_secs = 7\n\nx = = 1\n", "line 3:"),
+            ("bogus = 1\n", "or one of this binary's own: scan_only"),
+        ] {
+            std::fs::write(&path, text).expect("write");
+            let err = CollectorSettings::load_with(&path, &own).expect_err(text);
+            let err = err.to_string();
+            assert!(
+                err.contains(needle) && !err.contains('\n'),
+                "{text:?}: {err}"
+            );
+        }
     }
 }

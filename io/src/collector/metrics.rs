@@ -14,6 +14,7 @@ use super::source::SourceHealth;
 pub(crate) struct Metrics {
     published: AtomicU64,
     dropped: AtomicU64,
+    backpressure_waits: AtomicU64,
     queue_depth: AtomicU64,
     tasks_in_flight: AtomicU64,
     text: Mutex<Text>,
@@ -35,6 +36,8 @@ pub struct MetricsSnapshot {
     pub events_published: u64,
     /// Events dropped since start.
     pub events_dropped: u64,
+    /// Times a source's send waited at the backpressure threshold.
+    pub backpressure_waits: u64,
     /// Events queued, batched or waiting for their PubAck.
     pub queue_depth: u64,
     /// Tasks being served.
@@ -72,6 +75,10 @@ impl Metrics {
 
     pub(crate) fn count_dropped(&self, n: u64) {
         self.dropped.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_backpressure_wait(&self) {
+        self.backpressure_waits.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn set_queue_depth(&self, n: u64) {
@@ -155,6 +162,7 @@ impl Metrics {
         MetricsSnapshot {
             events_published: self.published.load(Ordering::Relaxed),
             events_dropped: self.dropped.load(Ordering::Relaxed),
+            backpressure_waits: self.backpressure_waits.load(Ordering::Relaxed),
             queue_depth: self.queue_depth.load(Ordering::Relaxed),
             tasks_in_flight: self.tasks_in_flight.load(Ordering::Relaxed),
             last_error: text.last_error.clone(),

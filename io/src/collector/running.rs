@@ -40,10 +40,14 @@ pub(super) struct Running {
     pub(super) pacing: Pacing,
     pub(super) clock: MonotonicClock,
     pub(super) events_tx: Option<mpsc::Sender<SourceEvent>>,
+    /// The backpressure threshold's permits (see `super::source`).
+    pub(super) permits: Arc<tokio::sync::Semaphore>,
     pub(super) events_rx: mpsc::Receiver<SourceEvent>,
     pub(super) config_tx: watch::Sender<SourceConfig>,
     pub(super) shutdown_tx: watch::Sender<bool>,
     pub(super) heartbeat_now: mpsc::UnboundedSender<()>,
+    /// A source's detail line changed: its health is asked again and a heartbeat sent.
+    pub(super) detail_rx: mpsc::UnboundedReceiver<()>,
     pub(super) ack_tx: mpsc::UnboundedSender<u64>,
     pub(super) ack_rx: mpsc::UnboundedReceiver<u64>,
     pub(super) done_tx: mpsc::UnboundedSender<(usize, Result<(), SourceError>)>,
@@ -69,6 +73,7 @@ impl Running {
             let ctx = SourceContext {
                 events: EventSender {
                     tx: tx.clone(),
+                    permits: self.permits.clone(),
                     metrics: self.metrics.clone(),
                     send_timeout: Duration::from_millis(self.settings.send_timeout_ms),
                     handle: tokio::runtime::Handle::current(),
@@ -125,7 +130,10 @@ impl Running {
                 Some(wal) => {
                     let now_ms = unix_ms();
                     let mut refused = 0u64;
+                    // Each event's permit goes back once it is synced.
+                    let mut held = Vec::with_capacity(batch.items.len());
                     for ev in batch.items {
+                        held.push(ev.permit);
                         match wal.append(now_ms, ev.topic.as_str(), ev.payload) {
                             Ok(_) => {}
                             Err(WalFileError::Refused(_)) => refused += 1,
@@ -141,6 +149,7 @@ impl Running {
                         );
                     }
                     wal.commit()?;
+                    drop(held);
                     let max = self.batcher.config().max_events;
                     let sent =
                         publish_batches(&self.events, wal, &self.ack_tx, &self.id, max).await;
@@ -281,9 +290,16 @@ impl Running {
                     }
                 }
                 _ = health.tick() => self.check_health(Duration::from_secs(1)).await,
+                Some(()) = self.detail_rx.recv() => {
+                    // A change of mode (scanning instead of real time) shows in the next
+                    // heartbeat with the health it implies, not a health check later.
+                    while self.detail_rx.try_recv().is_ok() {}
+                    self.check_health(Duration::from_millis(200)).await;
+                    let _ = self.heartbeat_now.send(());
+                }
                 _ = telemetry.tick(), if self.settings.telemetry_secs > 0 => {
                     let s = self.metrics.snapshot();
-                    tracing::info!(published = s.events_published, dropped = s.events_dropped, queue = s.queue_depth, tasks = s.tasks_in_flight, "collector numbers");
+                    tracing::info!(published = s.events_published, dropped = s.events_dropped, backpressure_waits = s.backpressure_waits, queue = s.queue_depth, tasks = s.tasks_in_flight, "collector numbers");
                 }
             }
             self.send_batches().await?;

@@ -14,8 +14,11 @@
 //!   [`Batcher`] cuts batches (100 events or 100 ms); each batch is appended to the WAL and
 //!   synced once (group commit) before it is published at QoS1; a record leaves the WAL at
 //!   its PubAck.
-//! - **Backpressure**: the broker's Backpressure signals to the events connection feed the
-//!   core [`Pacing`] machine, whose interval the sources read in their [`SourceConfig`].
+//! - **Backpressure**: at most `backpressure_threshold` (800) events are held between the
+//!   sources and the WAL's sync; a source's send waits at the threshold up to
+//!   `send_timeout_ms` (500), then the event is dropped and counted (see [`super::source`]).
+//!   The broker's Backpressure signals to the events connection feed the core [`Pacing`]
+//!   machine, whose interval the sources read in their [`SourceConfig`].
 //! - **Control** (`CollectorControl`): HealthCheck (answered with the real numbers, and a
 //!   heartbeat now), UpdateConfig (interval, max events in flight, compute_hashes; into the
 //!   sources' `SourceConfig` without a restart), GracefulShutdown, BeginMonitoring (a
@@ -153,8 +156,9 @@ impl CollectorBuilder {
         self
     }
 
-    /// `DAEMONEYE_<COMPONENT>_<KEY>` variables the binary reads itself (keys without the
-    /// prefix), not refused as unknown.
+    /// Keys the binary reads itself (its own settings, keys without the prefix), not
+    /// refused as unknown: as `DAEMONEYE_<COMPONENT>_<KEY>` variables and in the settings
+    /// file (where [`CollectorBuilder::own_settings`] gives them).
     pub fn allow_env(mut self, keys: &[&str]) -> Self {
         self.allowed_env.extend(keys.iter().map(|k| k.to_string()));
         self
@@ -175,8 +179,54 @@ impl CollectorBuilder {
         self
     }
 
+    /// The settings file: the one given, else `DAEMONEYE_<COMPONENT>_CONFIG`.
+    fn file(&self, env: &[(String, String)]) -> Option<PathBuf> {
+        let variable = format!("{}CONFIG", env_prefix(&self.component));
+        self.config_file.clone().or_else(|| {
+            env.iter()
+                .find(|(k, _)| *k == variable)
+                .map(|(_, v)| PathBuf::from(v))
+        })
+    }
+
+    fn environment(&self) -> Vec<(String, String)> {
+        self.env
+            .clone()
+            .unwrap_or_else(|| std::env::vars().collect())
+    }
+
+    /// The binary's own keys (those of [`CollectorBuilder::allow_env`]) as the settings
+    /// file sets them, lower case; empty without a file.
+    pub fn own_settings(&self) -> Result<toml::Table, RuntimeError> {
+        match self.file(&self.environment()) {
+            Some(path) => Ok(CollectorSettings::load_with(&path, &self.allowed_env)?.1),
+            None => Ok(toml::Table::new()),
+        }
+    }
+
+    /// The settings alone, resolved and checked as [`CollectorBuilder::build`] does (for a
+    /// binary that also runs without a broker).
+    pub fn settings(mut self) -> Result<CollectorSettings, RuntimeError> {
+        self.resolve()
+    }
+
+    /// Defaults, the file, the environment, the binary's flags; then the bounds.
+    fn resolve(&mut self) -> Result<CollectorSettings, RuntimeError> {
+        let env = self.environment();
+        let mut settings = match self.file(&env) {
+            Some(path) => CollectorSettings::load_with(&path, &self.allowed_env)?.0,
+            None => CollectorSettings::default(),
+        };
+        settings.apply_env(&env_prefix(&self.component), &self.allowed_env, env)?;
+        for f in std::mem::take(&mut self.configure) {
+            f(&mut settings);
+        }
+        settings.validate(self.interval_bounds)?;
+        Ok(settings)
+    }
+
     /// Resolves and checks the settings.
-    pub fn build(self) -> Result<Collector, RuntimeError> {
+    pub fn build(mut self) -> Result<Collector, RuntimeError> {
         let n = self.sources.len();
         if n == 0 {
             return Err(RuntimeError::NoSources);
@@ -189,22 +239,7 @@ impl CollectorBuilder {
                 return Err(RuntimeError::DuplicateSource(s.name().to_string()));
             }
         }
-        let prefix = env_prefix(&self.component);
-        let env: Vec<(String, String)> = self.env.unwrap_or_else(|| std::env::vars().collect());
-        let file = self.config_file.or_else(|| {
-            env.iter()
-                .find(|(k, _)| *k == format!("{prefix}CONFIG"))
-                .map(|(_, v)| PathBuf::from(v))
-        });
-        let mut settings = match &file {
-            Some(path) => CollectorSettings::load(path)?,
-            None => CollectorSettings::default(),
-        };
-        settings.apply_env(&prefix, &self.allowed_env, env)?;
-        for f in self.configure {
-            f(&mut settings);
-        }
-        settings.validate(self.interval_bounds)?;
+        let settings = self.resolve()?;
         Ok(Collector {
             id: settings
                 .collector_id
@@ -449,11 +484,15 @@ impl Collector {
             Box::new(move || hb_metrics.heartbeat()),
             heartbeat_rx,
         ));
-        metrics.set_detail_notifier(heartbeat_now.clone());
+        let (detail_tx, detail_rx) = mpsc::unbounded_channel();
+        metrics.set_detail_notifier(detail_tx);
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let (results_tx, results_rx) = mpsc::unbounded_channel();
         let clock = MonotonicClock::default();
+        let permits = Arc::new(tokio::sync::Semaphore::new(
+            self.settings.backpressure_threshold,
+        ));
         let mut run = Running {
             id: self.id,
             batcher: Batcher::new(BatchConfig {
@@ -470,10 +509,12 @@ impl Collector {
             pacing,
             clock,
             events_tx: Some(events_tx),
+            permits,
             events_rx,
             config_tx,
             shutdown_tx,
             heartbeat_now,
+            detail_rx,
             ack_tx,
             ack_rx,
             done_tx,

@@ -12,11 +12,18 @@
 //!
 //! **Events.** A source hands the runtime `(topic, payload)` and nothing else: the runtime
 //! owns the publisher id, the write-ahead log and its sequences, batching and publishing, so
-//! no source can publish around it. The queue between them is bounded (`event_buffer`,
-//! default 1,000): [`EventSender::send`] waits for room at most `send_timeout` (default 500
-//! ms), then drops the event and counts it (`events_dropped` in the heartbeats);
-//! [`EventSender::try_send`] never waits; [`EventSender::blocking_send`] is `send` for a
-//! source's own thread (a netlink reader, a scanner).
+//! no source can publish around it.
+//!
+//! **Backpressure.** Each event holds one permit of a semaphore from the moment a source
+//! hands it over until the runtime has made it durable (appended to the WAL and synced) or,
+//! without a WAL, published it: `backpressure_threshold` (default 800) permits, so at most
+//! that many events are held between the sources and the disk, whatever the sources' pace.
+//! [`EventSender::send`] waits for a permit at most `send_timeout` (the most a source is held
+//! back, default 500 ms), then drops the event and counts it (`events_dropped` in the
+//! heartbeats; each wait is counted too, `backpressure_waits`); [`EventSender::try_send`]
+//! never waits; [`EventSender::blocking_send`] is `send` for a source's own thread (a
+//! netlink reader, a scanner). The queue behind the semaphore holds `event_buffer` (default
+//! 1,000, at least the threshold), so a source with a permit never waits for room.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -28,7 +35,7 @@ use daemoneye_core::collector::Pressure;
 pub use daemoneye_core::registry::SourceCaps;
 use daemoneye_core::topic::TopicName;
 use daemoneye_proto::pb::control as pbc;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, watch};
 
 use super::metrics::Metrics;
 
@@ -174,13 +181,15 @@ impl ShutdownSignal {
 pub(crate) struct SourceEvent {
     pub(crate) topic: TopicName,
     pub(crate) payload: Bytes,
+    /// Its place under the backpressure threshold, given back once it is durable.
+    pub(crate) permit: OwnedSemaphorePermit,
 }
 
 /// Why an event was not taken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
-    /// The queue stayed full past the send timeout (or, for `try_send`, was full): the
-    /// event is dropped and counted.
+    /// The backpressure threshold stayed reached past the send timeout (or, for `try_send`,
+    /// was reached): the event is dropped and counted.
     #[error("event queue full: event dropped")]
     Dropped,
     /// The topic is not a valid topic name.
@@ -200,49 +209,78 @@ pub enum SendError {
 #[derive(Debug, Clone)]
 pub struct EventSender {
     pub(crate) tx: mpsc::Sender<SourceEvent>,
+    pub(crate) permits: Arc<Semaphore>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) send_timeout: Duration,
     pub(crate) handle: tokio::runtime::Handle,
 }
 
 impl EventSender {
-    fn event(&self, topic: &str, payload: Bytes) -> Result<SourceEvent, SendError> {
-        match TopicName::parse(topic) {
-            Ok(topic) => Ok(SourceEvent { topic, payload }),
-            Err(e) => {
-                self.metrics.count_dropped(1);
-                Err(SendError::BadTopic {
-                    topic: topic.to_string(),
-                    reason: e.to_string(),
-                })
+    fn topic(&self, topic: &str) -> Result<TopicName, SendError> {
+        TopicName::parse(topic).map_err(|e| {
+            self.metrics.count_dropped(1);
+            SendError::BadTopic {
+                topic: topic.to_string(),
+                reason: e.to_string(),
             }
-        }
+        })
     }
 
-    /// Hands over an event, waiting at most the send timeout for room in the queue; past
-    /// it the event is dropped and counted.
+    fn dropped(&self) -> SendError {
+        self.metrics.count_dropped(1);
+        SendError::Dropped
+    }
+
+    /// Hands over an event, waiting at most the send timeout while the backpressure
+    /// threshold is reached; past it the event is dropped and counted.
     pub async fn send(&self, topic: &str, payload: Bytes) -> Result<(), SendError> {
-        let event = self.event(topic, payload)?;
-        match tokio::time::timeout(self.send_timeout, self.tx.send(event)).await {
+        let topic = self.topic(topic)?;
+        let deadline = tokio::time::Instant::now() + self.send_timeout;
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(TryAcquireError::Closed) => return Err(SendError::Closed),
+            Err(TryAcquireError::NoPermits) => {
+                self.metrics.count_backpressure_wait();
+                match tokio::time::timeout_at(deadline, self.permits.clone().acquire_owned()).await
+                {
+                    Ok(Ok(p)) => p,
+                    Ok(Err(_)) => return Err(SendError::Closed),
+                    Err(_) => return Err(self.dropped()),
+                }
+            }
+        };
+        let event = SourceEvent {
+            topic,
+            payload,
+            permit,
+        };
+        // The queue holds at least as many events as there are permits: no wait here
+        // unless the collector is stopping.
+        match tokio::time::timeout_at(deadline, self.tx.send(event)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(SendError::Closed),
-            Err(_) => {
-                self.metrics.count_dropped(1);
-                Err(SendError::Dropped)
-            }
+            Err(_) => Err(self.dropped()),
         }
     }
 
-    /// Hands over an event if there is room now; otherwise drops and counts it.
+    /// Hands over an event if the backpressure threshold is not reached; otherwise drops
+    /// and counts it.
     pub fn try_send(&self, topic: &str, payload: Bytes) -> Result<(), SendError> {
-        let event = self.event(topic, payload)?;
+        let topic = self.topic(topic)?;
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(TryAcquireError::Closed) => return Err(SendError::Closed),
+            Err(TryAcquireError::NoPermits) => return Err(self.dropped()),
+        };
+        let event = SourceEvent {
+            topic,
+            payload,
+            permit,
+        };
         match self.tx.try_send(event) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Closed),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.metrics.count_dropped(1);
-                Err(SendError::Dropped)
-            }
+            Err(mpsc::error::TrySendError::Full(_)) => Err(self.dropped()),
         }
     }
 
@@ -252,9 +290,10 @@ impl EventSender {
         self.handle.block_on(self.send(topic, payload))
     }
 
-    /// Events the queue can take now.
+    /// Events it can hand over now without waiting (permits left under the backpressure
+    /// threshold).
     pub fn room(&self) -> usize {
-        self.tx.capacity()
+        self.permits.available_permits().min(self.tx.capacity())
     }
 }
 
@@ -280,5 +319,93 @@ impl SourceStatus {
     /// Events the source itself could not produce or lost (a kernel buffer overrun).
     pub fn count_dropped(&self, n: u64) {
         self.metrics.count_dropped(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sender(threshold: usize, timeout: Duration) -> (EventSender, mpsc::Receiver<SourceEvent>) {
+        let (tx, rx) = mpsc::channel(threshold + 2);
+        let sender = EventSender {
+            tx,
+            permits: Arc::new(Semaphore::new(threshold)),
+            metrics: Arc::new(Metrics::new(Vec::<String>::new())),
+            send_timeout: timeout,
+            handle: tokio::runtime::Handle::current(),
+        };
+        (sender, rx)
+    }
+
+    fn payload(i: u8) -> Bytes {
+        Bytes::from(vec![i])
+    }
+
+    #[tokio::test]
+    async fn at_the_threshold_a_send_waits_its_timeout_then_drops_and_counts() {
+        let (tx, _rx) = sender(3, Duration::from_millis(30));
+        for i in 0..3 {
+            tx.send("events.x", payload(i))
+                .await
+                .expect("under the threshold");
+        }
+        assert_eq!(tx.room(), 0);
+        let started = tokio::time::Instant::now();
+        assert_eq!(
+            tx.send("events.x", payload(3)).await,
+            Err(SendError::Dropped)
+        );
+        assert!(started.elapsed() >= Duration::from_millis(30));
+        assert_eq!(tx.try_send("events.x", payload(4)), Err(SendError::Dropped));
+        let s = tx.metrics.snapshot();
+        assert_eq!((s.events_dropped, s.backpressure_waits), (2, 1));
+        assert!(matches!(
+            tx.try_send("events.+", payload(5)),
+            Err(SendError::BadTopic { .. })
+        ));
+        assert_eq!(tx.metrics.snapshot().events_dropped, 3);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_event_holds_its_place_until_the_runtime_is_done_with_it_not_when_dequeued() {
+        let (tx, mut rx) = sender(2, Duration::from_secs(30));
+        tx.send("events.x", payload(0)).await.expect("first");
+        tx.send("events.x", payload(1)).await.expect("second");
+        // Out of the queue but not yet durable: still counted against the threshold.
+        let first = rx.recv().await.expect("queued");
+        assert_eq!(first.payload, payload(0));
+        assert_eq!(tx.room(), 0);
+        let waiting = {
+            let tx = tx.clone();
+            tokio::spawn(async move { tx.send("events.x", payload(2)).await })
+        };
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!waiting.is_finished(), "sent past the threshold");
+        assert_eq!(tx.metrics.snapshot().backpressure_waits, 1);
+        // Durable: the place is given back and the waiting send goes through.
+        drop(first);
+        let sent = tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("the waiting send ends once a place is free")
+            .expect("task");
+        assert_eq!(sent, Ok(()));
+        assert_eq!(rx.recv().await.expect("second").payload, payload(1));
+        assert_eq!(rx.recv().await.expect("third").payload, payload(2));
+        assert_eq!(tx.metrics.snapshot().events_dropped, 0);
+    }
+
+    #[tokio::test]
+    async fn a_stopped_collector_refuses_sends_without_counting_drops() {
+        let (tx, rx) = sender(2, Duration::from_secs(30));
+        drop(rx);
+        assert_eq!(
+            tx.send("events.x", payload(0)).await,
+            Err(SendError::Closed)
+        );
+        assert_eq!(tx.try_send("events.x", payload(1)), Err(SendError::Closed));
+        assert_eq!(tx.metrics.snapshot().events_dropped, 0);
     }
 }

@@ -179,6 +179,10 @@ pub struct CollectorStatus {
     pub last_error: ::prost::alloc::string::String,
     #[prost(string, tag = "14")]
     pub detail: ::prost::alloc::string::String,
+    /// From its last heartbeat: its own health (the worst of its sources'); unspecified
+    /// before the first.
+    #[prost(enumeration = "HealthState", tag = "15")]
+    pub reported_health: i32,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct LifecycleResponse {

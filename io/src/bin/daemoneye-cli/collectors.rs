@@ -208,6 +208,9 @@ pub struct CollectorJson<'a> {
     /// What it declared when it registered, by name.
     capabilities: Vec<String>,
     last_exit: &'a str,
+    /// From its last heartbeat: its own health (`healthy`, `degraded`, `unhealthy`;
+    /// `unknown` before the first).
+    health: &'static str,
     /// From its last heartbeat: how it collects, one line.
     detail: &'a str,
     /// From its last heartbeat: events published and dropped since it started, events
@@ -237,6 +240,7 @@ impl<'a> From<&'a pbc::CollectorStatus> for CollectorJson<'a> {
                 .map(|at| daemoneye_io::clock::unix_ms().saturating_sub(at)),
             capabilities: SourceCaps::from_bits_retain(c.capabilities).names(),
             last_exit: &c.health,
+            health: crate::detection::health_name(c.reported_health),
             detail: &c.detail,
             events_published: c.events_published,
             events_dropped: c.events_dropped,
@@ -295,7 +299,12 @@ pub fn print_table(list: &[pbc::CollectorStatus]) {
             c.events_published,
             c.events_dropped,
             if c.health.is_empty() { "-" } else { &c.health },
-            if c.detail.is_empty() { "-" } else { &c.detail },
+            match (j.health, c.detail.is_empty()) {
+                ("degraded" | "unhealthy", true) => j.health.to_string(),
+                ("degraded" | "unhealthy", false) => format!("{}: {}", j.health, c.detail),
+                (_, true) => dash(),
+                (_, false) => c.detail.clone(),
+            },
         );
     }
 }

@@ -131,7 +131,7 @@ fn state_name(state: i32) -> &'static str {
     }
 }
 
-fn health_name(state: i32) -> &'static str {
+pub(crate) fn health_name(state: i32) -> &'static str {
     match HealthState::try_from(state) {
         Ok(HealthState::Healthy) => "healthy",
         Ok(HealthState::Degraded) => "degraded",

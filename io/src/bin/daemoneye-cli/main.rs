@@ -138,7 +138,7 @@ impl Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = daemoneye_io::args::parse_or_exit(<Cli as clap::CommandFactory>::command());
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -35,7 +35,7 @@ pub use event::process_event;
 pub use hash::HashCache;
 pub use names::NameCache;
 pub use reader::{ProcessReader, ReadOptions, ReadOutcome, ReadStats};
-pub use scan::{scan, scan_known};
+pub use scan::{RunStamps, scan, scan_known};
 #[cfg(target_os = "linux")]
 pub use watch::{Observation, Watch, WatchOptions, WatchStats};
 

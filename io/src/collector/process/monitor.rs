@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use daemoneye_core::Instant;
-use daemoneye_core::procmon::table::{Output, ProcessTable, ScanResult, TableConfig};
+use daemoneye_core::procmon::table::{Output, ProcessTable, ScanResult, TableConfig, TableStats};
 use daemoneye_core::topic::topics;
 use daemoneye_proto::pb::events as pbe;
 use nix::time::{ClockId, clock_gettime};
@@ -122,10 +122,17 @@ struct Monitor<'a, S: MonitorSink> {
     sink: &'a mut S,
     /// Real-time events arrive (the connector is live).
     realtime: bool,
+    /// The processes' scheduler counts at the last scan (what lets the next skip reading
+    /// again a process that has not run).
+    stamps: super::RunStamps,
     /// Every id change of a process the table holds, since it was read, reached the table
     /// through the connector (real time, no overrun since the last scan that read the
     /// ids): a reconciliation scan need not read `status` again.
     ids_told: bool,
+    /// How it collects (the detail line's start).
+    mode: String,
+    /// The detail line last given to the sink.
+    reported: String,
 }
 
 impl<S: MonitorSink> Monitor<'_, S> {
@@ -147,10 +154,13 @@ impl<S: MonitorSink> Monitor<'_, S> {
                     let listed_at = self.ticks.now();
                     let table = &self.table;
                     let ids = !self.ids_told;
-                    let processes =
-                        super::scan_known(&self.reader, self.options.max_processes, ids, |pid| {
-                            table.get(pid)
-                        });
+                    let processes = super::scan_known(
+                        &self.reader,
+                        self.options.max_processes,
+                        ids,
+                        |pid| table.get(pid),
+                        &mut self.stamps,
+                    );
                     self.ids_told = self.realtime;
                     let finished_at = self.ticks.now();
                     let now = self.now();
@@ -162,6 +172,7 @@ impl<S: MonitorSink> Monitor<'_, S> {
                             processes,
                         },
                     );
+                    self.report();
                 }
             }
         }
@@ -209,6 +220,27 @@ impl<S: MonitorSink> Monitor<'_, S> {
     fn scanning_detail(&self, why: &str) -> String {
         format!("scanning every {}s: {why}", self.options.interval.as_secs())
     }
+
+    /// How it collects now: the detail line, with what was lost so far.
+    fn set_mode(&mut self, mode: String) {
+        self.mode = mode;
+        self.report();
+    }
+
+    /// Gives the sink the detail line when it changed: the mode and, once anything was
+    /// lost, what and how much (the heartbeat's detail, `collectors list`).
+    fn report(&mut self) {
+        let losses = losses(self.table.stats(), self.reader.stats());
+        let line = if losses.is_empty() {
+            self.mode.clone()
+        } else {
+            format!("{}; {losses}", self.mode)
+        };
+        if line != self.reported {
+            self.reported.clone_from(&line);
+            self.sink.detail(line);
+        }
+    }
 }
 
 /// Runs the monitor on the calling thread until `stop` is set: the start-up snapshot, then
@@ -237,7 +269,10 @@ pub fn run<S: MonitorSink>(
         origin,
         sink,
         realtime: false,
+        stamps: super::RunStamps::default(),
         ids_told: false,
+        mode: String::new(),
+        reported: String::new(),
     };
     let watch = open_watch(&mut monitor);
     // Listening before the start-up scan reads anything: every later id change is told.
@@ -253,7 +288,7 @@ pub fn run<S: MonitorSink>(
     match watch {
         #[cfg(target_os = "linux")]
         Some((watch, observations)) => {
-            monitor.sink.detail(format!(
+            monitor.set_mode(format!(
                 "realtime (netlink{}), reconciling every {}s",
                 if watch.is_realtime() {
                     ", SCHED_FIFO"
@@ -268,7 +303,7 @@ pub fn run<S: MonitorSink>(
             monitor.ids_told = false;
             if let Some(why) = fell_back {
                 let line = monitor.scanning_detail(&why);
-                monitor.sink.detail(line);
+                monitor.set_mode(line);
                 scan_loop(&mut monitor, &controls, &stop);
             }
         }
@@ -287,7 +322,7 @@ fn open_watch<S: MonitorSink>(monitor: &mut Monitor<'_, S>) -> OpenWatch {
     use super::connector::{ConnectorOptions, ProcConnector};
     if monitor.options.force_scan {
         let line = monitor.scanning_detail("real-time events turned off (--scan-only)");
-        monitor.sink.detail(line);
+        monitor.set_mode(line);
         return None;
     }
     let connector = match ProcConnector::open(&ConnectorOptions::default()) {
@@ -295,7 +330,7 @@ fn open_watch<S: MonitorSink>(monitor: &mut Monitor<'_, S>) -> OpenWatch {
         Err(e) => {
             tracing::warn!(error = %e, "the kernel's process connector is not available: scanning instead");
             let line = monitor.scanning_detail(&e.to_string());
-            monitor.sink.detail(line);
+            monitor.set_mode(line);
             return None;
         }
     };
@@ -307,7 +342,7 @@ fn open_watch<S: MonitorSink>(monitor: &mut Monitor<'_, S>) -> OpenWatch {
         Ok(started) => Some(started),
         Err(e) => {
             let line = monitor.scanning_detail(&format!("could not start the watch: {e}"));
-            monitor.sink.detail(line);
+            monitor.set_mode(line);
             None
         }
     }
@@ -316,7 +351,7 @@ fn open_watch<S: MonitorSink>(monitor: &mut Monitor<'_, S>) -> OpenWatch {
 #[cfg(not(target_os = "linux"))]
 fn open_watch<S: MonitorSink>(monitor: &mut Monitor<'_, S>) -> OpenWatch {
     let line = monitor.scanning_detail("no real-time process events on this system");
-    monitor.sink.detail(line);
+    monitor.set_mode(line);
     None
 }
 
@@ -401,4 +436,36 @@ fn scan_loop<S: MonitorSink>(
         }
         monitor.drain();
     }
+}
+
+/// What was lost so far, as the detail line shows it (empty when nothing was): processes
+/// gone before anything of them could be read, overruns of the connector's socket, new
+/// processes refused at the process limit, and fields left unread by reason.
+fn losses(table: &TableStats, reads: &super::ReadStats) -> String {
+    let mut parts = Vec::new();
+    let mut count = |n: u64, what: &str| {
+        if n > 0 {
+            parts.push(format!("{n} {what}"));
+        }
+    };
+    count(
+        reads.lost_to_race(),
+        "processes gone before they could be read",
+    );
+    count(table.overruns, "connector overruns");
+    count(table.refused, "processes refused at the process limit");
+    let mut unread = [0u64; 3];
+    for (_, reason, n) in reads.snapshot() {
+        unread[reason as usize] += n;
+    }
+    let [gone, denied, other] = unread;
+    count(gone + denied + other, "fields unread");
+    if parts.is_empty() {
+        return String::new();
+    }
+    let mut line = format!("lost: {}", parts.join(", "));
+    if gone + denied + other > 0 {
+        line.push_str(&format!(" ({gone} gone, {denied} denied, {other} other)"));
+    }
+    line
 }

@@ -28,6 +28,8 @@ pub struct Stat {
     pub utime: u64,
     /// See `utime`.
     pub stime: u64,
+    /// Field 20: threads in the process.
+    pub threads: u64,
     /// Field 22: start time in clock ticks since boot.
     pub start_ticks: u64,
     /// Field 24: resident pages.
@@ -64,7 +66,8 @@ impl Stat {
         let flags = next_num(1)? as u32; // 9 (skip tpgid)
         let utime = next_num(4)?; // 14 (skip minflt, cminflt, majflt, cmajflt)
         let stime = next_num(0)?; // 15
-        let start_ticks = next_num(6)?; // 22 (skip cutime, cstime, priority, nice, threads, itreal)
+        let threads = next_num(4)?; // 20 (skip cutime, cstime, priority, nice)
+        let start_ticks = next_num(1)?; // 22 (skip itrealvalue)
         let rss_pages = next_num(1)?; // 24 (skip vsize)
         Some(Stat {
             comm,
@@ -75,6 +78,7 @@ impl Stat {
             flags,
             utime,
             stime,
+            threads,
             start_ticks,
             rss_pages,
         })
@@ -107,11 +111,36 @@ fn read_proc_text(path: &str) -> std::io::Result<String> {
     read_proc_file(path).map(|b| String::from_utf8_lossy(&b).into_owned())
 }
 
+/// Reads and parses a `/proc` file that the kernel generates whole in one `seq_file` show
+/// (`stat`, `status`): such a file comes entire in one read when it fits the buffer, so a
+/// read shorter than the buffer is its end. One open, one read into the stack, one close:
+/// a reconciliation scan reads two of these per process, ten thousand processes in a
+/// scan, and the read for the end of file and the heap buffer were a quarter of it. A file
+/// longer than the buffer is read on to its end.
+fn read_whole<T>(path: &str, parse: impl FnOnce(&str) -> Option<T>) -> Result<T, Reason> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|e| Reason::of(&e))?;
+    let mut page = [0u8; 4096];
+    let n = loop {
+        match file.read(&mut page) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Reason::of(&e)),
+        }
+    };
+    let parsed = if n < page.len() {
+        parse(&String::from_utf8_lossy(&page[..n]))
+    } else {
+        let mut all = page.to_vec();
+        file.read_to_end(&mut all).map_err(|e| Reason::of(&e))?;
+        parse(&String::from_utf8_lossy(&all))
+    };
+    parsed.ok_or(Reason::Other)
+}
+
 /// `/proc/<pid>/stat`.
 pub fn read_stat(pid: u32) -> Result<Stat, Reason> {
-    let bytes = read_proc_file(&path(pid, "stat")).map_err(|e| Reason::of(&e))?;
-    let text = String::from_utf8_lossy(&bytes);
-    Stat::parse(&text).ok_or(Reason::Other)
+    read_whole(&path(pid, "stat"), Stat::parse)
 }
 
 /// `/proc/<pid>/cmdline`, one string per argument (lossy UTF-8).
@@ -132,6 +161,33 @@ pub fn read_link(pid: u32, link: &str) -> Result<String, Reason> {
     std::fs::read_link(path(pid, link))
         .map(|p| String::from_utf8_lossy(p.as_os_str().as_bytes()).into_owned())
         .map_err(|e| Reason::of(&e))
+}
+
+/// The scheduler's counts of a process's main thread (`/proc/<pid>/schedstat`): time on a
+/// CPU in nanoseconds and times it was put on one. Both only grow while it runs, so equal
+/// counts at two moments mean it did not run in between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchedStat {
+    /// Time on a CPU, ns.
+    pub run_ns: u64,
+    /// Times scheduled onto a CPU (0 where the kernel keeps no scheduler statistics).
+    pub runs: u64,
+}
+
+impl SchedStat {
+    /// Parses `<run ns> <wait ns> <runs>`.
+    pub fn parse(text: &str) -> Option<SchedStat> {
+        let mut f = text.split_ascii_whitespace().map(str::parse::<u64>);
+        let run_ns = f.next()?.ok()?;
+        let _wait = f.next()?.ok()?;
+        let runs = f.next()?.ok()?;
+        Some(SchedStat { run_ns, runs })
+    }
+}
+
+/// `/proc/<pid>/schedstat` (absent on kernels built without scheduler statistics).
+pub fn read_schedstat(pid: u32) -> Result<SchedStat, Reason> {
+    read_whole(&path(pid, "schedstat"), SchedStat::parse)
 }
 
 /// The fields of `/proc/<pid>/status` the collector uses.
@@ -183,8 +239,7 @@ impl Status {
 
 /// `/proc/<pid>/status`.
 pub fn read_status(pid: u32) -> Result<Status, Reason> {
-    let text = read_proc_text(&path(pid, "status")).map_err(|e| Reason::of(&e))?;
-    Status::parse(&text).ok_or(Reason::Other)
+    read_whole(&path(pid, "status"), Status::parse)
 }
 
 /// The cgroup path: the unified (v2, `0::`) hierarchy's, else the first line's.
@@ -290,15 +345,20 @@ impl BootClock {
 
     /// CPU use over the process's lifetime, percent of one core.
     pub fn lifetime_cpu_percent(&self, stat: &Stat) -> f32 {
+        self.cpu_percent_since(stat.start_ticks, self.ticks_to_ms(stat.utime + stat.stime))
+    }
+
+    /// `cpu_ms` of CPU as a share of the time since `start_ticks`, in percent.
+    pub fn cpu_percent_since(&self, start_ticks: u64, cpu_ms: u64) -> f32 {
         let Ok(now) = clock_gettime(ClockId::CLOCK_BOOTTIME) else {
             return 0.0;
         };
         let now_ms = now.tv_sec() as u64 * 1000 + now.tv_nsec() as u64 / 1_000_000;
-        let lived = now_ms.saturating_sub(self.ticks_to_ms(stat.start_ticks));
+        let lived = now_ms.saturating_sub(self.ticks_to_ms(start_ticks));
         if lived == 0 {
             return 0.0;
         }
-        (self.ticks_to_ms(stat.utime + stat.stime) as f64 * 100.0 / lived as f64) as f32
+        (cpu_ms as f64 * 100.0 / lived as f64) as f32
     }
 }
 
@@ -319,11 +379,75 @@ mod tests {
         assert_eq!(s.comm, "a b) c)");
         assert_eq!((s.state, s.ppid, s.session, s.tty_nr), ('S', 1, 42, 34817));
         assert_eq!(
-            (s.utime, s.stime, s.start_ticks, s.rss_pages),
-            (7, 3, 12345, 250)
+            (s.utime, s.stime, s.threads, s.start_ticks, s.rss_pages),
+            (7, 3, 1, 12345, 250)
         );
         assert!(!s.is_kernel_thread());
         assert_eq!(Stat::parse("42 (x"), None);
+    }
+
+    #[test]
+    fn a_whole_file_is_read_to_its_end_whether_shorter_or_longer_than_a_page() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for len in [0usize, 100, 4095, 4096, 4097, 10_000] {
+            let path = dir.path().join(format!("f{len}"));
+            let text: String = (0..len)
+                .map(|i| char::from(b'a' + (i % 26) as u8))
+                .collect();
+            std::fs::write(&path, &text).expect("write");
+            let read = read_whole(path.to_str().expect("utf-8"), |t| Some(t.to_string()));
+            assert_eq!(read, Ok(text), "{len} bytes");
+        }
+        assert_eq!(
+            read_whole("/nonexistent/daemoneye", |_| Some(())),
+            Err(Reason::Gone)
+        );
+        // A real seq_file: this process's own.
+        let me = read_status(std::process::id()).expect("own status");
+        assert_eq!(me.ruid, nix::unistd::getuid().as_raw());
+        let stat = read_stat(std::process::id()).expect("own stat");
+        assert_eq!(stat.ppid, std::os::unix::process::parent_id());
+    }
+
+    #[test]
+    fn schedstat_counts_grow_while_a_process_runs_and_stay_while_it_sleeps() {
+        assert_eq!(
+            SchedStat::parse("1234 99 7\n"),
+            Some(SchedStat {
+                run_ns: 1234,
+                runs: 7
+            })
+        );
+        assert_eq!(SchedStat::parse("1234 99"), None);
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        let pid = child.id();
+        // Asleep once its state says so; from then on its counts stay.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while read_stat(pid).map(|s| s.state) != Ok('S') {
+            assert!(std::time::Instant::now() < deadline, "sleep never slept");
+            std::thread::yield_now();
+        }
+        let before = read_schedstat(pid).expect("schedstat");
+        assert!(before.run_ns > 0, "{before:?}");
+        for _ in 0..50 {
+            assert_eq!(read_schedstat(pid), Ok(before));
+        }
+        // Woken (a stop and a continue make it run): the counts move.
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGSTOP,
+        )
+        .expect("stop");
+        while read_stat(pid).map(|s| s.state) != Ok('T') {
+            assert!(std::time::Instant::now() < deadline, "never stopped");
+            std::thread::yield_now();
+        }
+        assert_ne!(read_schedstat(pid), Ok(before));
+        child.kill().expect("kill");
+        child.wait().expect("reap");
     }
 
     #[test]

@@ -486,27 +486,25 @@ impl ProcessReader {
     ///
     /// argv, cwd and cgroup stay as read before: a process's own rewrite of its argv (a
     /// title) and a move between cgroups are not followed between full reads.
+    ///
+    /// `paths` remembers, for one scan, what each executable path names on disk now (one
+    /// lookup per binary, not per process: a host runs many processes of few binaries).
     pub(crate) fn refresh(
         &self,
         known: &ProcessInfo,
         stat: &Stat,
         ids: bool,
+        paths: &mut PathIds,
     ) -> Option<ProcessInfo> {
         let options = self.options();
-        let parent_field = |f: &String| Source::Parent.fields().contains(&f.as_str());
         let same = known.start_ticks != 0
             && stat.start_ticks == known.start_ticks
             && stat.state != 'Z'
-            && stat.comm == known.name
-            && known.unread.iter().all(parent_field);
-        if !same {
+            && stat.comm == known.name;
+        if !same || !self.holds_all(known) {
             return None;
         }
-        let kernel_thread = stat.is_kernel_thread();
-        if !kernel_thread {
-            if options.compute_hashes && known.exe_sha256.is_empty() {
-                return None;
-            }
+        if !stat.is_kernel_thread() {
             let target = procfs::read_link(known.pid, "exe").ok()?;
             let (path, unlinked) = match target.strip_suffix(" (deleted)") {
                 Some(p) => (p, true),
@@ -517,40 +515,83 @@ impl ProcessReader {
             }
             // The path now names another file than the one that runs (the id at exec).
             let replaced = !unlinked
-                && match std::fs::metadata(path) {
-                    Ok(m) => {
-                        let now = FileId::of(&m);
-                        (now.dev, now.ino) != (known.exe_dev, known.exe_inode)
-                    }
-                    Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+                && match paths.lookup(path) {
+                    PathId::File(dev, ino) => (dev, ino) != (known.exe_dev, known.exe_inode),
+                    PathId::Missing => true,
+                    PathId::Unknown => false,
                 };
             if (unlinked || replaced) != known.exe_deleted {
                 return None;
             }
-            if !ids {
-                return self.refreshed(known, stat);
-            }
-            let status = procfs::read_status(known.pid).ok()?;
-            let ids_same = (status.ruid, status.euid, status.rgid)
-                == (known.uid, known.euid, known.gid)
-                && (!options.enhanced_metadata
-                    || (status.cap_eff, status.cap_prm)
-                        == (known.cap_effective, known.cap_permitted));
-            if !ids_same {
-                return None;
+            if ids {
+                let status = procfs::read_status(known.pid).ok()?;
+                let ids_same = (status.ruid, status.euid, status.rgid)
+                    == (known.uid, known.euid, known.gid)
+                    && (!options.enhanced_metadata
+                        || (status.cap_eff, status.cap_prm)
+                            == (known.cap_effective, known.cap_permitted));
+                if !ids_same {
+                    return None;
+                }
             }
         }
-        self.refreshed(known, stat)
+        let mut info = self.kept(known);
+        self.fill_from_stat(&mut info, stat);
+        Some(info)
     }
 
-    /// `known` with the `stat` fields refreshed and the parent left for the scan to fill.
-    fn refreshed(&self, known: &ProcessInfo, stat: &Stat) -> Option<ProcessInfo> {
+    /// A process that has not been on a CPU since `known` was confirmed (the caller
+    /// compared its scheduler counts, read before that confirmation and again now): it
+    /// cannot have exec'd, renamed itself, changed its ids, capabilities or session, or
+    /// made a thread, so nothing of it is read; only what changes without it running is
+    /// checked: its executable's file, which may have been removed or replaced on disk
+    /// (through `paths`; a rename of a directory above it is followed at the process's
+    /// next run). Its parent pid, which changes when the parent exits, is the caller's to
+    /// check. `None` means read it again.
+    ///
+    /// Kept as they were read: its memory (which the kernel may reclaim meanwhile), its
+    /// state and its terminal; its CPU time cannot have grown, and its lifetime CPU share
+    /// is worked out again.
+    pub(crate) fn keep_idle(
+        &self,
+        known: &ProcessInfo,
+        paths: &mut PathIds,
+    ) -> Option<ProcessInfo> {
+        if known.start_ticks == 0 || !self.holds_all(known) {
+            return None;
+        }
+        // A kernel thread has no executable (a process's unread one fails `holds_all`).
+        if !known.exe.is_empty()
+            && !known.exe_deleted
+            && paths.lookup(&known.exe) != PathId::File(known.exe_dev, known.exe_inode)
+        {
+            return None;
+        }
+        let mut info = self.kept(known);
+        info.cpu_percent = self
+            .inner
+            .boot
+            .cpu_percent_since(known.start_ticks, known.cpu_time_ms);
+        Some(info)
+    }
+
+    /// `known` holds every field the options ask for (its parent fields aside: the scan
+    /// fills them).
+    fn holds_all(&self, known: &ProcessInfo) -> bool {
+        let parent_field = |f: &String| Source::Parent.fields().contains(&f.as_str());
+        known.unread.iter().all(parent_field)
+            && !(self.options().compute_hashes
+                && known.exe_sha256.is_empty()
+                && !known.exe.is_empty())
+    }
+
+    /// `known` with its parent left for the scan to fill.
+    fn kept(&self, known: &ProcessInfo) -> ProcessInfo {
         let mut info = known.clone();
-        self.fill_from_stat(&mut info, stat);
         info.parent_exe.clear();
         info.parent_cmdline.clear();
         info.unread.clear();
-        Some(info)
+        info
     }
 
     fn fill_from_stat(&self, info: &mut ProcessInfo, stat: &Stat) {
@@ -566,6 +607,41 @@ impl ProcessReader {
         info.cpu_time_ms = boot.ticks_to_ms(stat.utime + stat.stime);
         info.cpu_percent = boot.lifetime_cpu_percent(stat);
         info.memory_bytes = stat.rss_pages.saturating_mul(boot.page_size);
+    }
+}
+
+/// What a path names on disk, as looked up once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PathId {
+    /// A file: its device and inode.
+    File(u64, u64),
+    /// Nothing (removed).
+    Missing,
+    /// It could not be looked up (permission): taken as unchanged.
+    Unknown,
+}
+
+/// The identity of the executable paths met during one scan, each looked up once; dropped
+/// with the scan, so a replaced binary is seen by the next one.
+#[derive(Debug, Default)]
+pub(crate) struct PathIds(std::collections::HashMap<String, PathId>);
+
+impl PathIds {
+    /// What `path` names, from the disk the first time in this scan.
+    pub(crate) fn lookup(&mut self, path: &str) -> PathId {
+        if let Some(id) = self.0.get(path) {
+            return *id;
+        }
+        let id = match std::fs::metadata(path) {
+            Ok(m) => {
+                let f = FileId::of(&m);
+                PathId::File(f.dev, f.ino)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => PathId::Missing,
+            Err(_) => PathId::Unknown,
+        };
+        self.0.insert(path.to_string(), id);
+        id
     }
 }
 
@@ -638,6 +714,32 @@ pub fn container_id(cgroup: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scan_looks_a_path_up_once_and_the_next_scan_sees_it_replaced() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bin = dir.path().join("tool");
+        std::fs::write(&bin, b"one").expect("write");
+        let path = bin.to_str().expect("utf-8");
+        let ino = std::fs::metadata(&bin).expect("meta").ino();
+        let mut scan = PathIds::default();
+        let first = scan.lookup(path);
+        assert!(matches!(first, PathId::File(_, i) if i == ino), "{first:?}");
+        // Replaced on disk (a new inode): the same scan keeps what it saw, the next one
+        // sees the new file; removed: missing.
+        let new = dir.path().join("tool.new");
+        std::fs::write(&new, b"two").expect("write");
+        std::fs::rename(&new, &bin).expect("rename");
+        assert_eq!(scan.lookup(path), first);
+        let next = PathIds::default().lookup(path);
+        assert!(
+            matches!(next, PathId::File(..)) && next != first,
+            "{next:?}"
+        );
+        std::fs::remove_file(&bin).expect("remove");
+        assert_eq!(PathIds::default().lookup(path), PathId::Missing);
+    }
 
     const ID: &str = "3f4e5d6c7b8a99887766554433221100ffeeddccbbaa00112233445566778899";
 
