@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use daemoneye_tests::{Agent, Bins, Lines, eventually, signal, wait_exit};
+use daemoneye_tests::{Agent, Bins, Lines, Subscriber, eventually, signal, wait_exit};
 
 const T: Duration = Duration::from_secs(15);
 
@@ -50,6 +50,22 @@ fn events_of(lines: &[String], pid: u32) -> Vec<serde_json::Value> {
         .map(|v| v["event"].clone())
         .filter(|e| e["pid"].as_u64() == Some(u64::from(pid)))
         .collect()
+}
+
+/// The `events.process.new` events `sub` prints for a `/bin/sleep 60` started now, once
+/// one arrives (or none within `T`).
+fn new_sleep_events(sub: &mut Subscriber) -> Vec<serde_json::Value> {
+    let mut child = Command::new("/bin/sleep").arg("60").spawn().expect("spawn");
+    let pid = child.id();
+    let deadline = Instant::now() + T;
+    let mut found = Vec::new();
+    while Instant::now() < deadline && found.is_empty() {
+        let lines = sub.stdout.drain(Duration::from_millis(200)).to_vec();
+        found = events_of(&lines, pid);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    found
 }
 
 fn unix_ms() -> u64 {
@@ -149,16 +165,7 @@ fn forced_scanning_says_so_and_still_finds_processes() {
     let caps = procmond(&agent)["capabilities"].clone();
     assert_eq!(caps, serde_json::json!(["process", "system_wide"]));
     let mut sub = agent.subscriber(&["events.process.new", "--json"]);
-    let mut child = Command::new("/bin/sleep").arg("60").spawn().expect("spawn");
-    let pid = child.id();
-    let deadline = Instant::now() + T;
-    let mut found = Vec::new();
-    while Instant::now() < deadline && found.is_empty() {
-        let lines = sub.stdout.drain(Duration::from_millis(200)).to_vec();
-        found = events_of(&lines, pid);
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    let found = new_sleep_events(&mut sub);
     assert_eq!(found.len(), 1, "{found:#?}");
     assert_eq!(found[0]["source"], "scan", "{}", found[0]);
     assert_eq!(found[0]["exe"], "/usr/bin/sleep", "{}", found[0]);
@@ -278,4 +285,41 @@ fn what_procmond_loses_is_in_its_detail_line() {
         .and_then(|p| p.split(' ').next()?.parse().ok())
         .unwrap_or(0);
     assert!(refused > 0, "{detail}");
+}
+
+#[test]
+fn collectors_config_changes_procmonds_interval_and_hashing_while_it_runs() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let agent = Agent::start(&bins(), Some(&config(&state, "")));
+    let pid = wait_mode(&agent, "reconciling every 5s");
+    let (status, _, err) = agent.run_cli(&[
+        "collectors",
+        "config",
+        "procmond",
+        "--interval",
+        "10",
+        "--compute-hashes",
+        "true",
+    ]);
+    assert!(status.success(), "{err}");
+    wait_mode(&agent, "reconciling every 10s");
+    assert_eq!(
+        procmond(&agent)["pid"].as_u64(),
+        Some(u64::from(pid)),
+        "not restarted"
+    );
+    // New processes now carry their executable's hash.
+    let mut sub = agent.subscriber(&["events.process.new", "--json"]);
+    let found = new_sleep_events(&mut sub);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    let expected = Command::new("sha256sum")
+        .arg("/usr/bin/sleep")
+        .output()
+        .expect("sha256sum");
+    let expected = String::from_utf8_lossy(&expected.stdout)
+        .split(' ')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(found[0]["exe_sha256"], expected.as_str(), "{}", found[0]);
 }

@@ -112,6 +112,32 @@ impl Ticks {
     }
 }
 
+/// How the monitor collects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Mode {
+    /// Before the connector is opened or refused.
+    Starting,
+    /// Real-time events from the connector (`fifo`: its thread runs under SCHED_FIFO).
+    Realtime { fifo: bool },
+    /// Scans only, and why.
+    Scanning(String),
+}
+
+impl Mode {
+    /// The detail line's start, with the scan interval in force.
+    fn line(&self, interval: Duration) -> String {
+        let every = interval.as_secs();
+        match self {
+            Mode::Starting => "starting".into(),
+            Mode::Realtime { fifo } => format!(
+                "realtime (netlink{}), reconciling every {every}s",
+                if *fifo { ", SCHED_FIFO" } else { "" }
+            ),
+            Mode::Scanning(why) => format!("scanning every {every}s: {why}"),
+        }
+    }
+}
+
 /// The monitor's state on its thread.
 struct Monitor<'a, S: MonitorSink> {
     options: MonitorOptions,
@@ -130,7 +156,7 @@ struct Monitor<'a, S: MonitorSink> {
     /// ids): a reconciliation scan need not read `status` again.
     ids_told: bool,
     /// How it collects (the detail line's start).
-    mode: String,
+    mode: Mode,
     /// The detail line last given to the sink.
     reported: String,
 }
@@ -194,6 +220,8 @@ impl<S: MonitorSink> Monitor<'_, S> {
                 config.reconcile_interval = interval;
                 let now = self.now();
                 self.table.set_config(now, config);
+                // The detail line names the interval in force.
+                self.report();
             }
         }
     }
@@ -217,12 +245,8 @@ impl<S: MonitorSink> Monitor<'_, S> {
         }
     }
 
-    fn scanning_detail(&self, why: &str) -> String {
-        format!("scanning every {}s: {why}", self.options.interval.as_secs())
-    }
-
     /// How it collects now: the detail line, with what was lost so far.
-    fn set_mode(&mut self, mode: String) {
+    fn set_mode(&mut self, mode: Mode) {
         self.mode = mode;
         self.report();
     }
@@ -230,11 +254,16 @@ impl<S: MonitorSink> Monitor<'_, S> {
     /// Gives the sink the detail line when it changed: the mode and, once anything was
     /// lost, what and how much (the heartbeat's detail, `collectors list`).
     fn report(&mut self) {
+        // The first line tells the sink the connector is open or refused.
+        if self.mode == Mode::Starting {
+            return;
+        }
         let losses = losses(self.table.stats(), self.reader.stats());
+        let mode = self.mode.line(self.options.interval);
         let line = if losses.is_empty() {
-            self.mode.clone()
+            mode
         } else {
-            format!("{}; {losses}", self.mode)
+            format!("{mode}; {losses}")
         };
         if line != self.reported {
             self.reported.clone_from(&line);
@@ -271,7 +300,7 @@ pub fn run<S: MonitorSink>(
         realtime: false,
         stamps: super::RunStamps::default(),
         ids_told: false,
-        mode: String::new(),
+        mode: Mode::Starting,
         reported: String::new(),
     };
     let watch = open_watch(&mut monitor);
@@ -288,22 +317,15 @@ pub fn run<S: MonitorSink>(
     match watch {
         #[cfg(target_os = "linux")]
         Some((watch, observations)) => {
-            monitor.set_mode(format!(
-                "realtime (netlink{}), reconciling every {}s",
-                if watch.is_realtime() {
-                    ", SCHED_FIFO"
-                } else {
-                    ""
-                },
-                monitor.options.interval.as_secs()
-            ));
+            monitor.set_mode(Mode::Realtime {
+                fifo: watch.is_realtime(),
+            });
             let fell_back = realtime_loop(&mut monitor, &observations, &controls, &stop);
             watch.stop();
             monitor.realtime = false;
             monitor.ids_told = false;
             if let Some(why) = fell_back {
-                let line = monitor.scanning_detail(&why);
-                monitor.set_mode(line);
+                monitor.set_mode(Mode::Scanning(why));
                 scan_loop(&mut monitor, &controls, &stop);
             }
         }
@@ -321,16 +343,16 @@ type OpenWatch = Option<std::convert::Infallible>;
 fn open_watch<S: MonitorSink>(monitor: &mut Monitor<'_, S>) -> OpenWatch {
     use super::connector::{ConnectorOptions, ProcConnector};
     if monitor.options.force_scan {
-        let line = monitor.scanning_detail("real-time events turned off (--scan-only)");
-        monitor.set_mode(line);
+        monitor.set_mode(Mode::Scanning(
+            "real-time events turned off (--scan-only)".into(),
+        ));
         return None;
     }
     let connector = match ProcConnector::open(&ConnectorOptions::default()) {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(error = %e, "the kernel's process connector is not available: scanning instead");
-            let line = monitor.scanning_detail(&e.to_string());
-            monitor.set_mode(line);
+            monitor.set_mode(Mode::Scanning(e.to_string()));
             return None;
         }
     };
@@ -341,8 +363,7 @@ fn open_watch<S: MonitorSink>(monitor: &mut Monitor<'_, S>) -> OpenWatch {
     match super::Watch::start(connector, monitor.reader.clone(), options) {
         Ok(started) => Some(started),
         Err(e) => {
-            let line = monitor.scanning_detail(&format!("could not start the watch: {e}"));
-            monitor.set_mode(line);
+            monitor.set_mode(Mode::Scanning(format!("could not start the watch: {e}")));
             None
         }
     }
@@ -350,8 +371,9 @@ fn open_watch<S: MonitorSink>(monitor: &mut Monitor<'_, S>) -> OpenWatch {
 
 #[cfg(not(target_os = "linux"))]
 fn open_watch<S: MonitorSink>(monitor: &mut Monitor<'_, S>) -> OpenWatch {
-    let line = monitor.scanning_detail("no real-time process events on this system");
-    monitor.set_mode(line);
+    monitor.set_mode(Mode::Scanning(
+        "no real-time process events on this system".into(),
+    ));
     None
 }
 
