@@ -508,6 +508,15 @@ impl Wal {
         }
     }
 
+    /// A graceful stop: when everything is acknowledged, the log shrinks to a checkpoint
+    /// now, so that the next start re-sends nothing (acknowledged records left in the log
+    /// would go out again, as if new, to every subscriber that joined since).
+    pub fn handle_stop(&mut self) {
+        if self.is_idle() && self.file_len > checkpoint_len(self) {
+            self.rewrite();
+        }
+    }
+
     /// A compaction under load: enough of the log is acknowledged to be worth a rewrite.
     fn maybe_compact(&mut self) {
         if !self.unsynced.is_empty() || self.syncs_in_flight > 0 || self.file_len == 0 {

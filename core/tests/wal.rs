@@ -244,6 +244,40 @@ fn an_idle_log_shrinks_to_a_checkpoint_only_after_its_delay_and_an_append_defers
 }
 
 #[test]
+fn a_stop_with_everything_acknowledged_leaves_a_checkpoint_and_one_pending_keeps_it() {
+    let mut wal = Wal::new(WalConfig::new("procmond"));
+    let mut disk = Vec::new();
+    let append = |wal: &mut Wal, disk: &mut Vec<u8>| {
+        let s = wal
+            .append(0, "events.process.new", Bytes::from_static(b"x"))
+            .expect("room");
+        wal.commit();
+        drive(wal, disk);
+        s
+    };
+    let first = append(&mut wal, &mut disk);
+    let second = append(&mut wal, &mut disk);
+    assert!(wal.handle_puback(T0, first));
+    // One still waits for its PubAck: a stop keeps both records as they are.
+    wal.handle_stop();
+    drive(&mut wal, &mut disk);
+    assert_eq!(wal.compactions(), 0);
+    assert_eq!(wal::replay(&disk, DEFAULT_MAX_RECORD).0.len(), 2);
+    // Acknowledged: the stop rewrites the log at once (no idle delay), keeping the sequence.
+    assert!(wal.handle_puback(T0, second));
+    wal.handle_stop();
+    drive(&mut wal, &mut disk);
+    assert_eq!(wal.compactions(), 1);
+    let (records, end) = wal::replay(&disk, DEFAULT_MAX_RECORD);
+    assert!(records.iter().all(wal::is_checkpoint), "{records:?}");
+    assert_eq!(end.last_sequence, second);
+    // A second stop has nothing left to do.
+    wal.handle_stop();
+    drive(&mut wal, &mut disk);
+    assert_eq!(wal.compactions(), 1);
+}
+
+#[test]
 fn refuses_when_full_empty_topics_and_oversized_records() {
     let mut cfg = WalConfig::new("procmond");
     cfg.max_pending = 2;

@@ -3,7 +3,8 @@
 //! (2,000 processes living about 5 ms, 2,000 exiting at once) beside a scanner polling
 //! every 100 ms, the scan time of the live system and of 10,000 processes.
 //!
-//! `cargo bench -p daemoneye-io --bench process_capture` prints a table.
+//! `cargo bench -p daemoneye-io --bench process_capture` prints a table
+//! (`DAEMONEYE_BENCH_ONLY=scan` the scans alone, `=capture` the rest alone).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::process::{Child, Command, Stdio};
@@ -30,11 +31,14 @@ fn main() {
         return;
     }
     let mut rows: Vec<(String, String)> = Vec::new();
-    // DAEMONEYE_BENCH_ONLY=scan measures the scans alone.
-    if std::env::var("DAEMONEYE_BENCH_ONLY").as_deref() != Ok("scan") {
+    // DAEMONEYE_BENCH_ONLY=scan measures the scans alone, =capture the rest alone.
+    let only = std::env::var("DAEMONEYE_BENCH_ONLY").unwrap_or_default();
+    if only != "scan" {
         capture(&mut rows);
     }
-    scans(&mut rows);
+    if only != "capture" {
+        scans(&mut rows);
+    }
     let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
     println!("\n{:width$}  result", "measure");
     println!("{}  {}", "-".repeat(width), "-".repeat(40));
@@ -67,8 +71,8 @@ fn capture(rows: &mut Vec<(String, String)>) {
         rows.push((
             label.to_string(),
             format!(
-                "connector: {} with argv+exe, {} with argv, {} by pid+exit; scanner (100 ms): {}; {:.1} s",
-                r.with_argv_and_exe, r.with_argv, r.with_exit, r.scanner, r.seconds
+                "connector: {} with argv+exe, {} with argv, {} also with ids+cwd, {} by pid+exit; scanner (100 ms): {}; {:.1} s",
+                r.with_argv_and_exe, r.with_argv, r.with_ids_and_cwd, r.with_exit, r.scanner, r.seconds
             ),
         ));
     }
@@ -187,6 +191,8 @@ fn latency(n: usize) -> (f64, f64, usize) {
 
 struct BurstResult {
     with_argv_and_exe: usize,
+    /// With argv, the user ids (`status`) and the working directory.
+    with_ids_and_cwd: usize,
     with_argv: usize,
     with_exit: usize,
     scanner: usize,
@@ -241,7 +247,7 @@ fn capture_burst(n: usize, parallel: usize, five_ms: bool) -> BurstResult {
     let seconds = started.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     let scanner = scanner.join().unwrap_or(0);
-    let mut argv: HashMap<u32, (bool, bool)> = HashMap::new();
+    let mut argv: HashMap<u32, (bool, bool, bool)> = HashMap::new();
     let mut exits = HashSet::new();
     let deadline = Instant::now() + Duration::from_secs(10);
     while exits.len() < n {
@@ -255,6 +261,7 @@ fn capture_burst(n: usize, parallel: usize, five_ms: bool) -> BurstResult {
                     if info.cmdline.iter().any(|a| a == m) {
                         e.0 = true;
                         e.1 |= !info.exe.is_empty();
+                        e.2 |= !info.cwd.is_empty() && !info.unread.iter().any(|f| f == "uid");
                     }
                 }
             }
@@ -267,6 +274,7 @@ fn capture_burst(n: usize, parallel: usize, five_ms: bool) -> BurstResult {
     w.stop();
     BurstResult {
         with_argv_and_exe: argv.values().filter(|v| v.0 && v.1).count(),
+        with_ids_and_cwd: argv.values().filter(|v| v.2).count(),
         with_argv: argv.values().filter(|v| v.0).count(),
         with_exit: exits.len(),
         scanner,

@@ -380,11 +380,28 @@ fn procmond_registers_heartbeats_and_publishes_process_events() {
         "{row}"
     );
     // A restarted procmond reports what runs as one snapshot, not a flood of new.
-    let mut sub = agent.subscriber(&["events.process.snapshot", "--count", "1", "--json"]);
+    let mut sub = agent.subscriber(&["events.process.snapshot", "--json"]);
+    let mut news = agent.subscriber(&["events.process.new", "--json"]);
+    let restarted_at = daemoneye_io::clock::unix_ms();
     let (status, _, err) = agent.run_cli(&["collectors", "restart", "procmond"]);
     assert!(status.success(), "{err}");
-    let line = sub.stdout.wait_count(1, T)[0].clone();
-    let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+    // The new run's snapshot (one the log would re-send is older).
+    let deadline = Instant::now() + T;
+    let v = loop {
+        let lines = sub.stdout.drain(Duration::from_millis(100)).to_vec();
+        let snapshot = lines
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["event"]["observed_at_ms"].as_u64() >= Some(restarted_at));
+        if let Some(v) = snapshot {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no snapshot from the new run: {lines:?}"
+        );
+    };
+    let line = v.to_string();
     assert_eq!(v["event"]["kind"], "snapshot", "{line}");
     let me = u64::from(std::process::id());
     let listed = v["event"]["processes"]
@@ -394,6 +411,35 @@ fn procmond_registers_heartbeats_and_publishes_process_events() {
     assert!(
         listed.iter().any(|p| p["pid"].as_u64() == Some(me)),
         "{line}"
+    );
+    // Nothing that ran before the restart comes as new: a process started after the
+    // snapshot is the first new one from this run (one publisher, in order).
+    let mut marker = std::process::Command::new("/bin/sleep")
+        .arg("30")
+        .spawn()
+        .expect("spawn");
+    let marker_pid = u64::from(marker.id());
+    let deadline = Instant::now() + T;
+    let mut seen: Vec<u64> = Vec::new();
+    while !seen.contains(&marker_pid) {
+        assert!(
+            Instant::now() < deadline,
+            "no new event for {marker_pid}: {:?}",
+            news.stdout.seen,
+        );
+        seen = news
+            .stdout
+            .drain(Duration::from_millis(100))
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["event"]["pid"].as_u64())
+            .collect();
+    }
+    let _ = marker.kill();
+    let _ = marker.wait();
+    assert!(
+        !seen.contains(&me) && !seen.contains(&1),
+        "processes older than the restart came as new: {seen:?}"
     );
 }
 

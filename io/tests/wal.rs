@@ -227,10 +227,16 @@ fn procmond_killed_with_unacknowledged_events_resends_them_after_restart() {
             "event #{s} from the killed procmond was not re-sent: {resent:?}"
         );
     }
-    // Acknowledged now: the second procmond empties its log of them (or compacts it).
+    // Acknowledged now: stopped gracefully, the second procmond leaves a log that re-sends
+    // nothing (a checkpoint of its last sequence).
     signal(&second, Signal::SIGTERM);
     let status = wait_exit(&mut second, T).expect("procmond exits on SIGTERM");
     assert!(status.success());
+    assert_eq!(
+        wal_records(&wal),
+        Vec::<u64>::new(),
+        "nothing left to re-send"
+    );
 }
 
 #[test]

@@ -419,6 +419,25 @@ impl Running {
         if let Err(e) = self.send_batches().await {
             tracing::error!(error = %e, "events could not be logged at shutdown");
         }
+        // The PubAcks of what was sent, then the log shrinks to a checkpoint: the next
+        // start re-sends only what is still unacknowledged.
+        if let Some(wal) = self.wal.as_mut() {
+            let acks_by = started + budget.mul_f64(0.6);
+            while wal.pending() > 0 {
+                match tokio::time::timeout_at(acks_by, self.ack_rx.recv()).await {
+                    Ok(Some(sequence)) => {
+                        if let Err(e) = wal.handle_puback(sequence) {
+                            tracing::error!(error = %e, "the WAL failed at shutdown");
+                            break;
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            if let Err(e) = wal.handle_stop() {
+                tracing::error!(error = %e, "the WAL could not be compacted at shutdown");
+            }
+        }
         // Deregister, then say Goodbye on both connections.
         let _ = reg_stop.send(());
         let _ = tokio::time::timeout_at(deadline - budget.mul_f64(0.3), registration).await;

@@ -240,6 +240,12 @@ impl WalFile {
         self.run()
     }
 
+    /// A graceful stop: with everything acknowledged, the log shrinks to a checkpoint.
+    pub fn handle_stop(&mut self) -> Result<(), WalFileError> {
+        self.machine.handle_stop();
+        self.run()
+    }
+
     /// Records to publish now, in order.
     pub fn take_publishes(&mut self) -> Vec<ToPublish> {
         std::mem::take(&mut self.outbox)
