@@ -7,9 +7,9 @@
 //! scheduler counts alone; one that ran is read again with `stat`, the `exe` link and
 //! `status` only (the executable's path looked up once per binary, not per process), and
 //! kept as known when it is the same process (pid and start) with nothing compared
-//! changed; only the processes it does not know, or that changed, are read in full. No scan reads parents (the parent's exe and argv come
-//! from the scan's own results), and a hash is computed once per executable file and then
-//! served from the cache.
+//! changed; only the processes it does not know, or that changed, are read in full. No
+//! scan reads parents (the parent's exe and argv come from the scan's own results), and a
+//! hash is computed once per executable file and then served from the cache.
 
 use std::collections::HashMap;
 
