@@ -316,18 +316,7 @@ fn a_reconciliation_scan_keeps_a_known_process_and_rereads_one_that_changed() {
     // A field the cheap read does not look at tells which read produced the result.
     let mut known = before.clone();
     known.cwd = "/known".into();
-    let again = |known: &ProcessInfo| {
-        scan_known(
-            &reader,
-            0,
-            true,
-            |p| (p == pid).then_some(known),
-            &mut RunStamps::default(),
-        )
-        .into_iter()
-        .find(|p| p.pid == pid)
-        .expect("seen again")
-    };
+    let again = |known: &ProcessInfo| reconciled(&reader, known, &mut RunStamps::default());
     let kept = again(&known);
     assert_eq!(kept.cwd, "/known", "the same process is kept as known");
     assert_eq!(kept.cmdline, before.cmdline);
@@ -364,6 +353,26 @@ fn a_reconciliation_scan_keeps_a_known_process_and_rereads_one_that_changed() {
     child.wait().expect("wait");
 }
 
+/// The first line `child` prints on its piped stdout.
+fn first_line(child: &mut std::process::Child) -> String {
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("a line");
+    line
+}
+
+/// A reconciliation scan that knows `known` (and nothing else): what it gives for its pid.
+fn reconciled(reader: &ProcessReader, known: &ProcessInfo, stamps: &mut RunStamps) -> ProcessInfo {
+    let pid = known.pid;
+    scan_known(reader, 0, true, |p| (p == pid).then_some(known), stamps)
+        .into_iter()
+        .find(|p| p.pid == pid)
+        .expect("seen again")
+}
+
 /// Waits until `pid` is in `state` (`S` asleep, `T` stopped).
 fn in_state(pid: u32, state: char) {
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -393,18 +402,7 @@ fn a_process_that_has_not_run_since_the_last_scan_is_kept_unless_its_binary_chan
         .find(|p| p.pid == pid)
         .expect("seen");
     let mut stamps = RunStamps::default();
-    let mut reconcile = |known: &ProcessInfo| {
-        scan_known(
-            &reader,
-            0,
-            true,
-            |p| (p == pid).then_some(known),
-            &mut stamps,
-        )
-        .into_iter()
-        .find(|p| p.pid == pid)
-        .expect("seen again")
-    };
+    let mut reconcile = |known: &ProcessInfo| reconciled(&reader, known, &mut stamps);
     // Confirmed once (its counts remembered); then, while it sleeps, `status` is not read
     // again: an id only `status` shows stays as known.
     assert_eq!(reconcile(&real).uid, real.uid);
@@ -447,12 +445,7 @@ fn a_process_that_has_not_run_since_the_last_scan_is_kept_unless_its_binary_chan
         .spawn()
         .expect("spawn python3");
     let pid = threaded.id();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(threaded.stdout.take().expect("stdout")),
-        &mut line,
-    )
-    .expect("ready");
+    assert_eq!(first_line(&mut threaded).trim(), "ready");
     in_state(pid, 'S');
     let real = scan(&reader, 0)
         .into_iter()
@@ -462,16 +455,7 @@ fn a_process_that_has_not_run_since_the_last_scan_is_kept_unless_its_binary_chan
     stale.uid = 4242;
     let mut stamps = RunStamps::default();
     for _ in 0..3 {
-        let seen = scan_known(
-            &reader,
-            0,
-            true,
-            |p| (p == pid).then_some(&stale),
-            &mut stamps,
-        )
-        .into_iter()
-        .find(|p| p.pid == pid)
-        .expect("seen again");
+        let seen = reconciled(&reader, &stale, &mut stamps);
         assert_eq!(seen.uid, real.uid, "a threaded process is read again");
     }
     threaded.kill().expect("kill");
@@ -488,12 +472,7 @@ fn a_sleeping_process_whose_parent_exits_is_read_again_for_its_new_parent() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn sh");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(parent.stdout.take().expect("stdout")),
-        &mut line,
-    )
-    .expect("the sleeper's pid");
+    let line = first_line(&mut parent);
     let pid: u32 = line.trim().parse().expect("a pid");
     exec_done(pid);
     in_state(pid, 'S');
@@ -503,18 +482,7 @@ fn a_sleeping_process_whose_parent_exits_is_read_again_for_its_new_parent() {
         .expect("seen");
     assert_eq!(real.ppid, parent.id());
     let mut stamps = RunStamps::default();
-    let mut reconcile = |known: &ProcessInfo| {
-        scan_known(
-            &reader,
-            0,
-            true,
-            |p| (p == pid).then_some(known),
-            &mut stamps,
-        )
-        .into_iter()
-        .find(|p| p.pid == pid)
-        .expect("seen again")
-    };
+    let mut reconcile = |known: &ProcessInfo| reconciled(&reader, known, &mut stamps);
     assert_eq!(reconcile(&real).uid, real.uid);
     let mut stale = real.clone();
     stale.uid = 4242;
