@@ -20,6 +20,7 @@ fn record(sequence: u64, topic: &str, payload: &[u8]) -> WalRecord {
         payload: Bytes::copy_from_slice(payload),
         accepted_at_ms: 1_700_000_000_000 + sequence,
         source: "procmond".into(),
+        reserved_through: 0,
     }
 }
 
@@ -140,6 +141,44 @@ fn oversized_lengths_and_repeated_sequences_stop_replay() {
             sequence: 5
         })
     );
+}
+
+#[test]
+fn only_a_reserving_checkpoint_may_repeat_the_last_sequence() {
+    let reservation = WalRecord {
+        reserved_through: 40,
+        ..record(2, "", b"")
+    };
+    let (log, _) = log_of(&[
+        record(1, "events.t", b"a"),
+        record(2, "events.t", b"b"),
+        reservation.clone(),
+        record(3, "events.t", b"c"),
+    ]);
+    let (records, end) = wal::replay(&log, DEFAULT_MAX_RECORD);
+    assert_eq!(end.tail, None);
+    assert_eq!(records.len(), 3, "the reservation is not an event");
+    assert_eq!((end.last_sequence, end.reserved_through), (3, 40));
+    // A plain checkpoint, or one going backwards, ends the log there.
+    for bad in [
+        record(2, "", b""),
+        WalRecord {
+            sequence: 1,
+            ..reservation
+        },
+    ] {
+        let (log, ends) = log_of(&[
+            record(1, "events.t", b"a"),
+            record(2, "events.t", b"b"),
+            bad,
+        ]);
+        let (_, end) = wal::replay(&log, DEFAULT_MAX_RECORD);
+        assert!(
+            matches!(end.tail, Some(TailError::Sequence { .. })),
+            "{end}"
+        );
+        assert_eq!((end.valid_len, end.reserved_through), (ends[1], 0));
+    }
 }
 
 #[test]
@@ -368,6 +407,111 @@ fn recovery_truncates_the_torn_tail_and_republishes_in_order() {
     assert_eq!(wal.append(0, "t", Bytes::new()), Ok(3));
 }
 
+fn published_sequences(wal: &mut Wal, disk: &mut Vec<u8>) -> Vec<u64> {
+    drive(wal, disk).iter().map(|r| r.sequence).collect()
+}
+
+#[test]
+fn under_a_synced_reservation_events_go_out_at_append_and_a_restart_skips_the_block() {
+    let mut cfg = WalConfig::new("procmond");
+    cfg.reserve_block = 10;
+    let mut wal = Wal::new(cfg.clone());
+    let mut disk = Vec::new();
+    // The first event is written after a checkpoint reserving 1..=10: nothing is synced
+    // yet, so nothing goes out.
+    assert_eq!(wal.append(1, "t", Bytes::from_static(b"a")), Ok(1));
+    assert!(published_sequences(&mut wal, &mut disk).is_empty());
+    wal.commit();
+    assert_eq!(published_sequences(&mut wal, &mut disk), [1]);
+    // Under the synced reservation, an event goes out as soon as it is appended, before any
+    // sync, and is accepted (held for its PubAck) only once synced.
+    assert_eq!(wal.append(2, "t", Bytes::from_static(b"b")), Ok(2));
+    assert_eq!(published_sequences(&mut wal, &mut disk), [2]);
+    assert!(!wal.is_pending(2) && wal.unsynced() == 1);
+    // Its PubAck may come before its sync: it is then never held.
+    assert!(wal.handle_puback(T0, 2));
+    assert!(!wal.handle_puback(T0, 2));
+    wal.commit();
+    assert!(published_sequences(&mut wal, &mut disk).is_empty());
+    assert!(!wal.is_pending(2) && wal.unsynced() == 0);
+    let synced = disk.len();
+    // Half the block used: the next reservation (through 15) is written before event 6,
+    // which the first one still covers. Sequences stay consecutive.
+    for n in 3..=6 {
+        assert_eq!(wal.append(n, "t", Bytes::new()), Ok(n));
+    }
+    assert_eq!(published_sequences(&mut wal, &mut disk), [3, 4, 5, 6]);
+    // A crash before any of it is synced leaves the log as it was at the last sync: the
+    // events are gone, and so is the second reservation, but the first one is on the disk,
+    // so a restart resumes after 10 and never gives 3 to 6 to another event.
+    let (_, end_synced) = wal::replay(&disk[..synced], DEFAULT_MAX_RECORD);
+    assert_eq!(end_synced.reserved_through, 10);
+    let mut restarted = Wal::recover(cfg.clone(), Vec::new(), &end_synced);
+    assert_eq!(restarted.append(0, "t", Bytes::new()), Ok(11));
+    // With everything on the disk the restart resumes after the second reservation.
+    let (records, end) = wal::replay(&disk, DEFAULT_MAX_RECORD);
+    assert_eq!(end.reserved_through, 15, "{end}");
+    assert_eq!(
+        records.iter().map(|r| r.sequence).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5, 6],
+        "reservations are checkpoints, not events"
+    );
+    let mut restarted = Wal::recover(cfg, records, &end);
+    drive(&mut restarted, &mut disk);
+    assert_eq!(restarted.append(0, "t", Bytes::new()), Ok(16));
+}
+
+#[test]
+fn a_compaction_keeps_the_reservation_and_replayed_records_go_out_first() {
+    let mut cfg = WalConfig::new("procmond");
+    cfg.reserve_block = 100;
+    cfg.idle_compact_delay = std::time::Duration::ZERO;
+    let mut wal = Wal::new(cfg.clone());
+    let mut disk = Vec::new();
+    wal.append(0, "t", Bytes::from_static(b"a")).expect("room");
+    wal.commit();
+    assert_eq!(published_sequences(&mut wal, &mut disk), [1]);
+    wal.handle_puback(T0, 1);
+    wal.handle_timeout(T0);
+    drive(&mut wal, &mut disk);
+    assert_eq!(wal.compactions(), 1);
+    let (records, end) = wal::replay(&disk, DEFAULT_MAX_RECORD);
+    assert!(records.is_empty());
+    assert_eq!(
+        (end.last_sequence, end.reserved_through),
+        (1, 100),
+        "the checkpoint carries the reservation"
+    );
+    // After the rewrite the reservation still holds: the next event goes out at once.
+    assert_eq!(wal.append(0, "t", Bytes::from_static(b"b")), Ok(2));
+    assert_eq!(published_sequences(&mut wal, &mut disk), [2]);
+    wal.commit();
+    drive(&mut wal, &mut disk);
+    // A restart re-sends 2 (synced, not acknowledged) before anything new, and new events
+    // wait for the replayed ones' sync and a reservation of their own.
+    let (records, end) = wal::replay(&disk, DEFAULT_MAX_RECORD);
+    let mut wal = Wal::recover(cfg, records, &end);
+    assert_eq!(wal.append(0, "t", Bytes::from_static(b"c")), Ok(101));
+    let mut order = Vec::new();
+    while let Some(a) = wal.poll_output() {
+        match a {
+            WalAction::Sync { len } => wal.handle_synced(T0, len),
+            WalAction::Publish { record, replayed } => order.push((record.sequence, replayed)),
+            _ => {}
+        }
+    }
+    assert_eq!(order, [(2, true)], "101 waits for a synced reservation");
+    wal.commit();
+    while let Some(a) = wal.poll_output() {
+        match a {
+            WalAction::Sync { len } => wal.handle_synced(T0, len),
+            WalAction::Publish { record, replayed } => order.push((record.sequence, replayed)),
+            _ => {}
+        }
+    }
+    assert_eq!(order, [(2, true), (101, false)]);
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Append(u8),
@@ -395,11 +539,16 @@ fn op() -> impl Strategy<Value = Op> {
 
 proptest! {
     /// Nothing accepted and unacknowledged is ever lost across crashes with torn tails, and
-    /// no sequence is ever assigned to two different events that were published.
+    /// no sequence is ever assigned to two different events that were published, whether
+    /// events are published after their sync or, under reservations, before it.
     #[test]
-    fn accepted_records_survive_crashes(ops in proptest::collection::vec(op(), 1..300)) {
+    fn accepted_records_survive_crashes(
+        ops in proptest::collection::vec(op(), 1..300),
+        reserve_block in prop_oneof![Just(0u64), Just(1), Just(2), Just(5), Just(64)],
+    ) {
         let mut cfg = WalConfig::new("src");
         cfg.compact_after = 200;
+        cfg.reserve_block = reserve_block;
         let mut wal = Wal::new(cfg.clone());
         let mut disk: Vec<u8> = Vec::new();
         let mut synced = 0usize;
@@ -426,11 +575,12 @@ proptest! {
                     }
                 }
                 Op::Ack(k) => {
-                    let ackable: Vec<u64> =
-                        must_survive.keys().filter(|s| sent.contains(s)).copied().collect();
-                    if !ackable.is_empty() {
+                    // Anything sent may be acknowledged, synced or not.
+                    if !sent.is_empty() {
+                        let ackable: Vec<u64> = sent.iter().copied().collect();
                         let seq = ackable[k as usize % ackable.len()];
-                        prop_assert!(wal.handle_puback(T0, seq));
+                        prop_assert!(wal.handle_puback(T0, seq), "#{} sent but not held", seq);
+                        prop_assert!(!wal.handle_puback(T0, seq), "#{} held twice", seq);
                         must_survive.remove(&seq);
                         sent.remove(&seq);
                     }
@@ -469,9 +619,21 @@ proptest! {
                             prop_assert!(replayed, "#{} published twice without a replay", r.sequence);
                             prop_assert_eq!(&prev, &r.payload, "sequence {} reused", r.sequence);
                         }
+                        if reserve_block == 0 || replayed {
+                            prop_assert!(
+                                wal.is_pending(r.sequence),
+                                "#{} published before its sync", r.sequence
+                            );
+                        }
                         sent.insert(r.sequence);
-                        must_survive.entry(r.sequence).or_insert(r.payload);
                     }
+                }
+            }
+            // Accepted: synced and not acknowledged. What was sent and acknowledged before
+            // its sync never needs to survive.
+            for &seq in &sent {
+                if wal.is_pending(seq) {
+                    must_survive.entry(seq).or_insert_with(|| published[&seq].clone());
                 }
             }
             prop_assert_eq!(wal.file_len(), disk.len() as u64);

@@ -5,6 +5,9 @@
 //! (fork and exec included) to the alert's arrival; one sample at a time, paced, so each
 //! measures the path rather than a queue.
 //!
+//! The same samples also time exec-to-event on the bus: the `events.process.new` event of
+//! each shell reaching the same subscriber.
+//!
 //! `cargo bench -p daemoneye-io --bench exec_to_alert` prints p50, p99 and the worst;
 //! `DAEMONEYE_BENCH_SAMPLES` sets the count (default 500); `DAEMONEYE_BENCH_VERBOSE=1`
 //! prints each sample over 40 ms with when it happened.
@@ -26,16 +29,18 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(500);
-    let r = linux::run(samples);
-    println!("exec-to-alert, procmond real-time, {samples} commands one at a time:");
-    println!(
-        "  p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, worst {:.2} ms; {} alerts missing",
-        ms(r.p50),
-        ms(r.p90),
-        ms(r.p99),
-        ms(r.worst),
-        r.missing
-    );
+    let (events, alerts) = linux::run(samples);
+    println!("procmond real-time, {samples} commands one at a time:");
+    for (what, r) in [("exec-to-event", events), ("exec-to-alert", alerts)] {
+        println!(
+            "  {what}: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, worst {:.2} ms; {} missing",
+            ms(r.p50),
+            ms(r.p90),
+            ms(r.p99),
+            ms(r.worst),
+            r.missing
+        );
+    }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -49,7 +54,7 @@ mod linux {
 
     use daemoneye_io::client::{AckMode, Client, ClientOptions};
     use daemoneye_proto::frame::{QoS, Subscribe};
-    use daemoneye_proto::pb::events::Alert;
+    use daemoneye_proto::pb::events::{Alert, ProcessEvent};
     use daemoneye_tests::{Agent, Bins};
     use prost::Message;
 
@@ -93,7 +98,25 @@ mod linux {
         agent
     }
 
-    pub fn run(samples: usize) -> Report {
+    /// Percentiles of `took`, sorted here.
+    fn report(mut took: Vec<Duration>, missing: usize) -> Report {
+        took.sort();
+        let at = |q: f64| {
+            took.get(((took.len() as f64 * q) as usize).min(took.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or_default()
+        };
+        Report {
+            p50: at(0.50),
+            p90: at(0.90),
+            p99: at(0.99),
+            worst: took.last().copied().unwrap_or_default(),
+            missing,
+        }
+    }
+
+    /// Exec-to-event and exec-to-alert.
+    pub fn run(samples: usize) -> (Report, Report) {
         let base = tempfile::tempdir().expect("tempdir");
         let marker = format!("E2ABENCH{}", std::process::id());
         let agent = agent(base.path(), &marker);
@@ -103,18 +126,20 @@ mod linux {
             .expect("runtime");
         let mut took: Vec<Duration> = Vec::with_capacity(samples);
         let mut missing = 0;
+        let mut event_took: Vec<Duration> = Vec::with_capacity(samples);
+        let mut events_missing = 0;
         let base_start = Instant::now();
         rt.block_on(async {
             let client = Client::connect(&agent.socket, ClientOptions::new("exec-to-alert"))
                 .await
                 .expect("connect");
             // Each level's first alerts, not their enriched versions.
-            let spec = Subscribe {
+            let specs = ["alerts.high", "events.process.new"].map(|filter| Subscribe {
                 qos: QoS::AtLeastOnce,
-                ..Subscribe::new("alerts.high")
-            };
+                ..Subscribe::new(filter)
+            });
             let mut sub = client
-                .subscribe_all(vec![spec], AckMode::OnHandOver)
+                .subscribe_all(specs.to_vec(), AckMode::OnHandOver)
                 .await
                 .expect("subscribe");
             // A warm-up command, not counted: the first exec reads cold caches.
@@ -129,7 +154,18 @@ mod linux {
                     .expect("spawn sh");
                 let deadline = started + Duration::from_secs(2);
                 let mut seen = None;
+                let mut event_seen = None;
                 while let Ok(Some(d)) = tokio::time::timeout_at(deadline.into(), sub.recv()).await {
+                    if d.topic == "events.process.new" {
+                        let ours = ProcessEvent::decode(d.payload.clone())
+                            .ok()
+                            .and_then(|e| e.process)
+                            .is_some_and(|p| p.cmdline.contains(&tag));
+                        if ours {
+                            event_seen = Some(started.elapsed());
+                        }
+                        continue;
+                    }
                     let Ok(a) = Alert::decode(d.payload.clone()) else {
                         continue;
                     };
@@ -140,10 +176,17 @@ mod linux {
                         .is_some_and(|p| p.cmdline.contains(&tag));
                     if a.rule_id == RULE_ID && !a.update && ours {
                         seen = Some(started.elapsed());
+                    }
+                    if seen.is_some() && event_seen.is_some() {
                         break;
                     }
                 }
                 let _ = child.wait();
+                match event_seen {
+                    Some(t) if i > 0 => event_took.push(t),
+                    Some(_) => {}
+                    None => events_missing += 1,
+                }
                 match seen {
                     Some(t) if i > 0 => {
                         if std::env::var_os("DAEMONEYE_BENCH_VERBOSE").is_some()
@@ -160,18 +203,6 @@ mod linux {
             }
             client.close().await;
         });
-        took.sort();
-        let at = |q: f64| {
-            took.get(((took.len() as f64 * q) as usize).min(took.len().saturating_sub(1)))
-                .copied()
-                .unwrap_or_default()
-        };
-        Report {
-            p50: at(0.50),
-            p90: at(0.90),
-            p99: at(0.99),
-            worst: took.last().copied().unwrap_or_default(),
-            missing,
-        }
+        (report(event_took, events_missing), report(took, missing))
     }
 }

@@ -2,6 +2,7 @@
 //! backpressure into the pacing machine; control messages; tasks; the sources' ends; and
 //! the shutdown within its budget. Built by [`super::runtime::Collector::run`].
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use daemoneye_core::collector::{Batcher, Pacing, Pressure};
 use daemoneye_proto::frame::{Publish, QoS};
 use daemoneye_proto::pb::{bus as pbb, control as pbc};
 use prost::Message;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 
 use super::config::CollectorSettings;
 use super::control::{self, ControlEffect};
@@ -22,7 +23,7 @@ use super::source::{
     SourceEvent, SourceStatus,
 };
 use super::tasks;
-use super::wal::{WalFile, WalFileError};
+use super::wal::{SyncDone, WalFile, WalFileError};
 use crate::client::{Client, Delivery};
 use crate::clock::unix_ms;
 use crate::clock::{Clock, MonotonicClock};
@@ -50,6 +51,11 @@ pub(super) struct Running {
     pub(super) detail_rx: mpsc::UnboundedReceiver<()>,
     pub(super) ack_tx: mpsc::UnboundedSender<u64>,
     pub(super) ack_rx: mpsc::UnboundedReceiver<u64>,
+    /// The WAL's background syncs, as they finish.
+    pub(super) sync_rx: mpsc::UnboundedReceiver<SyncDone>,
+    /// Backpressure permits of logged events, each batch's until its commit (the ticket)
+    /// is durable.
+    pub(super) unsynced_permits: VecDeque<(u64, Vec<OwnedSemaphorePermit>)>,
     pub(super) done_tx: mpsc::UnboundedSender<(usize, Result<(), SourceError>)>,
     pub(super) done_rx: mpsc::UnboundedReceiver<(usize, Result<(), SourceError>)>,
     pub(super) results_tx: mpsc::UnboundedSender<(Publish, Delivery)>,
@@ -119,7 +125,7 @@ impl Running {
             .events_tx
             .as_ref()
             .map_or(0, |t| t.max_capacity() - t.capacity());
-        let held = self.wal.as_ref().map_or(0, WalFile::pending);
+        let held = self.wal.as_ref().map_or(0, WalFile::unsettled);
         (queued + self.batcher.pending() + held) as u64
     }
 
@@ -131,9 +137,9 @@ impl Running {
                     let now_ms = unix_ms();
                     let mut refused = 0u64;
                     // Each event's permit goes back once it is synced.
-                    let mut held = Vec::with_capacity(batch.items.len());
+                    let mut permits = Vec::with_capacity(batch.items.len());
                     for ev in batch.items {
-                        held.push(ev.permit);
+                        permits.push(ev.permit);
                         match wal.append(now_ms, ev.topic.as_str(), ev.payload) {
                             Ok(_) => {}
                             Err(WalFileError::Refused(_)) => refused += 1,
@@ -148,12 +154,15 @@ impl Running {
                             "WAL full: events dropped until the broker acknowledges what is held"
                         );
                     }
-                    wal.commit()?;
-                    drop(held);
+                    // Logged events go out at once (under the WAL's reserved sequences), and
+                    // the sync runs beside them.
                     let max = self.batcher.config().max_events;
                     let sent =
                         publish_batches(&self.events, wal, &self.ack_tx, &self.id, max).await;
                     self.metrics.count_published(sent);
+                    let ticket = wal.commit()?;
+                    self.unsynced_permits.push_back((ticket, permits));
+                    self.release_synced().await;
                 }
                 None => {
                     let first = self.metrics.snapshot().events_published;
@@ -179,6 +188,35 @@ impl Running {
                 }
             }
         }
+        self.metrics.set_queue_depth(self.queue_depth());
+        Ok(())
+    }
+
+    /// After a sync: publishes what it released (events that waited for a reservation,
+    /// replayed ones) and gives back the permits of the batches it made durable.
+    async fn release_synced(&mut self) {
+        let Some(wal) = self.wal.as_mut() else {
+            return;
+        };
+        let max = self.batcher.config().max_events;
+        let sent = publish_batches(&self.events, wal, &self.ack_tx, &self.id, max).await;
+        self.metrics.count_published(sent);
+        let done = wal.commits_done();
+        while self
+            .unsynced_permits
+            .front()
+            .is_some_and(|(ticket, _)| *ticket <= done)
+        {
+            self.unsynced_permits.pop_front();
+        }
+    }
+
+    /// A background sync finished.
+    async fn handle_sync_done(&mut self, done: SyncDone) -> Result<(), RuntimeError> {
+        if let Some(wal) = self.wal.as_mut() {
+            wal.handle_sync_done(done)?;
+        }
+        self.release_synced().await;
         self.metrics.set_queue_depth(self.queue_depth());
         Ok(())
     }
@@ -243,6 +281,7 @@ impl Running {
                         wal.handle_puback(sequence)?;
                     }
                 }
+                Some(done) = self.sync_rx.recv() => self.handle_sync_done(done).await?,
                 Ok(()) = pressure.changed() => {
                     let signal = *pressure.borrow_and_update();
                     let level = Pressure::from(signal.level);
@@ -419,24 +458,34 @@ impl Running {
         if let Err(e) = self.send_batches().await {
             tracing::error!(error = %e, "events could not be logged at shutdown");
         }
-        // The PubAcks of what was sent, then the log shrinks to a checkpoint: the next
-        // start re-sends only what is still unacknowledged.
-        if let Some(wal) = self.wal.as_mut() {
-            let acks_by = started + budget.mul_f64(0.6);
-            while wal.pending() > 0 {
-                match tokio::time::timeout_at(acks_by, self.ack_rx.recv()).await {
-                    Ok(Some(sequence)) => {
-                        if let Err(e) = wal.handle_puback(sequence) {
-                            tracing::error!(error = %e, "the WAL failed at shutdown");
-                            break;
-                        }
-                    }
-                    _ => break,
+        // The last syncs and the PubAcks of what was sent, then the log shrinks to a
+        // checkpoint: the next start re-sends only what is still unacknowledged.
+        let acks_by = started + budget.mul_f64(0.6);
+        while self.wal.as_ref().is_some_and(|w| w.unsettled() > 0) {
+            let settled = tokio::time::timeout_at(acks_by, async {
+                tokio::select! {
+                    Some(sequence) = self.ack_rx.recv() => match self.wal.as_mut() {
+                        Some(wal) => wal.handle_puback(sequence).map_err(RuntimeError::from),
+                        None => Ok(()),
+                    },
+                    Some(done) = self.sync_rx.recv() => self.handle_sync_done(done).await,
+                    else => Ok(()),
                 }
+            })
+            .await;
+            match settled {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "the WAL failed at shutdown");
+                    break;
+                }
+                Err(_) => break,
             }
-            if let Err(e) = wal.handle_stop() {
-                tracing::error!(error = %e, "the WAL could not be compacted at shutdown");
-            }
+        }
+        if let Some(wal) = self.wal.as_mut()
+            && let Err(e) = wal.handle_stop()
+        {
+            tracing::error!(error = %e, "the WAL could not be compacted at shutdown");
         }
         // Deregister, then say Goodbye on both connections.
         let _ = reg_stop.send(());

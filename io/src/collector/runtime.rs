@@ -39,7 +39,7 @@ use std::time::Duration;
 use daemoneye_core::collector::{BatchConfig, Batcher, Pacing, PacingConfig, Pressure};
 use daemoneye_core::registration::RegistrationConfig;
 use daemoneye_core::topic::topics;
-use daemoneye_core::wal::WalConfig;
+use daemoneye_core::wal::{DEFAULT_RESERVE_BLOCK, WalConfig};
 use daemoneye_proto::frame::{CollectorIdentity, Role, Subscribe};
 use daemoneye_proto::pb::control as pbc;
 use tokio::sync::{mpsc, watch};
@@ -371,6 +371,7 @@ impl Collector {
         });
         options.connect_timeout = Duration::from_secs(self.settings.startup_timeout_secs);
         options.close_timeout = Duration::from_millis(self.settings.shutdown_timeout_ms / 4);
+        let (sync_tx, sync_rx) = mpsc::unbounded_channel();
         let wal = if self.settings.no_wal {
             None
         } else {
@@ -384,7 +385,10 @@ impl Collector {
             let mut config = WalConfig::new(self.id.clone());
             config.max_pending =
                 usize::try_from(self.settings.max_events_in_flight).unwrap_or(usize::MAX);
-            let (wal, replayed) = WalFile::open(&path, config)?;
+            // Events go out as soon as they are logged; the sync runs beside them.
+            config.reserve_block = DEFAULT_RESERVE_BLOCK;
+            let (mut wal, replayed) = WalFile::open(&path, config)?;
+            wal.sync_in_background(sync_tx.clone());
             if wal.pending() > 0 {
                 tracing::info!(wal = %path.display(), %replayed, "re-sending unacknowledged events");
             }
@@ -517,6 +521,8 @@ impl Collector {
             detail_rx,
             ack_tx,
             ack_rx,
+            sync_rx,
+            unsynced_permits: std::collections::VecDeque::new(),
             done_tx,
             done_rx,
             results_tx,

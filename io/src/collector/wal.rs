@@ -5,8 +5,13 @@
 //! 0600 in a directory made 0700. Appends are positioned writes, a commit is one
 //! `fdatasync` (group commit), and a compaction writes a temporary file, syncs it, renames
 //! it over the log and syncs the directory, so a crash leaves either the old log or the
-//! new one. The calls block on the disk: a collector calls them between scans, not on a
-//! hot path.
+//! new one. By default the calls block on the disk; after
+//! [`sync_in_background`](WalFile::sync_in_background) a commit's `fdatasync` runs on a
+//! blocking thread instead (one at a time; a commit asked for meanwhile waits for the next
+//! one, which covers it and everything appended since), and the caller hands each
+//! completion back to [`handle_sync_done`](WalFile::handle_sync_done). Together with
+//! reserved sequences ([`WalConfig::reserve_block`](daemoneye_core::wal::WalConfig)) this
+//! keeps the disk off the path from an append to its publish.
 //!
 //! The file is kept ahead of the log by zeros, [`PREALLOCATE`] bytes at a time: an
 //! `fdatasync` of a file whose size changed must commit the filesystem's journal, which
@@ -20,6 +25,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use daemoneye_core::wal::{
@@ -27,6 +33,7 @@ use daemoneye_core::wal::{
 };
 use daemoneye_proto::pb::wal::WalRecord;
 use nix::fcntl::{Flock, FlockArg};
+use tokio::sync::mpsc::UnboundedSender;
 
 /// Why the log could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -103,11 +110,19 @@ pub struct ToPublish {
     pub replayed: bool,
 }
 
+/// A background sync finished: hand it to [`WalFile::handle_sync_done`].
+#[derive(Debug)]
+pub struct SyncDone {
+    /// The log's length when the sync started: everything before it is durable.
+    covers: u64,
+    result: io::Result<()>,
+}
+
 /// An open, locked WAL.
 #[derive(Debug)]
 pub struct WalFile {
     path: PathBuf,
-    file: File,
+    file: Arc<File>,
     _lock: Flock<File>,
     machine: Wal,
     outbox: Vec<ToPublish>,
@@ -116,6 +131,15 @@ pub struct WalFile {
     end: u64,
     /// The file's size: the log, then zeros.
     allocated: u64,
+    /// Where background syncs report (none: syncs block the caller).
+    background: Option<UnboundedSender<SyncDone>>,
+    /// A background sync is running.
+    syncing: bool,
+    /// Sync lengths the machine asked for and that are not yet reported to it, in order.
+    requested: std::collections::VecDeque<u64>,
+    /// Syncs the machine asked for (a commit's ticket) and syncs made durable.
+    commits_asked: u64,
+    commits_done: u64,
 }
 
 impl WalFile {
@@ -182,13 +206,18 @@ impl WalFile {
         let machine = Wal::recover(config, records, &replayed);
         let mut wal = WalFile {
             path: path.to_path_buf(),
-            file,
+            file: Arc::new(file),
             _lock: lock,
             machine,
             outbox: Vec::new(),
             clock: MonotonicClock::default(),
             end: replayed.valid_len,
             allocated,
+            background: None,
+            syncing: false,
+            requested: std::collections::VecDeque::new(),
+            commits_asked: 0,
+            commits_done: 0,
         };
         wal.run()?;
         tracing::info!(wal = %path.display(), %replayed, "WAL replayed");
@@ -213,11 +242,67 @@ impl WalFile {
         Ok(seq)
     }
 
-    /// Syncs everything appended: those events are accepted, and wait in
-    /// [`take_publishes`](Self::take_publishes).
-    pub fn commit(&mut self) -> Result<(), WalFileError> {
+    /// From now on a commit's sync runs on a blocking thread of the tokio runtime (the
+    /// caller must be inside one) and reports on `done`; the caller passes each report to
+    /// [`handle_sync_done`](Self::handle_sync_done).
+    pub fn sync_in_background(&mut self, done: UnboundedSender<SyncDone>) {
+        self.background = Some(done);
+    }
+
+    /// Syncs everything appended (group commit): those events are accepted, and what was
+    /// not published before its sync waits in [`take_publishes`](Self::take_publishes).
+    /// Returns the commit's ticket: it is durable once [`commits_done`](Self::commits_done)
+    /// reaches it (at once, unless syncs run in the background).
+    pub fn commit(&mut self) -> Result<u64, WalFileError> {
         self.machine.commit();
-        self.run()
+        self.run()?;
+        Ok(self.commits_asked)
+    }
+
+    /// Commits made durable so far (see [`commit`](Self::commit)'s ticket).
+    pub fn commits_done(&self) -> u64 {
+        self.commits_done
+    }
+
+    /// A background sync finished: the commits it covers are accepted (and their records
+    /// wait in [`take_publishes`](Self::take_publishes) if they were not published yet);
+    /// the next sync starts if one was asked for meanwhile.
+    pub fn handle_sync_done(&mut self, done: SyncDone) -> Result<(), WalFileError> {
+        self.syncing = false;
+        done.result.map_err(self.io_err("syncing"))?;
+        self.report_synced(done.covers);
+        self.run()?;
+        self.start_sync();
+        Ok(())
+    }
+
+    /// Reports every requested sync that `covers` includes to the machine.
+    fn report_synced(&mut self, covers: u64) {
+        while let Some(&len) = self.requested.front() {
+            if len > covers {
+                break;
+            }
+            self.requested.pop_front();
+            self.commits_done += 1;
+            let now = self.clock.now();
+            self.machine.handle_synced(now, len);
+        }
+    }
+
+    /// Starts a background sync of everything written, if one is asked for and none runs.
+    fn start_sync(&mut self) {
+        let Some(done) = self.background.as_ref() else {
+            return;
+        };
+        if self.syncing || self.requested.is_empty() {
+            return;
+        }
+        self.syncing = true;
+        let (file, done, covers) = (Arc::clone(&self.file), done.clone(), self.end);
+        tokio::task::spawn_blocking(move || {
+            let result = file.sync_data();
+            let _ = done.send(SyncDone { covers, result });
+        });
     }
 
     /// The broker acknowledged `sequence`; the log may be compacted.
@@ -254,6 +339,11 @@ impl WalFile {
     /// Records accepted and waiting for their PubAck.
     pub fn pending(&self) -> usize {
         self.machine.pending()
+    }
+
+    /// Records still waiting for a sync or a PubAck: what a graceful stop waits for.
+    pub fn unsettled(&self) -> usize {
+        self.machine.unsettled()
     }
 
     /// Changes how many records may be held waiting for their PubAck.
@@ -295,9 +385,14 @@ impl WalFile {
                     self.end = end;
                 }
                 WalAction::Sync { len } => {
-                    self.file.sync_data().map_err(self.io_err("syncing"))?;
-                    let now = self.clock.now();
-                    self.machine.handle_synced(now, len);
+                    self.requested.push_back(len);
+                    self.commits_asked += 1;
+                    if self.background.is_some() {
+                        self.start_sync();
+                    } else {
+                        self.file.sync_data().map_err(self.io_err("syncing"))?;
+                        self.report_synced(self.end);
+                    }
                 }
                 WalAction::Rewrite(bytes) => self.rewrite(&bytes)?,
                 WalAction::Publish { record, replayed } => {
@@ -328,11 +423,13 @@ impl WalFile {
                 .and_then(|d| d.sync_all())
                 .map_err(self.io_err("syncing the log's directory"))?;
         }
-        self.file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&self.path)
-            .map_err(self.io_err("reopening the compacted log"))?;
+        self.file = Arc::new(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&self.path)
+                .map_err(self.io_err("reopening the compacted log"))?,
+        );
         self.end = bytes.len() as u64;
         self.allocated = allocated;
         tracing::debug!(wal = %self.path.display(), bytes = bytes.len(), "WAL compacted");

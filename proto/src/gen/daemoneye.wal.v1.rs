@@ -13,4 +13,8 @@ pub struct WalRecord {
     pub accepted_at_ms: u64,
     #[prost(string, tag = "5")]
     pub source: ::prost::alloc::string::String,
+    /// On a checkpoint (empty topic): sequences up to this one may already have been published
+    /// before their records were synced, so a restarted source resumes after it. 0: none.
+    #[prost(uint64, tag = "6")]
+    pub reserved_through: u64,
 }

@@ -1,8 +1,11 @@
 //! The collectors' WAL files: the WAL machine's actions carried out against a simulated
 //! file and device (appends, truncations, atomic rewrites, syncs that take time), what a
 //! crash leaves of the file (the synced prefix, a torn tail, maybe garbage), and the replay
-//! of a restarted collector, held to invariant 1 (nothing accepted is lost). The idle
-//! compaction's timer is served every step, and must not be left due (the timer contract).
+//! of a restarted collector, held to invariant 1 (nothing accepted is lost). Some logs
+//! publish under reserved sequences before their sync: an event is then accepted only once
+//! its sync completes, and no sequence a crashed run published may go to another event
+//! (the model's sequence-reuse check). The idle compaction's timer is served every step,
+//! and must not be left due (the timer contract).
 
 use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
@@ -26,6 +29,9 @@ pub(super) struct SimWal {
     pub(super) syncing: VecDeque<(u64, Instant)>,
     /// Records accepted and not yet acknowledged: the reference the replay is held to.
     pub(super) must_survive: BTreeSet<u64>,
+    /// Published by this run before their sync (under a reservation), not yet accepted or
+    /// acknowledged.
+    pub(super) sent_early: BTreeSet<u64>,
     /// Events appended since the last commit.
     pub(super) batch: u32,
 }
@@ -48,6 +54,7 @@ impl World {
                 .extend_from_slice(&junk[..1 + (junk[0] % 7) as usize]);
         }
         w.syncing.clear();
+        w.sent_early.clear();
         w.batch = 0;
         let (len, synced) = (w.disk.len(), w.synced);
         self.log(format!("c{i} WAL after crash: {len}B ({synced}B synced)"));
@@ -99,8 +106,17 @@ impl World {
                     self.log(format!("c{i} WAL compacted to {}B", bytes.len()));
                 }
                 WalAction::Publish { record, replayed } => {
-                    if !replayed {
-                        w.must_survive.insert(record.sequence);
+                    if w.machine.is_pending(record.sequence) {
+                        if !replayed {
+                            w.must_survive.insert(record.sequence);
+                        }
+                    } else if w.config.reserve_block > 0 && !replayed {
+                        w.sent_early.insert(record.sequence);
+                    } else {
+                        return Err(self.violation(
+                            "wal-early-publish",
+                            format!("c{i}: #{} published before its sync", record.sequence),
+                        ));
                     }
                     let p = Publish {
                         sequence: record.sequence,
@@ -145,6 +161,18 @@ impl World {
                 w.synced = w.synced.max(len as usize);
             }
             w.machine.handle_synced(self.now, len);
+            // What went out early is accepted now.
+            let machine = &w.machine;
+            let accepted: Vec<u64> = w
+                .sent_early
+                .iter()
+                .copied()
+                .filter(|s| machine.is_pending(*s))
+                .collect();
+            for s in accepted {
+                w.sent_early.remove(&s);
+                w.must_survive.insert(s);
+            }
         }
         // The idle compaction's timer, served as the io driver serves it.
         w.machine.handle_timeout(now);

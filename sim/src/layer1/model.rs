@@ -288,6 +288,7 @@ impl World {
                     ));
                     if let Some(w) = self.clients[i].wal.as_mut() {
                         w.must_survive.remove(&sequence);
+                        w.sent_early.remove(&sequence);
                         w.machine.handle_puback(self.now, sequence);
                         self.drive_wal(i)?;
                     }

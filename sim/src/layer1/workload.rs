@@ -126,6 +126,8 @@ impl World {
                 config.compact_after = [1, 512, 1 << 20][rng.below(3) as usize];
                 config.idle_compact_delay =
                     Duration::from_millis([0, 100, 1000][rng.below(3) as usize]);
+                // Half publish after the sync, half before it under reservations.
+                config.reserve_block = [0, 0, 0, 1, 8, 256][rng.below(6) as usize];
                 SimWal {
                     machine: Wal::new(config.clone()),
                     config,
@@ -133,6 +135,7 @@ impl World {
                     synced: 0,
                     syncing: VecDeque::new(),
                     must_survive: BTreeSet::new(),
+                    sent_early: BTreeSet::new(),
                     batch: 0,
                 }
             });
