@@ -193,8 +193,9 @@ fn garbage_with_a_valid_checksum_is_still_refused() {
     assert!(matches!(end.tail, Some(TailError::Body(_))));
 }
 
-/// Runs the machine's actions against a byte vector; returns the published records.
-fn drive(wal: &mut Wal, disk: &mut Vec<u8>) -> Vec<WalRecord> {
+/// Runs the machine's actions against a byte vector; returns the published records, each
+/// with whether it was a replayed one.
+fn drive_flagged(wal: &mut Wal, disk: &mut Vec<u8>) -> Vec<(WalRecord, bool)> {
     let mut published = Vec::new();
     while let Some(a) = wal.poll_output() {
         match a {
@@ -202,10 +203,18 @@ fn drive(wal: &mut Wal, disk: &mut Vec<u8>) -> Vec<WalRecord> {
             WalAction::Append(b) => disk.extend_from_slice(&b),
             WalAction::Sync { len } => wal.handle_synced(T0, len),
             WalAction::Rewrite(b) => *disk = b.to_vec(),
-            WalAction::Publish { record, .. } => published.push(record),
+            WalAction::Publish { record, replayed } => published.push((record, replayed)),
         }
     }
     published
+}
+
+/// Runs the machine's actions against a byte vector; returns the published records.
+fn drive(wal: &mut Wal, disk: &mut Vec<u8>) -> Vec<WalRecord> {
+    drive_flagged(wal, disk)
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect()
 }
 
 #[test]
@@ -492,24 +501,19 @@ fn a_compaction_keeps_the_reservation_and_replayed_records_go_out_first() {
     let (records, end) = wal::replay(&disk, DEFAULT_MAX_RECORD);
     let mut wal = Wal::recover(cfg, records, &end);
     assert_eq!(wal.append(0, "t", Bytes::from_static(b"c")), Ok(101));
-    let mut order = Vec::new();
-    while let Some(a) = wal.poll_output() {
-        match a {
-            WalAction::Sync { len } => wal.handle_synced(T0, len),
-            WalAction::Publish { record, replayed } => order.push((record.sequence, replayed)),
-            _ => {}
-        }
-    }
-    assert_eq!(order, [(2, true)], "101 waits for a synced reservation");
+    let mut order = |wal: &mut Wal| -> Vec<(u64, bool)> {
+        drive_flagged(wal, &mut disk)
+            .into_iter()
+            .map(|(r, replayed)| (r.sequence, replayed))
+            .collect()
+    };
+    assert_eq!(
+        order(&mut wal),
+        [(2, true)],
+        "101 waits for a synced reservation"
+    );
     wal.commit();
-    while let Some(a) = wal.poll_output() {
-        match a {
-            WalAction::Sync { len } => wal.handle_synced(T0, len),
-            WalAction::Publish { record, replayed } => order.push((record.sequence, replayed)),
-            _ => {}
-        }
-    }
-    assert_eq!(order, [(2, true), (101, false)]);
+    assert_eq!(order(&mut wal), [(101, false)]);
 }
 
 #[derive(Debug, Clone)]

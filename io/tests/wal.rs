@@ -147,6 +147,22 @@ fn compaction_shrinks_the_file_and_keeps_the_sequence() {
     assert_eq!(w.append(0, "events.t", Bytes::new()).expect("append"), 51);
 }
 
+/// Commits `w` (syncing in the background): the commit is not durable until its sync is
+/// handed back, and is once it is.
+async fn commit_in_background(
+    w: &mut WalFile,
+    done_rx: &mut tokio::sync::mpsc::UnboundedReceiver<daemoneye_io::wal::SyncDone>,
+) {
+    let ticket = w.commit().expect("commit");
+    assert!(w.commits_done() < ticket, "the sync runs in the background");
+    let done = tokio::time::timeout(T, done_rx.recv())
+        .await
+        .expect("sync")
+        .expect("done");
+    w.handle_sync_done(done).expect("synced");
+    assert!(w.commits_done() >= ticket);
+}
+
 /// Under reserved sequences with background syncs: an event is handed out for publishing
 /// as soon as it is appended, accepted only when its sync is reported, and a log that lost
 /// everything after its last sync (a power cut) never gives a published sequence to
@@ -173,14 +189,7 @@ async fn events_go_out_before_their_sync_and_a_lost_tail_never_reuses_their_sequ
         1
     );
     assert!(sequences(&mut w).is_empty());
-    let ticket = w.commit().expect("commit");
-    assert!(w.commits_done() < ticket, "the sync runs in the background");
-    let done = tokio::time::timeout(T, done_rx.recv())
-        .await
-        .expect("sync")
-        .expect("done");
-    w.handle_sync_done(done).expect("synced");
-    assert!(w.commits_done() >= ticket);
+    commit_in_background(&mut w, &mut done_rx).await;
     assert_eq!(sequences(&mut w), [1]);
     assert_eq!(w.pending(), 1);
     let synced_len = log_len(&path);
@@ -196,13 +205,7 @@ async fn events_go_out_before_their_sync_and_a_lost_tail_never_reuses_their_sequ
         (1, 4),
         "not accepted before the sync"
     );
-    let ticket = w.commit().expect("commit");
-    let done = tokio::time::timeout(T, done_rx.recv())
-        .await
-        .expect("sync")
-        .expect("done");
-    w.handle_sync_done(done).expect("synced");
-    assert!(w.commits_done() >= ticket);
+    commit_in_background(&mut w, &mut done_rx).await;
     assert!(sequences(&mut w).is_empty(), "already sent");
     assert_eq!(w.pending(), 4);
     drop(w);

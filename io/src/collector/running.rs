@@ -154,12 +154,8 @@ impl Running {
                             "WAL full: events dropped until the broker acknowledges what is held"
                         );
                     }
-                    // Logged events go out at once (under the WAL's reserved sequences), and
-                    // the sync runs beside them.
-                    let max = self.batcher.config().max_events;
-                    let sent =
-                        publish_batches(&self.events, wal, &self.ack_tx, &self.id, max).await;
-                    self.metrics.count_published(sent);
+                    // The sync starts in the background; logged events go out now (under
+                    // the WAL's reserved sequences), not after it.
                     let ticket = wal.commit()?;
                     self.unsynced_permits.push_back((ticket, permits));
                     self.release_synced().await;
@@ -192,8 +188,9 @@ impl Running {
         Ok(())
     }
 
-    /// After a sync: publishes what it released (events that waited for a reservation,
-    /// replayed ones) and gives back the permits of the batches it made durable.
+    /// Publishes what the WAL hands out (events just logged under a synced reservation;
+    /// after a sync, those that waited for it and replayed ones) and gives back the permits
+    /// of the batches made durable.
     async fn release_synced(&mut self) {
         let Some(wal) = self.wal.as_mut() else {
             return;
@@ -464,22 +461,23 @@ impl Running {
         while self.wal.as_ref().is_some_and(|w| w.unsettled() > 0) {
             let settled = tokio::time::timeout_at(acks_by, async {
                 tokio::select! {
-                    Some(sequence) = self.ack_rx.recv() => match self.wal.as_mut() {
+                    Some(sequence) = self.ack_rx.recv() => Some(match self.wal.as_mut() {
                         Some(wal) => wal.handle_puback(sequence).map_err(RuntimeError::from),
                         None => Ok(()),
-                    },
-                    Some(done) = self.sync_rx.recv() => self.handle_sync_done(done).await,
-                    else => Ok(()),
+                    }),
+                    Some(done) = self.sync_rx.recv() => Some(self.handle_sync_done(done).await),
+                    // Neither PubAcks nor syncs can come any more.
+                    else => None,
                 }
             })
             .await;
             match settled {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
+                Ok(Some(Ok(()))) => {}
+                Ok(Some(Err(e))) => {
                     tracing::error!(error = %e, "the WAL failed at shutdown");
                     break;
                 }
-                Err(_) => break,
+                Ok(None) | Err(_) => break,
             }
         }
         if let Some(wal) = self.wal.as_mut()
