@@ -23,11 +23,18 @@
 //! before it is re-sent under its original sequence, so a subscriber drops what it already
 //! saw.
 //!
+//! Once everything in the log is acknowledged (after [`WalConfig::idle_compact_delay`] of
+//! quiet, or at a graceful stop) the machine appends a *settled* checkpoint and syncs it: a
+//! replay re-sends none of the events before it. That costs one append and one data sync,
+//! where a rewrite costs a new file, its sync, a rename and a directory sync (journal
+//! commits that can take hundreds of milliseconds on a busy disk).
+//!
 //! Compaction rewrites the log with only the records still waiting for a PubAck (the driver
-//! makes the rewrite atomic: temporary file, sync, rename). So that a restarted source never
-//! reuses a sequence, a rewrite ends with a checkpoint record (empty topic) carrying the
-//! highest sequence ever assigned (and the reservation, if one reaches beyond it), unless
-//! the last pending record already carries it.
+//! makes the rewrite atomic: temporary file, sync, rename). It runs once enough of the log is
+//! acknowledged ([`WalConfig::compact_after`]), never after a stop. So that a restarted
+//! source never reuses a sequence, a rewrite ends with a checkpoint record (empty topic)
+//! carrying the highest sequence ever assigned (and the reservation, if one reaches beyond
+//! it), unless the last pending record already carries it.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -66,6 +73,17 @@ pub fn framed_len(record: &WalRecord) -> u64 {
 /// Whether a replayed record is a sequence checkpoint rather than an event.
 pub fn is_checkpoint(record: &WalRecord) -> bool {
     record.topic.is_empty()
+}
+
+/// Gathers a replay's events, record by record in log order: an event is kept, a settled
+/// checkpoint drops every event before it (all of them were acknowledged), any other
+/// checkpoint only carries sequences.
+pub fn gather_events(events: &mut Vec<WalRecord>, record: WalRecord) {
+    if !is_checkpoint(&record) {
+        events.push(record);
+    } else if record.settled {
+        events.clear();
+    }
 }
 
 /// Why replay stopped before the end of the log.
@@ -212,11 +230,11 @@ impl WalReader {
             Ok(r) => r,
             Err(e) => return self.stop(TailError::Body(e.to_string())),
         };
-        // A checkpoint that reserves sequences carries the last sequence assigned, so it
-        // may repeat the one before it.
-        let reservation = is_checkpoint(&record) && record.reserved_through > 0;
+        // A checkpoint that reserves sequences or settles the log carries the last sequence
+        // assigned, so it may repeat the one before it.
+        let may_repeat = is_checkpoint(&record) && (record.reserved_through > 0 || record.settled);
         if record.sequence < self.last_sequence
-            || (record.sequence == self.last_sequence && !reservation)
+            || (record.sequence == self.last_sequence && !may_repeat)
         {
             return self.stop(TailError::Sequence {
                 previous: self.last_sequence,
@@ -265,15 +283,14 @@ impl WalReader {
     }
 }
 
-/// Replays a whole log held in memory: the event records (checkpoints left out) and the end.
+/// Replays a whole log held in memory: the events to re-send ([`gather_events`]) and the
+/// end.
 pub fn replay(log: &[u8], max_record: u32) -> (Vec<WalRecord>, Replayed) {
     let mut reader = WalReader::new(max_record);
     reader.push(log);
     let mut records = Vec::new();
     while let Some(r) = reader.next_record() {
-        if !is_checkpoint(&r) {
-            records.push(r);
-        }
+        gather_events(&mut records, r);
     }
     (records, reader.finish())
 }
@@ -339,9 +356,9 @@ pub struct WalConfig {
     /// Acknowledged bytes in the log before a compaction is considered; a compaction also
     /// needs at least half the log to be acknowledged.
     pub compact_after: u64,
-    /// Once everything is acknowledged, the log shrinks to a checkpoint after it has stayed
-    /// that way this long (see [`Wal::poll_timeout`]): a rewrite costs three syncs, so a
-    /// source that publishes now and then must not pay them for every event.
+    /// Once everything is acknowledged, a settled checkpoint is appended after it has stayed
+    /// that way this long (see [`Wal::poll_timeout`]), so that a source that publishes now
+    /// and then does not pay a sync for a checkpoint after every event.
     pub idle_compact_delay: Duration,
     /// Sequences reserved at a time so that events are published as soon as they are
     /// appended, before their sync (see the module docs); 0 publishes an event only once
@@ -410,15 +427,20 @@ pub struct Wal {
     syncs_in_flight: u32,
     actions: VecDeque<WalAction>,
     compactions: u64,
-    /// Since when everything has been acknowledged (the idle compaction's clock).
+    /// Since when everything has been acknowledged (the idle settle's clock).
     idle_since: Option<Instant>,
+    /// The log up to this length holds no event a replay would re-send (it ends with a
+    /// settled checkpoint, or with no event at all).
+    settled_len: u64,
+    /// A graceful stop was asked for: no more rewrites.
+    stopping: bool,
 }
 
 impl Wal {
     /// Starts from a replayed log: truncates a torn tail, syncs what is left (a record that
     /// survived a process crash may still sit only in the page cache), then re-publishes
-    /// every record. `records` are the event records replay returned, in log order. New
-    /// sequences start after the highest one the log assigned or reserved.
+    /// every record. `records` are the events replay returned ([`gather_events`]), in log
+    /// order. New sequences start after the highest one the log assigned or reserved.
     pub fn recover(config: WalConfig, records: Vec<WalRecord>, replayed: &Replayed) -> Self {
         let mut wal = Self {
             config,
@@ -435,6 +457,12 @@ impl Wal {
             actions: VecDeque::new(),
             compactions: 0,
             idle_since: None,
+            settled_len: if records.is_empty() {
+                replayed.valid_len
+            } else {
+                0
+            },
+            stopping: false,
         };
         if replayed.tail.is_some() {
             wal.actions.push_back(WalAction::Truncate {
@@ -501,6 +529,7 @@ impl Wal {
             accepted_at_ms,
             source: self.config.source.clone(),
             reserved_through: 0,
+            settled: false,
         };
         let len = record.encoded_len();
         if len > self.config.max_record as usize {
@@ -638,36 +667,61 @@ impl Wal {
         self.pending.is_empty() && self.unsynced.is_empty() && self.syncs_in_flight == 0
     }
 
-    /// When the idle compaction is due: everything has been acknowledged for
-    /// [`WalConfig::idle_compact_delay`] and the log holds more than a checkpoint. The
-    /// driver calls [`handle_timeout`](Self::handle_timeout) then.
+    /// When the idle settle is due: everything has been acknowledged for
+    /// [`WalConfig::idle_compact_delay`] and the log holds events a replay would re-send.
+    /// The driver calls [`handle_timeout`](Self::handle_timeout) then.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         let since = self.idle_since?;
-        (self.is_idle() && self.file_len > checkpoint_len(self))
+        (self.is_idle() && self.file_len > self.settled_len)
             .then(|| since.saturating_add(self.config.idle_compact_delay))
     }
 
-    /// Time passed: once the idle compaction is due, the log shrinks to a checkpoint, so
-    /// that a restart re-sends nothing.
+    /// Time passed: once the idle settle is due, a settled checkpoint is appended and
+    /// synced, so that a restart re-sends nothing.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.poll_timeout().is_some_and(|due| due <= now) {
-            self.rewrite();
+            self.settle();
         }
     }
 
-    /// A graceful stop: when everything is acknowledged, the log shrinks to a checkpoint
-    /// now, so that the next start re-sends nothing (acknowledged records left in the log
-    /// would go out again, as if new, to every subscriber that joined since).
+    /// A graceful stop: when everything is acknowledged, a settled checkpoint is appended
+    /// and synced now, so that the next start re-sends nothing (acknowledged records
+    /// replayed would go out again, as if new, to every subscriber that joined since). No
+    /// rewrite follows a stop: a compaction waits for the next run.
     pub fn handle_stop(&mut self) {
-        if self.is_idle() && self.file_len > checkpoint_len(self) {
-            self.rewrite();
+        self.stopping = true;
+        if self.is_idle() && self.file_len > self.settled_len {
+            self.settle();
         }
+    }
+
+    /// Appends a settled checkpoint and syncs it (the log is idle).
+    fn settle(&mut self) {
+        let mut out = BytesMut::new();
+        encode_record(
+            &WalRecord {
+                settled: true,
+                ..self.checkpoint()
+            },
+            &mut out,
+        );
+        self.file_len += out.len() as u64;
+        self.settled_len = self.file_len;
+        self.idle_since = None;
+        self.actions.push_back(WalAction::Append(out.freeze()));
+        self.syncs_in_flight += 1;
+        self.actions
+            .push_back(WalAction::Sync { len: self.file_len });
     }
 
     /// A compaction under load: enough of the log is acknowledged to be worth a rewrite.
     fn maybe_compact(&mut self) {
-        if !self.unsynced.is_empty() || self.syncs_in_flight > 0 || self.file_len == 0 {
+        if !self.unsynced.is_empty()
+            || self.syncs_in_flight > 0
+            || self.file_len == 0
+            || self.stopping
+        {
             return;
         }
         let dead = self.file_len - self.live_bytes;
@@ -693,6 +747,11 @@ impl Wal {
         self.reservations.clear();
         self.reserved_durable = self.reserved;
         self.file_len = out.len() as u64;
+        self.settled_len = if self.pending.is_empty() {
+            self.file_len
+        } else {
+            0
+        };
         self.live_bytes = self.file_len;
         self.compactions += 1;
         self.idle_since = None;
@@ -712,6 +771,7 @@ impl Wal {
             } else {
                 0
             },
+            settled: false,
         }
     }
 
@@ -762,8 +822,4 @@ impl Wal {
     pub fn compactions(&self) -> u64 {
         self.compactions
     }
-}
-
-fn checkpoint_len(wal: &Wal) -> u64 {
-    framed_len(&wal.checkpoint())
 }

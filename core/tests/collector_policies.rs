@@ -40,10 +40,17 @@ fn ms(n: u64) -> Instant {
 struct Reference {
     held: Vec<(u64, Instant)>,
     out: Vec<(Vec<u64>, FlushReason)>,
+    /// Arrival of the last event that went out.
+    previous: Option<Instant>,
+    /// The held batch opened after a quiet spell of `idle`.
+    quiet: bool,
 }
 
 impl Reference {
-    fn event(&mut self, id: u64, now: Instant, max: usize) {
+    fn event(&mut self, id: u64, now: Instant, max: usize, idle: Duration) {
+        if self.held.is_empty() {
+            self.quiet = self.previous.is_none_or(|p| p + idle <= now);
+        }
         self.held.push((id, now));
         if self.held.len() >= max {
             self.cut(FlushReason::Full);
@@ -52,6 +59,8 @@ impl Reference {
     fn tick(&mut self, now: Instant, delay: Duration, idle: Duration) {
         if self.held.first().is_some_and(|(_, at)| *at + delay <= now) {
             self.cut(FlushReason::Deadline);
+        } else if self.quiet && self.held.first().is_some_and(|(_, at)| *at <= now) {
+            self.cut(FlushReason::Quiet);
         } else if self.held.last().is_some_and(|(_, at)| *at + idle <= now) {
             self.cut(FlushReason::Idle);
         }
@@ -71,7 +80,9 @@ impl Reference {
         }
     }
     fn cut(&mut self, reason: FlushReason) {
-        if !self.held.is_empty() {
+        self.quiet = false;
+        if let Some((_, last)) = self.held.last() {
+            self.previous = Some(*last);
             let ids = self.held.drain(..).map(|e| e.0).collect();
             self.out.push((ids, reason));
         }
@@ -97,6 +108,7 @@ proptest! {
         let mut sent = Vec::new();
         let mut checked = 0;
         for op in ops {
+            let op_was_wait = matches!(op, BatchOp::Wait(_));
             match op {
                 BatchOp::Wait(d) => {
                     // A driver wakes at the deadline, not later: go there first if it is
@@ -117,7 +129,7 @@ proptest! {
                 BatchOp::Events(n) => {
                     for _ in 0..n {
                         b.handle_event(ms(now_ms), next_id);
-                        r.event(next_id, ms(now_ms), max);
+                        r.event(next_id, ms(now_ms), max, idle);
                         sent.push(next_id);
                         next_id += 1;
                     }
@@ -144,6 +156,9 @@ proptest! {
             }
             if let Some((_, last)) = r.held.last() {
                 prop_assert!(*last + idle > ms(now_ms), "a batch held after its sources went quiet");
+            }
+            if op_was_wait {
+                prop_assert!(!r.quiet || r.held.is_empty(), "a batch opened after a quiet spell is held");
             }
             prop_assert!(b.pending() < max, "a full batch is still held");
             prop_assert_eq!(&got, &r.out);

@@ -21,6 +21,7 @@ fn record(sequence: u64, topic: &str, payload: &[u8]) -> WalRecord {
         accepted_at_ms: 1_700_000_000_000 + sequence,
         source: "procmond".into(),
         reserved_through: 0,
+        settled: false,
     }
 }
 
@@ -144,7 +145,7 @@ fn oversized_lengths_and_repeated_sequences_stop_replay() {
 }
 
 #[test]
-fn only_a_reserving_checkpoint_may_repeat_the_last_sequence() {
+fn only_a_reserving_or_settled_checkpoint_may_repeat_the_last_sequence() {
     let reservation = WalRecord {
         reserved_through: 40,
         ..record(2, "", b"")
@@ -246,7 +247,7 @@ fn records_are_published_only_once_synced_and_leave_after_their_puback() {
 }
 
 #[test]
-fn an_idle_log_shrinks_to_a_checkpoint_only_after_its_delay_and_an_append_defers_it() {
+fn an_idle_log_settles_only_after_its_delay_and_an_append_defers_it() {
     let ms = |n: u64| Instant::from_nanos(n * 1_000_000);
     let mut wal = Wal::new(WalConfig::new("procmond"));
     let delay = WalConfig::new("procmond").idle_compact_delay;
@@ -261,28 +262,31 @@ fn an_idle_log_shrinks_to_a_checkpoint_only_after_its_delay_and_an_append_defers
         drive(wal, disk);
         s
     };
-    // Everything acknowledged: nothing is rewritten yet, the compaction waits its delay.
+    // Everything acknowledged: nothing is written yet, the settle waits its delay.
     append_acked(&mut wal, &mut disk, ms(10));
     let before = disk.len();
-    assert_eq!(wal.compactions(), 0);
     assert_eq!(wal.poll_timeout(), Some(ms(10) + delay));
     wal.handle_timeout(ms(9) + delay);
     drive(&mut wal, &mut disk);
-    assert_eq!((wal.compactions(), disk.len()), (0, before));
+    assert_eq!(disk.len(), before);
+    assert_eq!(wal::replay(&disk, DEFAULT_MAX_RECORD).0.len(), 1);
     // An event in the meantime: the clock starts again from its acknowledgement.
     let last = append_acked(&mut wal, &mut disk, ms(500));
+    let before = disk.len();
     assert_eq!(wal.poll_timeout(), Some(ms(500) + delay));
     wal.handle_timeout(ms(10) + delay);
     drive(&mut wal, &mut disk);
-    assert_eq!(wal.compactions(), 0);
-    // Due: the log becomes one checkpoint that keeps the sequence, and nothing is re-sent.
+    assert_eq!(disk.len(), before);
+    // Due: a settled checkpoint is appended (no rewrite), it keeps the sequence, and a
+    // replay re-sends nothing.
     wal.handle_timeout(ms(500) + delay);
     drive(&mut wal, &mut disk);
-    assert_eq!(wal.compactions(), 1);
-    assert_eq!(wal.poll_timeout(), None);
+    assert_eq!(wal.compactions(), 0);
+    assert!(disk.len() > before && disk.starts_with(&disk[..before]));
+    assert_eq!(wal.poll_timeout(), None, "settled once");
     let (records, end) = wal::replay(&disk, DEFAULT_MAX_RECORD);
-    assert!(records.iter().all(wal::is_checkpoint), "{records:?}");
-    assert_eq!(end.last_sequence, last);
+    assert!(records.is_empty(), "{records:?}");
+    assert_eq!((end.last_sequence, &end.tail), (last, &None));
     // While a record waits for its PubAck there is no idle compaction.
     wal.append(0, "events.process.new", Bytes::from_static(b"y"))
         .expect("room");
@@ -292,7 +296,7 @@ fn an_idle_log_shrinks_to_a_checkpoint_only_after_its_delay_and_an_append_defers
 }
 
 #[test]
-fn a_stop_with_everything_acknowledged_leaves_a_checkpoint_and_one_pending_keeps_it() {
+fn a_stop_with_everything_acknowledged_settles_the_log_and_one_pending_keeps_it() {
     let mut wal = Wal::new(WalConfig::new("procmond"));
     let mut disk = Vec::new();
     let append = |wal: &mut Wal, disk: &mut Vec<u8>| {
@@ -307,22 +311,81 @@ fn a_stop_with_everything_acknowledged_leaves_a_checkpoint_and_one_pending_keeps
     let second = append(&mut wal, &mut disk);
     assert!(wal.handle_puback(T0, first));
     // One still waits for its PubAck: a stop keeps both records as they are.
+    let before = disk.len();
     wal.handle_stop();
     drive(&mut wal, &mut disk);
-    assert_eq!(wal.compactions(), 0);
+    assert_eq!(disk.len(), before);
     assert_eq!(wal::replay(&disk, DEFAULT_MAX_RECORD).0.len(), 2);
-    // Acknowledged: the stop rewrites the log at once (no idle delay), keeping the sequence.
+    // Acknowledged: the stop settles the log at once (no idle delay), keeping the sequence.
     assert!(wal.handle_puback(T0, second));
     wal.handle_stop();
     drive(&mut wal, &mut disk);
-    assert_eq!(wal.compactions(), 1);
     let (records, end) = wal::replay(&disk, DEFAULT_MAX_RECORD);
-    assert!(records.iter().all(wal::is_checkpoint), "{records:?}");
+    assert!(records.is_empty(), "{records:?}");
     assert_eq!(end.last_sequence, second);
     // A second stop has nothing left to do.
+    let settled = disk.len();
     wal.handle_stop();
     drive(&mut wal, &mut disk);
+    assert_eq!(disk.len(), settled);
+    assert_eq!(wal.compactions(), 0);
+}
+
+#[test]
+fn after_a_stop_nothing_is_rewritten_even_when_a_compaction_is_due() {
+    let mut cfg = WalConfig::new("procmond");
+    cfg.compact_after = 1;
+    let mut wal = Wal::new(cfg.clone());
+    let mut disk = Vec::new();
+    let first = wal.append(0, "t", Bytes::from_static(b"a")).expect("room");
+    wal.commit();
+    drive(&mut wal, &mut disk);
+    // Running: the PubAck makes the whole log dead, and it is rewritten.
+    assert!(wal.handle_puback(T0, first));
+    drive(&mut wal, &mut disk);
     assert_eq!(wal.compactions(), 1);
+    let second = wal.append(0, "t", Bytes::from_static(b"b")).expect("room");
+    wal.commit();
+    drive(&mut wal, &mut disk);
+    // Stopping: the same PubAck leaves the log as it is (the next run compacts it).
+    wal.handle_stop();
+    assert!(wal.handle_puback(T0, second));
+    drive(&mut wal, &mut disk);
+    assert_eq!(wal.compactions(), 1);
+    let (records, end) = wal::replay(&disk, DEFAULT_MAX_RECORD);
+    assert_eq!(records.len(), 1, "no settle was asked for after the PubAck");
+    assert_eq!(end.last_sequence, second);
+}
+
+#[test]
+fn a_settled_checkpoint_drops_the_events_before_it_and_keeps_those_after() {
+    let settled = |sequence| WalRecord {
+        settled: true,
+        ..record(sequence, "", b"")
+    };
+    let (log, _) = log_of(&[
+        record(1, "events.t", b"a"),
+        record(2, "events.t", b"b"),
+        // It repeats the last sequence, as a reservation may.
+        settled(2),
+        record(3, "events.t", b"c"),
+        record(4, "events.t", b"d"),
+    ]);
+    let (records, end) = wal::replay(&log, DEFAULT_MAX_RECORD);
+    assert_eq!((&end.tail, end.last_sequence), (&None, 4));
+    assert_eq!(
+        records.iter().map(|r| r.sequence).collect::<Vec<_>>(),
+        [3, 4]
+    );
+    // A restart re-sends only those, and goes on after the last sequence.
+    let mut wal = Wal::recover(WalConfig::new("procmond"), records, &end);
+    let mut disk = log.clone();
+    let resent: Vec<_> = drive_flagged(&mut wal, &mut disk)
+        .into_iter()
+        .map(|(r, replayed)| (r.sequence, replayed))
+        .collect();
+    assert_eq!(resent, [(3, true), (4, true)]);
+    assert_eq!(wal.append(0, "t", Bytes::new()), Ok(5));
 }
 
 #[test]
@@ -474,14 +537,14 @@ fn under_a_synced_reservation_events_go_out_at_append_and_a_restart_skips_the_bl
 fn a_compaction_keeps_the_reservation_and_replayed_records_go_out_first() {
     let mut cfg = WalConfig::new("procmond");
     cfg.reserve_block = 100;
-    cfg.idle_compact_delay = std::time::Duration::ZERO;
+    // The first PubAck leaves only dead bytes: a rewrite.
+    cfg.compact_after = 1;
     let mut wal = Wal::new(cfg.clone());
     let mut disk = Vec::new();
     wal.append(0, "t", Bytes::from_static(b"a")).expect("room");
     wal.commit();
     assert_eq!(published_sequences(&mut wal, &mut disk), [1]);
     wal.handle_puback(T0, 1);
-    wal.handle_timeout(T0);
     drive(&mut wal, &mut disk);
     assert_eq!(wal.compactions(), 1);
     let (records, end) = wal::replay(&disk, DEFAULT_MAX_RECORD);
@@ -524,6 +587,10 @@ enum Op {
     SyncDone,
     /// Ack the n-th pending record (modulo).
     Ack(u8),
+    /// Time passes: an idle log settles.
+    Idle,
+    /// A graceful stop begins (the incarnation runs on until the next crash).
+    Stop,
     /// Crash: the disk keeps its synced prefix and a torn piece of the rest.
     Crash {
         keep: u16,
@@ -537,6 +604,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(Op::Commit),
         2 => Just(Op::SyncDone),
         3 => any::<u8>().prop_map(Op::Ack),
+        1 => Just(Op::Idle),
+        1 => Just(Op::Stop),
         1 => (any::<u16>(), any::<bool>()).prop_map(|(keep, garbage)| Op::Crash { keep, garbage }),
     ]
 }
@@ -572,6 +641,8 @@ proptest! {
                     let _ = wal.append(u64::from(n), "events.t", payload);
                 }
                 Op::Commit => wal.commit(),
+                Op::Idle => wal.handle_timeout(T0.saturating_add(std::time::Duration::from_secs(3600))),
+                Op::Stop => wal.handle_stop(),
                 Op::SyncDone => {
                     if let Some(len) = syncing.pop_front() {
                         synced = synced.max(len as usize);

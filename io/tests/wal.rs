@@ -163,6 +163,53 @@ async fn commit_in_background(
     assert!(w.commits_done() >= ticket);
 }
 
+/// On the log's thread the work keeps its order: a compaction, the appends after it, and
+/// a stop's settled checkpoint all land in the file, the next start re-sends nothing, and
+/// closing the log waits for its thread (the lock is free at once).
+#[tokio::test]
+async fn the_logs_thread_compacts_settles_and_releases_the_lock_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("t.wal");
+    let (mut w, _) = WalFile::open(&path, config()).expect("open");
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    w.sync_in_background(done_tx).expect("thread");
+    let ack_all = |w: &mut WalFile| {
+        for p in w.take_publishes() {
+            w.handle_puback(p.record.sequence).expect("ack");
+        }
+    };
+    for i in 0..50u64 {
+        w.append(i, "events.t", Bytes::from(vec![7u8; 100]))
+            .expect("append");
+    }
+    commit_in_background(&mut w, &mut done_rx).await;
+    let full = log_len(&path);
+    // Every PubAck in: the log is rewritten (on the thread), and three more events follow.
+    ack_all(&mut w);
+    for i in 0..3u64 {
+        w.append(i, "events.t", Bytes::from_static(b"after"))
+            .expect("append");
+    }
+    commit_in_background(&mut w, &mut done_rx).await;
+    ack_all(&mut w);
+    w.handle_stop().expect("stop");
+    assert_eq!(w.syncs_outstanding(), 1, "the settled checkpoint's sync");
+    let done = tokio::time::timeout(T, done_rx.recv())
+        .await
+        .expect("sync")
+        .expect("done");
+    w.handle_sync_done(done).expect("settled");
+    assert_eq!(w.syncs_outstanding(), 0);
+    w.close();
+    let after = log_len(&path);
+    assert!(after < full / 10, "{after} of {full} bytes left");
+    assert!(!dir.path().join("t.wal.compact").exists());
+    let (mut w, replayed) = WalFile::open(&path, config()).expect("reopen at once");
+    assert!(w.take_publishes().is_empty(), "{replayed}");
+    assert_eq!(replayed.last_sequence, 53);
+    assert_eq!(w.append(0, "events.t", Bytes::new()).expect("append"), 54);
+}
+
 /// Under reserved sequences with background syncs: an event is handed out for publishing
 /// as soon as it is appended, accepted only when its sync is reported, and a log that lost
 /// everything after its last sync (a power cut) never gives a published sequence to
@@ -175,7 +222,7 @@ async fn events_go_out_before_their_sync_and_a_lost_tail_never_reuses_their_sequ
     cfg.reserve_block = 16;
     let (mut w, _) = WalFile::open(&path, cfg.clone()).expect("open");
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
-    w.sync_in_background(done_tx);
+    w.sync_in_background(done_tx).expect("thread");
     let sequences = |w: &mut WalFile| -> Vec<u64> {
         w.take_publishes()
             .iter()
@@ -208,7 +255,7 @@ async fn events_go_out_before_their_sync_and_a_lost_tail_never_reuses_their_sequ
     commit_in_background(&mut w, &mut done_rx).await;
     assert!(sequences(&mut w).is_empty(), "already sent");
     assert_eq!(w.pending(), 4);
-    drop(w);
+    w.close();
     // A power cut before that second sync: the device kept only the log up to the first
     // one (the zeros kept ahead of the log stay).
     let file = std::fs::OpenOptions::new()

@@ -8,7 +8,8 @@
 //! every step it checks:
 //! - no batch is over the bound in force (and a full one is exactly that long);
 //! - no event is held past its flush deadline (`first arrival + max_delay`), nor after its
-//!   sources went quiet (`last arrival + max_idle`);
+//!   sources went quiet (`last arrival + max_idle`), and a batch opened after a quiet spell
+//!   of `max_idle` is not held past the instant it opened;
 //! - every event goes out exactly once, in arrival order;
 //! - the interval in force is within `[configured, configured x cap]`;
 //! - after a clear (None, or a lapse), the interval is the configured one.
@@ -60,6 +61,10 @@ struct World {
     pacing: Pacing,
     /// Arrival time of each held event, by id (ids are consecutive from `next_out`).
     arrivals: std::collections::VecDeque<Instant>,
+    /// Arrival time of the last event that went out.
+    last_out_at: Option<Instant>,
+    /// The held batch opened after a quiet spell of `max_idle`: it is due at once.
+    quiet_open: bool,
     next_id: u64,
     next_out: u64,
     next_round: Instant,
@@ -86,6 +91,10 @@ impl World {
 
     fn arrive(&mut self, n: u64) {
         for _ in 0..n {
+            if self.arrivals.is_empty() {
+                let idle = self.batcher.config().max_idle;
+                self.quiet_open = self.last_out_at.is_none_or(|p| p + idle <= self.now);
+            }
             self.batcher.handle_event(self.now, self.next_id);
             self.arrivals.push_back(self.now);
             self.next_id += 1;
@@ -110,7 +119,9 @@ impl World {
                     ));
                 }
                 self.next_out += 1;
-                self.arrivals.pop_front();
+                self.last_out_at = self.arrivals.pop_front();
+                // What stays held was cut from what went out at the same instant.
+                self.quiet_open = false;
             }
         }
         let delay = self.batcher.config().max_delay;
@@ -120,6 +131,25 @@ impl World {
             return Err(self.violation(
                 "flush-deadline",
                 format!("an event from {first:?} is still held at {:?}", self.now),
+            ));
+        }
+        // The driver wakes at the batcher's deadline: for a batch opened after a quiet
+        // spell it must be the instant the batch opened.
+        if self.quiet_open
+            && let Some(&first) = self.arrivals.front()
+            && (first < self.now
+                || self
+                    .batcher
+                    .poll_timeout()
+                    .is_none_or(|(due, _)| due > first))
+        {
+            return Err(self.violation(
+                "quiet-flush",
+                format!(
+                    "a batch opened at {first:?} after a quiet spell is held at {:?}, due {:?}",
+                    self.now,
+                    self.batcher.poll_timeout().map(|(due, _)| due)
+                ),
             ));
         }
         let idle = self.batcher.config().max_idle;
@@ -271,6 +301,8 @@ pub fn run_collector(cfg: &CollectorSimConfig) -> Result<CollectorOutcome, Viola
         batcher: Batcher::new(batch),
         pacing: Pacing::new(pacing),
         arrivals: Default::default(),
+        last_out_at: None,
+        quiet_open: false,
         next_id: 0,
         next_out: 0,
         next_round: Instant::ZERO,

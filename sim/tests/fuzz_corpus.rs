@@ -151,6 +151,7 @@ fn write_seed_corpus() {
             source: "procmond".into(),
             // The checkpoint also reserves sequences up to 12.
             reserved_through: if topic.is_empty() { 12 } else { 0 },
+            settled: false,
         };
         daemoneye_core::wal::encode_record(&record, &mut log);
     }

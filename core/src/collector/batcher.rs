@@ -3,7 +3,11 @@
 //! of its batch arrived (DESIGN.md section 8: 100 events or 100 ms, whichever comes first).
 //! A batch also goes out once its sources have been quiet for `max_idle` (default 2 ms):
 //! a burst still fills batches (its events arrive microseconds apart), while a lone event,
-//! a process started on an idle host, is not held for the whole `max_delay`.
+//! a process started on an idle host, is not held for the whole `max_delay`. And a batch
+//! whose first event came after the sources had already been quiet for `max_idle` goes out
+//! at once ([`FlushReason::Quiet`]): the driver takes every event already queued first, so
+//! what arrived together still goes together, but the first exec on a quiet host does not
+//! wait for the idle window (as Nagle's algorithm sends at once when nothing is in flight).
 //!
 //! The batcher holds the items themselves (`T`: the runtime's `(topic, payload)`), so that a
 //! batch that goes out is exactly what was counted. It never drops: bounding what arrives is
@@ -11,6 +15,8 @@
 //!
 //! Rules:
 //! - an event that makes the batch `max_events` long flushes it at once ([`FlushReason::Full`]);
+//! - a batch whose first event arrived at least `max_idle` after the last event of the
+//!   batch before it (or that is the first batch) is due at once ([`FlushReason::Quiet`]);
 //! - otherwise the batch goes out at `first_event_at + max_delay` ([`FlushReason::Deadline`])
 //!   or at `last_event_at + max_idle` ([`FlushReason::Idle`]), whichever comes first, given
 //!   by [`Batcher::poll_timeout`];
@@ -63,6 +69,9 @@ pub enum FlushReason {
     Deadline,
     /// No event arrived for `max_idle`.
     Idle,
+    /// Its first event came after the sources had been quiet for `max_idle`: it went out
+    /// as soon as the events queued with it were taken.
+    Quiet,
     /// The owner asked (shutdown, or a configuration that lowered the bound).
     Requested,
 }
@@ -85,6 +94,10 @@ pub struct Batcher<T> {
     first_at: Option<Instant>,
     /// When the last event of `current` arrived.
     last_at: Option<Instant>,
+    /// When the last event of the batches before `current` arrived.
+    previous_at: Option<Instant>,
+    /// `current` opened after the sources had been quiet: it is due at once.
+    quiet: bool,
     ready: VecDeque<Batch<T>>,
 }
 
@@ -96,6 +109,8 @@ impl<T> Batcher<T> {
             current: Vec::new(),
             first_at: None,
             last_at: None,
+            previous_at: None,
+            quiet: false,
             ready: VecDeque::new(),
         }
     }
@@ -124,6 +139,9 @@ impl<T> Batcher<T> {
     pub fn handle_event(&mut self, now: Instant, item: T) {
         if self.current.is_empty() {
             self.first_at = Some(now);
+            self.quiet = self
+                .previous_at
+                .is_none_or(|p| p.saturating_add(self.config.max_idle) <= now);
         }
         self.last_at = Some(now);
         self.current.push(item);
@@ -140,6 +158,8 @@ impl<T> Batcher<T> {
         };
         if first.saturating_add(self.config.max_delay) <= now {
             self.cut(FlushReason::Deadline);
+        } else if self.quiet && first <= now {
+            self.cut(FlushReason::Quiet);
         } else if last.saturating_add(self.config.max_idle) <= now {
             self.cut(FlushReason::Idle);
         }
@@ -171,7 +191,8 @@ impl<T> Batcher<T> {
 
     fn cut(&mut self, reason: FlushReason) {
         self.first_at = None;
-        self.last_at = None;
+        self.previous_at = self.last_at.take().or(self.previous_at);
+        self.quiet = false;
         if self.current.is_empty() {
             return;
         }
@@ -188,7 +209,11 @@ impl<T> Batcher<T> {
     /// When the batch being filled must go out.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<(Instant, Timer)> {
-        let deadline = self.first_at?.saturating_add(self.config.max_delay);
+        let first = self.first_at?;
+        if self.quiet {
+            return Some((first, Timer::Flush));
+        }
+        let deadline = first.saturating_add(self.config.max_delay);
         let idle = self.last_at?.saturating_add(self.config.max_idle);
         Some((deadline.min(idle), Timer::Flush))
     }
@@ -233,42 +258,61 @@ mod tests {
             max_delay: Duration::from_millis(100),
             max_idle: Duration::from_millis(2),
         });
-        // Events 1 ms apart keep the batch open until it is full.
+        // The first event on a quiet source is due at once; what arrived with it goes
+        // with it.
+        b.handle_event(at(10), 0);
+        b.handle_event(at(10), 1);
+        assert_eq!(b.poll_timeout(), Some((at(10), Timer::Flush)));
+        b.handle_timeout(at(10));
+        let first = b.poll_output().expect("quiet batch");
+        assert_eq!(
+            (first.items, first.reason),
+            (vec![0, 1], FlushReason::Quiet)
+        );
+        // Events 1 ms apart after it keep the next batch open until it is full.
         for i in 0..3 {
-            b.handle_event(at(10 + i), i);
-            b.handle_timeout(at(10 + i));
+            b.handle_event(at(11 + i), i);
+            b.handle_timeout(at(11 + i));
         }
         let full = b.poll_output().expect("full batch");
         assert_eq!(
             (full.items, full.reason),
             (vec![0, 1, 2], FlushReason::Full)
         );
-        // A lone event: out 2 ms after it, not 100.
-        b.handle_event(at(50), 9);
-        assert_eq!(b.poll_timeout(), Some((at(52), Timer::Flush)));
-        b.handle_timeout(at(51));
+        // One more 1 ms later: the source was not quiet, so it waits 2 ms for company, not
+        // 100.
+        b.handle_event(at(14), 9);
+        assert_eq!(b.poll_timeout(), Some((at(16), Timer::Flush)));
+        b.handle_timeout(at(15));
         assert!(b.poll_output().is_none());
-        b.handle_timeout(at(52));
-        let lone = b.poll_output().expect("idle batch");
-        assert_eq!((lone.items, lone.reason), (vec![9], FlushReason::Idle));
-        // A steady trickle 1 ms apart still goes by the deadline of its first event.
+        b.handle_timeout(at(16));
+        let idle = b.poll_output().expect("idle batch");
+        assert_eq!((idle.items, idle.reason), (vec![9], FlushReason::Idle));
+        // A lone event after a quiet spell goes at once.
+        b.handle_event(at(50), 7);
+        assert_eq!(b.poll_timeout(), Some((at(50), Timer::Flush)));
+        b.handle_timeout(at(50));
+        let lone = b.poll_output().expect("quiet batch");
+        assert_eq!((lone.items, lone.reason), (vec![7], FlushReason::Quiet));
+        // A steady trickle 1 ms apart (so never quiet) still goes by the deadline of its
+        // first event.
         for i in 0..2u64 {
-            b.handle_event(at(200 + i), i);
+            b.handle_event(at(51 + i), i);
         }
         b.set_config(
-            at(201),
+            at(52),
             BatchConfig {
                 max_events: 1000,
                 max_delay: Duration::from_millis(5),
                 max_idle: Duration::from_millis(2),
             },
         );
-        for t in 202..205 {
+        for t in 53..56 {
             b.handle_event(at(t), t);
             b.handle_timeout(at(t));
         }
         assert!(b.poll_output().is_none());
-        b.handle_timeout(at(205));
+        b.handle_timeout(at(56));
         let due = b.poll_output().expect("deadline batch");
         assert_eq!(due.reason, FlushReason::Deadline);
         assert_eq!(due.items.len(), 5);

@@ -428,6 +428,7 @@ impl Running {
             .unwrap_or(Duration::from_millis(self.settings.shutdown_timeout_ms));
         let started = tokio::time::Instant::now();
         let deadline = started + budget;
+        tracing::debug!(?budget, "shutting down");
         // Sources: the signal, then `stop`, then their end, in 40% of the budget.
         let sources_by = started + budget.mul_f64(0.4);
         let _ = self.shutdown_tx.send(true);
@@ -480,10 +481,24 @@ impl Running {
                 Ok(None) | Err(_) => break,
             }
         }
+        // Everything settled: a settled checkpoint (one append and a data sync on the
+        // log's thread) tells the next start to re-send nothing.
         if let Some(wal) = self.wal.as_mut()
             && let Err(e) = wal.handle_stop()
         {
-            tracing::error!(error = %e, "the WAL could not be compacted at shutdown");
+            tracing::error!(error = %e, "the WAL could not be settled at shutdown");
+        }
+        let settled_by = started + budget.mul_f64(0.7);
+        while self.wal.as_ref().is_some_and(|w| w.syncs_outstanding() > 0) {
+            match tokio::time::timeout_at(settled_by, self.sync_rx.recv()).await {
+                Ok(Some(done)) => {
+                    if let Err(e) = self.handle_sync_done(done).await {
+                        tracing::error!(error = %e, "the WAL failed at shutdown");
+                        break;
+                    }
+                }
+                Ok(None) | Err(_) => break,
+            }
         }
         // Deregister, then say Goodbye on both connections.
         let _ = reg_stop.send(());
@@ -499,6 +514,8 @@ impl Running {
         let took = started.elapsed();
         if took > budget {
             tracing::warn!(?took, ?budget, "shutdown took longer than its budget");
+        } else {
+            tracing::debug!(?took, "shut down");
         }
         self.metrics.set_queue_depth(self.queue_depth());
         RunReport {

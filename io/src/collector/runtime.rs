@@ -388,7 +388,7 @@ impl Collector {
             // Events go out as soon as they are logged; the sync runs beside them.
             config.reserve_block = DEFAULT_RESERVE_BLOCK;
             let (mut wal, replayed) = WalFile::open(&path, config)?;
-            wal.sync_in_background(sync_tx.clone());
+            wal.sync_in_background(sync_tx.clone())?;
             if wal.pending() > 0 {
                 tracing::info!(wal = %path.display(), %replayed, "re-sending unacknowledged events");
             }

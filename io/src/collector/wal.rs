@@ -5,11 +5,12 @@
 //! 0600 in a directory made 0700. Appends are positioned writes, a commit is one
 //! `fdatasync` (group commit), and a compaction writes a temporary file, syncs it, renames
 //! it over the log and syncs the directory, so a crash leaves either the old log or the
-//! new one. By default the calls block on the disk; after
-//! [`sync_in_background`](WalFile::sync_in_background) a commit's `fdatasync` runs on a
-//! blocking thread instead (one at a time; a commit asked for meanwhile waits for the next
-//! one, which covers it and everything appended since), and the caller hands each
-//! completion back to [`handle_sync_done`](WalFile::handle_sync_done). Together with
+//! new one. By default the calls block on the disk. After
+//! [`sync_in_background`](WalFile::sync_in_background) the file work moves to the log's own
+//! thread, which does it in order (a sync there also takes the appends and commits queued
+//! behind it, so one `fdatasync` serves them all), and the caller hands each sync's report
+//! back to [`handle_sync_done`](WalFile::handle_sync_done). The caller's thread then never
+//! waits for the disk, not even for a compaction or the file growing. Together with
 //! reserved sequences ([`WalConfig::reserve_block`](daemoneye_core::wal::WalConfig)) this
 //! keeps the disk off the path from an append to its publish.
 //!
@@ -25,11 +26,10 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use bytes::Bytes;
 use daemoneye_core::wal::{
-    Replayed, TailError, Wal, WalAction, WalConfig, WalError, WalReader, is_checkpoint,
+    Replayed, TailError, Wal, WalAction, WalConfig, WalError, WalReader, gather_events,
 };
 use daemoneye_proto::pb::wal::WalRecord;
 use nix::fcntl::{Flock, FlockArg};
@@ -110,31 +110,178 @@ pub struct ToPublish {
     pub replayed: bool,
 }
 
-/// A background sync finished: hand it to [`WalFile::handle_sync_done`].
+/// A background sync finished (or the log's thread failed): hand it to
+/// [`WalFile::handle_sync_done`].
 #[derive(Debug)]
 pub struct SyncDone {
     /// The log's length when the sync started: everything before it is durable.
     covers: u64,
-    result: io::Result<()>,
+    result: Result<(), WalFileError>,
+}
+
+/// The log's file, owned by the caller or, once syncs run in the background, by the log's
+/// own thread.
+#[derive(Debug)]
+struct LogFile {
+    path: PathBuf,
+    file: File,
+    /// Held as long as the file is written.
+    _lock: Flock<File>,
+    /// Where the log ends (the next append goes here).
+    end: u64,
+    /// The file's size: the log, then zeros.
+    allocated: u64,
+}
+
+impl LogFile {
+    fn io_err(&self, what: &'static str) -> impl FnOnce(io::Error) -> WalFileError + '_ {
+        io_error(&self.path, what)
+    }
+
+    fn truncate(&mut self, len: u64) -> Result<(), WalFileError> {
+        self.file.set_len(len).map_err(self.io_err("truncating"))?;
+        self.end = len;
+        self.allocated = len;
+        Ok(())
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> Result<(), WalFileError> {
+        let end = self.end + bytes.len() as u64;
+        if end > self.allocated {
+            let to = allocation_for(end);
+            // Synced at once: until the zeros are on the disk, with their size, each data
+            // sync into them still commits the journal.
+            write_zeros(&self.file, self.allocated, to)
+                .and_then(|()| self.file.sync_all())
+                .map_err(self.io_err("growing"))?;
+            self.allocated = to;
+        }
+        self.file
+            .write_all_at(bytes, self.end)
+            .map_err(self.io_err("appending"))?;
+        self.end = end;
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<(), WalFileError> {
+        self.file.sync_data().map_err(self.io_err("syncing"))
+    }
+
+    fn rewrite(&mut self, bytes: &[u8]) -> Result<(), WalFileError> {
+        let tmp = self.path.with_extension("wal.compact");
+        let mut out = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(self.io_err("creating the compacted log"))?;
+        let allocated = allocation_for(bytes.len() as u64);
+        out.write_all(bytes)
+            .and_then(|()| write_zeros(&out, bytes.len() as u64, allocated))
+            .and_then(|()| out.sync_all())
+            .map_err(self.io_err("writing the compacted log"))?;
+        std::fs::rename(&tmp, &self.path).map_err(self.io_err("replacing the log"))?;
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(self.io_err("syncing the log's directory"))?;
+        }
+        self.file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.path)
+            .map_err(self.io_err("reopening the compacted log"))?;
+        self.end = bytes.len() as u64;
+        self.allocated = allocated;
+        tracing::debug!(wal = %self.path.display(), bytes = bytes.len(), "WAL compacted");
+        Ok(())
+    }
+}
+
+/// Work for the log's thread, done in order.
+#[derive(Debug)]
+enum FileOp {
+    Truncate(u64),
+    Append(Bytes),
+    Sync,
+    Rewrite(Bytes),
+}
+
+/// The log's thread: does `ops` in order and reports each sync on `done`. A sync also takes
+/// whatever was queued behind it (appends, and the syncs that would cover them), so one
+/// `fdatasync` serves every commit made while the last one ran. After a failure it reports
+/// the error and stops.
+fn log_thread(
+    mut log: LogFile,
+    ops: std::sync::mpsc::Receiver<FileOp>,
+    done: UnboundedSender<SyncDone>,
+) {
+    let mut next = None;
+    loop {
+        let op = match next.take() {
+            Some(op) => op,
+            None => match ops.recv() {
+                Ok(op) => op,
+                Err(_) => return,
+            },
+        };
+        let result = match op {
+            FileOp::Truncate(len) => log.truncate(len),
+            FileOp::Append(bytes) => log.append(&bytes),
+            FileOp::Rewrite(bytes) => log.rewrite(&bytes),
+            FileOp::Sync => {
+                let mut result = Ok(());
+                while result.is_ok() {
+                    match ops.try_recv() {
+                        Ok(FileOp::Append(bytes)) => result = log.append(&bytes),
+                        Ok(FileOp::Sync) => {}
+                        Ok(op) => {
+                            next = Some(op);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let covers = log.end;
+                let result = result.and_then(|()| log.sync());
+                let failed = result.is_err();
+                if done.send(SyncDone { covers, result }).is_err() || failed {
+                    return;
+                }
+                continue;
+            }
+        };
+        if let Err(e) = result {
+            let _ = done.send(SyncDone {
+                covers: 0,
+                result: Err(e),
+            });
+            return;
+        }
+    }
+}
+
+/// Where the file work happens.
+#[derive(Debug)]
+enum Disk {
+    /// On the caller's thread: calls block on the disk.
+    Direct(LogFile),
+    /// On the log's thread.
+    Thread {
+        ops: std::sync::mpsc::Sender<FileOp>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    },
 }
 
 /// An open, locked WAL.
 #[derive(Debug)]
 pub struct WalFile {
     path: PathBuf,
-    file: Arc<File>,
-    _lock: Flock<File>,
+    disk: Disk,
     machine: Wal,
     outbox: Vec<ToPublish>,
     clock: MonotonicClock,
-    /// Where the log ends (the next append goes here).
-    end: u64,
-    /// The file's size: the log, then zeros.
-    allocated: u64,
-    /// Where background syncs report (none: syncs block the caller).
-    background: Option<UnboundedSender<SyncDone>>,
-    /// A background sync is running.
-    syncing: bool,
     /// Sync lengths the machine asked for and that are not yet reported to it, in order.
     requested: std::collections::VecDeque<u64>,
     /// Syncs the machine asked for (a commit's ticket) and syncs made durable.
@@ -183,9 +330,7 @@ impl WalFile {
             }
             reader.push(&buf[..n]);
             while let Some(r) = reader.next_record() {
-                if !is_checkpoint(&r) {
-                    records.push(r);
-                }
+                gather_events(&mut records, r);
             }
         }
         let mut replayed = reader.finish();
@@ -206,15 +351,16 @@ impl WalFile {
         let machine = Wal::recover(config, records, &replayed);
         let mut wal = WalFile {
             path: path.to_path_buf(),
-            file: Arc::new(file),
-            _lock: lock,
+            disk: Disk::Direct(LogFile {
+                path: path.to_path_buf(),
+                file,
+                _lock: lock,
+                end: replayed.valid_len,
+                allocated,
+            }),
             machine,
             outbox: Vec::new(),
             clock: MonotonicClock::default(),
-            end: replayed.valid_len,
-            allocated,
-            background: None,
-            syncing: false,
             requested: std::collections::VecDeque::new(),
             commits_asked: 0,
             commits_done: 0,
@@ -242,11 +388,32 @@ impl WalFile {
         Ok(seq)
     }
 
-    /// From now on a commit's sync runs on a blocking thread of the tokio runtime (the
-    /// caller must be inside one) and reports on `done`; the caller passes each report to
-    /// [`handle_sync_done`](Self::handle_sync_done).
-    pub fn sync_in_background(&mut self, done: UnboundedSender<SyncDone>) {
-        self.background = Some(done);
+    /// From now on the file work (appends, syncs, compactions) runs in order on the log's
+    /// own thread, and the caller never waits for the disk: each sync reports on `done`, and
+    /// the caller passes the report to [`handle_sync_done`](Self::handle_sync_done) (a
+    /// failure of the thread reports there too). [`close`](Self::close) waits for the work
+    /// already handed over.
+    pub fn sync_in_background(
+        &mut self,
+        done: UnboundedSender<SyncDone>,
+    ) -> Result<(), WalFileError> {
+        let (ops, rx) = std::sync::mpsc::channel();
+        let Disk::Direct(_) = &self.disk else {
+            return Ok(());
+        };
+        let Disk::Direct(log) =
+            std::mem::replace(&mut self.disk, Disk::Thread { ops, thread: None })
+        else {
+            unreachable!("checked above");
+        };
+        let thread = std::thread::Builder::new()
+            .name("wal".into())
+            .spawn(move || log_thread(log, rx, done))
+            .map_err(self.io_err("starting its thread"))?;
+        if let Disk::Thread { thread: t, .. } = &mut self.disk {
+            *t = Some(thread);
+        }
+        Ok(())
     }
 
     /// Syncs everything appended (group commit): those events are accepted, and what was
@@ -264,16 +431,18 @@ impl WalFile {
         self.commits_done
     }
 
+    /// Syncs asked for and not yet reported.
+    pub fn syncs_outstanding(&self) -> usize {
+        self.requested.len()
+    }
+
     /// A background sync finished: the commits it covers are accepted (and their records
-    /// wait in [`take_publishes`](Self::take_publishes) if they were not published yet);
-    /// the next sync starts if one was asked for meanwhile.
+    /// wait in [`take_publishes`](Self::take_publishes) if they were not published yet).
+    /// An error is the log's thread failing: it has stopped, and the log can take no more.
     pub fn handle_sync_done(&mut self, done: SyncDone) -> Result<(), WalFileError> {
-        self.syncing = false;
-        done.result.map_err(self.io_err("syncing"))?;
+        done.result?;
         self.report_synced(done.covers);
-        self.run()?;
-        self.start_sync();
-        Ok(())
+        self.run()
     }
 
     /// Reports every requested sync that `covers` includes to the machine.
@@ -289,20 +458,26 @@ impl WalFile {
         }
     }
 
-    /// Starts a background sync of everything written, if one is asked for and none runs.
-    fn start_sync(&mut self) {
-        let Some(done) = self.background.as_ref() else {
-            return;
-        };
-        if self.syncing || self.requested.is_empty() {
-            return;
+    /// Does `op` now or hands it to the log's thread.
+    fn perform(&mut self, op: FileOp) -> Result<(), WalFileError> {
+        match &mut self.disk {
+            Disk::Direct(log) => match op {
+                FileOp::Truncate(len) => log.truncate(len),
+                FileOp::Append(bytes) => log.append(&bytes),
+                FileOp::Rewrite(bytes) => log.rewrite(&bytes),
+                FileOp::Sync => {
+                    log.sync()?;
+                    let covers = log.end;
+                    self.report_synced(covers);
+                    Ok(())
+                }
+            },
+            Disk::Thread { ops, .. } => ops.send(op).map_err(|_| WalFileError::Io {
+                what: "handing work to its thread",
+                path: self.path.clone(),
+                source: io::Error::other("the log's thread stopped after an error"),
+            }),
         }
-        self.syncing = true;
-        let (file, done, covers) = (Arc::clone(&self.file), done.clone(), self.end);
-        tokio::task::spawn_blocking(move || {
-            let result = file.sync_data();
-            let _ = done.send(SyncDone { covers, result });
-        });
     }
 
     /// The broker acknowledged `sequence`; the log may be compacted.
@@ -363,38 +538,14 @@ impl WalFile {
     fn run(&mut self) -> Result<(), WalFileError> {
         while let Some(action) = self.machine.poll_output() {
             match action {
-                WalAction::Truncate { len } => {
-                    self.file.set_len(len).map_err(self.io_err("truncating"))?;
-                    self.end = len;
-                    self.allocated = len;
-                }
-                WalAction::Append(bytes) => {
-                    let end = self.end + bytes.len() as u64;
-                    if end > self.allocated {
-                        let to = allocation_for(end);
-                        // Synced at once: until the zeros are on the disk, with their
-                        // size, each data sync into them still commits the journal.
-                        write_zeros(&self.file, self.allocated, to)
-                            .and_then(|()| self.file.sync_all())
-                            .map_err(self.io_err("growing"))?;
-                        self.allocated = to;
-                    }
-                    self.file
-                        .write_all_at(&bytes, self.end)
-                        .map_err(self.io_err("appending"))?;
-                    self.end = end;
-                }
+                WalAction::Truncate { len } => self.perform(FileOp::Truncate(len))?,
+                WalAction::Append(bytes) => self.perform(FileOp::Append(bytes))?,
                 WalAction::Sync { len } => {
                     self.requested.push_back(len);
                     self.commits_asked += 1;
-                    if self.background.is_some() {
-                        self.start_sync();
-                    } else {
-                        self.file.sync_data().map_err(self.io_err("syncing"))?;
-                        self.report_synced(self.end);
-                    }
+                    self.perform(FileOp::Sync)?;
                 }
-                WalAction::Rewrite(bytes) => self.rewrite(&bytes)?,
+                WalAction::Rewrite(bytes) => self.perform(FileOp::Rewrite(bytes))?,
                 WalAction::Publish { record, replayed } => {
                     self.outbox.push(ToPublish { record, replayed });
                 }
@@ -402,37 +553,20 @@ impl WalFile {
         }
         Ok(())
     }
+}
 
-    fn rewrite(&mut self, bytes: &[u8]) -> Result<(), WalFileError> {
-        let tmp = self.path.with_extension("wal.compact");
-        let mut out = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(self.io_err("creating the compacted log"))?;
-        let allocated = allocation_for(bytes.len() as u64);
-        out.write_all(bytes)
-            .and_then(|()| write_zeros(&out, bytes.len() as u64, allocated))
-            .and_then(|()| out.sync_all())
-            .map_err(self.io_err("writing the compacted log"))?;
-        std::fs::rename(&tmp, &self.path).map_err(self.io_err("replacing the log"))?;
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(self.io_err("syncing the log's directory"))?;
+impl WalFile {
+    /// Closes the log, waiting for the work handed to its thread (a dropped `WalFile`
+    /// leaves its thread to finish that work alone, holding the lock until it has, so
+    /// that a process that exits is not held by a slow disk: what was written is in the
+    /// page cache either way, and a torn tail is truncated at the next open).
+    pub fn close(mut self) {
+        if let Disk::Thread { ops, thread } = &mut self.disk {
+            let (closed, _) = std::sync::mpsc::channel();
+            drop(std::mem::replace(ops, closed));
+            if let Some(t) = thread.take() {
+                let _ = t.join();
+            }
         }
-        self.file = Arc::new(
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&self.path)
-                .map_err(self.io_err("reopening the compacted log"))?,
-        );
-        self.end = bytes.len() as u64;
-        self.allocated = allocated;
-        tracing::debug!(wal = %self.path.display(), bytes = bytes.len(), "WAL compacted");
-        Ok(())
     }
 }

@@ -17,4 +17,8 @@ pub struct WalRecord {
     /// before their records were synced, so a restarted source resumes after it. 0: none.
     #[prost(uint64, tag = "6")]
     pub reserved_through: u64,
+    /// On a checkpoint: every event before it in the log was acknowledged when it was written,
+    /// so a replay re-sends none of them.
+    #[prost(bool, tag = "7")]
+    pub settled: bool,
 }
