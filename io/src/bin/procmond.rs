@@ -195,6 +195,7 @@ fn main() -> ExitCode {
 fn settings(args: Args, broker: Option<PathBuf>) -> CollectorBuilder {
     Collector::builder("procmond")
         .collector_type("process")
+        .on_thread_start(drop_privileges)
         .allow_env(&["MAX_PROCESSES", "ENHANCED_METADATA", "SCAN_ONLY"])
         .configure(move |s| {
             s.collector_id = Some(args.collector_id);

@@ -114,6 +114,7 @@ pub struct CollectorBuilder {
     allowed_env: Vec<String>,
     env: Option<Vec<(String, String)>>,
     shutdown: Option<BoxFuture<'static, ()>>,
+    on_thread_start: fn(),
 }
 
 impl std::fmt::Debug for CollectorBuilder {
@@ -167,6 +168,13 @@ impl CollectorBuilder {
     /// Reads these variables instead of the process's environment (tests).
     pub fn env(mut self, vars: Vec<(String, String)>) -> Self {
         self.env = Some(vars);
+        self
+    }
+
+    /// Runs `f` first on every thread the runtime starts (the WAL's): capabilities belong
+    /// to threads, so a collector that drops its own per thread drops them there too.
+    pub fn on_thread_start(mut self, f: fn()) -> Self {
+        self.on_thread_start = f;
         self
     }
 
@@ -254,6 +262,7 @@ impl CollectorBuilder {
             sources: self.sources,
             interval_bounds: self.interval_bounds,
             shutdown: self.shutdown,
+            on_thread_start: self.on_thread_start,
         })
     }
 
@@ -303,6 +312,7 @@ pub struct Collector {
     sources: Vec<Arc<dyn EventSource>>,
     interval_bounds: (Duration, Duration),
     shutdown: Option<BoxFuture<'static, ()>>,
+    on_thread_start: fn(),
 }
 
 impl std::fmt::Debug for Collector {
@@ -329,6 +339,7 @@ impl Collector {
             allowed_env: Vec::new(),
             env: None,
             shutdown: None,
+            on_thread_start: || {},
         }
     }
 
@@ -388,7 +399,7 @@ impl Collector {
             // Events go out as soon as they are logged; the sync runs beside them.
             config.reserve_block = DEFAULT_RESERVE_BLOCK;
             let (mut wal, replayed) = WalFile::open(&path, config)?;
-            wal.sync_in_background(sync_tx.clone())?;
+            wal.sync_in_background_with(sync_tx.clone(), self.on_thread_start)?;
             if wal.pending() > 0 {
                 tracing::info!(wal = %path.display(), %replayed, "re-sending unacknowledged events");
             }

@@ -397,6 +397,16 @@ impl WalFile {
         &mut self,
         done: UnboundedSender<SyncDone>,
     ) -> Result<(), WalFileError> {
+        self.sync_in_background_with(done, || {})
+    }
+
+    /// [`sync_in_background`](Self::sync_in_background), with `on_start` run first on the
+    /// log's thread (a process that drops capabilities per thread drops them there).
+    pub fn sync_in_background_with(
+        &mut self,
+        done: UnboundedSender<SyncDone>,
+        on_start: fn(),
+    ) -> Result<(), WalFileError> {
         let (ops, rx) = std::sync::mpsc::channel();
         let Disk::Direct(_) = &self.disk else {
             return Ok(());
@@ -408,7 +418,10 @@ impl WalFile {
         };
         let thread = std::thread::Builder::new()
             .name("wal".into())
-            .spawn(move || log_thread(log, rx, done))
+            .spawn(move || {
+                on_start();
+                log_thread(log, rx, done)
+            })
             .map_err(self.io_err("starting its thread"))?;
         if let Disk::Thread { thread: t, .. } = &mut self.disk {
             *t = Some(thread);
