@@ -210,6 +210,14 @@ fn drive_flagged(wal: &mut Wal, disk: &mut Vec<u8>) -> Vec<(WalRecord, bool)> {
     published
 }
 
+/// [`drive_flagged`], as (sequence, replayed) pairs.
+fn drive_sequences(wal: &mut Wal, disk: &mut Vec<u8>) -> Vec<(u64, bool)> {
+    drive_flagged(wal, disk)
+        .into_iter()
+        .map(|(r, replayed)| (r.sequence, replayed))
+        .collect()
+}
+
 /// Runs the machine's actions against a byte vector; returns the published records.
 fn drive(wal: &mut Wal, disk: &mut Vec<u8>) -> Vec<WalRecord> {
     drive_flagged(wal, disk)
@@ -380,11 +388,7 @@ fn a_settled_checkpoint_drops_the_events_before_it_and_keeps_those_after() {
     // A restart re-sends only those, and goes on after the last sequence.
     let mut wal = Wal::recover(WalConfig::new("procmond"), records, &end);
     let mut disk = log.clone();
-    let resent: Vec<_> = drive_flagged(&mut wal, &mut disk)
-        .into_iter()
-        .map(|(r, replayed)| (r.sequence, replayed))
-        .collect();
-    assert_eq!(resent, [(3, true), (4, true)]);
+    assert_eq!(drive_sequences(&mut wal, &mut disk), [(3, true), (4, true)]);
     assert_eq!(wal.append(0, "t", Bytes::new()), Ok(5));
 }
 
@@ -564,19 +568,13 @@ fn a_compaction_keeps_the_reservation_and_replayed_records_go_out_first() {
     let (records, end) = wal::replay(&disk, DEFAULT_MAX_RECORD);
     let mut wal = Wal::recover(cfg, records, &end);
     assert_eq!(wal.append(0, "t", Bytes::from_static(b"c")), Ok(101));
-    let mut order = |wal: &mut Wal| -> Vec<(u64, bool)> {
-        drive_flagged(wal, &mut disk)
-            .into_iter()
-            .map(|(r, replayed)| (r.sequence, replayed))
-            .collect()
-    };
     assert_eq!(
-        order(&mut wal),
+        drive_sequences(&mut wal, &mut disk),
         [(2, true)],
         "101 waits for a synced reservation"
     );
     wal.commit();
-    assert_eq!(order(&mut wal), [(101, false)]);
+    assert_eq!(drive_sequences(&mut wal, &mut disk), [(101, false)]);
 }
 
 #[derive(Debug, Clone)]
