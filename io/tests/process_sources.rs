@@ -242,6 +242,58 @@ fn the_hash_equals_sha256sum_and_a_deleted_binary_still_hashes() {
 }
 
 #[test]
+fn hashing_a_large_binary_does_not_hold_up_reading_the_processes_after_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let _serial = serial();
+    // In memory: 640 MiB written to disk would be written back while the next tests run.
+    let dir = tempfile::tempdir_in("/dev/shm").expect("tempdir in /dev/shm");
+    // `sleep` padded to 640 MiB: it still runs, and hashing it takes a few hundred ms,
+    // longer than the processes started behind it live.
+    let big = dir.path().join(marker("big"));
+    let mut bytes = std::fs::read("/bin/sleep").expect("read sleep");
+    bytes.resize(bytes.len() + (640 << 20), 0);
+    std::fs::write(&big, &bytes).expect("write");
+    drop(bytes);
+    std::fs::set_permissions(&big, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let expected = sha256sum(&big);
+    let mut w = Watching::start(ReadOptions {
+        compute_hashes: true,
+        enhanced_metadata: false,
+    });
+    let mut sleeper = Command::new(&big).arg("30").spawn().expect("spawn big");
+    let quick: Vec<std::process::Child> = (0..5)
+        .map(|_| {
+            Command::new("/bin/sleep")
+                .arg("0.2")
+                .current_dir("/tmp")
+                .spawn()
+                .expect("spawn")
+        })
+        .collect();
+    let pids: Vec<u32> = quick.iter().map(std::process::Child::id).collect();
+    let all_seen = w.until(Duration::from_secs(20), |seen| {
+        has_exec(seen, sleeper.id()) && pids.iter().all(|p| has_exec(seen, *p))
+    });
+    for mut c in quick {
+        c.wait().expect("wait");
+    }
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert!(all_seen, "every exec observed");
+    assert_eq!(w.execs_of(sleeper.id())[0].exe_sha256, expected);
+    // Each read while it ran: its cwd (read by the reader thread, not the receive thread)
+    // is there, although the big binary's hash was still being worked out when it exited.
+    for pid in &pids {
+        let info = w.execs_of(*pid)[0];
+        assert_eq!(info.cwd, "/tmp", "{info:?}");
+        assert_eq!(
+            info.exe_sha256,
+            sha256sum(std::path::Path::new("/bin/sleep"))
+        );
+    }
+}
+
+#[test]
 fn the_scanner_alone_sees_a_long_lived_process_with_its_fields_and_its_exit() {
     let _serial = serial();
     let reader = ProcessReader::new(ReadOptions {
@@ -786,7 +838,7 @@ fn privileges_drop_to_exactly_ptrace_and_dac_read_search() {
     assert!(line.contains(&format!("kept_eff={mask} ")), "{line}");
     assert!(line.contains(&format!("bounding={mask} ")), "{line}");
     assert!(
-        line.contains(&format!("watch_threads={mask},{mask} ")),
+        line.contains(&format!("watch_threads={mask},{mask},{mask} ")),
         "{line}"
     );
     assert!(line.contains("realtime=true "), "{line}");

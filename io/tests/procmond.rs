@@ -311,7 +311,7 @@ fn collectors_config_changes_procmonds_interval_and_hashing_while_it_runs() {
     // New processes now carry their executable's hash.
     let mut sub = agent.subscriber(&["events.process.new", "--json"]);
     let found = new_sleep_events(&mut sub);
-    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(found.len(), 1, "{found:#?}\nprocmond: {}", procmond(&agent));
     let expected = Command::new("sha256sum")
         .arg("/usr/bin/sleep")
         .output()

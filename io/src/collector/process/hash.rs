@@ -162,9 +162,20 @@ impl HashCache {
         exe_path: &str,
         seen: Option<FileId>,
     ) -> Result<String, HashError> {
+        self.hash_exe(Self::open_process_exe(pid, exe_path, seen)?)
+    }
+
+    /// Opens process `pid`'s executable for hashing, as [`HashCache::hash_process_exe`]
+    /// would. Cheap (an open and a stat); the open file stays readable after the process
+    /// exits or its binary is removed, so the hash can be worked out later.
+    pub fn open_process_exe(
+        pid: u32,
+        exe_path: &str,
+        seen: Option<FileId>,
+    ) -> Result<ExeFile, HashError> {
         let link = format!("/proc/{pid}/exe");
         match File::open(&link) {
-            Ok(file) => self.hash_open_file(file, &link),
+            Ok(file) => ExeFile::new(file, link),
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(HashError::Io {
                 path: link,
                 source: e,
@@ -177,19 +188,20 @@ impl HashCache {
                     path: exe_path.into(),
                     source,
                 })?;
-                let meta = file.metadata().map_err(|source| HashError::Io {
-                    path: exe_path.into(),
-                    source,
-                })?;
-                let now = FileId::of(&meta);
-                if (now.dev, now.ino) != (seen.dev, seen.ino) {
+                let exe = ExeFile::new(file, exe_path.into())?;
+                if (exe.id.dev, exe.id.ino) != (seen.dev, seen.ino) {
                     return Err(HashError::Replaced {
                         path: exe_path.into(),
                     });
                 }
-                self.hash_open_file(file, exe_path)
+                Ok(exe)
             }
         }
+    }
+
+    /// The cached hash of an opened executable, if any.
+    pub fn cached(&self, exe: &ExeFile) -> Option<String> {
+        self.get(&exe.id)
     }
 
     /// The SHA-256 of the file at `path`, cached.
@@ -203,15 +215,20 @@ impl HashCache {
     }
 
     /// The SHA-256 of an opened file, cached by its identity (`shown` names it in errors).
-    pub fn hash_open_file(&self, mut file: File, shown: &str) -> Result<String, HashError> {
-        let io = |source| HashError::Io {
-            path: shown.into(),
-            source,
-        };
-        let id = FileId::of(&file.metadata().map_err(io)?);
-        if let Some(hash) = self.get(&id) {
+    pub fn hash_open_file(&self, file: File, shown: &str) -> Result<String, HashError> {
+        self.hash_exe(ExeFile::new(file, shown.into())?)
+    }
+
+    /// The SHA-256 of an opened executable: the cache's when it has it, else read whole.
+    pub fn hash_exe(&self, exe: ExeFile) -> Result<String, HashError> {
+        if let Some(hash) = self.get(&exe.id) {
             return Ok(hash);
         }
+        let ExeFile {
+            mut file,
+            id,
+            shown,
+        } = exe;
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 64 * 1024];
         loop {
@@ -219,13 +236,47 @@ impl HashCache {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(io(e)),
+                Err(source) => {
+                    return Err(HashError::Io {
+                        path: shown,
+                        source,
+                    });
+                }
             };
             hasher.update(&buf[..n]);
         }
         let hash = to_hex(&hasher.finalize());
         self.insert(id, hash.clone());
         Ok(hash)
+    }
+}
+
+/// An executable opened for hashing, with its identity (the cache's key).
+#[derive(Debug)]
+pub struct ExeFile {
+    file: File,
+    id: FileId,
+    shown: String,
+}
+
+impl ExeFile {
+    fn new(file: File, shown: String) -> Result<Self, HashError> {
+        match file.metadata() {
+            Ok(meta) => Ok(ExeFile {
+                id: FileId::of(&meta),
+                file,
+                shown,
+            }),
+            Err(source) => Err(HashError::Io {
+                path: shown,
+                source,
+            }),
+        }
+    }
+
+    /// The file's identity.
+    pub fn id(&self) -> FileId {
+        self.id
     }
 }
 

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use daemoneye_proto::pb::events::ProcessInfo;
 
-use super::hash::{FileId, HashCache, HashError};
+use super::hash::{ExeFile, FileId, HashCache, HashError};
 use super::names::NameCache;
 use super::procfs::{self, Stat};
 
@@ -233,6 +233,11 @@ impl EarlyRead {
     }
 }
 
+/// An executable opened for hashing whose hash is not cached yet
+/// ([`ProcessReader::finish_hash`] works it out).
+#[derive(Debug)]
+pub struct PendingHash(ExeFile);
+
 /// The result of reading one process.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReadOutcome {
@@ -340,9 +345,54 @@ impl ProcessReader {
         self.complete_with(early, true)
     }
 
+    /// [`ProcessReader::complete`], except that an executable whose hash is not cached
+    /// is only opened (the open file keeps what ran readable after an exit or a removal):
+    /// the caller hashes it with [`ProcessReader::finish_hash`], off the thread that must
+    /// keep up with the processes' exits.
+    pub fn complete_deferring_hash(&self, early: EarlyRead) -> (ReadOutcome, Option<PendingHash>) {
+        self.complete_inner(early, true, true)
+    }
+
+    /// [`ProcessReader::read`] with the hash deferred as in
+    /// [`ProcessReader::complete_deferring_hash`].
+    pub fn read_deferring_hash(&self, pid: u32) -> (ReadOutcome, Option<PendingHash>) {
+        self.complete_deferring_hash(self.read_early(pid))
+    }
+
+    /// Fills `info`'s hash from `pending`; a failure is counted and `exe_sha256` goes into
+    /// its `unread`.
+    pub fn finish_hash(&self, info: &mut ProcessInfo, pending: PendingHash) {
+        match self.inner.hashes.hash_exe(pending.0) {
+            Ok(hash) => info.exe_sha256 = hash,
+            Err(e) => self.fail_hash(info, &e),
+        }
+    }
+
+    /// Leaves `info` without its hash (the watch is stopping): counted as not read.
+    pub fn abandon_hash(&self, info: &mut ProcessInfo, _pending: PendingHash) {
+        self.inner.stats.fail(Source::Hash, Reason::Other);
+        info.unread
+            .extend(Source::Hash.fields().iter().map(|f| String::from(*f)));
+    }
+
+    fn fail_hash(&self, info: &mut ProcessInfo, e: &HashError) {
+        self.inner.stats.fail(Source::Hash, hash_reason(e));
+        info.unread
+            .extend(Source::Hash.fields().iter().map(|f| String::from(*f)));
+    }
+
     /// [`ProcessReader::complete`], reading the parent only when `read_parent` (a scan
     /// fills it from its own results instead).
     pub(crate) fn complete_with(&self, early: EarlyRead, with_parent: bool) -> ReadOutcome {
+        self.complete_inner(early, with_parent, false).0
+    }
+
+    fn complete_inner(
+        &self,
+        early: EarlyRead,
+        with_parent: bool,
+        defer_hash: bool,
+    ) -> (ReadOutcome, Option<PendingHash>) {
         let options = self.options();
         let stats = &self.inner.stats;
         stats.reads.fetch_add(1, Ordering::Relaxed);
@@ -362,7 +412,7 @@ impl ProcessReader {
                 fail(source, Reason::Gone, &mut unread);
             }
             info.unread = unread.into_iter().map(String::from).collect();
-            return ReadOutcome { info, gone: true };
+            return (ReadOutcome { info, gone: true }, None);
         }
         let kernel_thread = early.stat.as_ref().is_ok_and(Stat::is_kernel_thread);
         match early.stat {
@@ -451,10 +501,14 @@ impl ProcessReader {
                 Err(r) => fail(Source::Parent, r, &mut unread),
             }
         }
+        let mut pending = None;
         if options.compute_hashes && !kernel_thread {
             match &exe_seen {
-                Some(seen) => match self.inner.hashes.hash_process_exe(pid, &seen.path, seen.id) {
-                    Ok(hash) => info.exe_sha256 = hash,
+                Some(seen) => match HashCache::open_process_exe(pid, &seen.path, seen.id) {
+                    Ok(exe) => match self.inner.hashes.cached(&exe) {
+                        Some(hash) => info.exe_sha256 = hash,
+                        None => pending = Some(PendingHash(exe)),
+                    },
                     Err(e) => fail(Source::Hash, hash_reason(&e), &mut unread),
                 },
                 None => fail(Source::Hash, Reason::Gone, &mut unread),
@@ -472,7 +526,11 @@ impl ProcessReader {
             }
         }
         info.unread = unread.into_iter().map(String::from).collect();
-        ReadOutcome { info, gone: false }
+        let mut outcome = ReadOutcome { info, gone: false };
+        if let Some(exe) = pending.take_if(|_| !defer_hash) {
+            self.finish_hash(&mut outcome.info, exe);
+        }
+        (outcome, pending)
     }
 
     /// A process read before, read again cheaply for a reconciliation scan: its `stat`

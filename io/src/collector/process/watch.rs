@@ -1,24 +1,26 @@
 //! The real-time pipeline (Linux): process connector events in, observations out.
 //!
-//! Two threads. The receive thread reads datagrams and, on an exec, reads at once what
+//! Three threads. The receive thread reads datagrams and, on an exec, reads at once what
 //! vanishes first ([`ProcessReader::read_early`]: argv, the executable, stat) before
 //! handing the event on; a process that lives a millisecond is still caught with its argv.
-//! The reader thread completes each exec (status, cwd, cgroup, parent, names, hash,
-//! enhanced metadata) and sends [`Observation`]s, in the order the kernel reported them,
-//! on a bounded channel the caller consumes. Counters ([`WatchStats`]) are readable at any
-//! time for heartbeats.
+//! The reader thread completes each exec (status, cwd, cgroup, parent, names, enhanced
+//! metadata, and the hash when it is cached). An executable not hashed before is only
+//! opened there: the hash thread reads it whole (a large binary takes a while, and the
+//! reader must keep up with the next processes' exits) and sends the [`Observation`]s, in
+//! the order the kernel reported them, on a bounded channel the caller consumes. Counters
+//! ([`WatchStats`]) are readable at any time for heartbeats.
 //!
 //! An exit carries the exit code as a shell reports it: the value the process passed to
 //! `exit` (the wait status's second byte) for a normal exit, 128 plus the signal number
 //! when a signal ended it ([`exit_code_of_status`]).
 //!
-//! [`Watch::stop`] (or dropping the watch) ends both threads within the receive timeout
-//! (100 ms by default) plus the reader's current item. This module observes; what an
+//! [`Watch::stop`] (or dropping the watch) ends its threads within the receive timeout
+//! (100 ms by default) plus the reader's and the hash thread's current items. This module observes; what an
 //! observation means (new, modified, exit, by (pid, start time)) is the core's process
 //! table's decision.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -27,11 +29,15 @@ use daemoneye_core::procmon::netlink::{self, Message, ProcEventKind, exit_code_o
 use daemoneye_proto::pb::events::ProcessInfo;
 
 use super::connector::{ProcConnector, Received};
-use super::reader::{EarlyRead, ProcessReader};
+use super::reader::{EarlyRead, PendingHash, ProcessReader};
 
 /// Observations queued for the caller before the reader waits (and, behind it, the
 /// kernel's socket buffer fills and overruns).
 pub const OBSERVATION_QUEUE: usize = 65_536;
+
+/// Executables held open for the hash thread at most; past it the reader hashes itself
+/// (each waiting hash holds a file descriptor).
+pub const HASHES_WAITING: usize = 256;
 
 /// How the watch's threads run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,6 +164,8 @@ struct Counters {
     dropped: AtomicU64,
     delivered: AtomicU64,
     realtime: AtomicBool,
+    /// Hashes handed to the hash thread and not yet worked out.
+    hashes_waiting: AtomicUsize,
 }
 
 fn bump(c: &AtomicU64) {
@@ -198,6 +206,7 @@ impl Watch {
         let stop = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(Counters::default());
         let (pending_tx, pending_rx) = mpsc::sync_channel::<Pending>(OBSERVATION_QUEUE);
+        let (read_tx, read_rx) = mpsc::sync_channel::<Read>(OBSERVATION_QUEUE);
         let (out_tx, out_rx) = mpsc::sync_channel::<Observation>(OBSERVATION_QUEUE);
         let receive = {
             let (stop, counters, reader) = (stop.clone(), counters.clone(), reader.clone());
@@ -215,14 +224,25 @@ impl Watch {
                 })?
         };
         let complete = {
-            let (stop, counters, reader) = (stop.clone(), counters.clone(), reader.clone());
+            let (counters, reader) = (counters.clone(), reader.clone());
             std::thread::Builder::new()
                 .name("procmon-reader".into())
                 .spawn(move || {
                     if options.drop_privileges {
                         drop_thread_privileges();
                     }
-                    reader_loop(&reader, &counters, &stop, &pending_rx, &out_tx);
+                    reader_loop(&reader, &counters, &pending_rx, &read_tx);
+                })?
+        };
+        let hash = {
+            let (stop, counters, reader) = (stop.clone(), counters.clone(), reader.clone());
+            std::thread::Builder::new()
+                .name("procmon-hash".into())
+                .spawn(move || {
+                    if options.drop_privileges {
+                        drop_thread_privileges();
+                    }
+                    hash_loop(&reader, &counters, &stop, &read_rx, &out_tx);
                 })?
         };
         Ok((
@@ -230,7 +250,7 @@ impl Watch {
                 stop,
                 counters,
                 reader,
-                threads: vec![receive, complete],
+                threads: vec![receive, complete, hash],
             },
             out_rx,
         ))
@@ -270,8 +290,9 @@ impl Watch {
         self.threads.first().is_some_and(|t| !t.is_finished())
     }
 
-    /// Stops both threads and waits for them (within the receive timeout plus the item the
-    /// reader is on). Observations already queued stay readable on the channel.
+    /// Stops the threads and waits for them (within the receive timeout plus the items the
+    /// reader and the hash thread are on). Observations already queued stay readable on the
+    /// channel.
     pub fn stop(mut self) {
         self.shutdown();
     }
@@ -431,26 +452,38 @@ fn receive_loop(
     connector.ignore();
 }
 
+/// What the reader thread hands the hash thread: an observation, and the executable to
+/// hash into it when its hash was not cached.
+type Read = (Observation, Option<PendingHash>);
+
 fn reader_loop(
     reader: &ProcessReader,
     counters: &Counters,
-    stop: &AtomicBool,
     pending: &Receiver<Pending>,
-    out: &SyncSender<Observation>,
+    out: &SyncSender<Read>,
 ) {
     // Ends when the receive thread ends (its sender drops).
     while let Ok(item) = pending.recv() {
-        let observation = match item {
-            Pending::Ready(o) => o,
+        let defer = counters.hashes_waiting.load(Ordering::Relaxed) < HASHES_WAITING;
+        let read = |early: EarlyRead| {
+            if defer {
+                reader.complete_deferring_hash(early)
+            } else {
+                (reader.complete(early), None)
+            }
+        };
+        let (observation, hash) = match item {
+            Pending::Ready(o) => (o, None),
             Pending::Credentials { pid, timestamp_ns } => {
-                let outcome = reader.read(pid);
+                let (outcome, hash) = read(reader.read_early(pid));
                 if outcome.gone {
                     continue;
                 }
-                Observation::Credentials {
+                let o = Observation::Credentials {
                     info: Box::new(outcome.info),
                     timestamp_ns,
-                }
+                };
+                (o, hash)
             }
             Pending::Exec {
                 early,
@@ -458,21 +491,55 @@ fn reader_loop(
                 received_at,
             } => {
                 let without_argv = early.cmdline.is_err();
-                let outcome = reader.complete(*early);
+                let (outcome, hash) = read(*early);
                 if outcome.gone {
                     bump(&counters.lost_to_race);
                 }
                 if without_argv {
                     bump(&counters.execs_without_argv);
                 }
-                Observation::Exec {
+                let o = Observation::Exec {
                     info: Box::new(outcome.info),
                     lost_to_race: outcome.gone,
                     timestamp_ns,
                     received_at,
-                }
+                };
+                (o, hash)
             }
         };
+        if hash.is_some() {
+            counters.hashes_waiting.fetch_add(1, Ordering::Relaxed);
+        }
+        // Ends when the hash thread ends (the caller dropped its receiver).
+        if out.send((observation, hash)).is_err() {
+            return;
+        }
+    }
+}
+
+/// Hashes what the reader left to hash and delivers every observation in order. Once a
+/// stop is asked, what is left goes out without its hash (counted as unread).
+fn hash_loop(
+    reader: &ProcessReader,
+    counters: &Counters,
+    stop: &AtomicBool,
+    reads: &Receiver<Read>,
+    out: &SyncSender<Observation>,
+) {
+    // Ends when the reader thread ends (its sender drops).
+    while let Ok((mut observation, hash)) = reads.recv() {
+        if let Some(hash) = hash {
+            if let Observation::Exec { info, .. } | Observation::Credentials { info, .. } =
+                &mut observation
+            {
+                if stop.load(Ordering::Relaxed) {
+                    reader.abandon_hash(info, hash);
+                } else {
+                    reader.finish_hash(info, hash);
+                }
+            }
+            counters.hashes_waiting.fetch_sub(1, Ordering::Relaxed);
+        }
         if !deliver(out, observation, stop, counters) {
             return;
         }
