@@ -1,6 +1,7 @@
 //! Events per second through the WAL publisher (the collector runtime's path: append a
-//! batch of 100, sync once, publish at QoS1, release each record on its PubAck) to a QoS1
-//! subscriber, through the real agent (release build). Two rows: the agent with its event
+//! batch of 100, start its sync on the log's thread, publish it at QoS1 at once under the
+//! WAL's reserved sequences, release each record on its PubAck, and hold at most 800 events
+//! unsynced) to a QoS1 subscriber, through the real agent (release build). Two rows: the agent with its event
 //! store on (it keeps `events.#`, so it acknowledges each batch only once committed: the
 //! production path) and off.
 //!
@@ -20,6 +21,8 @@ use daemoneye_tests::{Agent, Bins};
 use prost::Message;
 
 const BATCH: usize = 100;
+/// The collector runtime's default `backpressure_threshold`.
+const UNSYNCED: usize = 800;
 const TOPIC: &str = "events.process.new";
 
 fn event(i: u64) -> Bytes {
@@ -66,28 +69,42 @@ fn run(events: u64, store: bool) -> Row {
         .expect("runtime");
     rt.block_on(async {
         let socket = agent.socket.clone();
-        // The subscriber, in its own connection: counts deliveries until it has them all.
-        let sub_client = Client::connect(&socket, ClientOptions::new("wal-bench-sub"))
-            .await
-            .expect("connect subscriber");
-        let spec = Subscribe {
-            qos: QoS::AtLeastOnce,
-            ..Subscribe::new(TOPIC)
-        };
-        let mut sub = sub_client
-            .subscribe_all(vec![spec], AckMode::OnHandOver)
-            .await
-            .expect("subscribe");
-        let counter = tokio::spawn(async move {
-            let mut n = 0u64;
-            while n < events {
-                match tokio::time::timeout(Duration::from_secs(30), sub.recv()).await {
-                    Ok(Some(_)) => n += 1,
-                    _ => break,
+        // The subscriber, in its own connection on a thread of its own (sharing the
+        // publisher's thread, it measured itself): counts deliveries until it has them all.
+        let (ready_tx, ready) = tokio::sync::oneshot::channel();
+        let (count_tx, counted) = tokio::sync::oneshot::channel();
+        let sub_socket = socket.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let sub_client =
+                    Client::connect(&sub_socket, ClientOptions::new("wal-bench-sub"))
+                        .await
+                        .expect("connect subscriber");
+                let spec = Subscribe {
+                    qos: QoS::AtLeastOnce,
+                    ..Subscribe::new(TOPIC)
+                };
+                let mut sub = sub_client
+                    .subscribe_all(vec![spec], AckMode::OnHandOver)
+                    .await
+                    .expect("subscribe");
+                let _ = ready_tx.send(());
+                let mut n = 0u64;
+                while n < events {
+                    match tokio::time::timeout(Duration::from_secs(30), sub.recv()).await {
+                        Ok(Some(_)) => n += 1,
+                        _ => break,
+                    }
                 }
-            }
-            (n, sub_client)
+                sub_client.close().await;
+                let _ = count_tx.send(n);
+            });
         });
+        ready.await.expect("the subscriber is ready");
 
         let mut options = ClientOptions::new("wal-bench");
         options.session.publisher_id = Some("wal-bench".into());
@@ -98,28 +115,46 @@ fn run(events: u64, store: bool) -> Row {
         )
         .expect("wal");
         let (acks_tx, mut acks) = tokio::sync::mpsc::unbounded_channel();
+        let (sync_tx, mut syncs) = tokio::sync::mpsc::unbounded_channel();
+        wal.sync_in_background(sync_tx).expect("the log's thread");
         let started = Instant::now();
         let mut commits = 0;
         let mut i = 0u64;
         while i < events {
+            // The runtime's backpressure: at most UNSYNCED events logged and not yet synced.
+            while wal.syncs_outstanding() * BATCH >= UNSYNCED {
+                let done = syncs.recv().await.expect("the log's thread reports");
+                wal.handle_sync_done(done).expect("sync");
+            }
             let n = (events - i).min(BATCH as u64);
             for k in 0..n {
                 wal.append(daemoneye_io::clock::unix_ms(), TOPIC, event(i + k))
                     .expect("append");
             }
             i += n;
+            // As the runtime does: the sync starts in the background and the batch goes out
+            // now, under the WAL's reserved sequences.
             wal.commit().expect("group commit");
             commits += 1;
+            while let Ok(done) = syncs.try_recv() {
+                wal.handle_sync_done(done).expect("sync");
+            }
             publish_batches(&client, &mut wal, &acks_tx, "wal-bench", BATCH).await;
             while let Ok(sequence) = acks.try_recv() {
                 wal.handle_puback(sequence).expect("release");
             }
         }
-        let (received, sub_client) = counter.await.expect("counter");
+        // What waited for a reservation's sync goes out once it is done.
+        while wal.syncs_outstanding() > 0 {
+            let done = syncs.recv().await.expect("the log's thread reports");
+            wal.handle_sync_done(done).expect("sync");
+            publish_batches(&client, &mut wal, &acks_tx, "wal-bench", BATCH).await;
+        }
+        let received = counted.await.expect("the subscriber counted");
         let seconds = started.elapsed().as_secs_f64();
+        wal.close();
         assert_eq!(received, events, "the subscriber got every event");
         client.close().await;
-        sub_client.close().await;
         Row {
             events,
             seconds,

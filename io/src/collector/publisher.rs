@@ -13,7 +13,7 @@ use daemoneye_proto::pb::bus as pbb;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::wal::{ToPublish, WalFile, WalFileError};
-use crate::client::Client;
+use crate::client::{Client, PendingAck};
 
 /// Appends `events` (topic, payload) to the WAL, each stamped with `wall_clock_ms` (Unix
 /// ms), syncs once, then publishes what it accepted. An event the WAL refuses (it is full) is dropped and counted in the log; a
@@ -54,6 +54,7 @@ pub async fn log_and_publish(
 /// Publishes what the WAL accepted (and, after a restart, what it replayed); each PubAck's
 /// sequence comes back on `acks`.
 pub async fn publish_accepted(client: &Client, wal: &mut WalFile, acks: &UnboundedSender<u64>) {
+    let mut waiting = Vec::new();
     for ToPublish { record, replayed } in wal.take_publishes() {
         let sequence = record.sequence;
         let p = Publish {
@@ -62,18 +63,29 @@ pub async fn publish_accepted(client: &Client, wal: &mut WalFile, acks: &Unbound
             ..Publish::new(record.topic, record.payload, QoS::AtLeastOnce)
         };
         match client.send_sequenced(p).await {
-            Ok(pending) => {
-                let acks = acks.clone();
-                tokio::spawn(async move {
-                    if let Ok(Some(_)) = pending.wait().await {
-                        let _ = acks.send(sequence);
-                    }
-                });
-            }
+            Ok(pending) => waiting.push((sequence, pending)),
             // The record stays in the WAL and is re-sent by the next run.
             Err(e) => tracing::warn!(error = %e, sequence, "could not publish a logged event"),
         }
     }
+    forward_acks(waiting, acks);
+}
+
+/// Sends each publish's sequence on `acks` once its PubAck arrives: one task for what was
+/// sent together, waiting in order (PubAcks come back in about the order of their
+/// publishes), rather than a task per event.
+fn forward_acks(waiting: Vec<(u64, PendingAck)>, acks: &UnboundedSender<u64>) {
+    if waiting.is_empty() {
+        return;
+    }
+    let acks = acks.clone();
+    tokio::spawn(async move {
+        for (sequence, pending) in waiting {
+            if let Ok(Some(_)) = pending.wait().await {
+                let _ = acks.send(sequence);
+            }
+        }
+    });
 }
 
 /// Publishes what the WAL accepted, in batches of at most `max_batch`, each event stamped
@@ -89,6 +101,7 @@ pub async fn publish_batches(
     let records = wal.take_publishes();
     let mut sent = 0;
     for batch in records.chunks(max_batch.max(1)) {
+        let mut waiting = Vec::with_capacity(batch.len());
         let first = batch.first().map_or(0, |r| r.record.sequence);
         let correlation_id = format!("{publisher}/batch/{first}");
         for (place, ToPublish { record, replayed }) in batch.iter().enumerate() {
@@ -111,17 +124,13 @@ pub async fn publish_batches(
             match client.send_sequenced(p).await {
                 Ok(pending) => {
                     sent += 1;
-                    let acks = acks.clone();
-                    tokio::spawn(async move {
-                        if let Ok(Some(_)) = pending.wait().await {
-                            let _ = acks.send(sequence);
-                        }
-                    });
+                    waiting.push((sequence, pending));
                 }
                 // The record stays in the WAL and is re-sent by the next run.
                 Err(e) => tracing::warn!(error = %e, sequence, "could not publish a logged event"),
             }
         }
+        forward_acks(waiting, acks);
     }
     sent
 }
