@@ -80,10 +80,9 @@ fn run(events: u64, store: bool) -> Row {
                 .build()
                 .expect("runtime");
             rt.block_on(async move {
-                let sub_client =
-                    Client::connect(&sub_socket, ClientOptions::new("wal-bench-sub"))
-                        .await
-                        .expect("connect subscriber");
+                let sub_client = Client::connect(&sub_socket, ClientOptions::new("wal-bench-sub"))
+                    .await
+                    .expect("connect subscriber");
                 let spec = Subscribe {
                     qos: QoS::AtLeastOnce,
                     ..Subscribe::new(TOPIC)

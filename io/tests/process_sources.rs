@@ -258,7 +258,7 @@ fn hashing_a_large_binary_does_not_hold_up_reading_the_processes_after_it() {
     let expected = sha256sum(&big);
     let mut w = Watching::start(ReadOptions {
         compute_hashes: true,
-        enhanced_metadata: false,
+        enhanced_metadata: true,
     });
     let mut sleeper = Command::new(&big).arg("30").spawn().expect("spawn big");
     let quick: Vec<std::process::Child> = (0..5)
@@ -271,20 +271,38 @@ fn hashing_a_large_binary_does_not_hold_up_reading_the_processes_after_it() {
         })
         .collect();
     let pids: Vec<u32> = quick.iter().map(std::process::Child::id).collect();
-    let all_seen = w.until(Duration::from_secs(20), |seen| {
-        has_exec(seen, sleeper.id()) && pids.iter().all(|p| has_exec(seen, *p))
-    });
     for mut c in quick {
         c.wait().expect("wait");
     }
+    let all_seen = w.until(Duration::from_secs(20), |seen| {
+        has_exec(seen, sleeper.id())
+            && pids
+                .iter()
+                .all(|p| has_exec(seen, *p) && has_exit(seen, *p))
+    });
     let _ = sleeper.kill();
     let _ = sleeper.wait();
     assert!(all_seen, "every exec observed");
     assert_eq!(w.execs_of(sleeper.id())[0].exe_sha256, expected);
-    // Each read while it ran: its cwd (read by the reader thread, not the receive thread)
-    // is there, although the big binary's hash was still being worked out when it exited.
+    // Each read while it ran: its environment (read by the reader thread, after the
+    // receive thread's early read; an exited process has none) is there, although the big
+    // binary's hash was still being worked out when it exited.
+    let position = |pid: u32, exit: bool| {
+        w.seen.iter().position(|o| match o {
+            Observation::Exec { info, .. } => !exit && info.pid == pid,
+            Observation::Exit { pid: p, .. } => exit && *p == pid,
+            _ => false,
+        })
+    };
     for pid in &pids {
+        // An exit (nothing to hash) never overtakes its exec waiting for a hash.
+        assert!(
+            position(*pid, false) < position(*pid, true),
+            "exec before exit"
+        );
         let info = w.execs_of(*pid)[0];
+        assert!(info.env_names.iter().any(|n| n == "PATH"), "{info:?}");
+        assert!(info.unread.is_empty(), "{info:?}");
         assert_eq!(info.cwd, "/tmp", "{info:?}");
         assert_eq!(
             info.exe_sha256,

@@ -1,10 +1,10 @@
 //! Reading one process from `/proc/<pid>` into a `ProcessInfo`.
 //!
 //! Reading races the process's exit, so it happens in two steps. [`ProcessReader::read_early`]
-//! reads what vanishes first and is cheap (`cmdline`, the `exe` link and its file identity,
-//! `stat`): the watch calls it on its receive thread the moment an exec arrives.
-//! [`ProcessReader::complete`] reads the rest (`status`, `cwd`, `cgroup`, the parent, names,
-//! the hash, enhanced metadata) and builds the info. A field that cannot be read keeps its
+//! reads what vanishes with the process and is cheap (`cmdline`, the `exe` link and its file
+//! identity, `stat`, `status`, the `cwd` link): the watch calls it on its receive thread the
+//! moment an exec arrives. [`ProcessReader::complete`] reads the rest (`cgroup`, the parent,
+//! names, the hash, enhanced metadata) and builds the info. A field that cannot be read keeps its
 //! default, its name goes into `unread`, and the reason is counted in [`ReadStats`] (per
 //! source file and reason: gone, permission, other). A process gone before anything could
 //! be read still yields an info with its pid ([`ReadOutcome::gone`]) and counts as lost to
@@ -224,6 +224,10 @@ pub struct EarlyRead {
     pub exe: Result<ExeSeen, Reason>,
     /// `/proc/<pid>/stat`.
     pub stat: Result<Stat, Reason>,
+    /// `/proc/<pid>/status`: user and group ids, capabilities.
+    pub status: Result<procfs::Status, Reason>,
+    /// The working directory.
+    pub cwd: Result<String, Reason>,
 }
 
 impl EarlyRead {
@@ -321,11 +325,14 @@ impl ProcessReader {
         self.complete(self.read_early(pid))
     }
 
-    /// Reads what vanishes first, in order of value: argv, the executable, stat.
+    /// Reads what vanishes with the process, in order of value: argv, the executable,
+    /// stat, the ids (status) and the working directory.
     pub fn read_early(&self, pid: u32) -> EarlyRead {
         let cmdline = procfs::read_cmdline(pid);
         let exe = read_exe(pid);
         let stat = procfs::read_stat(pid);
+        let status = procfs::read_status(pid);
+        let cwd = procfs::read_link(pid, "cwd");
         // A zombie has no memory left: its empty argv is not its argv.
         let cmdline = match (cmdline, &stat) {
             (Ok(argv), Ok(s)) if argv.is_empty() && s.state == 'Z' => Err(Reason::Gone),
@@ -337,6 +344,8 @@ impl ProcessReader {
             cmdline,
             exe,
             stat,
+            status,
+            cwd,
         }
     }
 
@@ -438,13 +447,12 @@ impl ProcessReader {
             Err(_) if kernel_thread => {}
             Err(r) => fail(Source::Exe, r, &mut unread),
         }
-        match procfs::read_link(pid, "cwd") {
+        match early.cwd {
             Ok(cwd) => info.cwd = cwd,
             Err(_) if kernel_thread => {}
             Err(r) => fail(Source::Cwd, r, &mut unread),
         }
-        let status = procfs::read_status(pid);
-        match &status {
+        match &early.status {
             Ok(s) => {
                 info.uid = s.ruid;
                 info.euid = s.euid;

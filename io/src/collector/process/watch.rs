@@ -1,13 +1,14 @@
 //! The real-time pipeline (Linux): process connector events in, observations out.
 //!
 //! Three threads. The receive thread reads datagrams and, on an exec, reads at once what
-//! vanishes first ([`ProcessReader::read_early`]: argv, the executable, stat) before
-//! handing the event on; a process that lives a millisecond is still caught with its argv.
-//! The reader thread completes each exec (status, cwd, cgroup, parent, names, enhanced
-//! metadata, and the hash when it is cached). An executable not hashed before is only
+//! vanishes with the process ([`ProcessReader::read_early`]: argv, the executable, stat,
+//! ids, cwd) before handing the event on; a process that lives a millisecond is still
+//! caught with its argv. The reader thread completes each exec (cgroup, parent, names,
+//! enhanced metadata, and the hash when it is cached). An executable not hashed before is only
 //! opened there: the hash thread reads it whole (a large binary takes a while, and the
-//! reader must keep up with the next processes' exits) and sends the [`Observation`]s, in
-//! the order the kernel reported them, on a bounded channel the caller consumes. Counters
+//! reader must keep up with the next processes' exits). [`Observation`]s reach the caller
+//! in the order the kernel reported them, on a bounded channel: from the reader directly,
+//! or through the hash thread while it holds an earlier one. Counters
 //! ([`WatchStats`]) are readable at any time for heartbeats.
 //!
 //! An exit carries the exit code as a shell reports it: the value the process passed to
@@ -35,8 +36,8 @@ use super::reader::{EarlyRead, PendingHash, ProcessReader};
 /// kernel's socket buffer fills and overruns).
 pub const OBSERVATION_QUEUE: usize = 65_536;
 
-/// Executables held open for the hash thread at most; past it the reader hashes itself
-/// (each waiting hash holds a file descriptor).
+/// Observations in the hash thread's hands at most before the reader hashes executables
+/// itself (each waiting hash holds a file descriptor).
 pub const HASHES_WAITING: usize = 256;
 
 /// How the watch's threads run.
@@ -164,8 +165,8 @@ struct Counters {
     dropped: AtomicU64,
     delivered: AtomicU64,
     realtime: AtomicBool,
-    /// Hashes handed to the hash thread and not yet worked out.
-    hashes_waiting: AtomicUsize,
+    /// Observations handed to the hash thread and not yet delivered by it.
+    with_hasher: AtomicUsize,
 }
 
 fn bump(c: &AtomicU64) {
@@ -224,14 +225,15 @@ impl Watch {
                 })?
         };
         let complete = {
-            let (counters, reader) = (counters.clone(), reader.clone());
+            let (stop, counters, reader) = (stop.clone(), counters.clone(), reader.clone());
+            let out_tx = out_tx.clone();
             std::thread::Builder::new()
                 .name("procmon-reader".into())
                 .spawn(move || {
                     if options.drop_privileges {
                         drop_thread_privileges();
                     }
-                    reader_loop(&reader, &counters, &pending_rx, &read_tx);
+                    reader_loop(&reader, &counters, &stop, &pending_rx, &read_tx, &out_tx);
                 })?
         };
         let hash = {
@@ -456,15 +458,21 @@ fn receive_loop(
 /// hash into it when its hash was not cached.
 type Read = (Observation, Option<PendingHash>);
 
+/// Completes each exec. An observation goes to the caller directly when the hash thread
+/// holds nothing (so none can overtake another), else behind what the hash thread holds.
 fn reader_loop(
     reader: &ProcessReader,
     counters: &Counters,
+    stop: &AtomicBool,
     pending: &Receiver<Pending>,
-    out: &SyncSender<Read>,
+    to_hasher: &SyncSender<Read>,
+    out: &SyncSender<Observation>,
 ) {
     // Ends when the receive thread ends (its sender drops).
     while let Ok(item) = pending.recv() {
-        let defer = counters.hashes_waiting.load(Ordering::Relaxed) < HASHES_WAITING;
+        // Only this thread adds to it: it can only fall until this item is sent.
+        let with_hasher = counters.with_hasher.load(Ordering::Acquire);
+        let defer = with_hasher < HASHES_WAITING;
         let read = |early: EarlyRead| {
             if defer {
                 reader.complete_deferring_hash(early)
@@ -507,11 +515,15 @@ fn reader_loop(
                 (o, hash)
             }
         };
-        if hash.is_some() {
-            counters.hashes_waiting.fetch_add(1, Ordering::Relaxed);
+        if hash.is_none() && with_hasher == 0 {
+            if !deliver(out, observation, stop, counters) {
+                return;
+            }
+            continue;
         }
+        counters.with_hasher.fetch_add(1, Ordering::AcqRel);
         // Ends when the hash thread ends (the caller dropped its receiver).
-        if out.send((observation, hash)).is_err() {
+        if to_hasher.send((observation, hash)).is_err() {
             return;
         }
     }
@@ -528,19 +540,20 @@ fn hash_loop(
 ) {
     // Ends when the reader thread ends (its sender drops).
     while let Ok((mut observation, hash)) = reads.recv() {
-        if let Some(hash) = hash {
-            if let Observation::Exec { info, .. } | Observation::Credentials { info, .. } =
-                &mut observation
-            {
-                if stop.load(Ordering::Relaxed) {
-                    reader.abandon_hash(info, hash);
-                } else {
-                    reader.finish_hash(info, hash);
-                }
+        if let (
+            Some(hash),
+            Observation::Exec { info, .. } | Observation::Credentials { info, .. },
+        ) = (hash, &mut observation)
+        {
+            if stop.load(Ordering::Relaxed) {
+                reader.abandon_hash(info, hash);
+            } else {
+                reader.finish_hash(info, hash);
             }
-            counters.hashes_waiting.fetch_sub(1, Ordering::Relaxed);
         }
-        if !deliver(out, observation, stop, counters) {
+        let delivered = deliver(out, observation, stop, counters);
+        counters.with_hasher.fetch_sub(1, Ordering::AcqRel);
+        if !delivered {
             return;
         }
     }
