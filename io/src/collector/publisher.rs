@@ -63,7 +63,7 @@ pub async fn publish_accepted(client: &Client, wal: &mut WalFile, acks: &Unbound
             ..Publish::new(record.topic, record.payload, QoS::AtLeastOnce)
         };
         match client.send_sequenced(p).await {
-            Ok(pending) => waiting.push((sequence, pending)),
+            Ok(pending) => waiting.push(pending),
             // The record stays in the WAL and is re-sent by the next run.
             Err(e) => tracing::warn!(error = %e, sequence, "could not publish a logged event"),
         }
@@ -71,16 +71,17 @@ pub async fn publish_accepted(client: &Client, wal: &mut WalFile, acks: &Unbound
     forward_acks(waiting, acks);
 }
 
-/// Sends each publish's sequence on `acks` once its PubAck arrives: one task for what was
-/// sent together, waiting in order (PubAcks come back in about the order of their
-/// publishes), rather than a task per event.
-fn forward_acks(waiting: Vec<(u64, PendingAck)>, acks: &UnboundedSender<u64>) {
+/// Sends each publish's sequence (the WAL record's: [`Client::send_sequenced`] keeps it) on
+/// `acks` once its PubAck arrives: one task for what was sent together, waiting in order
+/// (PubAcks come back in about the order of their publishes), rather than a task per event.
+fn forward_acks(waiting: Vec<PendingAck>, acks: &UnboundedSender<u64>) {
     if waiting.is_empty() {
         return;
     }
     let acks = acks.clone();
     tokio::spawn(async move {
-        for (sequence, pending) in waiting {
+        for pending in waiting {
+            let sequence = pending.sequence();
             if let Ok(Some(_)) = pending.wait().await {
                 let _ = acks.send(sequence);
             }
@@ -124,7 +125,7 @@ pub async fn publish_batches(
             match client.send_sequenced(p).await {
                 Ok(pending) => {
                     sent += 1;
-                    waiting.push((sequence, pending));
+                    waiting.push(pending);
                 }
                 // The record stays in the WAL and is re-sent by the next run.
                 Err(e) => tracing::warn!(error = %e, sequence, "could not publish a logged event"),

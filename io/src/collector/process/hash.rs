@@ -273,11 +273,6 @@ impl ExeFile {
             }),
         }
     }
-
-    /// The file's identity.
-    pub fn id(&self) -> FileId {
-        self.id
-    }
 }
 
 fn to_hex(bytes: &[u8]) -> String {

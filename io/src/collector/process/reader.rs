@@ -362,30 +362,22 @@ impl ProcessReader {
         self.complete_inner(early, true, true)
     }
 
-    /// [`ProcessReader::read`] with the hash deferred as in
-    /// [`ProcessReader::complete_deferring_hash`].
-    pub fn read_deferring_hash(&self, pid: u32) -> (ReadOutcome, Option<PendingHash>) {
-        self.complete_deferring_hash(self.read_early(pid))
-    }
-
     /// Fills `info`'s hash from `pending`; a failure is counted and `exe_sha256` goes into
     /// its `unread`.
     pub fn finish_hash(&self, info: &mut ProcessInfo, pending: PendingHash) {
         match self.inner.hashes.hash_exe(pending.0) {
             Ok(hash) => info.exe_sha256 = hash,
-            Err(e) => self.fail_hash(info, &e),
+            Err(e) => self.hash_unread(info, hash_reason(&e)),
         }
     }
 
     /// Leaves `info` without its hash (the watch is stopping): counted as not read.
     pub fn abandon_hash(&self, info: &mut ProcessInfo, _pending: PendingHash) {
-        self.inner.stats.fail(Source::Hash, Reason::Other);
-        info.unread
-            .extend(Source::Hash.fields().iter().map(|f| String::from(*f)));
+        self.hash_unread(info, Reason::Other);
     }
 
-    fn fail_hash(&self, info: &mut ProcessInfo, e: &HashError) {
-        self.inner.stats.fail(Source::Hash, hash_reason(e));
+    fn hash_unread(&self, info: &mut ProcessInfo, reason: Reason) {
+        self.inner.stats.fail(Source::Hash, reason);
         info.unread
             .extend(Source::Hash.fields().iter().map(|f| String::from(*f)));
     }
